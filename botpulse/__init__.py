@@ -1,0 +1,1 @@
+"""botpulse: statistics and uptime for bot fleets. This package holds the `botpulse` command."""

@@ -1,0 +1,5 @@
+import sys
+
+from botpulse.cli import main
+
+sys.exit(main())

@@ -1,0 +1,40 @@
+"""`botpulse` — one console script; each command group lives in the module named below and
+registers its subcommands through `register(subparsers)`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from runtime.settings import SettingsError
+
+# Modules that add subcommands. Each defines `register(subparsers) -> None`; the handler a
+# subcommand sets with `set_defaults(func=...)` receives the parsed args and returns an exit code.
+COMMAND_MODULES = [
+    "botpulse.services",  # gateway, worker, query, migrate
+    "botpulse.dev",  # dev
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="botpulse", description="Statistics and uptime for bot fleets.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SettingsError as exc:
+        print(f"botpulse: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""`botpulse dev`: the whole stack on the embedded default, in one command.
+
+It starts the bundled valkey-server, opens embedded ClickHouse (chDB) in this process, applies
+migrations, makes sure a demo account and bot exist, starts the gateway as a child process and
+then serves the query service with an in-process worker (chDB allows one engine per process,
+so the worker and the query service share this one; the gateway never touches ClickHouse).
+Ctrl-C stops everything; the next run finds the same data under BOTPULSE_DATA_DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import msgspec
+from aiohttp import web
+
+from runtime.embedded import EmbeddedRedis, spawn_child
+from runtime.logs import configure_logging, get_logger
+from runtime.settings import Settings, load_settings
+
+DEMO_BOT_ID = "100000000000000001"
+ANNOUNCE = web.AppKey("announce", asyncio.Task)
+
+
+class StackInfo(msgspec.Struct):
+    """Written to `<data_dir>/stack.json` while `dev` runs: how operator commands reach it."""
+
+    pid: int
+    gateway_url: str
+    query_url: str
+    redis_url: str
+    admin_token: str
+
+
+class DemoCredentials(msgspec.Struct):
+    account_id: str
+    bot_id: str
+    api_key: str
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dev", help="run the whole stack on the embedded default (chDB + bundled Redis)")
+    p.set_defaults(func=run_dev)
+
+
+def stack_file(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "stack.json"
+
+
+def read_stack(settings: Settings) -> StackInfo | None:
+    """The running embedded stack, if any (operator commands talk to it over HTTP)."""
+    path = stack_file(settings)
+    try:
+        info = msgspec.json.decode(path.read_bytes(), type=StackInfo)
+    except (OSError, msgspec.DecodeError):
+        return None
+    try:
+        os.kill(info.pid, 0)
+    except OSError:
+        return None
+    return info
+
+
+def _admin_token(settings: Settings, data_dir: Path) -> str:
+    if settings.admin_token:
+        return settings.admin_token
+    path = data_dir / "admin_token"
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    path.write_text(token)
+    path.chmod(0o600)
+    return token
+
+
+async def _ensure_demo(settings: Settings, store, redis_url: str, data_dir: Path) -> DemoCredentials:  # type: ignore[no-untyped-def]
+    """The demo account's key is kept in a 0600 file under the data dir so every `dev` run can
+    print a working curl; real accounts' keys are never written anywhere."""
+    from registry.records import Bot, create_account, ensure_index, get_bot, now, write_bot
+    from runtime.redis import connect
+
+    path = data_dir / "demo.json"
+    redis = connect(settings, url=redis_url)
+    try:
+        await ensure_index(store, redis, settings.stream_partitions)
+        if path.exists():
+            demo = msgspec.json.decode(path.read_bytes(), type=DemoCredentials)
+            if await get_bot(store, demo.bot_id) is not None:
+                return demo
+        account, key = await create_account(store, redis, "demo")
+        bot = Bot(
+            DEMO_BOT_ID, account.id, "Demo Bot", None, False, settings.default_custom_slots, None, now()
+        )
+        await write_bot(store, redis, bot)
+        demo = DemoCredentials(account.id, DEMO_BOT_ID, key)
+        path.write_bytes(msgspec.json.encode(demo))
+        path.chmod(0o600)
+        return demo
+    finally:
+        await redis.aclose()
+
+
+def _wait_http(url: str, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    from query.app import build_app
+    from runtime.clickhouse import Store
+    from runtime.migrations import migrate
+
+    env_defaults = {"env": "dev"} if not os.environ.get("BOTPULSE_ENV") else {}
+    settings = load_settings(**env_defaults)
+    configure_logging(settings)
+    log = get_logger("dev")
+    data_dir = Path(settings.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if (running := read_stack(settings)) is not None:
+        print(
+            f"botpulse: a dev stack already runs here (pid {running.pid}, {running.query_url})",
+            file=sys.stderr,
+        )
+        return 1
+
+    redis: EmbeddedRedis | None = None
+    redis_url = settings.redis_url
+    if not redis_url:
+        redis = EmbeddedRedis(data_dir / "redis").start()
+        redis_url = redis.url
+    admin_token = _admin_token(settings, data_dir)
+    settings = msgspec.structs.replace(settings, redis_url=redis_url, admin_token=admin_token)
+    store = Store(settings)
+    gateway = None
+    try:
+        migrate(store)
+        demo = asyncio.run(_ensure_demo(settings, store, redis_url, data_dir))
+        child_env = dict(
+            os.environ,
+            REDIS_URL=redis_url,
+            CLICKHOUSE_URL=settings.clickhouse_url,
+            BOTPULSE_ENV=settings.env,
+            BOTPULSE_ADMIN_TOKEN=admin_token,
+        )
+        gateway = spawn_child([sys.executable, "-m", "botpulse", "gateway"], env=child_env)
+        gateway_url = f"http://{settings.gateway_listen}:{settings.gateway_port}"
+        query_url = f"http://{settings.query_listen}:{settings.query_port}{settings.query_prefix}"
+        stack_file(settings).write_bytes(
+            msgspec.json.encode(StackInfo(os.getpid(), gateway_url, query_url, redis_url, admin_token))
+        )
+        app = build_app(settings, store, with_worker=True)
+
+        async def announce() -> None:
+            loop = asyncio.get_running_loop()
+            for url in (f"{gateway_url}/healthz", f"{query_url}/healthz"):
+                if not await loop.run_in_executor(None, _wait_http, url):
+                    log.error("service did not start", url=url)
+                    return
+            print(_banner(demo, gateway_url, query_url), flush=True)
+
+        async def on_startup(app: web.Application) -> None:
+            app[ANNOUNCE] = asyncio.create_task(announce())
+
+        app.on_startup.append(on_startup)
+        web.run_app(
+            app,
+            host=settings.query_listen,
+            port=settings.query_port,
+            print=None,
+            access_log=None,
+            shutdown_timeout=10,
+        )
+    finally:
+        stack_file(settings).unlink(missing_ok=True)
+        if gateway is not None and gateway.poll() is None:
+            gateway.send_signal(signal.SIGTERM)
+            try:
+                gateway.wait(10)
+            except Exception:
+                gateway.kill()
+        store.close()
+        if redis is not None:
+            redis.stop()
+    return 0
+
+
+def _banner(demo: DemoCredentials, gateway_url: str, query_url: str) -> str:
+    body = json.dumps({"guilds": 42, "users": 1234, "apiPing": 87, "ramUsage": 52428800})
+    return "\n".join(
+        [
+            "",
+            "botpulse dev stack is up",
+            f"  gateway (posts)  {gateway_url}",
+            f"  query   (reads)  {query_url}",
+            f"  demo bot {demo.bot_id}, API key: {demo.api_key}",
+            "",
+            "Post a stat:",
+            f"  curl -i -X POST {gateway_url}/v1/bot/{demo.bot_id} -H 'Authorization: {demo.api_key}' "
+            f"-H 'Content-Type: application/json' -d '{body}'",
+            "Read it back (within a second):",
+            f"  curl '{query_url}/v1/bot/{demo.bot_id}?returnStats=true&dataPoints=10'",
+            "",
+            "Ctrl-C stops everything.",
+            "",
+        ]
+    )

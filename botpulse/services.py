@@ -1,0 +1,71 @@
+"""`botpulse gateway|worker|query|migrate`: one long-running service (or the migrations) each."""
+
+from __future__ import annotations
+
+import argparse
+
+from runtime.logs import configure_logging, get_logger
+from runtime.settings import Settings, load_settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: getattr(args, k, None) for k in ("gateway_port", "query_port", "gateway_workers")}
+    settings = load_settings(**overrides)
+    configure_logging(settings)
+    return settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("gateway", help="run the ingest gateway (posts -> Redis stream)")
+    p.add_argument("--port", dest="gateway_port", type=int, help="override BOTPULSE_GATEWAY_PORT")
+    p.add_argument(
+        "--workers", dest="gateway_workers", type=int, help="processes sharing the port (SO_REUSEPORT)"
+    )
+    p.set_defaults(func=run_gateway)
+
+    p = sub.add_parser("worker", help="run a stream worker (Redis stream -> ClickHouse)")
+    p.set_defaults(func=run_worker)
+
+    p = sub.add_parser("query", help="run the query service (reads from ClickHouse)")
+    p.add_argument("--port", dest="query_port", type=int, help="override BOTPULSE_QUERY_PORT")
+    p.add_argument(
+        "--with-worker",
+        action="store_true",
+        help="also run a stream worker in this process (embedded chDB allows one engine per process)",
+    )
+    p.set_defaults(func=run_query)
+
+    p = sub.add_parser("migrate", help="apply the ClickHouse schema migrations (idempotent)")
+    p.set_defaults(func=run_migrate)
+
+
+def run_gateway(args: argparse.Namespace) -> int:
+    from ingest.server import serve
+
+    return serve(_settings(args))
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from workers.runner import serve
+
+    return serve(_settings(args))
+
+
+def run_query(args: argparse.Namespace) -> int:
+    from query.server import serve
+
+    return serve(_settings(args), with_worker=args.with_worker)
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    from runtime.clickhouse import Store
+    from runtime.migrations import migrate
+
+    settings = _settings(args)
+    store = Store(settings)
+    try:
+        applied = migrate(store)
+    finally:
+        store.close()
+    get_logger("migrate").info("migrations done", applied=applied or "none (up to date)")
+    return 0

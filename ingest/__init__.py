@@ -1,0 +1,1 @@
+"""The ingest gateway: authenticate, validate, append to the Redis stream. Never ClickHouse."""

@@ -1,0 +1,1 @@
+"""The query service: every read, from ClickHouse through the shared access layer."""

@@ -1,0 +1,156 @@
+"""The one ClickHouse access layer.
+
+Everything that reads or writes ClickHouse goes through `Store`. It wraps clickhouse-connect's
+sync client, which is the only client chDB supports, and runs it on a small thread pool so the
+event loop never blocks. `chdb:///path` selects the embedded engine (one engine per process:
+only one process may open a path), `http(s)://…` a server. Values are always bound as query
+parameters (`{name:Type}`), never pasted into SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+from runtime.settings import Settings
+
+# ClickHouse error codes that mean "this data can never be written" rather than "try again".
+_DATA_ERROR_CODES = {
+    6,  # CANNOT_PARSE_TEXT
+    27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    41,  # CANNOT_PARSE_DATETIME
+    53,  # TYPE_MISMATCH
+    69,  # ARGUMENT_OUT_OF_BOUND
+    70,  # CANNOT_CONVERT_TYPE
+    72,  # CANNOT_PARSE_NUMBER
+    117,  # INCORRECT_DATA
+    321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+}
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True when ClickHouse refused the rows themselves (retrying cannot help); False when the
+    failure is about reaching or waiting for the server."""
+    if isinstance(exc, OperationalError):
+        return False
+    if isinstance(exc, (TypeError, ValueError, OverflowError)):
+        return True  # the client could not serialize a value
+    if isinstance(exc, DatabaseError):
+        text = str(exc)
+        return any(f"Code: {code}." in text or f"code: {code}," in text for code in _DATA_ERROR_CODES)
+    return False
+
+
+class Store:
+    """ClickHouse, reached the same way whether embedded or a server."""
+
+    def __init__(self, settings: Settings, *, threads: int = 4) -> None:
+        self.settings = settings
+        self.database = settings.clickhouse_database
+        self.cluster = settings.clickhouse_cluster
+        self.embedded = settings.embedded_clickhouse
+        self._local = threading.local()
+        self._clients: list[Client] = []
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clickhouse")
+        self._ensure_database()
+
+    # --- clients ------------------------------------------------------------------------------
+    def _new_client(self, database: str | None) -> Client:
+        url = self.settings.clickhouse_url
+        if self.embedded:
+            return clickhouse_connect.get_client(dsn=url, database=database)
+        parsed = urlparse(url)
+        return clickhouse_connect.get_client(
+            dsn=url,
+            database=database or "default",
+            connect_timeout=min(10, self.settings.insert_timeout_s),
+            send_receive_timeout=self.settings.insert_timeout_s,
+            autogenerate_session_id=False,
+            secure=parsed.scheme == "https",
+        )
+
+    def _ensure_database(self) -> None:
+        boot = self._new_client(None)
+        try:
+            boot.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`{self.on_cluster}")
+        finally:
+            boot.close()
+
+    def client(self) -> Client:
+        """This thread's client (each thread owns one: clients hold per-session state)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._new_client(self.database)
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    @property
+    def on_cluster(self) -> str:
+        return f" ON CLUSTER `{self.cluster}`" if self.cluster else ""
+
+    # --- sync API (CLI, migrations, worker threads) -------------------------------------------
+    def query_rows(
+        self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        return self.client().query(sql, parameters=params or {}, settings=settings).result_rows
+
+    def command_sync(self, sql: str, params: dict[str, Any] | None = None) -> Any:
+        return self.client().command(sql, parameters=params or {})
+
+    def insert_sync(
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        if rows:
+            self.client().insert(table, rows, column_names=list(columns), settings=settings)
+
+    # --- async API (services) -----------------------------------------------------------------
+    async def query(
+        self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.query_rows, sql, params, settings)
+
+    async def command(self, sql: str, params: dict[str, Any] | None = None) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.command_sync, sql, params)
+
+    async def insert(
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self.insert_sync, table, rows, columns, settings)
+
+    async def ping(self) -> bool:
+        try:
+            await self.query("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            for client in self._clients:
+                with contextlib.suppress(Exception):  # closing is best effort on shutdown
+                    client.close()
+            self._clients.clear()

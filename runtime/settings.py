@@ -1,0 +1,153 @@
+"""The one settings loader: environment variables into a typed, validated msgspec struct.
+
+Every service reads the same `Settings`; a bad value stops start-up with one line naming the
+variable and what it expects (`SettingsError`), before any socket is opened.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+Port = Annotated[int, Meta(ge=0, le=65535)]
+Positive = Annotated[int, Meta(ge=1)]
+NonNegative = Annotated[int, Meta(ge=0)]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    # --- shared -------------------------------------------------------------------------------
+    # `chdb:///path` selects the embedded engine; `http(s)://user:pass@host:port` a server.
+    # Unset means embedded, under `data_dir/clickhouse`.
+    clickhouse_url: str = ""
+    clickhouse_database: Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "botpulse"
+    # Name of a ClickHouse cluster: DDL then runs `ON CLUSTER` with Replicated* + Distributed tables.
+    clickhouse_cluster: str | None = None
+    # Empty means "embedded": `botpulse dev` starts a bundled valkey-server and sets it.
+    redis_url: str | None = None
+    data_dir: str = "./.botpulse"
+    env: Literal["dev", "production"] = "production"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Days of raw and rolled-up time series kept (ClickHouse TTL).
+    retention_days: Positive = 400
+    # --- stream contract ----------------------------------------------------------------------
+    stream_partitions: Annotated[int, Meta(ge=1, le=1024)] = 1
+    # Pending backlog (entries not yet written) above which the gateway answers 503.
+    stream_high_water: Positive = 2_000_000
+    # --- gateway ------------------------------------------------------------------------------
+    gateway_listen: str = "127.0.0.1"
+    gateway_port: Port = 8080
+    gateway_workers: Annotated[int, Meta(ge=1, le=64)] = 1
+    max_body_bytes: Positive = 65536
+    stats_rate_interval_s: Annotated[float, Meta(gt=0)] = 30.0
+    stats_rate_burst: Positive = 3
+    custom_rate_per_min: Positive = 600
+    registry_refresh_ms: Annotated[int, Meta(ge=50, le=1000)] = 250
+    redis_timeout_ms: Annotated[int, Meta(ge=10, le=10_000)] = 800
+    # --- workers ------------------------------------------------------------------------------
+    batch_rows: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+    batch_ms: Annotated[int, Meta(ge=1, le=60_000)] = 500
+    insert_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 10.0
+    claim_idle_ms: Positive = 30_000
+    max_deliveries: Positive = 5
+    # --- query --------------------------------------------------------------------------------
+    query_listen: str = "127.0.0.1"
+    query_port: Port = 8081
+    query_prefix: Annotated[str, Meta(pattern=r"^(/[A-Za-z0-9._~-]+)*$")] = ""
+    heartbeat_window_s: Positive = 180
+    # --- accounts -----------------------------------------------------------------------------
+    admin_token: str | None = None
+    default_custom_slots: Annotated[int, Meta(ge=0, le=1000)] = 10
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return self.clickhouse_url.startswith("chdb:")
+
+
+class SettingsError(Exception):
+    """A setting has a bad value; the message is one line naming the variable."""
+
+
+# Variables that keep their conventional names instead of the BOTPULSE_ prefix.
+_UNPREFIXED = {"clickhouse_url": "CLICKHOUSE_URL", "redis_url": "REDIS_URL"}
+
+
+def env_name(field: str) -> str:
+    return _UNPREFIXED.get(field, f"BOTPULSE_{field.upper()}")
+
+
+def _expectation(field: str) -> str:
+    info = msgspec.inspect.type_info(Settings)
+    for f in info.fields:  # type: ignore[attr-defined]
+        if f.name == field:
+            return _describe(f.type)
+    return "a valid value"
+
+
+def _describe(t: msgspec.inspect.Type) -> str:
+    if isinstance(t, msgspec.inspect.UnionType):
+        return " or ".join(_describe(x) for x in t.types if not isinstance(x, msgspec.inspect.NoneType))
+    if isinstance(t, msgspec.inspect.LiteralType):
+        return "one of " + ", ".join(repr(v) for v in t.values)
+    if isinstance(t, msgspec.inspect.IntType):
+        return "an integer" + _bounds(t.ge, t.le, t.gt, t.lt)
+    if isinstance(t, msgspec.inspect.FloatType):
+        return "a number" + _bounds(t.ge, t.le, t.gt, t.lt)
+    if isinstance(t, msgspec.inspect.StrType):
+        return f"a string matching {t.pattern}" if t.pattern else "a string"
+    return "a valid value"
+
+
+def _bounds(ge: float | None, le: float | None, gt: float | None, lt: float | None) -> str:
+    parts = []
+    if ge is not None:
+        parts.append(f">= {ge}")
+    if gt is not None:
+        parts.append(f"> {gt}")
+    if le is not None:
+        parts.append(f"<= {le}")
+    if lt is not None:
+        parts.append(f"< {lt}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Read every setting from the environment; `overrides` (already typed) win over it."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, object] = {}
+    for field in Settings.__struct_fields__:
+        value = environ.get(env_name(field))
+        if value is not None and value != "":
+            raw[field] = value
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        match = re.search(r"at `\$\.(\w+)`", str(exc))
+        field = match.group(1) if match else "?"
+        value = raw.get(field)
+        raise SettingsError(
+            f"{env_name(field)}={value!r} is invalid: expected {_expectation(field)}"
+        ) from None
+    if not settings.clickhouse_url:
+        store = os.path.abspath(os.path.join(settings.data_dir, "clickhouse"))
+        settings = msgspec.structs.replace(settings, clickhouse_url=f"chdb://{store}")
+    _check_urls(settings)
+    return settings
+
+
+def _check_urls(settings: Settings) -> None:
+    url = settings.clickhouse_url
+    if not re.match(r"^(chdb:|https?://)", url):
+        raise SettingsError(
+            f"CLICKHOUSE_URL={url!r} is invalid: expected chdb:///path (embedded) or http(s)://host:port"
+        )
+    if settings.redis_url is not None and not re.match(r"^(rediss?|unix)://", settings.redis_url):
+        raise SettingsError(
+            f"REDIS_URL={settings.redis_url!r} is invalid: expected redis://host:port[/db] or rediss://…"
+        )

@@ -1,0 +1,1 @@
+"""Stream workers: Redis stream -> ClickHouse in batches, acknowledged only after the insert."""
