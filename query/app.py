@@ -11,6 +11,7 @@ import time
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from query import accounts_api
 from registry.index import RegistryCache
 from registry.keys import parse_authorization
 from registry.records import ensure_index, get_bot
@@ -106,6 +107,7 @@ def build_app(settings: Settings, store: Store, *, with_worker: bool = False) ->
 
     app.cleanup_ctx.append(resources)
     app.router.add_get("/v1/bot/{botId}", get_bot_info)
+    accounts_api.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
