@@ -65,6 +65,7 @@ class EmbeddedRedis:
         ]  # fmt: skip
         self.proc = spawn_child(args, stdout=log, stderr=log)
         log.close()
+        (self.data_dir / "valkey.pid").write_text(str(self.proc.pid))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

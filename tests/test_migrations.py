@@ -1,0 +1,53 @@
+"""Versioned DDL: applied once, recorded, a second run is a no-op; cluster rendering."""
+
+from __future__ import annotations
+
+from runtime.migrations import available, migrate, render
+
+
+def test_second_run_is_a_no_op(store):
+    # The fixture already migrated this database.
+    recorded = {r[0] for r in store.query_rows("SELECT version FROM schema_migrations FINAL")}
+    assert recorded == {m.version for m in available()}
+    assert migrate(store) == []
+    tables = {r[0] for r in store.query_rows("SHOW TABLES")}
+    assert {"bot_stats", "custom_events", "accounts", "bots", "audit_log", "bot_stats_1h"} <= tables
+
+
+def test_time_series_tables_are_partitioned_monthly_ordered_by_bot_and_ts_with_ttl(store, settings):
+    for table in ("bot_stats", "custom_events"):
+        (ddl,) = store.query_rows(
+            "SELECT create_table_query FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+            {"db": settings.clickhouse_database, "t": table},
+        )[0]
+        assert "PARTITION BY toYYYYMM(ts)" in ddl
+        assert "ORDER BY (bot_id, " in ddl
+        assert f"toIntervalDay({settings.retention_days})" in ddl
+        assert "DateTime64(3, 'UTC')" in ddl
+        assert "non_replicated_deduplication_window = 10000" in ddl
+
+
+def test_single_server_rendering_has_no_cluster_parts():
+    sql = available()[0].sql
+    statements = render(sql, cluster=None, database="botpulse", ttl_days=30)
+    text = "\n".join(statements)
+    assert "ON CLUSTER" not in text and "Replicated" not in text and "Distributed" not in text
+    assert "${" not in text
+    assert "INTERVAL 30 DAY" in text
+
+
+def test_cluster_rendering_uses_replicated_local_tables_behind_distributed():
+    statements = render(available()[0].sql, cluster="c1", database="bp", ttl_days=30)
+    text = "\n".join(statements)
+    assert "CREATE TABLE IF NOT EXISTS bot_stats_local ON CLUSTER `c1`" in text
+    assert "ReplicatedMergeTree" in text
+    assert (
+        "CREATE TABLE IF NOT EXISTS bot_stats ON CLUSTER `c1` AS bot_stats_local "
+        "ENGINE = Distributed(`c1`, `bp`, bot_stats_local, cityHash64(bot_id))"
+    ) in statements
+    # Distributed tables come after every local table they front.
+    local_at = max(i for i, s in enumerate(statements) if "_local ON CLUSTER" in s and "Distributed" not in s)
+    first_distributed = min(i for i, s in enumerate(statements) if "ENGINE = Distributed" in s)
+    assert first_distributed > local_at
+    rollups = "\n".join(render(available()[1].sql, cluster="c1", database="bp", ttl_days=30))
+    assert "TO bot_stats_1h_local" in rollups and "FROM bot_stats_local" in rollups

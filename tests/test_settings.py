@@ -1,0 +1,69 @@
+"""The one settings loader: typed values from the environment, one clear line for a bad one."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime.settings import Settings, SettingsError, env_name, load_settings
+
+
+def test_defaults_need_no_environment(tmp_path):
+    settings = load_settings({"BOTPULSE_DATA_DIR": str(tmp_path)})
+    assert settings.batch_rows == 10_000
+    assert settings.batch_ms == 500
+    assert settings.stream_partitions == 1
+    assert settings.clickhouse_url == f"chdb://{tmp_path}/clickhouse"
+    assert settings.embedded_clickhouse
+
+
+def test_values_are_converted_from_strings():
+    settings = load_settings(
+        {
+            "BOTPULSE_BATCH_ROWS": "250",
+            "BOTPULSE_INSERT_TIMEOUT_S": "2.5",
+            "CLICKHOUSE_URL": "http://ch:8123",
+            "REDIS_URL": "redis://r:6379/0",
+            "BOTPULSE_ENV": "dev",
+            "BOTPULSE_CLICKHOUSE_CLUSTER": "main",
+        }
+    )
+    assert settings.batch_rows == 250
+    assert settings.insert_timeout_s == 2.5
+    assert settings.env == "dev"
+    assert settings.clickhouse_cluster == "main"
+    assert not settings.embedded_clickhouse
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"BOTPULSE_BATCH_ROWS": "many"}, "BOTPULSE_BATCH_ROWS='many' is invalid: expected an integer"),
+        ({"BOTPULSE_BATCH_ROWS": "0"}, "BOTPULSE_BATCH_ROWS='0' is invalid: expected an integer (>= 1"),
+        ({"BOTPULSE_GATEWAY_PORT": "70000"}, "BOTPULSE_GATEWAY_PORT='70000' is invalid"),
+        ({"BOTPULSE_ENV": "staging"}, "BOTPULSE_ENV='staging' is invalid: expected one of 'dev'"),
+        ({"BOTPULSE_QUERY_PREFIX": "stats"}, "BOTPULSE_QUERY_PREFIX='stats' is invalid: expected a str"),
+        ({"CLICKHOUSE_URL": "tcp://x:9000"}, "CLICKHOUSE_URL='tcp://x:9000' is invalid"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL='localhost:6379' is invalid"),
+    ],
+)
+def test_bad_value_names_the_variable_in_one_line(env, fragment):
+    with pytest.raises(SettingsError) as info:
+        load_settings(env)
+    message = str(info.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_every_setting_has_an_environment_name():
+    names = {env_name(f) for f in Settings.__struct_fields__}
+    assert "CLICKHOUSE_URL" in names and "REDIS_URL" in names
+    assert all(n.startswith("BOTPULSE_") for n in names - {"CLICKHOUSE_URL", "REDIS_URL"})
+
+
+def test_cli_reports_bad_setting_and_exits_2(monkeypatch, capsys):
+    from botpulse.cli import main
+
+    monkeypatch.setenv("BOTPULSE_BATCH_MS", "soon")
+    assert main(["migrate"]) == 2
+    err = capsys.readouterr().err
+    assert "BOTPULSE_BATCH_MS='soon' is invalid" in err
