@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
 
 from runtime.settings import Settings
 
@@ -42,7 +42,7 @@ def is_data_error(exc: BaseException) -> bool:
     failure is about reaching or waiting for the server."""
     if isinstance(exc, OperationalError):
         return False
-    if isinstance(exc, (TypeError, ValueError, OverflowError)):
+    if isinstance(exc, (TypeError, ValueError, OverflowError, DataError)):
         return True  # the client could not serialize a value
     if isinstance(exc, DatabaseError):
         text = str(exc)
