@@ -1,20 +1,35 @@
-"""Routes of the query service. (Foundation version: `GET /v1/bot/{botId}` without stats;
-the query issue adds bucketing, uptime, listings and leaderboards.)"""
+"""Routes of the query service: DisStat bot data with `dataPoints` bucketing, Datagram-style
+uptime under `/api/v1`, the `GET /v1/bots` listing and leaderboards. Every route is mounted
+under `BOTPULSE_QUERY_PREFIX`; GET answers carry CORS headers; every error body has `message`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from query import accounts_api
+from query import accounts_api, params
+from query.listing import (
+    TOP_METRICS,
+    BadListing,
+    compile_fields,
+    compile_filter,
+    compile_sort,
+    leaderboard,
+    list_bots,
+)
+from query.params import BadParam
+from query.stats import buckets, custom_totals
+from query.uptime import EPOCH_MS, FAR_FUTURE_MS, last_seen, uptime_with_periods, uptimes
 from registry.index import RegistryCache
 from registry.keys import parse_authorization
-from registry.records import ensure_index, get_bot
+from registry.records import Bot, ensure_index, get_bot
 from runtime.clickhouse import Store
 from runtime.redis import connect
 from runtime.settings import Settings
@@ -24,18 +39,27 @@ STORE = web.AppKey("store", Store)
 REDIS = web.AppKey("redis", aioredis.Redis)
 REGISTRY = web.AppKey("registry", RegistryCache)
 
+HOUR_MS = 3_600_000
+TWO_WEEKS_MS = 14 * 24 * HOUR_MS
+MAX_UPTIME_IDS = 100
+_encoder = msgspec.json.Encoder()
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_encoder.encode(body), status=status, content_type="application/json")
+
 
 def error(status: int, message: str, field: str | None = None) -> web.Response:
     body = {"message": message} if field is None else {"message": message, "field": field}
-    return web.json_response(body, status=status)
+    return json_response(body, status=status)
 
 
-def _ms(value: dt.datetime | None) -> int | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return int(value.timestamp() * 1000)
+def _listing_error(message: str) -> web.Response:
+    return json_response({"success": False, "error": message, "message": message}, status=400)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 async def caller_account(request: web.Request) -> str | None:
@@ -45,41 +69,337 @@ async def caller_account(request: web.Request) -> str | None:
     return await request.app[REGISTRY].account_for_key(key)
 
 
+async def visible_bot(request: web.Request, bot_id: str) -> Bot | None:
+    """The bot, or None when it does not exist or is private to another account (both 404)."""
+    bot = await get_bot(request.app[STORE], bot_id)
+    if bot is not None and bot.private and await caller_account(request) != bot.account_id:
+        return None
+    return bot
+
+
+def _range(request: web.Request, default_start: int | None) -> tuple[int, int]:
+    q = request.query
+    end = params.timestamp_ms("end", q["end"]) if q.get("end") else now_ms()
+    if q.get("start"):
+        start = params.timestamp_ms("start", q["start"])
+    elif default_start is not None and default_start < end:
+        start = default_start
+    else:
+        start = end - HOUR_MS
+    if start >= end:
+        raise BadParam("start", "start must be before end")
+    return start, end
+
+
+async def _first_point(store: Store, bot_id: str) -> int | None:
+    rows = await store.query(
+        "SELECT toUnixTimestamp64Milli(min(first_ts)), count() FROM bot_stats_1d WHERE bot_id = {id:String}",
+        {"id": bot_id},
+    )
+    return int(rows[0][0]) if rows and rows[0][1] else None
+
+
+async def _custom_names(store: Store, bot_id: str) -> list[str]:
+    rows = await store.query(
+        "SELECT DISTINCT name FROM custom_metric_names FINAL WHERE bot_id = {id:String} ORDER BY name",
+        {"id": bot_id},
+    )
+    return [r[0] for r in rows]
+
+
+# --- DisStat ----------------------------------------------------------------------------------
 async def get_bot_info(request: web.Request) -> web.Response:
     store = request.app[STORE]
     bot_id = request.match_info["botId"]
-    bot = await get_bot(store, bot_id)
-    if bot is not None and bot.private and await caller_account(request) != bot.account_id:
-        bot = None
+    q = request.query
+    try:
+        params.bot_id("botId", bot_id)
+        want_stats = params.boolean("returnStats", q.get("returnStats"))
+        points = params.integer("dataPoints", q.get("dataPoints"), default=90, lo=1, hi=1000)
+        for name in ("start", "end"):  # checked before any lookup, so bad input is always a 400
+            if q.get(name):
+                params.timestamp_ms(name, q[name])
+    except BadParam as exc:
+        return error(400, exc.message, exc.field)
+    bot = await visible_bot(request, bot_id)
     if bot is None:
         return error(404, "Bot not found")
-    rows = await store.query(
-        "SELECT max(ts), count() FROM bot_stats WHERE bot_id = {id:String}", {"id": bot_id}
-    )
-    last_seen = _ms(rows[0][0]) if rows and rows[0][1] else None
+    seen, names = await asyncio.gather(last_seen(store, [bot_id]), _custom_names(store, bot_id))
+    last = seen.get(bot_id)
     window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
-    connected = last_seen is not None and time.time() * 1000 - last_seen < window_ms
-    return web.json_response(
+    body: dict[str, Any] = {
+        "id": bot.id,
+        "username": bot.username,
+        "avatar": bot.avatar,
+        "private": bot.private,
+        "createdAt": int(bot.created_at.timestamp() * 1000),
+        "lastSeen": last,
+        "connectionStatus": _status(last, window_ms),
+        "customGraphs": names,
+    }
+    if want_stats:
+        first = await _first_point(store, bot_id)
+        try:
+            start, end = _range(request, first if first is not None else body["createdAt"])
+        except BadParam as exc:
+            return error(400, exc.message, exc.field)
+        stats, totals = await asyncio.gather(
+            buckets(store, bot_id, start, end, points, names),
+            custom_totals(store, bot_id, start, end),
+        )
+        body["range"] = {"start": start, "end": end, "dataPoints": points}
+        body["stats"] = stats
+        body["customTotals"] = totals
+    return json_response(body)
+
+
+def _status(last: int | None, window_ms: int) -> str:
+    return "connected" if last is not None and now_ms() - last < window_ms else "disconnected"
+
+
+async def get_bot_top(request: web.Request) -> web.Response:
+    bot_id = request.match_info["botId"]
+    q = request.query
+    try:
+        params.bot_id("botId", bot_id)
+        type_ = q.get("type")
+        if not type_:
+            raise BadParam("type", "type is required (e.g. type=command)")
+        if len(type_) > 64:
+            raise BadParam("type", "type is longer than 64 characters")
+        limit = params.integer("limit", q.get("limit"), default=10, lo=1, hi=100)
+        start, end = _range(request, EPOCH_MS)
+    except BadParam as exc:
+        return error(400, exc.message, exc.field)
+    if await visible_bot(request, bot_id) is None:
+        return error(404, "Bot not found")
+    totals = await custom_totals(request.app[STORE], bot_id, start, end, limit=limit, type_=type_)
+    entry = totals.get(type_, {"count": 0, "top": []})
+    return json_response(
         {
-            "id": bot.id,
-            "username": bot.username,
-            "avatar": bot.avatar,
-            "private": bot.private,
-            "createdAt": _ms(bot.created_at),
-            "lastSeen": last_seen,
-            "connectionStatus": "connected" if connected else "disconnected",
+            "id": bot_id,
+            "type": type_,
+            "start": start,
+            "end": end,
+            "count": entry["count"],
+            "top": entry["top"],
         }
     )
 
 
+async def get_bot_uptime(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    bot_id = request.match_info["botId"]
+    try:
+        params.bot_id("botId", bot_id)
+        for name in ("start", "end"):
+            if request.query.get(name):
+                params.timestamp_ms(name, request.query[name])
+    except BadParam as exc:
+        return error(400, exc.message, exc.field)
+    bot = await visible_bot(request, bot_id)
+    if bot is None:
+        return error(404, "Bot not found")
+    first = await _first_point(store, bot_id)
+    try:
+        start, end = _range(request, first if first is not None else int(bot.created_at.timestamp() * 1000))
+    except BadParam as exc:
+        return error(400, exc.message, exc.field)
+    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
+    result = await uptime_with_periods(store, bot_id, start, end, window_ms)
+    return json_response(
+        {
+            "id": bot_id,
+            "start": start,
+            "end": end,
+            "uptime": result.uptime_ms,
+            "percentage": round(result.uptime_ms * 100 / (end - start), 4),
+            "offline": [{"from": a, "to": b} for a, b in result.offline],
+            "offlineTruncated": result.offline_truncated,
+        }
+    )
+
+
+# --- Datagram-compatible uptime -----------------------------------------------------------------
+class _DatagramError(Exception):
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+
+async def _datagram_account(request: web.Request) -> str:
+    key = parse_authorization(request.headers.get("Authorization")) or request.query.get("secret")
+    if not key:
+        raise _DatagramError(401, "Missing API key (Authorization header or secret parameter)")
+    account = await request.app[REGISTRY].account_for_key(key)
+    if account is None:
+        raise _DatagramError(401, "Invalid API key")
+    return account
+
+
+def _ids(request: web.Request, many: bool) -> list[str]:
+    if not many:
+        return [params.bot_id("partner_node_id", request.query.get("partner_node_id"))]
+    raw = request.query.getall("partner_node_id[]", []) or request.query.getall("partner_node_id", [])
+    if not raw:
+        raise BadParam("partner_node_id[]", "partner_node_id[] is required")
+    if len(raw) > MAX_UPTIME_IDS:
+        raise BadParam("partner_node_id[]", f"at most {MAX_UPTIME_IDS} partner_node_id[] values")
+    return [params.bot_id("partner_node_id[]", v) for v in raw]
+
+
+def _hour_range(request: web.Request) -> tuple[int, int]:
+    q = request.query
+    if not q.get("started_at") or not q.get("ended_at"):
+        return EPOCH_MS, FAR_FUTURE_MS
+    start = params.timestamp_ms("started_at", q["started_at"]) // HOUR_MS * HOUR_MS
+    end = params.timestamp_ms("ended_at", q["ended_at"]) // HOUR_MS * HOUR_MS
+    if start > end:
+        raise BadParam("started_at", "started_at must not be after ended_at")
+    # Compared at hour precision too, so "exactly two weeks ago" is accepted after rounding.
+    if start < (now_ms() - TWO_WEEKS_MS) // HOUR_MS * HOUR_MS:
+        raise BadParam("started_at", "started_at may reach back at most 2 weeks")
+    return start, end
+
+
+async def _owned(request: web.Request, account: str, ids: list[str]) -> set[str]:
+    registry = request.app[REGISTRY]
+    found = await asyncio.gather(*(registry.bot(i) for i in dict.fromkeys(ids)))
+    return {b.id for b in found if b is not None and b.account_id == account}
+
+
+def _datagram(
+    handler: Callable[[web.Request, str, list[str], set[str]], Awaitable[Any]], many: bool
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def wrapped(request: web.Request) -> web.Response:
+        try:
+            ids = _ids(request, many)
+            account = await _datagram_account(request)
+            owned = await _owned(request, account, ids)
+            if not many and ids[0] not in owned:
+                return error(404, "Bot not found", "partner_node_id")
+            data = await handler(request, account, ids, owned)
+        except BadParam as exc:
+            return error(400, exc.message, exc.field)
+        except _DatagramError as exc:
+            return error(exc.status, exc.message, exc.field)
+        return json_response({"data": data if many else data[0]})
+
+    return wrapped
+
+
+_NOT_FOUND = {"message": "Bot not found"}
+
+
+async def _uptime_data(request: web.Request, account: str, ids: list[str], owned: set[str]) -> Any:
+    start, end = _hour_range(request)
+    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
+    values = await uptimes(request.app[STORE], [i for i in ids if i in owned], start, end, window_ms)
+    return [
+        {"uptime": values[i], "partner_node_id": i} if i in owned
+        else {"uptime": None, "partner_node_id": i, **_NOT_FOUND}
+        for i in ids
+    ]  # fmt: skip
+
+
+async def _detail_data(request: web.Request, account: str, ids: list[str], owned: set[str]) -> Any:
+    store = request.app[STORE]
+    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
+    mine = [i for i in dict.fromkeys(ids) if i in owned]
+    totals, seen = await asyncio.gather(
+        uptimes(store, mine, EPOCH_MS, FAR_FUTURE_MS, window_ms), last_seen(store, mine)
+    )
+    return [
+        {
+            "connection_status": _status(seen.get(i), window_ms),
+            "total_uptime": totals[i],
+            "partner_node_id": i,
+        }
+        if i in owned
+        else {"connection_status": None, "total_uptime": None, "partner_node_id": i, **_NOT_FOUND}
+        for i in ids
+    ]
+
+
+# --- listing and leaderboards ---------------------------------------------------------------
+async def get_bots(request: web.Request) -> web.Response:
+    q = request.query
+    try:
+        where, where_params = compile_filter(q.get("query"))
+        order = compile_sort(q.get("sort"))
+        fields = compile_fields(q.get("fields"))
+        offset = params.integer("offset", q.get("offset"), default=0, lo=0, hi=10_000_000)
+        count = params.integer("count", q.get("count"), default=25, lo=1, hi=100)
+    except BadListing as exc:
+        return _listing_error(str(exc))
+    except BadParam as exc:
+        return _listing_error(exc.message)
+    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
+    bots, total = await list_bots(
+        request.app[STORE],
+        account=await caller_account(request),
+        cutoff_ms=now_ms() - window_ms + 1,
+        where=where,
+        where_params=where_params,
+        order=order,
+        fields=fields,
+        offset=offset,
+        count=count,
+    )
+    return json_response(
+        {"bots": bots, "count": len(bots), "offset": offset, "total": total, "success": True}
+    )
+
+
+async def get_top(request: web.Request) -> web.Response:
+    metric = request.query.get("metric", "guilds")
+    if metric not in TOP_METRICS:
+        return error(400, f"metric must be one of {', '.join(TOP_METRICS)}", "metric")
+    try:
+        limit = params.integer("limit", request.query.get("limit"), default=10, lo=1, hi=100)
+    except BadParam as exc:
+        return error(400, exc.message, exc.field)
+    return json_response({"metric": metric, "bots": await leaderboard(request.app[STORE], metric, limit)})
+
+
+# --- serving ----------------------------------------------------------------------------------
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     if not await request.app[STORE].ping():
-        return web.json_response({"status": "unavailable", "message": "ClickHouse unreachable"}, status=503)
-    return web.json_response({"status": "ready"})
+        return json_response({"status": "unavailable", "message": "ClickHouse unreachable"}, status=503)
+    return json_response({"status": "ready"})
+
+
+_CORS = {"Access-Control-Allow-Origin": "*", "Vary": "Origin"}
+_PREFLIGHT = {
+    **_CORS,
+    "Access-Control-Allow-Methods": "GET, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Max-Age": "600",
+}
+
+
+@web.middleware
+async def cors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Dashboards on other origins read every GET; a preflight for a GET is answered here."""
+    if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method") == "GET":
+        return web.Response(status=204, headers=_PREFLIGHT)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if request.method in ("GET", "HEAD"):
+            exc.headers.update(_CORS)
+        raise
+    if request.method in ("GET", "HEAD"):
+        response.headers.update(_CORS)
+    return response
 
 
 def build_app(settings: Settings, store: Store, *, with_worker: bool = False) -> web.Application:
@@ -107,7 +427,24 @@ def build_app(settings: Settings, store: Store, *, with_worker: bool = False) ->
 
     app.cleanup_ctx.append(resources)
     app.router.add_get("/v1/bot/{botId}", get_bot_info)
+    app.router.add_get("/v1/bot/{botId}/uptime", get_bot_uptime)
+    app.router.add_get("/v1/bot/{botId}/top", get_bot_top)
+    app.router.add_get("/v1/bots", get_bots)
+    app.router.add_get("/v1/top", get_top)
+    app.router.add_get("/api/v1/uptime", _datagram(_uptime_data, many=False))
+    app.router.add_get("/api/v1/uptimes", _datagram(_uptime_data, many=True))
+    app.router.add_get("/api/v1/partner/detail", _datagram(_detail_data, many=False))
+    app.router.add_get("/api/v1/partner/details", _datagram(_detail_data, many=True))
     accounts_api.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    return app
+    if not settings.query_prefix:
+        app.middlewares.append(cors)
+        return app
+    # Mounted as a sub-application so the accounts routes land under the prefix too; the keys are
+    # also set on the root so code holding the returned app still finds them.
+    root = web.Application(middlewares=[cors])
+    root[SETTINGS] = settings
+    root[STORE] = store
+    root.add_subapp(settings.query_prefix, app)
+    return root

@@ -1,0 +1,87 @@
+"""Uptime: a post at `t` marks the bot up during `[t, t + window)`; uptime over `[start, end)`
+is the length of the union of those intervals inside the range.
+
+With the posts sorted, that union is the disjoint union of `[t_i, min(t_{i+1}, t_i + window))`,
+so one window-function pass over the post timestamps (the `ts` column only, read from the
+`(bot_id, ts)` primary key) gives both the uptime and the gaps, with no per-post work in Python.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from runtime.clickhouse import Store
+
+# Bounds used for "no range" (total uptime): inside DateTime64(3)'s range.
+EPOCH_MS = 0
+FAR_FUTURE_MS = 10_000_000_000_000
+MAX_PERIODS = 1000
+
+_POSTS = (
+    "SELECT bot_id, t, leadInFrame(t, 1, greatest(t + {w:Int64}, {end:Int64})) OVER ("
+    " PARTITION BY bot_id ORDER BY t ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING) AS nxt"
+    " FROM (SELECT bot_id, toUnixTimestamp64Milli(ts) AS t FROM bot_stats"
+    " WHERE bot_id IN {ids:Array(String)}"
+    " AND ts > fromUnixTimestamp64Milli({start:Int64} - {w:Int64}, 'UTC')"
+    " AND ts < fromUnixTimestamp64Milli({end:Int64}, 'UTC'))"
+)
+
+UPTIME_SQL = (
+    "SELECT bot_id, count(), min(t),"
+    " sum(greatest(0, least(nxt, t + {w:Int64}, {end:Int64}) - greatest(t, {start:Int64})))"
+    f" FROM ({_POSTS}) GROUP BY bot_id"
+)
+
+PERIODS_SQL = (
+    "SELECT count(), min(t),"
+    " sum(greatest(0, least(nxt, t + {w:Int64}, {end:Int64}) - greatest(t, {start:Int64}))),"
+    " groupArrayIf({max_periods:UInt32})((greatest(t + {w:Int64}, {start:Int64}), least(nxt, {end:Int64})),"
+    " least(nxt, {end:Int64}) > greatest(t + {w:Int64}, {start:Int64})),"
+    " countIf(least(nxt, {end:Int64}) > greatest(t + {w:Int64}, {start:Int64}))"
+    f" FROM ({_POSTS})"
+)
+
+LAST_SEEN_SQL = (
+    "SELECT bot_id, toUnixTimestamp64Milli(max(last_ts)) FROM bot_stats_1d"
+    " WHERE bot_id IN {ids:Array(String)} GROUP BY bot_id"
+)
+
+
+class Uptime(msgspec.Struct, frozen=True):
+    uptime_ms: int
+    offline: list[tuple[int, int]]
+    offline_truncated: bool
+
+
+async def uptimes(store: Store, bot_ids: list[str], start: int, end: int, window_ms: int) -> dict[str, int]:
+    """Uptime ms per bot id (0 for a bot with no post in reach of the range)."""
+    if end <= start or not bot_ids:
+        return dict.fromkeys(bot_ids, 0)
+    rows = await store.query(UPTIME_SQL, {"ids": bot_ids, "start": start, "end": end, "w": window_ms})
+    found = {r[0]: int(r[3]) for r in rows}
+    return {b: found.get(b, 0) for b in bot_ids}
+
+
+async def uptime_with_periods(store: Store, bot_id: str, start: int, end: int, window_ms: int) -> Uptime:
+    """Uptime of one bot plus its offline periods `(from, to)` inside `[start, end)`."""
+    params: dict[str, Any] = {
+        "ids": [bot_id], "start": start, "end": end, "w": window_ms, "max_periods": MAX_PERIODS,
+    }  # fmt: skip
+    count, first, up, gaps, gap_count = (await store.query(PERIODS_SQL, params))[0]
+    if not count:
+        return Uptime(0, [(start, end)], False)
+    periods: list[tuple[int, int]] = []
+    # Before the first post that reaches into the range.
+    if int(first) > start:
+        periods.append((start, min(int(first), end)))
+    periods.extend((int(a), int(b)) for a, b in gaps)
+    periods.sort()
+    truncated = int(gap_count) > len(gaps)
+    return Uptime(int(up), periods[:MAX_PERIODS], truncated or len(periods) > MAX_PERIODS)
+
+
+async def last_seen(store: Store, bot_ids: list[str]) -> dict[str, int]:
+    rows = await store.query(LAST_SEEN_SQL, {"ids": bot_ids})
+    return {r[0]: int(r[1]) for r in rows}
