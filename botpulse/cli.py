@@ -14,6 +14,9 @@ from runtime.settings import SettingsError
 COMMAND_MODULES = [
     "botpulse.services",  # gateway, worker, query, migrate
     "botpulse.dev",  # dev
+    "workers.cli",  # status, dead-letters
+    "botpulse.accounts_cli",  # accounts, bots, keys, registry
+    "bench.cli",  # bench
 ]
 
 

@@ -2,6 +2,10 @@
 
 Layout:  bp:reg:key:<sha256(key)> -> account id       bp:reg:bot:<id> -> msgpack IndexedBot
          bp:reg:version -> counter bumped on every change      bp:reg:ready -> "1" once built
+         bp:reg:gen -> the ClickHouse registry generation the index reflects (see records.generation)
+A rebuild sets the version to a fresh value (microseconds since the epoch, or one more than the
+current value) so a process that cached entries before Redis was emptied never mistakes the
+rebuilt index's version for the one it knew.
 A process caches lookups (hits and misses) and drops its cache whenever `bp:reg:version`
 moves; it polls the version every BOTPULSE_REGISTRY_REFRESH_MS, so a regenerated or revoked
 key stops working everywhere within that interval (default 250 ms, well under 1 s), and a
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import redis.asyncio as aioredis
 
@@ -23,6 +28,17 @@ log = get_logger(__name__)
 
 VERSION_KEY = "bp:reg:version"
 READY_KEY = "bp:reg:ready"
+GEN_KEY = "bp:reg:gen"
+META_KEYS = (VERSION_KEY, READY_KEY, GEN_KEY)
+
+# SET version to ARGV[1] unless it already holds that much or more; then INCR instead.
+_FRESH_VERSION = """
+local v = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local t = tonumber(ARGV[1])
+if v >= t then return redis.call('INCR', KEYS[1]) end
+redis.call('SET', KEYS[1], ARGV[1])
+return t
+"""
 
 
 def key_entry(key_hash: str) -> str:
@@ -46,6 +62,9 @@ class RegistryCache:
         self._accounts: dict[str, str | None] = {}
         self._bots: dict[str, IndexedBot | None] = {}
         self._version: bytes | None = None
+        # Bumped on every clear: a lookup that started before a clear must not refill the cache
+        # with what it read then (it could be a key regenerated meanwhile).
+        self._epoch = 0
         self.ready = False
         self._task: asyncio.Task[None] | None = None
 
@@ -63,8 +82,7 @@ class RegistryCache:
     async def _poll_once(self) -> None:
         version, ready = await self.redis.mget(VERSION_KEY, READY_KEY)
         if version != self._version:
-            self._accounts.clear()
-            self._bots.clear()
+            self.invalidate()
             self._version = version
         self.ready = ready is not None
 
@@ -79,8 +97,7 @@ class RegistryCache:
                 failing = False
             except Exception as exc:
                 # Redis gone: forget everything so no stale key keeps working.
-                self._accounts.clear()
-                self._bots.clear()
+                self.invalidate()
                 self._version = None
                 self.ready = False
                 if not failing:
@@ -88,6 +105,7 @@ class RegistryCache:
                 failing = True
 
     def invalidate(self) -> None:
+        self._epoch += 1
         self._accounts.clear()
         self._bots.clear()
 
@@ -97,9 +115,11 @@ class RegistryCache:
             return self._accounts[key_hash]
         except KeyError:
             pass
+        epoch = self._epoch
         raw = await self.redis.get(key_entry(key_hash))
         account = raw.decode() if raw is not None else None
-        self._accounts[key_hash] = account
+        if epoch == self._epoch:
+            self._accounts[key_hash] = account
         return account
 
     async def bot(self, bot_id: str) -> IndexedBot | None:
@@ -107,9 +127,11 @@ class RegistryCache:
             return self._bots[bot_id]
         except KeyError:
             pass
+        epoch = self._epoch
         raw = await self.redis.get(bot_entry(bot_id))
         bot = decode_bot(raw) if raw is not None else None
-        self._bots[bot_id] = bot
+        if epoch == self._epoch:
+            self._bots[bot_id] = bot
         return bot
 
 
@@ -136,3 +158,23 @@ async def remove_bot(redis: aioredis.Redis, bot_id: str) -> None:
         pipe.delete(bot_entry(bot_id))
         pipe.incr(VERSION_KEY)
         await pipe.execute()
+
+
+async def drop_account_key(redis: aioredis.Redis, key_hash: str) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(key_entry(key_hash))
+        pipe.incr(VERSION_KEY)
+        await pipe.execute()
+
+
+async def set_generation(redis: aioredis.Redis, generation: str) -> None:
+    await redis.set(GEN_KEY, generation)
+
+
+async def generation(redis: aioredis.Redis) -> str | None:
+    raw = await redis.get(GEN_KEY)
+    return raw.decode() if raw is not None else None
+
+
+async def bump_version_fresh(redis: aioredis.Redis) -> None:
+    await redis.eval(_FRESH_VERSION, 1, VERSION_KEY, str(time.time_ns() // 1000))

@@ -1,25 +1,45 @@
 """Accounts and bots in ClickHouse (the system of record), kept in step with the Redis index.
 
-Writes go to ClickHouse first, then to the index: if the index write fails the next
-`rebuild_index` (run on start, or by `botpulse registry sync`) repairs it from ClickHouse.
+Every write takes the registry lock in Redis (so writes and index rebuilds from any process never
+interleave), writes ClickHouse first and the index second, appends its audit rows, and stamps the
+index with the new registry generation. If the index write fails, the generation in Redis stays
+behind ClickHouse's and the next `ensure_index` (query service start-up and its periodic check,
+or `botpulse registry sync`) rebuilds the index from ClickHouse.
+
+A key regeneration is the one exception to "ClickHouse first": the old key's index entry is
+dropped before anything else, so a failure half-way leaves the old key refused, never alive.
+
+`redis=None` writes ClickHouse only (the operator CLI against an embedded store whose Redis is
+not running); the generation check makes the next start rebuild the index.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 
-from registry import index
+from registry import audit, index
 from registry.keys import generate_key, hash_key, key_hint
+from registry.model import OPERATOR, BotFields, Busy, Conflict, Invalid, NotFound, NotManageable, given
 from runtime.clickhouse import Store
 from runtime.logs import get_logger
 from runtime.streams import custom_slots_key, partition_of
 from schemas.registry import IndexedBot, encode_bot
 
 log = get_logger(__name__)
+
+LOCK_KEY = "bp:lock:registry"
+LOCK_TTL_MS = 30_000
+LOCK_WAIT_S = 10.0
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 class Account(msgspec.Struct, frozen=True):
@@ -48,9 +68,33 @@ class Bot(msgspec.Struct, frozen=True):
             custom_slots=self.custom_slots,
         )
 
+    def audited(self) -> dict[str, Any]:
+        """The fields the audit log tracks, under their API names."""
+        return {
+            "account": self.account_id,
+            "username": self.username,
+            "avatar": self.avatar,
+            "private": self.private,
+            "voteWebhookURL": self.vote_webhook_url,
+            "customSlots": self.custom_slots,
+        }
+
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _after(previous: dt.datetime | None) -> dt.datetime:
+    """A row version newer than `previous` even if the clock has not moved a millisecond (the
+    newest `updated_at` wins in ReplacingMergeTree; a tie would be ambiguous)."""
+    t = now()
+    if previous is not None and t <= _utc(previous):
+        t = _utc(previous) + dt.timedelta(milliseconds=1)
+    return t
 
 
 ACCOUNT_COLUMNS = ["id", "name", "key_hash", "key_prefix", "created_at", "updated_at", "deleted"]
@@ -60,52 +104,307 @@ BOT_COLUMNS = [
 ]  # fmt: skip
 
 
-async def create_account(store: Store, redis: aioredis.Redis, name: str) -> tuple[Account, str]:
-    """A new account and its API key (returned once, never stored)."""
-    key = generate_key()
-    account = Account(id="acc_" + secrets.token_hex(8), name=name, key_prefix=key_hint(key), created_at=now())
-    await store.insert(
-        "accounts",
-        [[account.id, name, hash_key(key), account.key_prefix, account.created_at, account.created_at, 0]],
-        ACCOUNT_COLUMNS,
-    )
-    await index.put_account_key(redis, account.id, hash_key(key), None)
-    return account, key
+# --- locking and generation ---------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def registry_lock(redis: aioredis.Redis | None, wait_s: float = LOCK_WAIT_S) -> AsyncIterator[None]:
+    """Serialize registry writes and rebuilds across processes (a Redis lock with a TTL, so a
+    crashed holder cannot block the registry for longer than 30 s)."""
+    if redis is None:
+        yield
+        return
+    token = secrets.token_hex(16)
+    deadline = time.monotonic() + wait_s
+    while not await redis.set(LOCK_KEY, token, nx=True, px=LOCK_TTL_MS):
+        if time.monotonic() > deadline:
+            raise Busy("The registry is busy; retry in a moment")
+        await asyncio.sleep(0.02)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # the TTL frees it if Redis is gone
+            await redis.eval(_RELEASE, 1, LOCK_KEY, token)
 
 
-async def get_bot(store: Store, bot_id: str) -> Bot | None:
+async def generation(store: Store) -> str:
+    """The registry generation in ClickHouse: the newest row version of accounts and of bots.
+    Every registry write inserts a newer row, so a Redis index stamped with an older generation
+    (restored from an old AOF, or missing a write whose index update failed) is stale."""
     rows = await store.query(
-        "SELECT id, account_id, username, avatar, private, custom_slots, vote_webhook_url, created_at "
-        "FROM bots FINAL WHERE id = {id:String} AND deleted = 0",
-        {"id": bot_id},
+        "SELECT (SELECT toUnixTimestamp64Milli(max(updated_at)) FROM accounts), "
+        "(SELECT toUnixTimestamp64Milli(max(updated_at)) FROM bots)"
+    )
+    return f"{int(rows[0][0] or 0)}:{int(rows[0][1] or 0)}"
+
+
+async def _stamp(store: Store, redis: aioredis.Redis | None) -> None:
+    if redis is not None:
+        await index.set_generation(redis, await generation(store))
+
+
+# --- accounts -----------------------------------------------------------------------------------
+class _AccountRow(msgspec.Struct, frozen=True):
+    account: Account
+    key_hash: str
+    updated_at: dt.datetime
+
+
+async def _account_row(store: Store, account_id: str) -> _AccountRow | None:
+    rows = await store.query(
+        "SELECT id, name, key_hash, key_prefix, created_at, updated_at FROM accounts FINAL "
+        "WHERE id = {id:String} AND deleted = 0",
+        {"id": account_id},
     )
     if not rows:
         return None
     r = rows[0]
+    return _AccountRow(Account(r[0], r[1], r[3], _utc(r[4])), r[2], _utc(r[5]))
+
+
+async def get_account(store: Store, account_id: str) -> Account | None:
+    row = await _account_row(store, account_id)
+    return row.account if row else None
+
+
+async def list_accounts(store: Store) -> list[tuple[Account, int]]:
+    """Every account with its number of bots, oldest first."""
+    rows = await store.query(
+        "SELECT a.id, a.name, a.key_prefix, a.created_at, ifNull(b.n, 0) "
+        "FROM (SELECT id, name, key_prefix, created_at FROM accounts FINAL WHERE deleted = 0) AS a "
+        "LEFT JOIN (SELECT account_id, count() AS n FROM bots FINAL WHERE deleted = 0 "
+        "GROUP BY account_id) AS b "
+        "ON a.id = b.account_id ORDER BY a.created_at, a.id",
+        settings={"join_use_nulls": 1},
+    )
+    return [(Account(r[0], r[1], r[2], _utc(r[3])), int(r[4])) for r in rows]
+
+
+async def create_account(
+    store: Store, redis: aioredis.Redis | None, name: str, *, by: str = OPERATOR
+) -> tuple[Account, str]:
+    """A new account and its API key (returned once, never stored)."""
+    key = generate_key()
+    at = now()
+    account = Account(id="acc_" + secrets.token_hex(8), name=name, key_prefix=key_hint(key), created_at=at)
+    async with registry_lock(redis):
+        await store.insert(
+            "accounts", [[account.id, name, hash_key(key), account.key_prefix, at, at, 0]], ACCOUNT_COLUMNS
+        )
+        diff = {"name": (audit.ABSENT, name), "key": (audit.ABSENT, account.key_prefix)}
+        await audit.write(store, audit.rows(audit.ACCOUNT_ROW, account.id, at, by, diff))
+        if redis is not None:
+            await index.put_account_key(redis, account.id, hash_key(key), None)
+        await _stamp(store, redis)
+    log.info("account created", account=account.id, by=by)
+    return account, key
+
+
+async def regenerate_key(
+    store: Store, redis: aioredis.Redis | None, account_id: str, *, by: str = OPERATOR
+) -> tuple[Account, str]:
+    """A new key for the account; the old one is refused from the moment this returns (and by
+    every process's cache within BOTPULSE_REGISTRY_REFRESH_MS)."""
+    async with registry_lock(redis):
+        row = await _account_row(store, account_id)
+        if row is None:
+            raise NotFound(f"No account {account_id!r}", "account")
+        if redis is not None:
+            await index.drop_account_key(redis, row.key_hash)
+        key = generate_key()
+        at = _after(row.updated_at)
+        account = msgspec.structs.replace(row.account, key_prefix=key_hint(key))
+        await store.insert(
+            "accounts",
+            [[account.id, account.name, hash_key(key), account.key_prefix, account.created_at, at, 0]],
+            ACCOUNT_COLUMNS,
+        )
+        diff = {"key": (row.account.key_prefix, account.key_prefix)}
+        await audit.write(store, audit.rows(audit.ACCOUNT_ROW, account.id, at, by, diff))
+        if redis is not None:
+            await index.put_account_key(redis, account.id, hash_key(key), None)
+        await _stamp(store, redis)
+    log.info("account key regenerated", account=account.id, by=by)
+    return account, key
+
+
+# --- bots ---------------------------------------------------------------------------------------
+class _BotRow(msgspec.Struct, frozen=True):
+    bot: Bot
+    updated_at: dt.datetime
+    deleted: bool
+
+
+_BOT_SELECT = (
+    "SELECT id, account_id, username, avatar, private, custom_slots, vote_webhook_url, created_at, "
+    "updated_at, deleted FROM bots FINAL"
+)
+
+
+def _bot_from(r: tuple[Any, ...]) -> Bot:
     return Bot(r[0], r[1], r[2], r[3], bool(r[4]), int(r[5]), r[6], _utc(r[7]))
 
 
-async def write_bot(store: Store, redis: aioredis.Redis, bot: Bot, *, deleted: bool = False) -> None:
+async def _bot_row(store: Store, bot_id: str) -> _BotRow | None:
+    """The newest version of the bot's row, removed or not."""
+    rows = await store.query(f"{_BOT_SELECT} WHERE id = {{id:String}}", {"id": bot_id})
+    if not rows:
+        return None
+    return _BotRow(_bot_from(rows[0]), _utc(rows[0][8]), bool(rows[0][9]))
+
+
+async def get_bot(store: Store, bot_id: str) -> Bot | None:
+    row = await _bot_row(store, bot_id)
+    return row.bot if row and not row.deleted else None
+
+
+async def list_bots(store: Store, account_id: str | None = None) -> list[Bot]:
+    if account_id is None:
+        rows = await store.query(f"{_BOT_SELECT} WHERE deleted = 0 ORDER BY created_at, id")
+    else:
+        rows = await store.query(
+            f"{_BOT_SELECT} WHERE deleted = 0 AND account_id = {{a:String}} ORDER BY created_at, id",
+            {"a": account_id},
+        )
+    return [_bot_from(r) for r in rows]
+
+
+async def custom_metric_names(store: Store, bot_id: str) -> list[str]:
+    rows = await store.query(
+        "SELECT name FROM custom_metric_names FINAL WHERE bot_id = {id:String} ORDER BY first_seen, name",
+        {"id": bot_id},
+    )
+    return [r[0] for r in rows]
+
+
+async def managed_bot(store: Store, bot_id: str, account_id: str) -> Bot:
+    """The bot, if `account_id` owns it."""
+    bot = await get_bot(store, bot_id)
+    if bot is None:
+        raise NotFound("Not found")
+    if bot.account_id != account_id:
+        raise NotManageable()
+    return bot
+
+
+async def _write_bot_locked(
+    store: Store, redis: aioredis.Redis | None, bot: Bot, *, deleted: bool, by: str
+) -> bool:
+    """Write the bot's new version, its audit rows and its index entry; False when nothing changed."""
+    previous = await _bot_row(store, bot.id)
+    alive = previous is not None and not previous.deleted
+    if deleted:
+        if not alive:
+            return False
+        diff: dict[str, tuple[Any, Any]] = {"deleted": (False, True)}
+    elif alive:
+        assert previous is not None
+        old, new = previous.bot.audited(), bot.audited()
+        diff = {k: (old[k], new[k]) for k in new if old[k] != new[k]}
+        if not diff:
+            return False
+    else:
+        diff = {"id": (audit.ABSENT, bot.id)} | {k: (audit.ABSENT, v) for k, v in bot.audited().items()}
+    at = _after(previous.updated_at if previous else None)
     await store.insert(
         "bots",
         [[
             bot.id, bot.account_id, bot.username, bot.avatar, int(bot.private), bot.custom_slots,
-            bot.vote_webhook_url, bot.created_at, now(), int(deleted),
+            bot.vote_webhook_url, bot.created_at, at, int(deleted),
         ]],
         BOT_COLUMNS,
     )  # fmt: skip
-    if deleted:
-        await index.remove_bot(redis, bot.id)
-    else:
-        await index.put_bot(redis, bot.indexed())
+    await audit.write(store, audit.rows(bot.id, bot.account_id, at, by, diff))
+    if redis is not None:
+        if deleted:
+            await index.remove_bot(redis, bot.id)
+        else:
+            await index.put_bot(redis, bot.indexed())
+    await _stamp(store, redis)
+    return True
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+async def write_bot(
+    store: Store, redis: aioredis.Redis | None, bot: Bot, *, deleted: bool = False, by: str = OPERATOR
+) -> None:
+    """Store this version of the bot as is (create or replace), audited."""
+    async with registry_lock(redis):
+        await _write_bot_locked(store, redis, bot, deleted=deleted, by=by)
 
 
+async def create_bot(
+    store: Store,
+    redis: aioredis.Redis | None,
+    bot_id: str,
+    fields: BotFields,
+    *,
+    account_id: str,
+    default_slots: int,
+    by: str,
+) -> Bot:
+    """A new bot owned by `account_id`; `Conflict` when the id is taken."""
+    values = given(fields)
+    async with registry_lock(redis):
+        if await get_bot(store, bot_id) is not None:
+            raise Conflict(f"Bot {bot_id} already exists", "id")
+        if await get_account(store, account_id) is None:
+            raise Invalid(f"No account {account_id!r}", "account")
+        bot = Bot(
+            id=bot_id,
+            account_id=account_id,
+            username=values["username"],
+            avatar=values.get("avatar"),
+            private=values.get("private", False),
+            custom_slots=values.get("custom_slots", default_slots),
+            vote_webhook_url=values.get("vote_webhook_url"),
+            created_at=now(),
+        )
+        await _write_bot_locked(store, redis, bot, deleted=False, by=by)
+    log.info("bot created", bot=bot_id, account=account_id, by=by)
+    return bot
+
+
+async def update_bot(
+    store: Store,
+    redis: aioredis.Redis | None,
+    bot_id: str,
+    fields: BotFields,
+    *,
+    by: str,
+    owner: str | None = None,
+) -> Bot:
+    """Apply the given fields; with `owner`, only if that account owns the bot."""
+    values = given(fields)
+    async with registry_lock(redis):
+        bot = await get_bot(store, bot_id)
+        if bot is None:
+            raise NotFound("Not found")
+        if owner is not None and bot.account_id != owner:
+            raise NotManageable()
+        if "account_id" in values and await get_account(store, values["account_id"]) is None:
+            raise Invalid(f"No account {values['account_id']!r}", "account")
+        bot = msgspec.structs.replace(bot, **values)
+        await _write_bot_locked(store, redis, bot, deleted=False, by=by)
+    return bot
+
+
+async def remove_bot(store: Store, redis: aioredis.Redis | None, bot_id: str, *, by: str) -> Bot:
+    async with registry_lock(redis):
+        bot = await get_bot(store, bot_id)
+        if bot is None:
+            raise NotFound("Not found")
+        await _write_bot_locked(store, redis, bot, deleted=True, by=by)
+    log.info("bot removed", bot=bot_id, by=by)
+    return bot
+
+
+# --- the index ----------------------------------------------------------------------------------
 async def rebuild_index(store: Store, redis: aioredis.Redis, partitions: int) -> int:
     """Rewrite the whole Redis index from ClickHouse; returns the number of bots indexed."""
+    async with registry_lock(redis):
+        return await _rebuild_locked(store, redis, partitions)
+
+
+async def _rebuild_locked(store: Store, redis: aioredis.Redis, partitions: int) -> int:
+    gen = await generation(store)
     accounts = await store.query("SELECT id, key_hash FROM accounts FINAL WHERE deleted = 0")
     bots = await store.query(
         "SELECT id, account_id, username, private, custom_slots FROM bots FINAL WHERE deleted = 0"
@@ -113,29 +412,43 @@ async def rebuild_index(store: Store, redis: aioredis.Redis, partitions: int) ->
     names = await store.query(
         "SELECT bot_id, groupArray(name) FROM custom_metric_names FINAL GROUP BY bot_id"
     )
-    stale = [k async for k in redis.scan_iter(match="bp:reg:*", count=1000)]
+    wanted: dict[str, bytes | str] = {}
+    for account_id, key_hash in accounts:
+        wanted[index.key_entry(key_hash)] = account_id
+    for bot_id, account_id, username, private, slots in bots:
+        wanted[index.bot_entry(bot_id)] = encode_bot(
+            IndexedBot(bot_id, account_id, username, bool(private), int(slots))
+        )
+    keep = {k.encode() for k in wanted} | {k.encode() for k in index.META_KEYS}
+    # Write every current entry before dropping stale ones: a valid key never disappears
+    # mid-rebuild, and a stale one is gone when the rebuild returns.
+    stale = [k async for k in redis.scan_iter(match="bp:reg:*", count=1000) if k not in keep]
     async with redis.pipeline(transaction=False) as pipe:
-        for key in stale:
-            if key not in (index.VERSION_KEY.encode(), index.READY_KEY.encode()):
-                pipe.delete(key)
-        for account_id, key_hash in accounts:
-            pipe.set(index.key_entry(key_hash), account_id)
-        for bot_id, account_id, username, private, slots in bots:
-            bot = IndexedBot(bot_id, account_id, username, bool(private), int(slots))
-            pipe.set(index.bot_entry(bot_id), encode_bot(bot))
+        for key, value in wanted.items():
+            pipe.set(key, value)
         for bot_id, metric_names in names:
             if metric_names:
                 pipe.sadd(custom_slots_key(partition_of(bot_id, partitions), bot_id), *metric_names)
+        if stale:
+            pipe.delete(*stale)
+        pipe.set(index.GEN_KEY, gen)
         pipe.set(index.READY_KEY, "1")
-        pipe.incr(index.VERSION_KEY)
         await pipe.execute()
-    log.info("registry index rebuilt", accounts=len(accounts), bots=len(bots))
+    await index.bump_version_fresh(redis)
+    log.info(
+        "registry index rebuilt", accounts=len(accounts), bots=len(bots), stale=len(stale), generation=gen
+    )
     return len(bots)
 
 
 async def ensure_index(store: Store, redis: aioredis.Redis, partitions: int) -> bool:
-    """Rebuild the index when Redis lost it; True when a rebuild ran."""
-    if await index.is_ready(redis):
+    """Rebuild the index when Redis lost it or it is stale (its generation differs from
+    ClickHouse's); True when a rebuild ran."""
+    if await index.is_ready(redis) and await index.generation(redis) == await generation(store):
         return False
-    await rebuild_index(store, redis, partitions)
+    async with registry_lock(redis):
+        # Another process may have rebuilt it while this one waited for the lock.
+        if await index.is_ready(redis) and await index.generation(redis) == await generation(store):
+            return False
+        await _rebuild_locked(store, redis, partitions)
     return True

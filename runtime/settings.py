@@ -63,6 +63,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # --- accounts -----------------------------------------------------------------------------
     admin_token: str | None = None
     default_custom_slots: Annotated[int, Meta(ge=0, le=1000)] = 10
+    # Operator CLI: reach the registry through this query service's admin API (with admin_token)
+    # instead of opening ClickHouse itself. Unset: a running `botpulse dev` stack, else direct.
+    admin_url: Annotated[str, Meta(pattern=r"^https?://")] | None = None
+    # How often the query service compares the Redis index's generation with ClickHouse's.
+    registry_check_s: Annotated[int, Meta(ge=1, le=3600)] = 30
 
     @property
     def embedded_clickhouse(self) -> bool:

@@ -1,0 +1,131 @@
+"""The operator's operations, defined once: the admin HTTP API (`/v1/admin/...`, served by the
+query service) routes to them, and the operator CLI either calls them over that API or, when it
+opens the store itself, calls them directly. Each takes the path and query parameters and the
+JSON body, and returns (HTTP status, JSON body) or raises a `RegistryError`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from registry import model, records
+from runtime.clickhouse import Store
+from runtime.settings import Settings
+
+Params = dict[str, str]
+Result = tuple[int, dict[str, Any]]
+
+
+class Context(msgspec.Struct, frozen=True):
+    settings: Settings
+    store: Store
+    # None only in the CLI's direct mode when no Redis is configured (ClickHouse-only writes).
+    redis: aioredis.Redis | None
+
+
+class Operation(msgspec.Struct, frozen=True):
+    method: str
+    path: str
+    run: Callable[[Context, Params, dict[str, Any]], Awaitable[Result]]
+
+
+def ms(value: dt.datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return int(value.timestamp() * 1000)
+
+
+async def bot_view(store: Store, bot: records.Bot) -> dict[str, Any]:
+    """A bot as its owner and the operator see it."""
+    return {
+        "id": bot.id,
+        "account": bot.account_id,
+        "username": bot.username,
+        "avatar": bot.avatar,
+        "private": bot.private,
+        "customSlots": bot.custom_slots,
+        "customMetrics": await records.custom_metric_names(store, bot.id),
+        "voteWebhookURL": bot.vote_webhook_url,
+        "createdAt": ms(bot.created_at),
+    }
+
+
+def account_view(account: records.Account) -> dict[str, Any]:
+    return {
+        "id": account.id,
+        "name": account.name,
+        "keyPrefix": account.key_prefix,
+        "createdAt": ms(account.created_at),
+    }
+
+
+async def create_account(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
+    account, key = await records.create_account(ctx.store, ctx.redis, model.account_name(body))
+    return 201, account_view(account) | {"key": key}
+
+
+async def list_accounts(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
+    rows = await records.list_accounts(ctx.store)
+    return 200, {"accounts": [account_view(a) | {"bots": n} for a, n in rows]}
+
+
+async def regenerate_key(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
+    account, key = await records.regenerate_key(ctx.store, ctx.redis, params["accountId"])
+    return 200, {"account": account.id, "token": key}
+
+
+async def list_bots(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
+    bots = await records.list_bots(ctx.store, params.get("account") or None)
+    return 200, {"bots": [await bot_view(ctx.store, b) for b in bots]}
+
+
+async def add_bot(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
+    bot_id, fields = model.new_bot(body, model.OPERATOR_CREATE)
+    bot = await records.create_bot(
+        ctx.store,
+        ctx.redis,
+        bot_id,
+        fields,
+        account_id=body["account"],
+        default_slots=ctx.settings.default_custom_slots,
+        by=model.OPERATOR,
+    )
+    return 201, await bot_view(ctx.store, bot)
+
+
+async def set_bot(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
+    fields = model.bot_changes(body, model.OPERATOR_PATCH)
+    bot = await records.update_bot(
+        ctx.store, ctx.redis, model.bot_id(params["botId"], "botId"), fields, by=model.OPERATOR
+    )
+    return 200, await bot_view(ctx.store, bot)
+
+
+async def remove_bot(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
+    bot = await records.remove_bot(
+        ctx.store, ctx.redis, model.bot_id(params["botId"], "botId"), by=model.OPERATOR
+    )
+    return 200, {"id": bot.id, "removed": True}
+
+
+async def sync_registry(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
+    if ctx.redis is None:
+        raise model.Invalid("REDIS_URL is not set: there is no index to rebuild")
+    bots = await records.rebuild_index(ctx.store, ctx.redis, ctx.settings.stream_partitions)
+    return 200, {"bots": bots, "generation": await records.generation(ctx.store)}
+
+
+OPERATIONS: dict[str, Operation] = {
+    "accounts.create": Operation("POST", "/v1/admin/accounts", create_account),
+    "accounts.list": Operation("GET", "/v1/admin/accounts", list_accounts),
+    "keys.regenerate": Operation("POST", "/v1/admin/accounts/{accountId}/key/regenerate", regenerate_key),
+    "bots.list": Operation("GET", "/v1/admin/bots", list_bots),
+    "bots.add": Operation("POST", "/v1/admin/bots", add_bot),
+    "bots.set": Operation("PATCH", "/v1/admin/bots/{botId}", set_bot),
+    "bots.remove": Operation("DELETE", "/v1/admin/bots/{botId}", remove_bot),
+    "registry.sync": Operation("POST", "/v1/admin/registry/sync", sync_registry),
+}
