@@ -1,0 +1,147 @@
+"""`botpulse bench` / `python -m bench`: run the phases, print the table, write the results."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import msgspec
+
+from bench import e2e, gateway, query, report, worker, wrk
+from bench.context import RAISED_LIMITS, REPO, Bench, Figure
+from bench.sizes import BY_NAME
+
+PHASES = {"gateway": gateway.run, "worker": worker.run, "e2e": e2e.run, "query": query.run}
+GATEWAY_RSS_TARGET_MB = 80
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="everything small, in under two minutes")
+    size.add_argument("--tiny", action="store_true", help="minimal sizes (the test suite's smoke run)")
+    p.add_argument("--only", default=",".join(PHASES), help=f"comma-separated phases of: {', '.join(PHASES)}")
+    p.add_argument(
+        "--generator",
+        choices=["auto", "wrk", "builtin"],
+        default="auto",
+        help="peak-load generator: wrk when installed (auto), or the built-in one",
+    )
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where the JSON goes")
+    p.add_argument(
+        "--docs", type=Path, default=None, help="doc to update (default: docs/benchmarks.md on full runs)"
+    )
+    p.add_argument("--no-docs", action="store_true", help="never touch the docs")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (service logs, data)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure every speed target (see docs/benchmarks.md)")
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    sizes = BY_NAME["tiny" if args.tiny else "quick" if args.quick else "full"]
+    phases = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in phases if name not in PHASES]
+    if unknown:
+        print(f"botpulse bench: unknown phase(s) {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    if args.generator == "wrk" and not wrk.available():
+        print(
+            "botpulse bench: --generator wrk but wrk is not installed (apt-get install wrk)", file=sys.stderr
+        )
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="botpulse-bench-"))
+    b = Bench(sizes, workdir, args.generator)
+    generator = "wrk + bench/wrk_post.lua" if b.use_wrk(False) else "built-in (bench/loadgen.py)"
+    machine = report.machine_info()
+    b.say(f"{sizes.mode} run, phases {', '.join(phases)}, peak load from {generator}, work dir {workdir}")
+    started = time.monotonic()
+    failed: dict[str, str] = {}
+    try:
+        for name in phases:
+            try:
+                PHASES[name](b)
+            except Exception as exc:
+                failed[name] = "".join(traceback.format_exception_only(exc)).strip()
+                b.say(f"{name}: FAILED\n{traceback.format_exc()}")
+                b.figure(
+                    Figure(f"{name}_failed", f"{name} phase", None, "", "runs", False, failed[name][:300])
+                )
+    finally:
+        b.close()
+    _memory_figures(b)
+    elapsed = round(time.monotonic() - started, 1)
+    meta = {
+        "mode": sizes.mode,
+        "generator": generator,
+        "fixed_rate_generator": "built-in (bench/loadgen.py)",
+        "machine": machine,
+        "elapsed_s": elapsed,
+        "sizes": msgspec.to_builtins(sizes),
+        "raised_limits": RAISED_LIMITS,
+        "phases": phases,
+        "failed": failed,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    name = f"full-{stamp}" if sizes.mode == "full" else f"{sizes.mode}-latest"
+    result_path = args.out / f"{name}.json"
+    document = {**meta, "figures": msgspec.to_builtins(b.figures), "peak_rss_mb": b.peak_rss, "raw": b.raw}
+    result_path.write_bytes(msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n")
+    profile = (b.raw.get("gateway") or {}).get("profile")
+    if profile and Path(profile).exists():
+        shutil.copyfile(
+            profile, args.out / f"{'gateway' if sizes.mode == 'full' else sizes.mode}-profile.txt"
+        )
+    print()
+    print(report.table(b.figures))
+    print(f"\n{sizes.mode} run took {elapsed} s; results in {result_path}")
+    docs = args.docs or (REPO / "docs" / "benchmarks.md" if sizes.mode == "full" else None)
+    if docs and not args.no_docs:
+        try:
+            shown = result_path.relative_to(REPO)
+        except ValueError:
+            shown = result_path
+        report.update_docs(docs, report.markdown(b.figures, meta, str(shown)))
+        print(f"updated {docs}")
+    if args.keep:
+        print(f"work directory kept: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+def _memory_figures(b: Bench) -> None:
+    gateways = {k: v for k, v in b.peak_rss.items() if k.startswith("gateway")}
+    if gateways:
+        worst = max(gateways, key=gateways.__getitem__)
+        b.figure(
+            Figure(
+                "gateway_peak_rss",
+                "gateway peak RSS (largest process)",
+                gateways[worst],
+                "MiB",
+                f"≤ {GATEWAY_RSS_TARGET_MB} MiB",
+                gateways[worst] <= GATEWAY_RSS_TARGET_MB,
+                f"in run '{worst}'",
+            )
+        )
+    for label, mb in b.peak_rss.items():
+        if not label.startswith("gateway"):
+            b.figure(Figure(f"rss_{label}", f"peak RSS: {label}", mb, "MiB"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="Measure every botpulse speed target."
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,163 @@
+"""Phase 1: the gateway's full `POST /v1/bot/{id}` path against a bare aiohttp 204 handler,
+same process model, same load, same run; 1 and 2 processes; p99 at 70% of the peak rate;
+a pyinstrument profile of the hot path."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import msgspec
+
+from bench.context import RAISED_LIMITS, Bench, Figure, port
+from bench.loadgen import Result
+from bench.procs import Service
+from bench.seed import Spec
+
+PHASE = "gateway"
+
+
+class Run(msgspec.Struct):
+    """One load run against one server, with how many of its processes were running."""
+
+    processes_alive: int
+    result: Result
+
+    @property
+    def rejected(self) -> int:
+        ok = sum(n for status, n in self.result.statuses.items() if status in ("204", "2xx/3xx"))
+        return self.result.requests - ok
+
+
+def _start(
+    b: Bench, kind: str, workers: int, env: dict[str, str], profile_to: str | None = None
+) -> tuple[Service, int]:
+    p = port()
+    if kind == "baseline":
+        args = ["-m", "bench.baseline", "--port", str(p), "--workers", str(workers)]
+    else:
+        args = ["-m", "botpulse", "gateway", "--port", str(p), "--workers", str(workers)]
+        if profile_to:
+            args = [
+                "-m",
+                "pyinstrument",
+                "--renderer",
+                "text",
+                "--outfile",
+                profile_to,
+                "--interval",
+                "0.0005",
+                *args,
+            ]
+    svc = b.service(f"{kind}-{workers}p", PHASE, args, env)
+    svc.wait_http(f"http://127.0.0.1:{p}/healthz", timeout=60)
+    time.sleep(0.5 + 0.5 * workers)  # forked processes bind after the first one answers
+    return svc, p
+
+
+def run(b: Bench) -> None:
+    s = b.sizes
+    redis = b.redis(PHASE)
+    try:
+        env = b.env(PHASE, redis.url)
+        b.say(f"gateway: seeding {s.accounts} accounts, {s.bots} bots")
+        seeded = b.seed(PHASE, env, Spec(accounts=s.accounts, bots=s.bots))
+        targets = b.write_targets(PHASE, seeded)
+        runs: dict[str, Run] = {}
+        for workers in s.gateway_processes:
+            for kind in ("baseline", "gateway"):
+                svc, p = _start(b, kind, workers, env)
+                try:
+                    result = b.load(PHASE, p, targets)
+                    alive = len(svc.processes())
+                    b.note_rss(f"{kind} ({workers}p)", svc)
+                finally:
+                    svc.stop()
+                runs[f"{kind}_{workers}p"] = Run(alive, result)
+                b.say(
+                    f"gateway: {kind} {workers}p {result.rps:.0f} req/s p50 {result.p50_ms} ms "
+                    f"p99 {result.p99_ms} ms statuses {result.statuses} alive {alive}/{workers}"
+                )
+        # p99 at 70% of the single-process peak, fixed rate (built-in generator: wrk cannot pace).
+        peak = runs["gateway_1p"].result.rps
+        paced = None
+        if peak > 0:
+            svc, p = _start(b, "gateway", 1, env)
+            try:
+                paced = b.load(PHASE, p, targets, rate=round(0.7 * peak, 1))
+                b.note_rss("gateway (1p)", svc)
+            finally:
+                svc.stop()
+            runs["gateway_1p_70pct"] = Run(1, paced)
+            b.say(f"gateway: 70% of peak ({0.7 * peak:.0f}/s) p99 {paced.p99_ms} ms")
+        profile = profile_gateway(b, env, targets) if s.profile else None
+        b.raw[PHASE] = {
+            "runs": msgspec.to_builtins(runs),
+            "raised_limits": RAISED_LIMITS,
+            "bots": s.bots,
+            "accounts": s.accounts,
+            "profile": profile,
+        }
+        _figures(b, runs)
+    finally:
+        b.stop_redis(redis, "redis (gateway phase)")
+
+
+def profile_gateway(b: Bench, env: dict[str, str], targets: tuple[Path, Path]) -> str | None:
+    """Profile one gateway process under the same load; the text report lands in the results."""
+    out = b.phase_dir(PHASE) / "gateway-profile.txt"
+    svc, p = _start(b, "gateway", 1, env, profile_to=str(out))
+    try:
+        b.load(PHASE, p, targets)
+    finally:
+        # SIGINT: aiohttp shuts down cleanly, so pyinstrument gets to write its report.
+        svc.stop(sig=signal.SIGINT, timeout=30)
+    if not out.exists():
+        b.say(f"gateway: profile not written; log:\n{svc.log_tail()}")
+        return None
+    return str(out)
+
+
+def _figures(b: Bench, runs: dict[str, Run]) -> None:
+    for workers in b.sizes.gateway_processes:
+        base, gw = runs[f"baseline_{workers}p"].result, runs[f"gateway_{workers}p"]
+        notes = []
+        if gw.processes_alive != workers:
+            notes.append(f"only {gw.processes_alive} of {workers} gateway processes were running")
+        if gw.rejected:
+            notes.append(f"{gw.rejected} answers were not 204 (statuses {gw.result.statuses})")
+        note = "; ".join(notes)
+        ratio = round(gw.result.rps / base.rps, 3) if base.rps else None
+        ok = None if ratio is None else (ratio >= 0.85 and not notes)
+        n = f"{workers} process" + ("es" if workers > 1 else "")
+        b.figure(Figure(f"gateway_rps_{workers}p", f"gateway req/s, {n}", gw.result.rps, "req/s", note=note))
+        b.figure(Figure(f"baseline_rps_{workers}p", f"bare aiohttp 204 req/s, {n}", base.rps, "req/s"))
+        b.figure(
+            Figure(f"gateway_ratio_{workers}p", f"gateway / baseline, {n}", ratio, "x", "≥ 0.85", ok, note)
+        )
+        for q in ("p50", "p99"):
+            b.figure(
+                Figure(
+                    f"gateway_{q}_{workers}p",
+                    f"gateway {q} at peak, {n}",
+                    getattr(gw.result, f"{q}_ms"),
+                    "ms",
+                    note=f"baseline {getattr(base, f'{q}_ms')} ms",
+                )
+            )
+    paced = runs.get("gateway_1p_70pct")
+    if paced:
+        p99 = paced.result.p99_ms
+        note = f"achieved {paced.result.rps}/s" + (f"; {paced.rejected} not 204" if paced.rejected else "")
+        b.figure(
+            Figure(
+                "gateway_p99_70pct",
+                f"gateway p99 at 70% of peak ({paced.result.rate:.0f}/s), 1 process",
+                p99,
+                "ms",
+                "≤ 10 ms",
+                None if p99 is None else (p99 <= 10 and not paced.rejected),
+                note,
+            )
+        )

@@ -1,0 +1,240 @@
+"""The built-in load generator, run as its own process (`python -m bench.loadgen`) so it never
+shares an event loop or a core's time slice accounting with the server it measures.
+
+It speaks just enough HTTP/1.1 over raw asyncio protocols (keep-alive, Content-Length or
+chunked bodies) to stay much cheaper per request than the aiohttp server it loads. Two modes:
+closed loop (each connection sends its next request when the previous answer arrived: peak
+throughput) and fixed rate (`--rate`: each connection sends on its own schedule, and latency
+counts from the scheduled send time so a stalled server cannot hide its queueing delay).
+Targets only 127.0.0.1; the run is bounded by `--warmup + --duration`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import msgspec
+
+HOST = "127.0.0.1"
+
+
+class Result(msgspec.Struct):
+    generator: str
+    connections: int
+    duration_s: float
+    requests: int
+    rps: float
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    statuses: dict[str, int]
+    errors: int
+    rate: float | None = None
+    client_cpu_share: float | None = None  # CPU seconds per wall second of the generator itself
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return None
+    rank = max(1, min(len(sorted_values), math.ceil(q * len(sorted_values) / 100)))
+    return sorted_values[rank - 1]
+
+
+def build_requests(port: int, targets: list[list[str]], body: bytes) -> list[bytes]:
+    """One prepared request per (bot id, key): many distinct bots and keys, so caches are honest."""
+    requests = []
+    for bot_id, key in targets:
+        head = (
+            f"POST /v1/bot/{bot_id} HTTP/1.1\r\nHost: {HOST}:{port}\r\nAuthorization: {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        requests.append(head.encode() + body)
+    return requests
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection; `request()` sends bytes and resolves with the status code."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[int] | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("connection lost"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._parse()
+
+    def _parse(self) -> None:
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0 or self.waiter is None or self.waiter.done():
+            return
+        head = bytes(self.buffer[:end]).decode("latin-1")
+        lines = head.split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body_start = end + 4
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            terminator = self.buffer.find(b"0\r\n\r\n", body_start)
+            if terminator < 0:
+                return
+            consumed = terminator + 5
+        else:
+            length = 0 if status in (204, 304) else int(headers.get("content-length", "0"))
+            if len(self.buffer) < body_start + length:
+                return
+            consumed = body_start + length
+        del self.buffer[:consumed]
+        self.waiter.set_result(status)
+        if headers.get("connection", "").lower() == "close" and self.transport is not None:
+            self.transport.close()
+
+    async def request(self, data: bytes) -> int:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return await self.waiter
+
+
+async def _connect(port: int) -> _Conn:
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_connection(_Conn, HOST, port)
+    return protocol
+
+
+async def run_load(
+    port: int,
+    requests: list[bytes],
+    *,
+    connections: int,
+    duration: float,
+    warmup: float,
+    rate: float | None = None,
+) -> Result:
+    loop = asyncio.get_running_loop()
+    start = loop.time() + warmup
+    stop = start + duration
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    errors = 0
+    counter = 0
+
+    async def one_connection(index: int) -> None:
+        nonlocal errors, counter
+        conn: _Conn | None = None
+        interval = connections / rate if rate else 0.0
+        # Stagger fixed-rate connections so sends spread evenly over each interval.
+        scheduled = loop.time() + (interval * index / connections if rate else 0.0)
+        while True:
+            now = loop.time()
+            if now >= stop:
+                break
+            if rate:
+                if scheduled > now:
+                    await asyncio.sleep(scheduled - now)
+                sent_at = scheduled
+                scheduled += interval
+            else:
+                sent_at = now
+            try:
+                if conn is None or conn.closed.done():
+                    conn = await _connect(port)
+                data = requests[counter % len(requests)]
+                counter += 1
+                status = await conn.request(data)
+            except (OSError, ConnectionError, ValueError, IndexError):
+                conn = None
+                if loop.time() >= start:
+                    errors += 1
+                await asyncio.sleep(0.01)
+                continue
+            done = loop.time()
+            if start <= sent_at and done <= stop:
+                latencies.append(done - sent_at)
+                statuses[str(status)] += 1
+        if conn is not None and conn.transport is not None:
+            conn.transport.close()
+
+    cpu_before = time.process_time()
+    await asyncio.gather(*(one_connection(i) for i in range(connections)))
+    cpu_used = time.process_time() - cpu_before
+    latencies.sort()
+
+    def ms(value: float | None) -> float | None:
+        return None if value is None else round(value * 1000, 3)
+
+    return Result(
+        generator="builtin",
+        connections=connections,
+        duration_s=duration,
+        requests=len(latencies),
+        rps=round(len(latencies) / duration, 1),
+        p50_ms=ms(percentile(latencies, 50)),
+        p90_ms=ms(percentile(latencies, 90)),
+        p99_ms=ms(percentile(latencies, 99)),
+        max_ms=ms(latencies[-1] if latencies else None),
+        statuses=dict(statuses),
+        errors=errors,
+        rate=rate,
+        client_cpu_share=round(cpu_used / (warmup + duration), 3),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.loadgen")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--targets", type=Path, required=True, help="JSON list of [bot id, key]")
+    parser.add_argument("--body", default='{"guilds": 1234}')
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--rate", type=float, default=None, help="requests/s in total (fixed-rate mode)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    targets = json.loads(args.targets.read_text())
+    requests = build_requests(args.port, targets, args.body.encode())
+    result = asyncio.run(
+        run_load(
+            args.port,
+            requests,
+            connections=args.connections,
+            duration=args.duration,
+            warmup=args.warmup,
+            rate=args.rate,
+        )
+    )
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_bytes(msgspec.json.encode(result))
+    os.replace(tmp, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

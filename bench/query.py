@@ -1,0 +1,161 @@
+"""Phase 4: query latency over HTTP on a bulk-loaded data set (N bots x D days of 1-minute
+posts, plus one bot over the long range). Requests run one at a time on a keep-alive
+connection, so each latency is one request's own time. A route that does not exist (404 from
+the router) is reported as "not available"; no figure is ever made up for it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from bench.context import Bench, Figure, port
+from bench.loadgen import percentile
+from bench.seed import DAY_MS, History, Spec
+
+PHASE = "query"
+HOUR_MS = 3_600_000
+
+
+@dataclass
+class Case:
+    key: str
+    label: str
+    urls: list[str]
+    headers: list[dict[str, str]]
+    check: str = ""  # a key the JSON answer must hold for the figure to be the one asked for
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    problem: str = ""
+
+
+async def _measure(base: str, cases: list[Case], requests: int) -> None:
+    async with aiohttp.ClientSession(
+        base, connector=aiohttp.TCPConnector(limit=1), timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
+        for case in cases:
+            for i in range(requests + 3):  # the first three warm caches and are not counted
+                url, headers = case.urls[i % len(case.urls)], case.headers[i % len(case.headers)]
+                started = time.perf_counter()
+                async with session.get(url, headers=headers) as resp:
+                    body = await resp.read()
+                    status = resp.status
+                elapsed = time.perf_counter() - started
+                if i < 3:
+                    if i == 0:
+                        _inspect(case, status, body, resp.content_type)
+                    continue
+                case.statuses[status] += 1
+                if status == 200:
+                    case.latencies.append(elapsed)
+
+
+def _inspect(case: Case, status: int, body: bytes, content_type: str) -> None:
+    if status == 404 and content_type != "application/json":
+        case.problem = "not available (route answers 404)"
+    elif status != 200:
+        case.problem = f"answered HTTP {status}: {body[:160].decode(errors='replace')}"
+    elif case.check and case.check.encode() not in body:
+        case.problem = f"answer has no {case.check!r} (returnStats not served yet)"
+
+
+def run(b: Bench) -> None:
+    s = b.sizes
+    redis = b.redis(PHASE)
+    try:
+        env = b.env(PHASE, redis.url)
+        spec = Spec(
+            accounts=min(5, s.query_bots),
+            bots=s.query_bots + 1 + 25,  # 25 more without history fill the listing's first page
+            history=[History("month", s.query_bots, s.query_days), History("year", 1, s.query_long_days)],
+        )
+        b.say(f"query: loading {s.query_bots} bots x {s.query_days} d + 1 bot x {s.query_long_days} d")
+        seeded = b.seed(PHASE, env, spec, timeout=900)
+        b.say(f"query: {seeded.rows:,} rows loaded in {seeded.load_s} s")
+        keys = {t.bot_id: t.key for t in seeded.targets}
+        end = seeded.end_ms
+        month, year = seeded.history["month"], seeded.history["year"]
+        now_ms = int(time.time() * 1000)
+        # The uptime range may reach back at most 2 weeks; an hour of margin for the rounding.
+        two_weeks_ago = now_ms - 14 * DAY_MS + HOUR_MS
+        stats = "/v1/bot/{}?returnStats=true&dataPoints=90&start={}&end={}"
+        cases = [
+            Case(
+                "query_bot_30d",
+                f"GET /v1/bot/{{id}} {s.query_days} d, 90 buckets",
+                [stats.format(i, end - s.query_days * DAY_MS, end) for i in month],
+                [{}],
+                check="stats",
+            ),
+            Case(
+                "query_bot_1y",
+                f"GET /v1/bot/{{id}} {s.query_long_days} d, 90 buckets",
+                [stats.format(i, end - s.query_long_days * DAY_MS, end) for i in year],
+                [{}],
+                check="stats",
+            ),
+            Case(
+                "query_uptime_2w",
+                "GET /api/v1/uptime, 2 weeks",
+                [
+                    f"/api/v1/uptime?partner_node_id={i}&started_at={two_weeks_ago}&ended_at={now_ms}"
+                    for i in month
+                ],
+                [{"Authorization": keys[i]} for i in month],
+                check="uptime",
+            ),
+            Case("query_bots_page", "GET /v1/bots first page", ["/v1/bots"], [{}], check="bots"),
+        ]
+        qport = port()
+        svc = b.service("query", PHASE, ["-m", "botpulse", "query", "--port", str(qport)], env)
+        try:
+            svc.wait_http(f"http://127.0.0.1:{qport}/healthz", timeout=90)
+            asyncio.run(_measure(f"http://127.0.0.1:{qport}", cases, s.query_requests))
+            b.note_rss("query", svc)
+        finally:
+            svc.stop()
+        _figures(b, cases, seeded.rows)
+    finally:
+        b.stop_redis(redis, "redis (query phase)")
+
+
+def _figures(b: Bench, cases: list[Case], rows: int) -> None:
+    raw: dict[str, object] = {"rows_loaded": rows}
+    p50s: dict[str, float | None] = {}
+    for case in cases:
+        case.latencies.sort()
+        p50 = percentile(case.latencies, 50)
+        p99 = percentile(case.latencies, 99)
+        usable = not case.problem and bool(case.latencies)
+        p50s[case.key] = round(p50 * 1000, 2) if usable and p50 is not None else None
+        raw[case.key] = {
+            "p50_ms": None if p50 is None else round(p50 * 1000, 3),
+            "p99_ms": None if p99 is None else round(p99 * 1000, 3),
+            "samples": len(case.latencies),
+            "statuses": {str(k): v for k, v in case.statuses.items()},
+            "problem": case.problem,
+        }
+        b.say(f"query: {case.label}: p50 {raw[case.key]['p50_ms']} ms {case.problem}")  # type: ignore[index]
+    b.raw[PHASE] = raw
+
+    def add(key: str, label: str, target_ms: float | None, target_text: str) -> None:
+        case = next(c for c in cases if c.key == key)
+        info: dict[str, object] = raw[key]  # type: ignore[assignment]
+        value = p50s[key]
+        note = case.problem or f"p99 {info['p99_ms']} ms, {info['samples']} requests"
+        ok = None if value is None or target_ms is None else value <= target_ms
+        b.figure(Figure(f"{key}_p50", f"{case.label} p50", value, "ms", target_text, ok, note))
+
+    add("query_bot_30d", "", 15, "≤ 15 ms")
+    base = p50s["query_bot_30d"]
+    add(
+        "query_bot_1y",
+        "",
+        2 * base if base else None,
+        f"≤ 2x 30-day ({2 * base:.1f} ms)" if base else "≤ 2x 30-day",
+    )
+    add("query_uptime_2w", "", 15, "≤ 15 ms")
+    add("query_bots_page", "", 20, "≤ 20 ms")

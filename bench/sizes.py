@@ -1,0 +1,89 @@
+"""How big and how long each phase runs: the full run, `--quick` (under two minutes) and the
+`--tiny` smoke sizes the test suite uses."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Sizes(msgspec.Struct, frozen=True, kw_only=True):
+    mode: str
+    # gateway vs baseline
+    accounts: int
+    bots: int
+    connections: int
+    warmup_s: float
+    duration_s: float
+    gateway_processes: tuple[int, ...] = (1, 2)
+    profile: bool = True
+    # worker drain
+    drain_entries: int
+    drain_timeout_s: float
+    # end to end
+    e2e_rate: float
+    e2e_duration_s: float
+    e2e_probes: int
+    # query
+    query_bots: int
+    query_days: int
+    query_long_days: int
+    query_requests: int
+
+
+FULL = Sizes(
+    mode="full",
+    accounts=100,
+    bots=1000,
+    connections=64,
+    warmup_s=2,
+    duration_s=10,
+    drain_entries=1_000_000,
+    drain_timeout_s=300,
+    e2e_rate=2000,
+    e2e_duration_s=30,
+    e2e_probes=4,
+    query_bots=50,
+    query_days=30,
+    query_long_days=365,
+    query_requests=300,
+)
+
+QUICK = Sizes(
+    mode="quick",
+    accounts=10,
+    bots=100,
+    connections=32,
+    warmup_s=1,
+    duration_s=3,
+    drain_entries=50_000,
+    drain_timeout_s=60,
+    e2e_rate=2000,
+    e2e_duration_s=6,
+    e2e_probes=2,
+    query_bots=5,
+    query_days=30,
+    query_long_days=90,
+    query_requests=40,
+)
+
+TINY = Sizes(
+    mode="tiny",
+    accounts=2,
+    bots=6,
+    connections=4,
+    warmup_s=0.2,
+    duration_s=1,
+    gateway_processes=(1,),
+    profile=False,
+    drain_entries=2000,
+    drain_timeout_s=60,
+    e2e_rate=100,
+    e2e_duration_s=1.5,
+    e2e_probes=1,
+    query_bots=2,
+    query_days=2,
+    query_long_days=7,
+    query_requests=5,
+)
+
+BY_NAME = {s.mode: s for s in (FULL, QUICK, TINY)}

@@ -1,0 +1,190 @@
+"""Phase 2: a worker process draining a pre-filled stream of stats entries into ClickHouse.
+
+The stream and the consumer group are created before the worker starts, so its start-up
+(imports, chDB, migrations) is not counted: the clock runs from the first entry the group
+hands out to the moment nothing is left unread or pending (entries are acked only after
+ClickHouse confirmed the insert), and the row count in ClickHouse is read back afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+
+import redis.asyncio as aioredis
+
+from bench.context import REPO, Bench, Figure
+from runtime.redis import connect
+from runtime.settings import load_settings
+from runtime.streams import GROUP, partition_of, stream_key
+from schemas.stream import FIELD, StatsPayload, StreamEvent, encode_event
+
+PHASE = "worker"
+TARGET_ROWS_S = 100_000
+
+
+async def prefill(redis_url: str, entries: int, bots: int = 1000) -> float:
+    """Append `entries` stats events for `bots` bots; returns seconds taken."""
+    settings = load_settings({}, redis_url=redis_url)
+    redis = connect(settings)
+    started = time.monotonic()
+    try:
+        streams = {stream_key(p) for p in range(settings.stream_partitions)}
+        base_ms = int(time.time() * 1000) - entries
+        chunk = 5000
+        for first in range(0, entries, chunk):
+            async with redis.pipeline(transaction=False) as pipe:
+                for i in range(first, min(entries, first + chunk)):
+                    bot_id = str(400_000_000_000_000_000 + i % bots)
+                    event = StreamEvent(
+                        event_id=f"{i:032x}",
+                        received_ms=base_ms + i,
+                        bot_id=bot_id,
+                        account_id="acc_bench",
+                        payload=StatsPayload(
+                            guilds=1000 + i % 977, users=50_000 + i % 10_007, shards=2, api_ping=41.5,
+                            ram_usage=52_428_800.0, ram_total=1_073_741_824.0, cpu=12.5, bandwidth=1000.0,
+                        ),
+                    )  # fmt: skip
+                    pipe.xadd(
+                        stream_key(partition_of(bot_id, settings.stream_partitions)),
+                        {FIELD: encode_event(event)},
+                    )
+                await pipe.execute()
+        for stream in streams:
+            with contextlib.suppress(aioredis.ResponseError):  # BUSYGROUP
+                await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    finally:
+        await redis.aclose()
+    return time.monotonic() - started
+
+
+async def _group_state(redis: aioredis.Redis, streams: list[str]) -> tuple[int, int, bool]:
+    """(entries read, pending, nothing left unread) summed over the streams."""
+    read = pending = 0
+    caught_up = True
+    for stream in streams:
+        for group in await redis.xinfo_groups(stream):
+            name = group.get("name")
+            if name not in (GROUP, GROUP.encode()):
+                continue
+            read += int(group.get("entries-read") or 0)
+            pending += int(group.get("pending") or 0)
+            lag = group.get("lag")
+            caught_up = caught_up and lag == 0
+    return read, pending, caught_up
+
+
+async def watch_drain(redis_url: str, entries: int, bound_s: float, workers: list) -> dict[str, object]:  # type: ignore[type-arg]
+    settings = load_settings({}, redis_url=redis_url)
+    redis = connect(settings)
+    streams = [stream_key(p) for p in range(settings.stream_partitions)]
+    deadline = time.monotonic() + bound_s
+    first: float | None = None
+    read = pending = 0
+    done = False
+    try:
+        while time.monotonic() < deadline:
+            read, pending, caught_up = await _group_state(redis, streams)
+            now = time.monotonic()
+            if first is None and read > 0:
+                first = now
+            if read >= entries and pending == 0 and caught_up:
+                done = True
+                break
+            if not any(w.alive() for w in workers):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await redis.aclose()
+    elapsed = (time.monotonic() - first) if first is not None else None
+    acked = max(0, read - pending)
+    return {
+        "drained": done,
+        "entries": entries,
+        "acked": acked,
+        "seconds": round(elapsed, 3) if elapsed else None,
+        "rows_per_s": round(acked / elapsed, 1) if elapsed else None,
+    }
+
+
+def drain(b: Bench, label: str, clickhouse_url: str | None, processes: int) -> dict[str, object]:
+    s = b.sizes
+    phase = f"{PHASE}-{label}"
+    redis = b.redis(phase)
+    try:
+        extra = {}
+        if clickhouse_url is not None:
+            extra["BOTPULSE_CLICKHOUSE_DATABASE"] = f"botpulse_bench_{os.getpid()}"
+        env = b.env(phase, redis.url, clickhouse_url, **extra)
+        b.say(f"worker: pre-filling {s.drain_entries:,} entries ({label})")
+        fill_s = asyncio.run(prefill(redis.url, s.drain_entries))
+        workers = [
+            b.service(f"worker-{i}", phase, ["-m", "botpulse", "worker"], env) for i in range(processes)
+        ]
+        try:
+            stats = asyncio.run(watch_drain(redis.url, s.drain_entries, s.drain_timeout_s, workers))
+            for i, w in enumerate(workers):
+                b.note_rss(f"worker ({label})" + (f" #{i + 1}" if processes > 1 else ""), w)
+            if not stats["drained"]:
+                stats["log"] = workers[0].log_tail()
+        finally:
+            for w in workers:
+                w.stop()
+        stats["prefill_s"] = round(fill_s, 2)
+        stats["processes"] = processes
+        stats["stored_rows"] = _stored_rows(b, phase, env)
+        b.say(f"worker: {label} {processes}p {stats['rows_per_s']} rows/s, stored {stats['stored_rows']}")
+        return stats
+    finally:
+        b.stop_redis(redis, f"redis ({phase})")
+
+
+def _stored_rows(b: Bench, phase: str, env: dict[str, str]) -> int | None:
+    out = b.phase_dir(phase) / "count.txt"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.seed", "--count", "bot_stats", "--out", str(out)],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    return int(out.read_text()) if done.returncode == 0 and out.exists() else None
+
+
+def _figure(b: Bench, key: str, label: str, stats: dict[str, object], target: bool) -> None:
+    value = stats["rows_per_s"]
+    notes = []
+    if not stats["drained"]:
+        notes.append(f"not drained within the time bound ({stats['acked']} of {stats['entries']} acked)")
+    if stats["stored_rows"] is not None and stats["stored_rows"] != stats["entries"]:
+        notes.append(f"ClickHouse holds {stats['stored_rows']} rows for {stats['entries']} entries")
+    ok = None
+    if target and value is not None:
+        ok = bool(stats["drained"]) and float(value) >= TARGET_ROWS_S  # type: ignore[arg-type]
+    b.figure(
+        Figure(key, label, value, "rows/s", f"≥ {TARGET_ROWS_S:,}" if target else "", ok, "; ".join(notes))
+    )  # type: ignore[arg-type]
+
+
+def run(b: Bench) -> None:
+    n = f"{b.sizes.drain_entries:,}"
+    stats = drain(b, "embedded", None, 1)
+    b.raw[PHASE] = {"embedded_1p": stats}
+    _figure(b, "worker_rows_s_embedded", f"worker drain, {n} entries, embedded chDB, 1p", stats, True)
+    server = os.environ.get("CLICKHOUSE_URL", "")
+    if not server.startswith(("http://", "https://")):
+        b.figure(Figure("worker_rows_s_server", "worker drain, ClickHouse server", None, "rows/s",
+                        note="not available: CLICKHOUSE_URL does not point at a server"))  # fmt: skip
+        return
+    for processes in (1, 2, 4):
+        stats = drain(b, f"server-{processes}p", server, processes)
+        b.raw[PHASE][f"server_{processes}p"] = stats
+        _figure(
+            b,
+            f"worker_rows_s_server_{processes}p",
+            f"worker drain, {n} entries, server, {processes}p",
+            stats,
+            False,
+        )

@@ -1,0 +1,102 @@
+"""The benchmark harness keeps working: a minimal run produces every figure (how fast is the
+business of `botpulse bench` itself, never of the test suite), and its parsers read real
+output correctly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import wrk
+from bench.loadgen import percentile
+from bench.report import DOCS_END, DOCS_START, update_docs
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Real output of `wrk -t1 -c4 -d1s --latency -s bench/wrk_post.lua` against bench.baseline.
+WRK_OUTPUT = """\
+Running 1s test @ http://127.0.0.1:53323
+  1 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     5.85ms   18.09ms 112.68ms   93.46%
+    Req/Sec    11.10k     6.67k   19.26k    55.56%
+  Latency Distribution
+     50%  210.00us
+     75%    0.98ms
+     90%   11.84ms
+     99%   99.04ms
+  10022 requests in 1.00s, 1.26MB read
+  Non-2xx or 3xx responses: 22
+Requests/sec:   9972.86
+Transfer/sec:      1.26MB
+"""
+
+
+def test_wrk_output_is_parsed_with_units_and_rejections():
+    result = wrk.parse(WRK_OUTPUT, connections=4, duration=1.0)
+    assert result.rps == 9972.86
+    assert result.requests == 10022
+    assert result.p50_ms == 0.21
+    assert result.p90_ms == 11.84
+    assert result.p99_ms == 99.04
+    assert result.max_ms == 112.68
+    assert result.statuses == {"2xx/3xx": 10000, "other": 22}
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([], 50) is None
+
+
+def test_docs_block_is_replaced_and_hand_written_text_kept(tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# B\n\nintro\n\n{DOCS_START}\nold table\n{DOCS_END}\n\nreading\n")
+    update_docs(doc, f"{DOCS_START}\nnew table\n{DOCS_END}")
+    text = doc.read_text()
+    assert "new table" in text and "old table" not in text
+    assert text.startswith("# B\n\nintro") and text.rstrip().endswith("reading")
+
+
+def test_tiny_run_produces_every_figure(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--tiny",
+            "--generator",
+            "builtin",
+            "--no-docs",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    doc = json.loads((tmp_path / "tiny-latest.json").read_text())
+    assert doc["failed"] == {}
+    assert doc["generator"].startswith("built-in")
+    assert doc["machine"]["cores"] >= 1 and doc["machine"]["python"]
+    assert doc["machine"]["libraries"]["aiohttp"]
+    figures = {f["key"]: f for f in doc["figures"]}
+    for key in ("gateway_rps_1p", "baseline_rps_1p", "gateway_ratio_1p", "worker_rows_s_embedded"):
+        assert figures[key]["value"] > 0, figures[key]
+    assert figures["gateway_p99_70pct"]["value"] > 0
+    assert doc["raw"]["gateway"]["runs"]["gateway_1p"]["result"]["statuses"].get("204", 0) > 0
+    assert doc["raw"]["worker"]["embedded_1p"]["stored_rows"] == doc["sizes"]["drain_entries"]
+    assert doc["raw"]["e2e"]["samples"] >= 1
+    assert figures["e2e_lag_p99"]["value"] > 0
+    for key in ("query_bot_30d_p50", "query_bot_1y_p50", "query_uptime_2w_p50", "query_bots_page_p50"):
+        # A figure, or the honest reason there is none (a route not served yet).
+        assert figures[key].get("value") or figures[key]["note"], figures[key]
+    assert figures["gateway_peak_rss"]["value"] > 0
