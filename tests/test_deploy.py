@@ -104,8 +104,12 @@ def _app_for(role: str, settings: Settings, store: Store) -> web.Application:
 
 
 async def _assert_route(where: str, app: web.Application, path: str) -> None:
+    """`GET path` is served by a route registered for exactly that path (a catch-all such as the
+    gateway's JSON 404 for unknown paths does not count)."""
     match = await app.router.resolve(make_mocked_request("GET", path, app=app))
-    assert match.http_exception is None, f"{where}: GET {path} is not a route of this service"
+    route = match.route
+    found = match.http_exception is None and route.method == "GET" and route.resource is not None
+    assert found and route.resource.canonical == path, f"{where}: GET {path} is not a route of this service"
 
 
 def _role_port(role: str, settings: Settings) -> int:
