@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--workers", dest="gateway_workers", type=int, help="processes sharing the port (SO_REUSEPORT)"
     )
+    # Internal: set by a `--workers N` parent on its children so they share its port.
+    p.add_argument("--reuseport", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run_gateway)
 
     p = sub.add_parser("worker", help="run a stream worker (Redis stream -> ClickHouse)")
@@ -42,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_gateway(args: argparse.Namespace) -> int:
     from ingest.server import serve
 
-    return serve(_settings(args))
+    return serve(_settings(args), reuseport=args.reuseport)
 
 
 def run_worker(args: argparse.Namespace) -> int:

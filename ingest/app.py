@@ -1,117 +1,307 @@
 """Routes of the gateway. Handlers translate HTTP to an append and back; nothing else.
 
-(Foundation version: DisStat stats posting only. The ingest issue extends it.)
+Request path: size check (Content-Length, before reading) -> authentication from the in-process
+registry cache -> body parsing -> one coalesced Lua call (backlog, rate limit, custom-metric
+slots, XADD) -> answer. The gateway never queries ClickHouse.
 """
 
 from __future__ import annotations
 
+import math
+import secrets
 import time
-import uuid
+from collections.abc import Awaitable, Callable
+from urllib.parse import quote
 
 import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from registry.index import RegistryCache
+from ingest.append import Appender, Outcome, Post, Result
+from ingest.bodies import BadInput, parse_custom, parse_dbots, parse_statcord, parse_stats
+from registry.index import RegistryCache, is_ready
 from registry.keys import parse_authorization
+from runtime.logs import get_logger
 from runtime.redis import connect
 from runtime.settings import Settings
-from runtime.streams import partition_of, stream_key
-from schemas.stream import FIELD, StatsPayload, StreamEvent, encode_event
+from runtime.streams import custom_rate_key, partition_of, stats_rate_key
+from schemas.registry import IndexedBot
+from schemas.stream import CustomPayload, StatsPayload, StreamEvent, encode_event
+
+log = get_logger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", aioredis.Redis)
 REGISTRY = web.AppKey("registry", RegistryCache)
+APPENDER = web.AppKey("appender", Appender)
+
+DROPPED_HEADER = "X-Dropped-Custom-Metrics"
+_json = msgspec.json.Encoder()
 
 
-class StatsBody(msgspec.Struct, forbid_unknown_fields=False):
-    guilds: int
-    users: int | None = None
-    shards: int | None = None
-    apiPing: float | None = None
-    ramUsage: float | None = None
-    ramTotal: float | None = None
-    cpu: float | None = None
-    bandwidth: float | None = None
+class Refusal(Exception):
+    """An answer other than success; `extra` goes into the JSON body, `headers` onto the reply."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        field: str | None = None,
+        *,
+        retry_after_s: int | None = None,
+        extra: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.retry_after_s = retry_after_s
+        self.extra = extra or {}
 
 
-_stats_decoder = msgspec.json.Decoder(StatsBody)
-
-
-def error(status: int, message: str, field: str | None = None) -> web.Response:
-    body = {"message": message} if field is None else {"message": message, "field": field}
-    return web.json_response(body, status=status)
-
-
-async def post_stats(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
-    registry = request.app[REGISTRY]
-    bot_id = request.match_info["botId"]
-    key = parse_authorization(request.headers.get("Authorization")) or request.query.get("apikey")
-    if not key:
-        return error(401, "Unauthorized")
-    account = await registry.account_for_key(key)
-    if account is None:
-        return error(401, "Unauthorized")
-    bot = await registry.bot(bot_id)
-    if bot is None:
-        return error(404, "Not found")
-    if bot.account_id != account:
-        return error(403, "This key cannot post for this bot")
-    try:
-        body = _stats_decoder.decode(await request.read())
-    except msgspec.ValidationError as exc:
-        return error(400, str(exc))
-    except msgspec.DecodeError as exc:
-        return error(400, f"Invalid JSON: {exc}")
-    event = StreamEvent(
-        event_id=uuid.uuid4().hex,
-        received_ms=int(time.time() * 1000),
-        bot_id=bot_id,
-        account_id=account,
-        payload=StatsPayload(
-            guilds=body.guilds,
-            users=body.users,
-            shards=body.shards,
-            api_ping=body.apiPing,
-            ram_usage=body.ramUsage,
-            ram_total=body.ramTotal,
-            cpu=body.cpu,
-            bandwidth=body.bandwidth,
-        ),
+def reply(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=_json.encode(body), content_type="application/json", headers=headers
     )
-    partition = partition_of(bot_id, settings.stream_partitions)
-    await request.app[REDIS].xadd(stream_key(partition), {FIELD: encode_event(event)})
-    return web.Response(status=204, content_type="application/json")
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+def refusal_response(refusal: Refusal, *, statcord: bool = False) -> web.Response:
+    body: dict[str, object] = {"message": refusal.message}
+    if refusal.field is not None:
+        body["field"] = refusal.field
+    headers = None
+    if refusal.retry_after_s is not None:
+        headers = {"Retry-After": str(refusal.retry_after_s)}
+        body["retryAfter"] = refusal.retry_after_s
+    if statcord:
+        # statcord.js reads `error`; statcord.py reads `timeleft` from a 429.
+        body["error"] = True
+        if refusal.status == 429:
+            body["wait"] = body["timeleft"] = refusal.retry_after_s
+    body.update(refusal.extra)
+    response = reply(refusal.status, body, headers)
+    if refusal.status == 413:
+        response.force_close()  # the unread body stays on the connection otherwise
+    return response
 
 
-async def readyz(request: web.Request) -> web.Response:
-    try:
-        await request.app[REDIS].ping()
-    except Exception as exc:
-        return web.json_response({"status": "unavailable", "message": str(exc)}, status=503)
-    return web.json_response({"status": "ready"})
+UNAUTHORIZED = "Unauthorized"
+NOT_FOUND = "Not found"
+
+
+class Gateway:
+    """The handlers and what they share; resources are opened in `_resources` at startup."""
+
+    def __init__(self, app: web.Application, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.stats_interval_ms = max(1, round(settings.stats_rate_interval_s * 1000))
+        self.custom_interval_ms = max(1, round(60_000 / settings.custom_rate_per_min))
+
+    # --- the pieces every route uses -------------------------------------------------------
+
+    def check_size(self, request: web.Request) -> None:
+        length = request.content_length
+        if length is not None and length > self.settings.max_body_bytes:
+            raise Refusal(413, f"The body is over {self.settings.max_body_bytes} bytes")
+
+    async def read(self, request: web.Request) -> bytes:
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise Refusal(413, f"The body is over {self.settings.max_body_bytes} bytes") from None
+
+    async def authorize(self, key: str | None, bot_id: str) -> tuple[str, IndexedBot]:
+        registry = self.app[REGISTRY]
+        try:
+            if not registry.ready and not await is_ready(self.app[REDIS]):
+                raise Refusal(503, "The registry index is not ready yet", retry_after_s=1)
+            if not key:
+                raise Refusal(401, UNAUTHORIZED)
+            account = await registry.account_for_key(key)
+            if account is None:
+                raise Refusal(401, UNAUTHORIZED)
+            bot = await registry.bot(bot_id)
+        except Refusal:
+            raise
+        except Exception as exc:
+            log.warning("registry lookup failed", error=str(exc))
+            raise Refusal(503, "Storage is unavailable, try again shortly", retry_after_s=1) from None
+        if bot is None:
+            raise Refusal(404, NOT_FOUND)
+        if bot.account_id != account:
+            raise Refusal(403, "This API key cannot post for this bot")
+        return account, bot
+
+    @staticmethod
+    def key_of(request: web.Request) -> str | None:
+        return parse_authorization(request.headers.get("Authorization")) or request.query.get("apikey")
+
+    async def append(
+        self,
+        bot: IndexedBot,
+        account: str,
+        payloads: list[StatsPayload | CustomPayload],
+        *,
+        stats: bool,
+    ) -> Result:
+        """Append the post's events (the first payload carries the custom metrics, if any)."""
+        received = int(time.time() * 1000)
+        base = secrets.token_hex(16)
+        events = [
+            encode_event(
+                StreamEvent(
+                    event_id=base if i == 0 else f"{base}-{i}",
+                    received_ms=received,
+                    bot_id=bot.id,
+                    account_id=account,
+                    payload=payload,
+                )
+            )
+            for i, payload in enumerate(payloads)
+        ]
+        first = payloads[0]
+        names = list(first.custom_metrics) if isinstance(first, StatsPayload) else []
+        partition = partition_of(bot.id, self.settings.stream_partitions)
+        post = Post(
+            partition=partition,
+            bot_id=bot.id,
+            rate_key=(stats_rate_key if stats else custom_rate_key)(partition, bot.id),
+            interval_ms=self.stats_interval_ms if stats else self.custom_interval_ms,
+            burst=self.settings.stats_rate_burst if stats else self.settings.custom_rate_per_min,
+            slot_limit=bot.custom_slots,
+            metric_names=names,
+            events=events,
+        )
+        try:
+            result = await self.app[APPENDER].append(post)
+        except Exception as exc:
+            log.warning("append failed", error=repr(exc))
+            raise Refusal(503, "Storage is unavailable, try again shortly", retry_after_s=1) from None
+        if result.outcome is Outcome.RATE_LIMITED:
+            seconds = max(1, math.ceil(result.retry_after_ms / 1000))
+            raise Refusal(429, f"Too many posts for this bot, retry in {seconds} s", retry_after_s=seconds)
+        if result.outcome is Outcome.BACKLOG_FULL:
+            raise Refusal(503, "The ingest backlog is full, try again shortly", retry_after_s=5)
+        return result
+
+    # --- routes ----------------------------------------------------------------------------
+
+    async def post_stats(self, request: web.Request) -> web.Response:
+        """DisStat `POST /v1/bot/{botId}` -> 204, dropped custom metrics in a header."""
+        try:
+            self.check_size(request)
+            account, bot = await self.authorize(self.key_of(request), request.match_info["botId"])
+            stats, entries = parse_stats(await self.read(request))
+            result = await self.append(bot, account, [stats, *entries], stats=True)
+        except Refusal as refusal:
+            return refusal_response(refusal)
+        except BadInput as bad:
+            return refusal_response(Refusal(400, bad.message, bad.field))
+        response = web.Response(status=204, content_type="application/json")
+        if result.dropped:
+            response.headers[DROPPED_HEADER] = ",".join(quote(n, safe="") for n in result.dropped)
+        return response
+
+    async def post_custom(self, request: web.Request) -> web.Response:
+        """DisStat `POST /v1/bot/{botId}/custom` -> 200 `{}`."""
+        try:
+            self.check_size(request)
+            account, bot = await self.authorize(self.key_of(request), request.match_info["botId"])
+            entry = parse_custom(await self.read(request))
+            await self.append(bot, account, [entry], stats=False)
+        except Refusal as refusal:
+            return refusal_response(refusal)
+        except BadInput as bad:
+            return refusal_response(Refusal(400, bad.message, bad.field))
+        return reply(200, {})
+
+    async def post_dbots(self, request: web.Request) -> web.Response:
+        """DBots-style `POST /bots/{botId}/stats` -> 200 `{guildCount}`."""
+        try:
+            self.check_size(request)
+            account, bot = await self.authorize(self.key_of(request), request.match_info["botId"])
+            stats = parse_dbots(await self.read(request))
+            await self.append(bot, account, [stats], stats=True)
+        except Refusal as refusal:
+            return refusal_response(refusal)
+        except BadInput as bad:
+            return refusal_response(Refusal(400, bad.message, bad.field))
+        return reply(200, {"guildCount": stats.guilds})
+
+    async def post_statcord(self, request: web.Request) -> web.Response:
+        """Statcord v3 `POST /v3/stats` (`id` and `key` in the body) -> 200 JSON."""
+        try:
+            self.check_size(request)
+            post = parse_statcord(await self.read(request))
+            account, bot = await self.authorize(post.key, post.bot_id)
+            result = await self.append(bot, account, [post.stats, *post.entries], stats=True)
+        except Refusal as refusal:
+            return refusal_response(refusal, statcord=True)
+        except BadInput as bad:
+            return refusal_response(Refusal(400, bad.message, bad.field), statcord=True)
+        headers = None
+        if result.dropped:
+            headers = {DROPPED_HEADER: ",".join(quote(n, safe="") for n in result.dropped)}
+        return reply(200, {"error": False, "message": "Stats posted"}, headers)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return reply(200, {"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        try:
+            await self.app[REDIS].ping()
+        except Exception as exc:
+            return reply(503, {"status": "unavailable", "message": str(exc)}, {"Retry-After": "1"})
+        return reply(200, {"status": "ready"})
+
+    @staticmethod
+    async def not_found(request: web.Request) -> web.Response:
+        return reply(404, {"message": NOT_FOUND, "field": "path"})
+
+    @staticmethod
+    def not_allowed(allowed: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            return reply(
+                405,
+                {"message": f"Method {request.method} not allowed", "field": "method"},
+                {"Allow": allowed},
+            )
+
+        return handler
 
 
 async def _resources(app: web.Application):  # type: ignore[no-untyped-def]
     settings = app[SETTINGS]
     app[REDIS] = connect(settings)
     app[REGISTRY] = RegistryCache(app[REDIS], settings.registry_refresh_ms)
+    app[APPENDER] = Appender(app[REDIS], settings.stream_high_water, settings.redis_timeout_ms / 1000)
     await app[REGISTRY].start()
     yield
+    await app[APPENDER].close()
     await app[REGISTRY].stop()
     await app[REDIS].aclose()
 
 
 def build_app(settings: Settings) -> web.Application:
+    # Bodies are capped by the handlers (413 from Content-Length, or while reading).
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)
-    app.router.add_post("/v1/bot/{botId}", post_stats)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    gateway = Gateway(app, settings)
+    routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.Response]]]] = [
+        ("POST", "/v1/bot/{botId}", gateway.post_stats),
+        ("POST", "/v1/bot/{botId}/custom", gateway.post_custom),
+        ("POST", "/bots/{botId}/stats", gateway.post_dbots),
+        ("POST", "/v3/stats", gateway.post_statcord),
+        ("GET", "/healthz", gateway.healthz),
+        ("GET", "/readyz", gateway.readyz),
+    ]
+    for method, path, handler in routes:
+        resource = app.router.add_resource(path)
+        resource.add_route(method, handler)
+        if method == "GET":
+            resource.add_route("HEAD", handler)
+        resource.add_route("*", Gateway.not_allowed(method if method == "POST" else "GET, HEAD"))
+    app.router.add_route("*", "/{tail:.*}", Gateway.not_found)
     return app

@@ -1,0 +1,592 @@
+"""The ingest gateway against a real Redis: every endpoint, alias, auth case, limit and bad input.
+
+Each test posts through an in-process gateway (aiohttp TestServer on 127.0.0.1) and reads back
+what reached the partition's stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient, TestServer
+
+import ingest.app
+from ingest.app import DROPPED_HEADER
+from registry import index
+from registry.keys import hash_key
+from registry.records import Bot, create_account, now, write_bot
+from runtime.settings import Settings
+from runtime.streams import custom_slots_key, partition_of, stream_key
+from schemas.stream import CustomPayload, StatsPayload, StreamEvent, decode_event
+
+BOT = "1001"  # 3 custom-metric slots
+OTHER_BOT = "2002"  # belongs to another account
+
+
+@dataclass
+class Env:
+    client: TestClient
+    key: str
+    other_key: str
+    account_id: str
+    redis: aioredis.Redis
+    settings: Settings
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": key or self.key}
+
+    async def entries(self, bot_id: str = BOT) -> list[StreamEvent]:
+        partition = partition_of(bot_id, self.settings.stream_partitions)
+        raw = await self.redis.xrange(stream_key(partition))
+        return [
+            decode_event(fields[b"e"]) for _, fields in raw if decode_event(fields[b"e"]).bot_id == bot_id
+        ]
+
+    async def stream_length(self) -> int:
+        total = 0
+        for p in range(self.settings.stream_partitions):
+            total += await self.redis.xlen(stream_key(p))
+        return total
+
+
+async def seed(store, redis, settings: Settings) -> tuple[str, str, str]:  # type: ignore[no-untyped-def]
+    account, key = await create_account(store, redis, "ingest")
+    other, other_key = await create_account(store, redis, "other")
+    await write_bot(store, redis, Bot(BOT, account.id, "Bot", None, False, 3, None, now()))
+    await write_bot(store, redis, Bot(OTHER_BOT, other.id, "Other", None, False, 10, None, now()))
+    await redis.set(index.READY_KEY, "1")
+    return account.id, key, other_key
+
+
+@pytest.fixture
+async def make_env(make_settings, store, redis) -> AsyncIterator[Callable[..., object]]:  # type: ignore[no-untyped-def]
+    clients: list[TestClient] = []
+
+    async def make(**overrides: object) -> Env:
+        settings = make_settings(**overrides)
+        if not clients:
+            make.seeded = await seed(store, redis, settings)  # type: ignore[attr-defined]
+        account_id, key, other_key = make.seeded  # type: ignore[attr-defined]
+        client = TestClient(TestServer(ingest.app.build_app(settings), host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return Env(client, key, other_key, account_id, redis, settings)
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def env(make_env) -> Env:  # type: ignore[no-untyped-def]
+    return await make_env()
+
+
+async def body_of(resp: ClientResponse) -> dict[str, object]:
+    assert resp.content_type == "application/json", resp.content_type
+    return json.loads(await resp.read())
+
+
+# --- DisStat stats ------------------------------------------------------------------------------
+
+
+async def test_stats_post_answers_204_json_and_appends_one_event(env: Env) -> None:
+    before = int(time.time() * 1000)
+    resp = await env.client.post(
+        f"/v1/bot/{BOT}",
+        json={
+            "guilds": 12,
+            "users": 3400,
+            "shards": 2,
+            "apiPing": None,
+            "ramUsage": 123456789,
+            "ramTotal": 987654321,
+            "cpu": 12.5,
+            "bandwidth": 4096,
+        },
+        headers=env.auth(),
+    )
+    assert resp.status == 204
+    assert resp.headers["Content-Type"].startswith("application/json")
+    assert await resp.read() == b""
+    assert DROPPED_HEADER not in resp.headers
+    [event] = await env.entries()
+    assert event.kind == "stats"
+    assert event.account_id == env.account_id
+    assert event.received_ms >= before
+    assert event.payload == StatsPayload(
+        guilds=12, users=3400, shards=2, api_ping=None, ram_usage=123456789.0,
+        ram_total=987654321.0, cpu=12.5, bandwidth=4096.0,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("alias", "field"),
+    [
+        ("totalRam", "ram_total"),
+        ("total_ram", "ram_total"),
+        ("cpuUsage", "cpu"),
+        ("cpu_usage", "cpu"),
+        ("ram_usage", "ram_usage"),
+    ],
+)
+async def test_stats_aliases(env: Env, alias: str, field: str) -> None:
+    resp = await env.client.post(f"/v1/bot/{BOT}", json={"guilds": 1, alias: 77}, headers=env.auth())
+    assert resp.status == 204, await resp.text()
+    [event] = await env.entries()
+    assert getattr(event.payload, field) == 77.0
+    assert event.payload.custom_metrics == {}  # an alias is not a custom metric
+
+
+async def test_alias_error_names_the_field_the_client_sent(env: Env) -> None:
+    resp = await env.client.post(f"/v1/bot/{BOT}", json={"guilds": 1, "cpu_usage": "x"}, headers=env.auth())
+    assert resp.status == 400
+    assert (await body_of(resp))["field"] == "cpu_usage"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"guilds": 0},
+        {"guilds": 5, "users": None, "shards": None, "apiPing": None, "cpu": None},
+        {"guilds": 5, "users": 0, "shards": 0, "apiPing": 0, "cpu": 0, "ramUsage": 0, "bandwidth": 0},
+    ],
+)
+async def test_absent_null_and_zero_are_valid(env: Env, body: dict[str, object]) -> None:
+    resp = await env.client.post(f"/v1/bot/{BOT}", json=body, headers=env.auth())
+    assert resp.status == 204, await resp.text()
+    [event] = await env.entries()
+    assert event.payload.guilds == body["guilds"]
+    assert event.payload.users == body.get("users")
+
+
+async def test_custom_entries_in_stats_post_become_custom_events(env: Env) -> None:
+    big = 123456789012345678901  # beyond even 2^64: kept digit for digit
+    resp = await env.client.post(
+        f"/v1/bot/{BOT}",
+        data=(
+            '{"guilds": 3, "customData": [{"type": "command", "value1": "ping", '
+            f'"value2": 987654321987654321, "value3": {big}}}, {{"type": "votes", "value1": 1.5}}]}}'
+        ),
+        headers={**env.auth(), "Content-Type": "application/json"},
+    )
+    assert resp.status == 204, await resp.text()
+    events = await env.entries()
+    assert [e.kind for e in events] == ["stats", "custom", "custom"]
+    assert events[1].payload == CustomPayload("command", "ping", "987654321987654321", str(big))
+    assert events[2].payload == CustomPayload("votes", "1.5")
+    assert len({e.event_id for e in events}) == 3
+    assert {e.received_ms for e in events} == {events[0].received_ms}
+
+
+async def test_custom_metrics_take_slots_and_extra_names_are_dropped(env: Env) -> None:
+    resp = await env.client.post(
+        f"/v1/bot/{BOT}",
+        json={"guilds": 1, "cpu": 40.0, "ramTotal": 12.5, "music": 4, "votes": 2.5, "queue": 7, "extra": 1},
+        headers=env.auth(),
+    )
+    assert resp.status == 204
+    # Slots are taken in the order the names appear; the bot has 3.
+    assert resp.headers[DROPPED_HEADER] == "extra"
+    [event] = await env.entries()
+    assert event.payload == StatsPayload(
+        guilds=1, cpu=40.0, ram_total=12.5, custom_metrics={"music": 4.0, "votes": 2.5, "queue": 7.0}
+    )
+    slots = await env.redis.smembers(custom_slots_key(partition_of(BOT, 1), BOT))
+    assert slots == {b"music", b"votes", b"queue"}
+
+    # Known names keep their slot; a new name with no slot left is dropped again (with odd chars
+    # percent-encoded in the header), and when every metric is dropped the event still goes in.
+    resp = await env.client.post(f"/v1/bot/{BOT}", json={"guilds": 2, "queue": 8}, headers=env.auth())
+    assert resp.status == 204 and DROPPED_HEADER not in resp.headers
+    resp = await env.client.post(f"/v1/bot/{BOT}", json={"guilds": 3, "Müsik, live": 1}, headers=env.auth())
+    assert resp.headers[DROPPED_HEADER] == "M%C3%BCsik%2C%20live"
+    events = await env.entries()
+    assert [e.payload.custom_metrics for e in events] == [
+        {"music": 4.0, "votes": 2.5, "queue": 7.0},
+        {"queue": 8.0},
+        {},
+    ]
+    assert events[2].payload.guilds == 3
+
+
+async def test_non_numeric_unknown_properties_are_ignored(env: Env) -> None:
+    resp = await env.client.post(
+        f"/v1/bot/{BOT}", json={"guilds": 1, "note": "hi", "flags": [1], "on": True}, headers=env.auth()
+    )
+    assert resp.status == 204
+    [event] = await env.entries()
+    assert event.payload.custom_metrics == {}
+
+
+# --- DisStat custom ------------------------------------------------------------------------------
+
+
+async def test_custom_post_answers_200_empty_object(env: Env) -> None:
+    # The npm client's postCommand(name, userId, guildId); the ids are above 2^53.
+    resp = await env.client.post(
+        f"/v1/bot/{BOT}/custom",
+        data='{"type": "command", "value1": "help", "value2": 9007199254740993, "value3": null}',
+        headers={**env.auth(), "Content-Type": "application/json"},
+    )
+    assert resp.status == 200
+    assert await body_of(resp) == {}
+    [event] = await env.entries()
+    assert event.payload == CustomPayload("command", "help", "9007199254740993", None)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"value1": 1}, "type"),
+        ({"type": ""}, "type"),
+        ({"type": "x" * 65}, "type"),
+        ({"type": "a", "value1": "x" * 257}, "value1"),
+        ({"type": "a", "value2": True}, "value2"),
+        ({"type": "a", "value3": {"nested": 1}}, "value3"),
+        ({"type": 5}, "type"),
+    ],
+)
+async def test_custom_post_bad_input(env: Env, body: dict[str, object], field: str) -> None:
+    resp = await env.client.post(f"/v1/bot/{BOT}/custom", json=body, headers=env.auth())
+    assert resp.status == 400
+    answer = await body_of(resp)
+    assert answer["field"] == field
+    assert field in str(answer["message"])
+    assert await env.stream_length() == 0
+
+
+# --- DBots ---------------------------------------------------------------------------------------
+
+
+async def test_dbots_post(env: Env) -> None:
+    resp = await env.client.post(
+        f"/bots/{BOT}/stats", json={"guildCount": 42, "shardCount": 2, "userCount": 900}, headers=env.auth()
+    )
+    assert resp.status == 200
+    assert await body_of(resp) == {"guildCount": 42}
+    [event] = await env.entries()
+    assert event.payload == StatsPayload(guilds=42, shards=2, users=900)
+
+
+async def test_dbots_errors(env: Env) -> None:
+    resp = await env.client.post(f"/bots/{BOT}/stats", json={"guildCount": 1})
+    assert (resp.status, (await body_of(resp))["message"]) == (401, "Unauthorized")
+    resp = await env.client.post("/bots/999/stats", json={"guildCount": 1}, headers=env.auth())
+    assert (resp.status, (await body_of(resp))["message"]) == (404, "Not found")
+    resp = await env.client.post(f"/bots/{BOT}/stats", json={"shardCount": 1}, headers=env.auth())
+    assert (resp.status, (await body_of(resp))["field"]) == (400, "guildCount")
+
+
+# --- Statcord v3 ---------------------------------------------------------------------------------
+
+
+def statcord_body(key: str, **changes: object) -> dict[str, object]:
+    body: dict[str, object] = {  # the shape statcord.py / statcord.js post
+        "id": BOT,
+        "key": key,
+        "servers": "25",
+        "users": "5000",
+        "commands": "17",
+        "active": [123456789012345678, 223456789012345678],
+        "popular": [{"name": "help", "count": "9"}, {"name": "play", "count": "8"}],
+        "memactive": "2000000000",
+        "memload": "25",
+        "cpuload": "12.5",
+        "bandwidth": "1024",
+        "custom1": "0",
+        "custom2": "0",
+    }
+    body.update(changes)
+    return body
+
+
+async def test_statcord_post(env: Env) -> None:
+    resp = await env.client.post("/v3/stats", json=statcord_body("statcord.com-" + env.key))
+    assert resp.status == 200
+    assert await body_of(resp) == {"error": False, "message": "Stats posted"}
+    events = await env.entries()
+    assert events[0].payload == StatsPayload(
+        guilds=25, users=5000, ram_usage=2e9, ram_total=8e9, cpu=12.5, bandwidth=1024.0,
+        custom_metrics={"commands": 17.0, "active_users": 2.0},
+    )  # fmt: skip
+    assert [e.payload for e in events[1:]] == [
+        CustomPayload("popular_command", "help", "9"),
+        CustomPayload("popular_command", "play", "8"),
+    ]
+
+
+async def test_statcord_errors_and_rate_limit(env: Env) -> None:
+    resp = await env.client.post("/v3/stats", json=statcord_body("statcord.com-wrong"))
+    assert resp.status == 401
+    assert (await body_of(resp))["error"] is True
+    resp = await env.client.post("/v3/stats", json=statcord_body(env.key, memload="lots"))
+    answer = await body_of(resp)
+    assert (resp.status, answer["field"], answer["error"]) == (400, "memload", True)
+    for _ in range(env.settings.stats_rate_burst):
+        assert (await env.client.post("/v3/stats", json=statcord_body(env.key))).status == 200
+    resp = await env.client.post("/v3/stats", json=statcord_body(env.key))
+    assert resp.status == 429
+    answer = await body_of(resp)
+    assert answer["error"] is True
+    assert 1 <= answer["timeleft"] == answer["wait"] == int(resp.headers["Retry-After"]) <= 30
+
+
+# --- auth ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("style", ["raw", "bearer", "query"])
+async def test_key_styles(env: Env, style: str) -> None:
+    headers = {"raw": env.auth(), "bearer": {"Authorization": f"Bearer {env.key}"}, "query": {}}[style]
+    params = {"apikey": env.key} if style == "query" else {}
+    resp = await env.client.post(f"/v1/bot/{BOT}", json={"guilds": 1}, headers=headers, params=params)
+    assert resp.status == 204
+
+
+@pytest.mark.parametrize(
+    ("bot", "key", "status"),
+    [
+        (BOT, None, 401),
+        (BOT, "DS-not-a-key", 401),
+        (OTHER_BOT, "mine", 403),
+        ("31337", "mine", 404),
+        ("31337", "DS-not-a-key", 401),
+    ],
+)
+async def test_auth_refusals(env: Env, bot: str, key: str | None, status: int) -> None:
+    headers = {} if key is None else {"Authorization": env.key if key == "mine" else key}
+    for path in (f"/v1/bot/{bot}", f"/v1/bot/{bot}/custom"):
+        resp = await env.client.post(path, json={"guilds": 1, "type": "t"}, headers=headers)
+        assert resp.status == status
+        assert "message" in await body_of(resp)
+    assert await env.stream_length() == 0
+
+
+async def test_regenerated_key_stops_working(env: Env) -> None:
+    assert (await env.client.post(f"/v1/bot/{BOT}", json={"guilds": 1}, headers=env.auth())).status == 204
+    await index.put_account_key(env.redis, env.account_id, hash_key("DS-new"), hash_key(env.key))
+    deadline = time.monotonic() + 5
+    status = 204
+    while time.monotonic() < deadline and status != 401:
+        await asyncio.sleep(0.05)
+        status = (
+            await env.client.post(f"/v1/bot/{BOT}/custom", json={"type": "t"}, headers=env.auth())
+        ).status
+    assert status == 401
+    resp = await env.client.post(f"/v1/bot/{BOT}/custom", json={"type": "t"}, headers=env.auth("DS-new"))
+    assert resp.status == 200
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b"{not json", None),
+        (b"", None),
+        (b"[1, 2]", None),
+        (b'"guilds"', None),
+        (b'{"guilds": "many"}', "guilds"),
+        (b'{"guilds": NaN}', None),
+        (b'{"guilds": 1, "cpu": Infinity}', None),
+        (b'{"guilds": -1}', "guilds"),
+        (b'{"guilds": 1, "users": -5}', "users"),
+        (b'{"guilds": 1.5}', "guilds"),
+        (b'{"guilds": 9007199254740993}', "guilds"),
+        (b'{"guilds": 1, "ramUsage": 1e300}', "ramUsage"),
+        (b'{"guilds": 1, "bigmetric": 1e300}', "bigmetric"),
+        (b'{"users": 1}', "guilds"),
+        (b'{"guilds": 1, "custom": {"type": "a"}}', "custom"),
+        (b'{"guilds": 1, "custom": [{"type": "a", "value1": "' + b"x" * 257 + b'"}]}', "custom[0].value1"),
+        (b'{"guilds": 1, "custom": [' + b",".join([b'{"type": "a"}'] * 101) + b"]}", "custom"),
+        (b'{"guilds": 1, "' + b"m" * 65 + b'": 1}', "m" * 64),
+        (b'{"guilds": 1, "deep": ' + b"[" * 5000 + b"]" * 5000 + b"}", None),
+        (b'{"guilds": 1, "deep": ' + b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"}", None),
+    ],
+)
+async def test_bad_stats_bodies(env: Env, raw: bytes, field: str | None) -> None:
+    resp = await env.client.post(
+        f"/v1/bot/{BOT}", data=raw, headers={**env.auth(), "Content-Type": "application/json"}
+    )
+    assert resp.status == 400, await resp.text()
+    answer = await body_of(resp)
+    assert answer["message"]
+    assert answer.get("field") == field
+    assert await env.stream_length() == 0
+
+
+async def test_too_many_custom_metrics(env: Env) -> None:
+    body = {"guilds": 1, **{f"m{i}": i for i in range(101)}}
+    resp = await env.client.post(f"/v1/bot/{BOT}", json=body, headers=env.auth())
+    assert resp.status == 400
+    assert await env.stream_length() == 0
+
+
+async def test_body_over_limit_is_413_from_content_length(env: Env) -> None:
+    big = b'{"guilds": 1, "pad": "' + b"x" * 70_000 + b'"}'
+    resp = await env.client.post(f"/v1/bot/{BOT}", data=big, headers=env.auth())
+    assert resp.status == 413
+    assert "message" in await body_of(resp)
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for i in range(0, len(big), 8192):
+            yield big[i : i + 8192]
+
+    # No Content-Length (chunked): refused while reading, still 413.
+    resp = await env.client.post(f"/v1/bot/{BOT}", data=chunks(), headers=env.auth())
+    assert resp.status == 413
+    assert "message" in await body_of(resp)
+    assert await env.stream_length() == 0
+
+
+async def test_unknown_route_and_method(env: Env) -> None:
+    resp = await env.client.get("/v2/whatever")
+    assert resp.status == 404
+    assert (await body_of(resp))["message"] == "Not found"
+    resp = await env.client.get(f"/v1/bot/{BOT}")
+    assert resp.status == 405
+    assert "POST" in resp.headers["Allow"]
+    assert (await body_of(resp))["field"] == "method"
+    resp = await env.client.delete(f"/v1/bot/{BOT}/custom")
+    assert resp.status == 405
+
+
+# --- rate limits ---------------------------------------------------------------------------------
+
+
+async def test_stats_rate_limit_holds_across_gateway_processes(make_env) -> None:  # type: ignore[no-untyped-def]
+    first = await make_env(stats_rate_interval_s=30.0, stats_rate_burst=3)
+    second = await make_env(stats_rate_interval_s=30.0, stats_rate_burst=3)
+    statuses = []
+    for client in (first.client, second.client, first.client):
+        resp = await client.post(f"/v1/bot/{BOT}", json={"guilds": 1}, headers=first.auth())
+        statuses.append(resp.status)
+    resp = await second.client.post(f"/v1/bot/{BOT}", json={"guilds": 1}, headers=first.auth())
+    assert statuses == [204, 204, 204]
+    assert resp.status == 429
+    assert 1 <= int(resp.headers["Retry-After"]) <= 30
+    assert (await body_of(resp))["retryAfter"] == int(resp.headers["Retry-After"])
+    assert len(await first.entries()) == 3
+    # DBots posts are stats posts too; custom posts have their own limit.
+    assert (
+        await second.client.post(f"/bots/{BOT}/stats", json={"guildCount": 1}, headers=first.auth())
+    ).status == 429
+    assert (
+        await second.client.post(f"/v1/bot/{BOT}/custom", json={"type": "t"}, headers=first.auth())
+    ).status == 200
+
+
+async def test_custom_rate_limit(make_env) -> None:  # type: ignore[no-untyped-def]
+    env = await make_env(custom_rate_per_min=5)
+    statuses = [
+        (await env.client.post(f"/v1/bot/{BOT}/custom", json={"type": "t"}, headers=env.auth())).status
+        for _ in range(6)
+    ]
+    assert statuses == [200] * 5 + [429]
+    assert len(await env.entries()) == 5
+    # Another bot's budget is its own.
+    resp = await env.client.post(
+        f"/v1/bot/{OTHER_BOT}/custom", json={"type": "t"}, headers=env.auth(env.other_key)
+    )
+    assert resp.status == 200
+
+
+# --- durability and backpressure -----------------------------------------------------------------
+
+
+async def test_backlog_over_high_water_is_503(make_env) -> None:  # type: ignore[no-untyped-def]
+    env = await make_env(stream_high_water=2)
+    for _ in range(2):
+        assert (
+            await env.client.post(f"/v1/bot/{BOT}/custom", json={"type": "t"}, headers=env.auth())
+        ).status == 200
+    resp = await env.client.post(f"/v1/bot/{BOT}/custom", json={"type": "t"}, headers=env.auth())
+    assert resp.status == 503
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert len(await env.entries()) == 2
+
+
+async def test_registry_not_ready_is_503(env: Env) -> None:
+    await env.redis.delete(index.READY_KEY)
+    deadline = time.monotonic() + 5
+    status = 0
+    while time.monotonic() < deadline and status != 503:
+        status = (await env.client.post(f"/v1/bot/{BOT}", json={"guilds": 1}, headers=env.auth())).status
+        await asyncio.sleep(0.05)
+    assert status == 503
+    length = await env.stream_length()
+    resp = await env.client.post(f"/v1/bot/{BOT}/custom", json={"type": "t"}, headers=env.auth())
+    assert resp.status == 503
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert await env.stream_length() == length
+
+
+async def test_script_reloaded_after_redis_lost_it(env: Env) -> None:
+    await env.redis.script_flush()
+    resp = await env.client.post(f"/v1/bot/{BOT}/custom", json={"type": "t"}, headers=env.auth())
+    assert resp.status == 200
+    assert len(await env.entries()) == 1
+
+
+async def test_partitions_spread_bots_over_streams(make_env) -> None:  # type: ignore[no-untyped-def]
+    env = await make_env(stream_partitions=8)
+    assert (
+        await env.client.post(f"/v1/bot/{BOT}/custom", json={"type": "t"}, headers=env.auth())
+    ).status == 200
+    assert (
+        await env.client.post(
+            f"/v1/bot/{OTHER_BOT}/custom", json={"type": "t"}, headers=env.auth(env.other_key)
+        )
+    ).status == 200
+    for bot in (BOT, OTHER_BOT):
+        raw = await env.redis.xrange(stream_key(partition_of(bot, 8)))
+        assert [decode_event(f[b"e"]).bot_id for _, f in raw].count(bot) == 1
+    assert partition_of(BOT, 8) != partition_of(OTHER_BOT, 8)  # or this test proves nothing
+
+
+async def test_concurrent_posts_are_coalesced_into_few_pipelines(env: Env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    appender = env.client.app[ingest.app.APPENDER]
+    calls: list[int] = []
+    real = appender._execute
+
+    async def counting(posts, verb, script):  # type: ignore[no-untyped-def]
+        calls.append(len(posts))
+        return await real(posts, verb, script)
+
+    monkeypatch.setattr(appender, "_execute", counting)
+    results = await asyncio.gather(
+        *(
+            env.client.post(f"/v1/bot/{BOT}/custom", json={"type": "t", "value1": i}, headers=env.auth())
+            for i in range(40)
+        )
+    )
+    assert [r.status for r in results] == [200] * 40
+    assert sum(calls) == 40
+    assert max(calls) > 1  # at least one pipeline carried several posts
+    assert sorted(int(e.payload.value1) for e in await env.entries()) == list(range(40))  # type: ignore[union-attr, arg-type]
+
+
+async def test_health_endpoints(env: Env) -> None:
+    resp = await env.client.get("/healthz")
+    assert (resp.status, await body_of(resp)) == (200, {"status": "ok"})
+    resp = await env.client.get("/readyz")
+    assert (resp.status, await body_of(resp)) == (200, {"status": "ready"})
+
+
+def test_stream_payload_roundtrip_keeps_msgspec_contract() -> None:
+    # The Lua script re-packs a stats event with cmsgpack when it drops metrics: integral floats
+    # come back as msgpack ints, which the contract must still read as floats.
+    event = msgspec.msgpack.encode(
+        {"event_id": "x", "received_ms": 1, "bot_id": "b", "account_id": "a",
+         "payload": {"kind": "stats", "guilds": 1, "cpu": 40, "custom_metrics": {"m": 2}}}
+    )  # fmt: skip
+    assert decode_event(event).payload == StatsPayload(guilds=1, cpu=40.0, custom_metrics={"m": 2.0})
