@@ -87,6 +87,8 @@ class DirectBackend:
     async def _call(
         self, name: str, params: dict[str, str], body: dict[str, Any]
     ) -> tuple[int, dict[str, Any]]:
+        from redis.exceptions import RedisError
+
         from registry.model import RegistryError
         from runtime.clickhouse import Store
         from runtime.migrations import migrate
@@ -108,6 +110,9 @@ class DirectBackend:
                 )
             except RegistryError as exc:
                 return exc.status, exc.body()
+            except (RedisError, OSError) as exc:
+                message = f"Redis at {self.settings.redis_url} is unreachable: {exc}"
+                raise Failure(0, {"message": message}) from None
         finally:
             if redis is not None:
                 await redis.aclose()

@@ -147,15 +147,24 @@ async def put_account_key(
 
 
 async def put_bot(redis: aioredis.Redis, bot: IndexedBot) -> None:
+    await put_bots(redis, [bot])
+
+
+async def put_bots(redis: aioredis.Redis, bots: list[IndexedBot]) -> None:
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.set(bot_entry(bot.id), encode_bot(bot))
+        for bot in bots:
+            pipe.set(bot_entry(bot.id), encode_bot(bot))
         pipe.incr(VERSION_KEY)
         await pipe.execute()
 
 
 async def remove_bot(redis: aioredis.Redis, bot_id: str) -> None:
+    await remove_bots(redis, [bot_id])
+
+
+async def remove_bots(redis: aioredis.Redis, bot_ids: list[str]) -> None:
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.delete(bot_entry(bot_id))
+        pipe.delete(*(bot_entry(b) for b in bot_ids))
         pipe.incr(VERSION_KEY)
         await pipe.execute()
 

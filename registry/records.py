@@ -285,41 +285,60 @@ async def managed_bot(store: Store, bot_id: str, account_id: str) -> Bot:
     return bot
 
 
+async def _bot_rows(store: Store, bot_ids: list[str]) -> dict[str, _BotRow]:
+    rows = await store.query(f"{_BOT_SELECT} WHERE id IN {{ids:Array(String)}}", {"ids": bot_ids})
+    return {r[0]: _BotRow(_bot_from(r), _utc(r[8]), bool(r[9])) for r in rows}
+
+
+def _diff(previous: _BotRow | None, bot: Bot, deleted: bool) -> dict[str, tuple[Any, Any]]:
+    alive = previous is not None and not previous.deleted
+    if deleted:
+        return {"deleted": (False, True)} if alive else {}
+    if alive:
+        assert previous is not None
+        old, new = previous.bot.audited(), bot.audited()
+        return {k: (old[k], new[k]) for k in new if old[k] != new[k]}
+    return {"id": (audit.ABSENT, bot.id)} | {k: (audit.ABSENT, v) for k, v in bot.audited().items()}
+
+
+async def _write_bots_locked(
+    store: Store, redis: aioredis.Redis | None, bots: list[Bot], *, deleted: bool, by: str
+) -> int:
+    """Write the bots' new versions, their audit rows and index entries in one batch each;
+    returns how many changed (a bot written as it already is writes nothing)."""
+    previous = await _bot_rows(store, [b.id for b in bots])
+    rows: list[list[Any]] = []
+    audit_rows: list[list[Any]] = []
+    changed: list[Bot] = []
+    for bot in bots:
+        diff = _diff(previous.get(bot.id), bot, deleted)
+        if not diff:
+            continue
+        before = previous.get(bot.id)
+        at = _after(before.updated_at if before else None)
+        rows.append([
+            bot.id, bot.account_id, bot.username, bot.avatar, int(bot.private), bot.custom_slots,
+            bot.vote_webhook_url, bot.created_at, at, int(deleted),
+        ])  # fmt: skip
+        audit_rows += audit.rows(bot.id, bot.account_id, at, by, diff)
+        changed.append(bot)
+    if not changed:
+        return 0
+    await store.insert("bots", rows, BOT_COLUMNS)
+    await audit.write(store, audit_rows)
+    if redis is not None:
+        if deleted:
+            await index.remove_bots(redis, [b.id for b in changed])
+        else:
+            await index.put_bots(redis, [b.indexed() for b in changed])
+    await _stamp(store, redis)
+    return len(changed)
+
+
 async def _write_bot_locked(
     store: Store, redis: aioredis.Redis | None, bot: Bot, *, deleted: bool, by: str
 ) -> bool:
-    """Write the bot's new version, its audit rows and its index entry; False when nothing changed."""
-    previous = await _bot_row(store, bot.id)
-    alive = previous is not None and not previous.deleted
-    if deleted:
-        if not alive:
-            return False
-        diff: dict[str, tuple[Any, Any]] = {"deleted": (False, True)}
-    elif alive:
-        assert previous is not None
-        old, new = previous.bot.audited(), bot.audited()
-        diff = {k: (old[k], new[k]) for k in new if old[k] != new[k]}
-        if not diff:
-            return False
-    else:
-        diff = {"id": (audit.ABSENT, bot.id)} | {k: (audit.ABSENT, v) for k, v in bot.audited().items()}
-    at = _after(previous.updated_at if previous else None)
-    await store.insert(
-        "bots",
-        [[
-            bot.id, bot.account_id, bot.username, bot.avatar, int(bot.private), bot.custom_slots,
-            bot.vote_webhook_url, bot.created_at, at, int(deleted),
-        ]],
-        BOT_COLUMNS,
-    )  # fmt: skip
-    await audit.write(store, audit.rows(bot.id, bot.account_id, at, by, diff))
-    if redis is not None:
-        if deleted:
-            await index.remove_bot(redis, bot.id)
-        else:
-            await index.put_bot(redis, bot.indexed())
-    await _stamp(store, redis)
-    return True
+    return await _write_bots_locked(store, redis, [bot], deleted=deleted, by=by) == 1
 
 
 async def write_bot(
@@ -328,6 +347,15 @@ async def write_bot(
     """Store this version of the bot as is (create or replace), audited."""
     async with registry_lock(redis):
         await _write_bot_locked(store, redis, bot, deleted=deleted, by=by)
+
+
+async def write_bots(
+    store: Store, redis: aioredis.Redis | None, bots: list[Bot], *, by: str = OPERATOR
+) -> int:
+    """`write_bot` for many bots at once (seeding a fleet): one query, insert and Redis round
+    trip for all of them. Returns how many changed."""
+    async with registry_lock(redis):
+        return await _write_bots_locked(store, redis, bots, deleted=False, by=by)
 
 
 async def create_bot(

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import time
 
+import msgspec
 import pytest
 
 from registry import audit, index, model, records
@@ -245,3 +246,20 @@ async def test_list_accounts_counts_live_bots(store, redis):
     listed = await records.list_accounts(store)
     assert [(acc.id, acc.name, n) for acc, n in listed] == [(a.id, "alpha", 2), (b.id, "beta", 0)]
     assert [bot.id for bot in await records.list_bots(store, a.id)] == ["1", "2"]
+
+
+async def test_write_bots_in_bulk_is_audited_and_idempotent(store, redis):
+    account, _ = await records.create_account(store, redis, "fleet")
+    fleet = [
+        records.Bot(f"f{i}", account.id, f"Fleet {i}", None, False, 10, None, records.now())
+        for i in range(50)
+    ]
+    assert await records.write_bots(store, redis, fleet) == 50
+    assert await records.write_bots(store, redis, fleet) == 0
+    fleet[3] = msgspec.structs.replace(fleet[3], username="changed")
+    assert await records.write_bots(store, redis, fleet) == 1
+    cache = RegistryCache(redis)
+    assert (await cache.bot("f3")).username == "changed"  # type: ignore[union-attr]
+    assert (await cache.bot("f49")) is not None
+    rows = await store.query("SELECT count(), uniqExact(bot_id) FROM audit_log WHERE field = 'id'")
+    assert rows == [(50, 50)]
