@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -159,6 +161,16 @@ def _botpulse_services(compose: dict[str, Any]) -> Iterator[tuple[str, dict[str,
     for name, svc in compose["services"].items():
         if str(svc.get("image", "")).startswith("botpulse:") or "build" in svc:
             yield name, svc
+
+
+def test_compose_file_follows_the_compose_spec() -> None:
+    """The Compose specification's own JSON schema (vendored by check-jsonschema, no network)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+         str(DEPLOY / "docker-compose.yml")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_compose_names_every_service(compose: dict[str, Any]) -> None:
