@@ -1,0 +1,152 @@
+"""The gateway when Redis hangs or is gone (its own valkey-server, so the shared one stays up),
+and `botpulse gateway --workers N` as real processes sharing a port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psutil
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient, TestServer
+
+import ingest.app
+from registry import index
+from registry.records import Bot, create_account, now, write_bot
+from runtime.embedded import EmbeddedRedis, free_port, pid_alive
+from runtime.streams import partition_of, stream_key
+from schemas.stream import decode_event
+
+
+async def test_redis_hanging_or_gone_is_503_with_retry_after(make_settings, store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    own = aioredis.Redis.from_url(server.url)
+    try:
+        account, key = await create_account(store, own, "fail")
+        await write_bot(store, own, Bot("77", account.id, "Bot", None, False, 10, None, now()))
+        await own.set(index.READY_KEY, "1")
+        settings = make_settings(redis_url=server.url, redis_timeout_ms=200)
+        async with TestClient(TestServer(ingest.app.build_app(settings), host="127.0.0.1")) as client:
+            ok = await client.post("/v1/bot/77/custom", json={"type": "t"}, headers={"Authorization": key})
+            assert ok.status == 200
+
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGSTOP)  # Redis hangs: no answer, no error
+            try:
+                for path, body in (("/v1/bot/77", {"guilds": 1}), ("/v1/bot/77/custom", {"type": "t"})):
+                    resp = await client.post(path, json=body, headers={"Authorization": key})
+                    assert resp.status == 503
+                    assert int(resp.headers["Retry-After"]) >= 1
+                    assert "message" in await resp.json()
+                assert (await client.get("/readyz")).status == 503
+                assert (await client.get("/healthz")).status == 200
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+
+            # Back: posts are accepted again (the registry cache refills, the pool reconnects).
+            deadline = time.monotonic() + 10
+            status = 0
+            while time.monotonic() < deadline and status != 200:
+                resp = await client.post(
+                    "/v1/bot/77/custom", json={"type": "t"}, headers={"Authorization": key}
+                )
+                status = resp.status
+            assert status == 200
+
+            server.stop()  # Redis gone: connection refused
+            resp = await client.post("/v1/bot/77/custom", json={"type": "t"}, headers={"Authorization": key})
+            assert resp.status == 503
+            assert int(resp.headers["Retry-After"]) >= 1
+    finally:
+        server.stop()
+        with contextlib.suppress(Exception):
+            await own.aclose()
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "gateway exited during start-up"
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
+            if resp.status == 200:
+                return
+        time.sleep(0.1)
+    raise AssertionError("gateway did not answer /healthz")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return not pid_alive(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _listeners(pid: int, port: int) -> bool:
+    return any(
+        c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+    )
+
+
+def _run_workers(env: dict[str, str], port: int, key: str, stop: signal.Signals) -> None:
+    """Start `--workers 2`, post through fresh connections, stop the parent, see the child go."""
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "botpulse", "gateway", "--workers", "2", "--port", str(port)], env=env
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, parent)
+        deadline = time.monotonic() + 30
+        children: list[psutil.Process] = []
+        while time.monotonic() < deadline:
+            children = psutil.Process(parent.pid).children()
+            if children and _listeners(children[0].pid, port):
+                break
+            time.sleep(0.1)
+        assert len(children) == 1
+        assert _listeners(parent.pid, port) and _listeners(children[0].pid, port)
+
+        # Fresh connections: the kernel hands them to either process; every post lands.
+        for i in range(20):
+            request = urllib.request.Request(
+                f"{url}/v1/bot/88/custom",
+                data=f'{{"type": "t", "value1": {i}}}'.encode(),
+                headers={"Authorization": key, "Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                assert resp.status == 200
+
+        child = children[0].pid
+        parent.send_signal(stop)
+        parent.wait(20)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not _gone(child):
+            time.sleep(0.1)
+        assert _gone(child)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+async def test_workers_share_the_port_and_die_with_the_parent(settings, store, redis, tmp_path, stop) -> None:  # type: ignore[no-untyped-def]
+    account, key = await create_account(store, redis, "procs")
+    await write_bot(store, redis, Bot("88", account.id, "Bot", None, False, 10, None, now()))
+    await redis.set(index.READY_KEY, "1")
+    env = dict(
+        os.environ,
+        REDIS_URL=settings.redis_url or "",
+        BOTPULSE_DATA_DIR=str(tmp_path),  # its own directory: the gateway never opens ClickHouse
+        BOTPULSE_LOG_LEVEL="warning",
+    )
+    await asyncio.to_thread(_run_workers, env, free_port(), key, stop)
+    raw = await redis.xrange(stream_key(partition_of("88", settings.stream_partitions)))
+    assert sorted(int(decode_event(f[b"e"]).payload.value1) for _, f in raw) == list(range(20))  # type: ignore[union-attr, arg-type]
