@@ -52,6 +52,8 @@ def guarded(handler: Handler) -> Handler:
             return response
         except model.RegistryError as exc:
             response = _answer(exc.status, exc.body())
+        except web.HTTPRequestEntityTooLarge:
+            response = _answer(413, {"message": "Request body too large"})
         except (RedisError, OperationalError, OSError, TimeoutError) as exc:
             log.warning("registry backend unavailable", error=str(exc), path=request.path)
             response = _answer(503, {"message": "Registry temporarily unavailable; retry shortly"})

@@ -129,6 +129,9 @@ async def test_bad_bodies_are_400_naming_the_field(api):
         resp = await api.post("/v1/bots", data=raw, headers=_auth(key) | {"Content-Type": "application/json"})
         assert resp.status == 400, raw[:10]
         assert "message" in await resp.json()
+    resp = await api.post("/v1/bots", json={"id": "1", "username": "x" * 2_000_000}, headers=_auth(key))
+    assert resp.status == 413
+    assert "too large" in (await resp.json())["message"]
     await api.post("/v1/bots", json={"id": "1", "username": "ok"}, headers=_auth(key))
     for body, field in [
         ({}, None),
