@@ -95,12 +95,18 @@ def run(args: argparse.Namespace) -> int:
     name = f"full-{stamp}" if sizes.mode == "full" else f"{sizes.mode}-latest"
     result_path = args.out / f"{name}.json"
     document = {**meta, "figures": msgspec.to_builtins(b.figures), "peak_rss_mb": b.peak_rss, "raw": b.raw}
+    profiles = {}
+    for name, path in b.profiles.items():
+        if path.exists():
+            target = args.out / (
+                f"{name}-profile.txt" if sizes.mode == "full" else f"{sizes.mode}-{name}-profile.txt"
+            )
+            shutil.copyfile(path, target)
+            profiles[name] = str(target)
+        else:
+            b.say(f"profile of {name} was not written")
+    document["profiles"] = profiles
     result_path.write_bytes(msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n")
-    profile = (b.raw.get("gateway") or {}).get("profile")
-    if profile and Path(profile).exists():
-        shutil.copyfile(
-            profile, args.out / f"{'gateway' if sizes.mode == 'full' else sizes.mode}-profile.txt"
-        )
     print()
     print(report.table(b.figures))
     print(f"\n{sizes.mode} run took {elapsed} s; results in {result_path}")

@@ -13,11 +13,12 @@ from typing import Any
 
 import msgspec
 
-from bench import wrk
+from bench import spy, wrk
 from bench.loadgen import Result
 from bench.procs import Service
 from bench.seed import Seeded, Spec
 from bench.sizes import Sizes
+from bench.spy import Spy
 from runtime.embedded import EmbeddedRedis, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +32,9 @@ RAISED_LIMITS = {
     "BOTPULSE_CUSTOM_RATE_PER_MIN": "1000000000",
     "BOTPULSE_STREAM_HIGH_WATER": "1000000000",
 }
+
+# Fixed-rate runs: enough connections that the rate holds even when answers take ~60 ms.
+PACED_CONNECTIONS = 128
 
 STATS_BODY = json.dumps(
     {
@@ -68,6 +72,7 @@ class Bench:
         self.figures: list[Figure] = []
         self.raw: dict[str, Any] = {}
         self.peak_rss: dict[str, float] = {}
+        self.profiles: dict[str, Path] = {}  # name -> pyinstrument text report
         self._redis: list[EmbeddedRedis] = []
 
     # --- output -------------------------------------------------------------------------------
@@ -112,8 +117,40 @@ class Bench:
         env.update(extra)
         return env
 
-    def service(self, name: str, phase: str, args: list[str], env: dict[str, str]) -> Service:
+    def service(
+        self, name: str, phase: str, args: list[str], env: dict[str, str], profile: str | None = None
+    ) -> Service:
+        """Start `python <args>`; with `profile`, under pyinstrument, whose text report becomes
+        the run's `<profile>` profile once the service is stopped with SIGINT."""
+        if profile:
+            out = self.phase_dir(phase) / f"{profile}-profile.txt"
+            self.profiles[profile] = out
+            args = [
+                "-m",
+                "pyinstrument",
+                "--renderer",
+                "text",
+                "--outfile",
+                str(out),
+                "--interval",
+                "0.0005",
+                *args,
+            ]
         return Service(name, [sys.executable, *args], env, self.phase_dir(phase)).start()
+
+    def sample(self, svc: Service, phase: str, profile: str) -> Spy | None:
+        """Start py-spy on a running service (every thread, unlike pyinstrument); None when
+        py-spy is not installed. Finish with `end_sample` before stopping the service."""
+        if spy.executable() is None:
+            self.say(f"{profile}: py-spy is not installed, no profile")
+            return None
+        return spy.Spy(svc.pid, self.phase_dir(phase) / f"{profile}-stacks.txt")
+
+    def end_sample(self, sampler: Spy | None, svc: Service, phase: str, profile: str) -> None:
+        if sampler is not None and sampler.stop():
+            out = self.phase_dir(phase) / f"{profile}-profile.txt"
+            out.write_text(spy.summary(sampler.raw, f"{profile}: {' '.join(svc.args[1:])}"))
+            self.profiles[profile] = out
 
     def redis(self, phase: str) -> EmbeddedRedis:
         server = EmbeddedRedis(self.phase_dir(phase) / "redis").start()

@@ -3,7 +3,7 @@ post as the bot's `lastSeen`), while background load posts at a fixed rate to ot
 
 The stack is the one `botpulse dev` runs: a gateway process, and the query service with an
 in-process worker (embedded chDB allows one engine per process). Probe bots post one at a
-time and poll the query service every 10 ms, so each sample has at most that much slack.
+time and poll the query service every 20 ms, so each sample has at most that much slack.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import time
 import aiohttp
 import msgspec
 
-from bench.context import REPO, STATS_BODY, Bench, Figure, port
+from bench.context import PACED_CONNECTIONS, REPO, STATS_BODY, Bench, Figure, port
 from bench.loadgen import Result, percentile
 from bench.seed import Spec, Target
 
 PHASE = "e2e"
-POLL_S = 0.01
+POLL_S = 0.02
 GIVE_UP_S = 10.0
 TARGET_P99_S = 1.5
 
@@ -85,7 +85,7 @@ def run(b: Bench) -> None:
             load_out = b.phase_dir(PHASE) / "background.json"
             args = [
                 sys.executable, "-m", "bench.loadgen", "--port", str(gport), "--targets", str(targets[0]),
-                "--body", STATS_BODY, "--connections", str(max(2, min(32, s.connections))),
+                "--body", STATS_BODY, "--connections", str(PACED_CONNECTIONS if s.mode != "tiny" else 4),
                 "--duration", str(s.e2e_duration_s), "--warmup", str(s.warmup_s),
                 "--rate", str(s.e2e_rate), "--out", str(load_out),
             ]  # fmt: skip

@@ -57,7 +57,8 @@ def _inspect(case: Case, status: int, body: bytes, content_type: str) -> None:
     if status == 404 and content_type != "application/json":
         case.problem = "not available (route answers 404)"
     elif status != 200:
-        case.problem = f"answered HTTP {status}: {body[:160].decode(errors='replace')}"
+        text = " ".join(body[:200].decode(errors="replace").split())
+        case.problem = f"answered HTTP {status}: {text}"
     elif case.check and case.check.encode() not in body:
         case.problem = f"answer has no {case.check!r} (returnStats not served yet)"
 
@@ -118,8 +119,25 @@ def run(b: Bench) -> None:
         finally:
             svc.stop()
         _figures(b, cases, seeded.rows)
+        if s.profile:
+            _profile(b, env, cases)
     finally:
         b.stop_redis(redis, "redis (query phase)")
+
+
+def _profile(b: Bench, env: dict[str, str], cases: list[Case]) -> None:
+    """The 30-day and long-range bot queries again, sampled by py-spy (not counted in figures)."""
+    qport = port()
+    svc = b.service("query-profiled", PHASE, ["-m", "botpulse", "query", "--port", str(qport)], env)
+    again = [Case(c.key, c.label, c.urls, c.headers) for c in cases if c.key.startswith("query_bot_")]
+    sampler = None
+    try:
+        svc.wait_http(f"http://127.0.0.1:{qport}/healthz", timeout=90)
+        sampler = b.sample(svc, PHASE, "query")
+        asyncio.run(_measure(f"http://127.0.0.1:{qport}", again, b.sizes.query_requests))
+    finally:
+        b.end_sample(sampler, svc, PHASE, "query")
+        svc.stop()
 
 
 def _figures(b: Bench, cases: list[Case], rows: int) -> None:

@@ -14,10 +14,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
 from bench.context import REPO, Bench, Figure
+from bench.procs import Service
 from runtime.redis import connect
 from runtime.settings import load_settings
 from runtime.streams import GROUP, partition_of, stream_key
@@ -79,7 +81,9 @@ async def _group_state(redis: aioredis.Redis, streams: list[str]) -> tuple[int, 
     return read, pending, caught_up
 
 
-async def watch_drain(redis_url: str, entries: int, bound_s: float, workers: list) -> dict[str, object]:  # type: ignore[type-arg]
+async def watch_drain(
+    redis_url: str, entries: int, bound_s: float, workers: list[Service], on_first: Callable[[], None]
+) -> dict[str, object]:
     settings = load_settings({}, redis_url=redis_url)
     redis = connect(settings)
     streams = [stream_key(p) for p in range(settings.stream_partitions)]
@@ -93,6 +97,7 @@ async def watch_drain(redis_url: str, entries: int, bound_s: float, workers: lis
             now = time.monotonic()
             if first is None and read > 0:
                 first = now
+                on_first()
             if read >= entries and pending == 0 and caught_up:
                 done = True
                 break
@@ -112,8 +117,18 @@ async def watch_drain(redis_url: str, entries: int, bound_s: float, workers: lis
     }
 
 
-def drain(b: Bench, label: str, clickhouse_url: str | None, processes: int) -> dict[str, object]:
+def drain(
+    b: Bench,
+    label: str,
+    clickhouse_url: str | None,
+    processes: int,
+    *,
+    entries: int | None = None,
+    bound_s: float | None = None,
+    profile: bool = False,
+) -> dict[str, object]:
     s = b.sizes
+    entries = entries or s.drain_entries
     phase = f"{PHASE}-{label}"
     redis = b.redis(phase)
     try:
@@ -121,18 +136,28 @@ def drain(b: Bench, label: str, clickhouse_url: str | None, processes: int) -> d
         if clickhouse_url is not None:
             extra["BOTPULSE_CLICKHOUSE_DATABASE"] = f"botpulse_bench_{os.getpid()}"
         env = b.env(phase, redis.url, clickhouse_url, **extra)
-        b.say(f"worker: pre-filling {s.drain_entries:,} entries ({label})")
-        fill_s = asyncio.run(prefill(redis.url, s.drain_entries))
+        b.say(f"worker: pre-filling {entries:,} entries ({label})")
+        fill_s = asyncio.run(prefill(redis.url, entries))
+        sampler = None
         workers = [
             b.service(f"worker-{i}", phase, ["-m", "botpulse", "worker"], env) for i in range(processes)
         ]
+        sampler = None
+
+        def started() -> None:
+            nonlocal sampler
+            if profile:  # sample the drain, not the start-up
+                sampler = b.sample(workers[0], phase, "worker")
+
         try:
-            stats = asyncio.run(watch_drain(redis.url, s.drain_entries, s.drain_timeout_s, workers))
+            bound = bound_s or s.drain_timeout_s
+            stats = asyncio.run(watch_drain(redis.url, entries, bound, workers, started))
             for i, w in enumerate(workers):
                 b.note_rss(f"worker ({label})" + (f" #{i + 1}" if processes > 1 else ""), w)
             if not stats["drained"]:
                 stats["log"] = workers[0].log_tail()
         finally:
+            b.end_sample(sampler, workers[0], phase, "worker")
             for w in workers:
                 w.stop()
         stats["prefill_s"] = round(fill_s, 2)
@@ -173,6 +198,12 @@ def run(b: Bench) -> None:
     stats = drain(b, "embedded", None, 1)
     b.raw[PHASE] = {"embedded_1p": stats}
     _figure(b, "worker_rows_s_embedded", f"worker drain, {n} entries, embedded chDB, 1p", stats, True)
+    if b.sizes.profile:
+        # Profiled separately (pyinstrument slows the process down): where a worker's time goes.
+        entries = max(20_000, b.sizes.drain_entries // 5)
+        b.raw[PHASE]["embedded_1p_profiled"] = drain(
+            b, "embedded-profiled", None, 1, entries=entries, bound_s=90, profile=True
+        )
     server = os.environ.get("CLICKHOUSE_URL", "")
     if not server.startswith(("http://", "https://")):
         b.figure(Figure("worker_rows_s_server", "worker drain, ClickHouse server", None, "rows/s",
