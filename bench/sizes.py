@@ -54,16 +54,16 @@ QUICK = Sizes(
     bots=100,
     connections=32,
     warmup_s=1,
-    duration_s=3,
-    drain_entries=50_000,
+    duration_s=2,
+    drain_entries=30_000,
     drain_timeout_s=60,
     e2e_rate=2000,
-    e2e_duration_s=6,
+    e2e_duration_s=5,
     e2e_probes=2,
     query_bots=5,
     query_days=30,
     query_long_days=90,
-    query_requests=40,
+    query_requests=30,
 )
 
 TINY = Sizes(

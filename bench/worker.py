@@ -200,7 +200,7 @@ def run(b: Bench) -> None:
     _figure(b, "worker_rows_s_embedded", f"worker drain, {n} entries, embedded chDB, 1p", stats, True)
     if b.sizes.profile:
         # Profiled separately (pyinstrument slows the process down): where a worker's time goes.
-        entries = max(20_000, b.sizes.drain_entries // 5)
+        entries = max(10_000, b.sizes.drain_entries // 5)
         b.raw[PHASE]["embedded_1p_profiled"] = drain(
             b, "embedded-profiled", None, 1, entries=entries, bound_s=90, profile=True
         )

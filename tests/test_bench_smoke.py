@@ -12,6 +12,7 @@ from pathlib import Path
 from bench import wrk
 from bench.loadgen import percentile
 from bench.report import DOCS_END, DOCS_START, update_docs
+from bench.spy import summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,3 +101,19 @@ def test_tiny_run_produces_every_figure(tmp_path):
         # A figure, or the honest reason there is none (a route not served yet).
         assert figures[key].get("value") or figures[key]["note"], figures[key]
     assert figures["gateway_peak_rss"]["value"] > 0
+
+
+def test_py_spy_stacks_are_summed_by_function(tmp_path):
+    raw = tmp_path / "stacks.txt"
+    main = "_run_module_as_main (<frozen runpy>:198)"
+    raw.write_text(
+        f"{main};run (workers/runner.py:10);insert (runtime/clickhouse.py:5) 3\n"
+        f"{main};run (workers/runner.py:12);decode (schemas/stream.py:7) 1\n"
+    )
+    text = summary(raw, "worker")
+    assert "4 samples" in text
+    inclusive, own = text.split("self (")
+    assert "100.0%  run (workers/runner.py)" in inclusive  # two lines of one function add up
+    assert "75.0%  insert (runtime/clickhouse.py)" in own
+    assert "25.0%  decode (schemas/stream.py)" in own
+    assert "frozen runpy" not in inclusive  # interpreter plumbing is left out
