@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -21,10 +22,10 @@ from aiohttp.test_utils import TestClient, TestServer
 import ingest.app
 from ingest.app import DROPPED_HEADER
 from registry import index
-from registry.keys import hash_key
-from registry.records import Bot, create_account, now, write_bot
+from registry.keys import generate_key, hash_key
 from runtime.settings import Settings
 from runtime.streams import custom_slots_key, partition_of, stream_key
+from schemas.registry import IndexedBot
 from schemas.stream import CustomPayload, StatsPayload, StreamEvent, decode_event
 
 BOT = "1001"  # 3 custom-metric slots
@@ -57,23 +58,28 @@ class Env:
         return total
 
 
-async def seed(store, redis, settings: Settings) -> tuple[str, str, str]:  # type: ignore[no-untyped-def]
-    account, key = await create_account(store, redis, "ingest")
-    other, other_key = await create_account(store, redis, "other")
-    await write_bot(store, redis, Bot(BOT, account.id, "Bot", None, False, 3, None, now()))
-    await write_bot(store, redis, Bot(OTHER_BOT, other.id, "Other", None, False, 10, None, now()))
+async def seed(redis: aioredis.Redis) -> tuple[str, str, str]:
+    """Accounts and bots straight into the registry index: the gateway reads nothing else (and a
+    ClickHouse database per test would cost seconds; test_ingest_disstat.py goes through
+    `registry.records`)."""
+    account_id, key = "acc_" + secrets.token_hex(8), generate_key()
+    other_id, other_key = "acc_" + secrets.token_hex(8), generate_key()
+    await index.put_account_key(redis, account_id, hash_key(key), None)
+    await index.put_account_key(redis, other_id, hash_key(other_key), None)
+    await index.put_bot(redis, IndexedBot(BOT, account_id, "Bot", False, 3))
+    await index.put_bot(redis, IndexedBot(OTHER_BOT, other_id, "Other", False, 10))
     await redis.set(index.READY_KEY, "1")
-    return account.id, key, other_key
+    return account_id, key, other_key
 
 
 @pytest.fixture
-async def make_env(make_settings, store, redis) -> AsyncIterator[Callable[..., object]]:  # type: ignore[no-untyped-def]
+async def make_env(make_settings, redis) -> AsyncIterator[Callable[..., object]]:  # type: ignore[no-untyped-def]
     clients: list[TestClient] = []
 
     async def make(**overrides: object) -> Env:
         settings = make_settings(**overrides)
         if not clients:
-            make.seeded = await seed(store, redis, settings)  # type: ignore[attr-defined]
+            make.seeded = await seed(redis)  # type: ignore[attr-defined]
         account_id, key, other_key = make.seeded  # type: ignore[attr-defined]
         client = TestClient(TestServer(ingest.app.build_app(settings), host="127.0.0.1"))
         await client.start_server()
