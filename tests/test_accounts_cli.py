@@ -4,11 +4,14 @@ as `botpulse dev` writes it, or from BOTPULSE_ADMIN_URL), and directly against t
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import msgspec
 import pytest
+import structlog
 from aiohttp.test_utils import TestClient, TestServer
 
 import query.app
@@ -46,11 +49,25 @@ async def stack(make_settings, store, redis, monkeypatch) -> AsyncIterator[TestC
     await client.close()
 
 
+@pytest.fixture(autouse=True)
+def _keep_logging_config() -> Iterator[None]:
+    """The CLI configures structlog for the whole process; put the test run's config back."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+def _main(argv: list[str]) -> tuple[int, str, str]:
+    # Our own never-closed streams, not pytest's capture: structlog keeps the stream the CLI
+    # configured it with, and a closed one would break every later log call in this process.
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
 async def _cli(capsys, *argv: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
-    capsys.readouterr()
-    code = await asyncio.to_thread(main, list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+    return await asyncio.to_thread(_main, list(argv))
 
 
 def _key(out: str) -> str:
