@@ -10,6 +10,7 @@ from pathlib import Path
 
 import msgspec
 
+from bench import spy
 from bench.context import PACED_CONNECTIONS, RAISED_LIMITS, Bench, Figure, port
 from bench.loadgen import Result
 from bench.procs import Service
@@ -31,14 +32,14 @@ class Run(msgspec.Struct):
 
 
 def _start(
-    b: Bench, kind: str, workers: int, env: dict[str, str], profile: bool = False
+    b: Bench, kind: str, workers: int, env: dict[str, str], profile: bool = False, tag: str = ""
 ) -> tuple[Service, int]:
     p = port()
     if kind == "baseline":
         args = ["-m", "bench.baseline", "--port", str(p), "--workers", str(workers)]
     else:
         args = ["-m", "botpulse", "gateway", "--port", str(p), "--workers", str(workers)]
-    svc = b.service(f"{kind}-{workers}p", PHASE, args, env, profile="gateway" if profile else None)
+    svc = b.service(f"{kind}-{workers}p{tag}", PHASE, args, env, profile="gateway" if profile else None)
     svc.wait_http(f"http://127.0.0.1:{p}/healthz", timeout=60)
     time.sleep(0.5 + 0.5 * workers)  # forked processes bind after the first one answers
     return svc, p
@@ -71,7 +72,7 @@ def run(b: Bench) -> None:
         peak = runs["gateway_1p"].result.rps
         paced = None
         if peak > 0:
-            svc, p = _start(b, "gateway", 1, env)
+            svc, p = _start(b, "gateway", 1, env, tag="-paced")
             try:
                 paced = b.load(
                     PHASE,
@@ -99,13 +100,24 @@ def run(b: Bench) -> None:
 
 
 def profile_gateway(b: Bench, env: dict[str, str], targets: tuple[Path, Path]) -> None:
-    """Profile one gateway process under the same load (not counted in any figure)."""
-    svc, p = _start(b, "gateway", 1, env, profile=True)
+    """Profile one gateway process under the same load (not counted in any figure): sampled by
+    py-spy when installed (busy time only, start-up excluded), else run under pyinstrument."""
+    if spy.executable() is None:
+        svc, p = _start(b, "gateway", 1, env, profile=True, tag="-profiled")
+        try:
+            b.load(PHASE, p, targets)
+        finally:
+            # SIGINT: aiohttp shuts down cleanly, so pyinstrument gets to write its report.
+            svc.stop(sig=signal.SIGINT, timeout=30)
+        return
+    svc, p = _start(b, "gateway", 1, env, tag="-profiled")
+    sampler = None
     try:
+        sampler = b.sample(svc, PHASE, "gateway")
         b.load(PHASE, p, targets)
     finally:
-        # SIGINT: aiohttp shuts down cleanly, so pyinstrument gets to write its report.
-        svc.stop(sig=signal.SIGINT, timeout=30)
+        b.end_sample(sampler, svc, PHASE, "gateway")
+        svc.stop()
 
 
 def _figures(b: Bench, runs: dict[str, Run]) -> None:
