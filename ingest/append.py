@@ -20,7 +20,8 @@ from collections.abc import Sequence
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from hiredis import pack_command
+from redis.exceptions import NoScriptError, ResponseError
 
 from runtime.logs import get_logger
 from runtime.streams import custom_slots_key, stream_key
@@ -200,10 +201,26 @@ class Appender:
                 future.set_result(_result(reply))  # type: ignore[arg-type]
 
     async def _execute(self, posts: list[Post], verb: str, script: str) -> list[object]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for post in posts:
-                pipe.execute_command(verb, script, *post.command(self.high_water))
-            return await pipe.execute(raise_on_error=False)
+        """One write of all the calls, then their replies in order: a pipeline without the
+        client's per-command bookkeeping (this is the gateway's hot path)."""
+        pool = self.redis.connection_pool
+        connection = await pool.get_connection()
+        try:
+            packed = b"".join(pack_command((verb, script, *post.command(self.high_water))) for post in posts)
+            await connection.send_packed_command(packed)
+            replies: list[object] = []
+            for _ in posts:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:  # this call's error (e.g. NOSCRIPT): the others stand
+                    replies.append(exc)
+        except BaseException:
+            # A reply may still be on the wire: never hand this connection to anyone else.
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
+        return replies
 
     async def close(self) -> None:
         if self._tasks:

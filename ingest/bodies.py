@@ -20,6 +20,7 @@ from schemas.http import (
     STATS_FIELDS,
     CustomEntry,
     DBotsBody,
+    PlainStatsBody,
     StatcordBody,
     StatsBody,
 )
@@ -35,6 +36,7 @@ class BadInput(Exception):
 
 _PATH = re.compile(r"^(.*?) - at `\$\.?(.*)`$")
 _generic = msgspec.json.Decoder()
+_plain_stats = msgspec.json.Decoder(PlainStatsBody)
 _custom = msgspec.json.Decoder(CustomEntry)
 _dbots = msgspec.json.Decoder(DBotsBody)
 _statcord = msgspec.json.Decoder(StatcordBody)
@@ -99,6 +101,10 @@ def _metric(name: str, value: int | float) -> float:
 
 def parse_stats(body: bytes) -> tuple[StatsPayload, list[CustomPayload]]:
     """A DisStat stats post: the stats payload (custom metrics in it) and its custom-graph entries."""
+    try:
+        return _stats_payload(_plain_stats.decode(body), {})
+    except (msgspec.DecodeError, RecursionError):
+        pass  # aliases, custom metrics or an error: the general path below, which names the field
     raw = _decode(_generic, body)
     if not isinstance(raw, dict):
         raise BadInput("The body must be a JSON object")
@@ -121,6 +127,10 @@ def parse_stats(body: bytes) -> tuple[StatsPayload, list[CustomPayload]]:
         stats = msgspec.convert(known, StatsBody)
     except msgspec.ValidationError as exc:
         raise _validation(exc, {k: v for k, v in sent_as.items() if k != v}) from None
+    return _stats_payload(stats, metrics)
+
+
+def _stats_payload(stats: StatsBody, metrics: dict[str, float]) -> tuple[StatsPayload, list[CustomPayload]]:
     payload = StatsPayload(
         guilds=stats.guilds,
         users=stats.users,

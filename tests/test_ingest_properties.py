@@ -111,7 +111,7 @@ def expected(body: Any) -> tuple[dict[str, Any], dict[str, float], list[Any]] | 
             ):
                 return None
         elif value is not None:
-            if not is_number(value) or not 0 <= value <= MAX:
+            if not is_number(value) or not 0 <= value <= MAX or (name in AMOUNTS and value >= MAX):
                 return None
             if name in COUNTS and not isinstance(value, int):
                 return None
