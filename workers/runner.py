@@ -1,94 +1,659 @@
-"""The worker loop. (Foundation version: read a batch, insert with a dedup token, ack.
-The workers issue adds write-ahead batch records, XAUTOCLAIM take-over, poison isolation,
-dead letters, trimming and status.)"""
+"""The worker: Redis stream partitions -> ClickHouse in batches, exactly once in effect.
+
+One pass of the loop either reads (XREADGROUP, blocking at most until the open batch is due),
+or flushes, or takes over idle entries; never two at once, so memory stays bounded by one batch
+per partition. A flush, per partition:
+
+1. write the batch's write-ahead record (exact ids + dedup token) if this consumer still owns
+   every id (`workers.records`);
+2. insert one block per table with that token and
+   `deduplicate_blocks_in_dependent_materialized_views=1`; a block ClickHouse rejects for its
+   data is split in halves (each half's token derived from its own ids) until the bad entries
+   are isolated; connectivity errors are retried with backoff and jitter, entries stay pending;
+3. in one MULTI: dead-letter the isolated entries, XACK every id, delete the record.
+
+A crash anywhere leaves the entries pending and (after step 1) the record in place; whoever
+takes the entries over (XAUTOCLAIM after `claim_idle_ms`, or this consumer at restart) finds the
+record and repeats steps 2-3 with the same ids and token. See docs/workers.md.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
+import random
 import signal
 import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+import msgspec
 import redis.asyncio as aioredis
+import redis.exceptions
 
-from runtime.clickhouse import Store
+from runtime.clickhouse import Store, is_data_error
 from runtime.logs import get_logger
 from runtime.redis import connect
-from runtime.settings import Settings
-from runtime.streams import GROUP, stream_key
-from schemas.stream import FIELD, decode_event
-from workers.rows import CUSTOM_COLUMNS, STATS_COLUMNS, split_rows
+from runtime.settings import Settings, SettingsError
+from runtime.streams import GROUP, batches_key, dead_letter_key, stream_key
+from schemas.stream import FIELD, StreamEvent, decode_event
+from workers import records as rec
+from workers.deadletters import dead_letter_fields
+from workers.rows import COLUMNS, NAMES_TABLE, Row, name_rows, rows_by_table
+from workers.status import PartitionStats
+from workers.upkeep import Upkeep
 
 log = get_logger(__name__)
+
+_BACKOFF_BASE_S = 0.2
+_BACKOFF_CAP_S = 10.0
+_TRIM_EVERY_S = 1.0
+_STOP_GRACE_S = 8.0  # SIGTERM: the batch in hand gets this long, the process exits within 10 s
+_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def check_settings(settings: Settings) -> None:
+    """A live worker's entries must never look idle to the others: XAUTOCLAIM's threshold must
+    exceed everything a healthy batch can take (buffering plus inserting), with margin."""
+    floor = 2 * (settings.batch_ms + int(settings.insert_timeout_s * 1000))
+    if settings.claim_idle_ms < floor:
+        raise SettingsError(
+            f"BOTPULSE_CLAIM_IDLE_MS={settings.claim_idle_ms} is too small: it must be at least "
+            f"2 x (BOTPULSE_BATCH_MS + BOTPULSE_INSERT_TIMEOUT_S in ms) = {floor}, or a batch "
+            "still being written could be taken over by another worker"
+        )
+
+
+class Abandoned(Exception):
+    """The worker is stopping while ClickHouse is unreachable: the batch stays pending (its
+    record in place) for the next worker."""
+
+
+@dataclass
+class Entry:
+    id: bytes
+    data: bytes
+    event: StreamEvent
+    read_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Batch:
+    partition: int
+    record: rec.BatchRecord
+    entries: list[Entry]
+    recovered: bool = False
+    # Entries the record names that are no longer in the stream (should never happen).
+    lost: list[bytes] = field(default_factory=list)
+    # Entries of the record that cannot be decoded: dead-lettered when the batch commits.
+    poison: list[tuple[bytes, bytes, str]] = field(default_factory=list)
+
+
 class Worker:
     def __init__(self, settings: Settings, store: Store, redis: aioredis.Redis) -> None:
+        check_settings(settings)
         self.settings = settings
         self.store = store
         self.redis = redis
         self.consumer = consumer_name()
-        self.streams = [stream_key(p) for p in range(settings.stream_partitions)]
+        self.partitions = list(range(settings.stream_partitions))
+        self.records = rec.Records(redis, self.consumer)
+        self.upkeep = Upkeep(redis)
+        self._buffers: dict[int, list[Entry]] = {p: [] for p in self.partitions}
+        self._inflight: Batch | None = None
         self._stopping = asyncio.Event()
+        self._clickhouse_ok = True
+        self._redis_ok = True
+        self._last_trim: dict[int, float] = {}
+        self._last_heartbeat = 0.0
 
+    # --- lifecycle ----------------------------------------------------------------------------
     def stop(self) -> None:
         self._stopping.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def stopped(self) -> None:
+        await self._stopping.wait()
+
     async def ensure_groups(self) -> None:
-        for stream in self.streams:
+        for p in self.partitions:
             with contextlib.suppress(aioredis.ResponseError):  # BUSYGROUP: exists already
-                await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+                await self.redis.xgroup_create(stream_key(p), GROUP, id="0", mkstream=True)
 
     async def run(self) -> None:
-        await self.ensure_groups()
-        block_ms = max(1, self.settings.batch_ms)
-        while not self._stopping.is_set():
-            reply = await self.redis.xreadgroup(
-                GROUP,
-                self.consumer,
-                {s: ">" for s in self.streams},
-                count=self.settings.batch_rows,
-                block=block_ms,
-            )
-            for stream, entries in reply or []:
-                if entries:
-                    await self._write(stream, entries)
+        """Read, batch and write until `stop()`; then flush what is in hand and leave."""
+        await self._until_redis(self.ensure_groups)
+        await self._until_redis(self.recover_own)
+        claim_every = max(0.05, self.settings.claim_idle_ms / 2000)
+        next_claim = time.monotonic() + claim_every
+        while not self.stopping:
+            try:
+                if self._due():
+                    await self.flush()
+                    continue
+                if time.monotonic() >= next_claim:
+                    await self.take_over_idle()
+                    await self.sweep_consumers()
+                    await self.trim()
+                    next_claim = time.monotonic() + claim_every
+                    continue
+                await self._read()
+                self._redis_state(ok=True)
+            except Abandoned:
+                break
+            except aioredis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("consumer group missing (stream deleted?); creating it again")
+                await self.ensure_groups()
+            except _REDIS_ERRORS as exc:
+                self._redis_state(ok=False, exc=exc)
+                await self._sleep(self._backoff(1))
+        await self.drain()
 
-    async def _write(self, stream: bytes, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        ids = [entry_id for entry_id, _ in entries]
-        events = [decode_event(fields[FIELD]) for _, fields in entries]
-        token = hashlib.sha256(stream + b"|" + b",".join(ids)).hexdigest()
-        stats, custom = split_rows(events)
-        dedup = {"deduplicate_blocks_in_dependent_materialized_views": 1}
-        await self.store.insert(
-            "bot_stats", stats, STATS_COLUMNS, {**dedup, "insert_deduplication_token": token + ":s"}
+    async def drain(self) -> None:
+        """Finish the batch in hand and everything buffered, then retire this consumer if it owns
+        nothing (a consumer with pending entries is never removed)."""
+        self.stop()
+        try:
+            if self._inflight is not None:
+                await self._write_batch(self._inflight)
+            await self.flush()
+            for p in self.partitions:
+                if await self.upkeep.retire(stream_key(p), GROUP, self.consumer):
+                    log.info("consumer retired", partition=p, consumer=self.consumer)
+        except (Abandoned, *_REDIS_ERRORS) as exc:
+            log.warning("stopping with entries pending; another worker will take them over", error=str(exc))
+
+    # --- reading ------------------------------------------------------------------------------
+    def _buffered(self) -> int:
+        return max(len(b) for b in self._buffers.values())
+
+    def _due(self) -> bool:
+        oldest = [b[0].read_at for b in self._buffers.values() if b]
+        if not oldest:
+            return False
+        return (
+            self._buffered() >= self.settings.batch_rows
+            or (time.monotonic() - min(oldest)) * 1000 >= self.settings.batch_ms
         )
-        await self.store.insert(
-            "custom_events", custom, CUSTOM_COLUMNS, {**dedup, "insert_deduplication_token": token + ":c"}
+
+    def _block_ms(self) -> int:
+        # Never block past the socket timeout of the Redis client, nor past the open batch's due time.
+        block = min(self.settings.batch_ms, max(1, self.settings.redis_timeout_ms // 2))
+        oldest = [b[0].read_at for b in self._buffers.values() if b]
+        if oldest:
+            left = self.settings.batch_ms - (time.monotonic() - min(oldest)) * 1000
+            block = min(block, max(1, int(left)))
+        return block
+
+    async def _read(self) -> None:
+        count = max(1, self.settings.batch_rows - self._buffered())
+        reply = await self.redis.xreadgroup(
+            GROUP,
+            self.consumer,
+            {stream_key(p): ">" for p in self.partitions},
+            count=count,
+            block=self._block_ms(),
         )
-        await self.redis.xack(stream, GROUP, *ids)
-        log.debug("batch written", rows=len(ids))
+        for stream, entries in reply or []:
+            await self._accept(self._partition_of(stream), entries)
+
+    def _partition_of(self, stream: bytes | str) -> int:
+        key = stream.decode() if isinstance(stream, bytes) else stream
+        for p in self.partitions:
+            if stream_key(p) == key:
+                return p
+        raise ValueError(f"unexpected stream {key!r}")
+
+    async def _accept(
+        self, partition: int, entries: Sequence[tuple[bytes, dict[bytes, bytes] | None]]
+    ) -> None:
+        """Buffer decodable entries; dead-letter the undecodable ones at once (decoding is
+        deterministic, redelivery cannot help)."""
+        poison: list[tuple[bytes, bytes, str]] = []
+        for entry_id, fields in entries:
+            data = (fields or {}).get(FIELD, b"")
+            try:
+                event = decode_event(data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                poison.append((entry_id, data, f"undecodable: {exc}"))
+                continue
+            self._buffers[partition].append(Entry(entry_id, data, event))
+        if poison:
+            await self._dead_letter(partition, poison, deliveries=1)
+
+    # --- taking over ------------------------------------------------------------------------
+    async def recover_own(self) -> None:
+        """Entries this consumer name already owns (a restart with the same host and pid, or an
+        embedded worker restarted in-process) are recovered at once, not after the idle time.
+        They are re-claimed (not just re-read) so their delivery count grows on every restart
+        and a crash-looping batch still ends in the dead letters."""
+        for p in self.partitions:
+            stream = stream_key(p)
+            cursor = "-"
+            for _ in range(100_000):
+                rows = await self.redis.xpending_range(
+                    stream, GROUP, cursor, "+", self.settings.batch_rows, self.consumer
+                )
+                ids = [r["message_id"] for r in rows]
+                if not ids:
+                    break
+                cursor = "(" + ids[-1].decode()  # exclusive: buffered entries stay pending
+                claimed = await self.redis.xclaim(stream, GROUP, self.consumer, 0, ids)
+                if len(claimed) < len(ids):
+                    log.error("own pending entries no longer in the stream", partition=p)
+                counts = await self._delivery_counts(stream, [i for i, _ in claimed])
+                await self._take(p, claimed, deliveries=counts)
+                if not claimed:
+                    break
+
+    async def take_over_idle(self) -> None:
+        """XAUTOCLAIM entries idle longer than `claim_idle_ms` (their consumer died or hangs)."""
+        for p in self.partitions:
+            stream = stream_key(p)
+            if self._buffers[p]:
+                # XAUTOCLAIM does not skip our own entries: the buffered ones must not look idle.
+                await self.upkeep.touch_own(stream, GROUP, self.consumer, [e.id for e in self._buffers[p]])
+            cursor: bytes | str = "0-0"
+            for _ in range(1000):
+                next_cursor, claimed, deleted = await self.redis.xautoclaim(
+                    stream,
+                    GROUP,
+                    self.consumer,
+                    self.settings.claim_idle_ms,
+                    cursor,
+                    count=self.settings.batch_rows,
+                )
+                if deleted:
+                    log.error(
+                        "pending entries were deleted before being written: counted as lost",
+                        partition=p,
+                        count=len(deleted),
+                        ids=[d.decode() for d in deleted[:20]],
+                    )
+                    await PartitionStats.add(self.redis, p, "lost_total", len(deleted))
+                if claimed:
+                    counts = await self._delivery_counts(stream, [i for i, _ in claimed])
+                    log.info("entries taken over", partition=p, count=len(claimed))
+                    await self._take(p, claimed, deliveries=counts)
+                cursor = next_cursor
+                if cursor in (b"0-0", "0-0"):
+                    break
+
+    async def _delivery_counts(self, stream: str, ids: list[bytes]) -> dict[bytes, int]:
+        ordered = rec.sort_ids(ids)
+        rows = await self.redis.xpending_range(
+            stream,
+            GROUP,
+            ordered[0],
+            ordered[-1],
+            len(ordered) + 10 * self.settings.batch_rows,
+            self.consumer,
+        )
+        wanted = set(ids)
+        return {r["message_id"]: int(r["times_delivered"]) for r in rows if r["message_id"] in wanted}
+
+    async def _take(
+        self,
+        partition: int,
+        entries: Sequence[tuple[bytes, dict[bytes, bytes] | None]],
+        deliveries: dict[bytes, int],
+    ) -> None:
+        """Entries now owned by this consumer: those named by a batch record are written as that
+        batch (same ids, same token); the rest join the open batch like freshly read ones."""
+        by_id = {entry_id: fields for entry_id, fields in entries}
+        records = await self.records.all(batches_key(partition))
+        handled: set[bytes] = set()
+        for record in records.values():
+            ids = [i.encode() for i in record.ids]
+            if not any(i in by_id for i in ids):
+                continue
+            handled.update(ids)
+            most = max((deliveries.get(i, 1) for i in ids if i in by_id), default=1)
+            batch = await self._load_batch(partition, record, by_id)
+            if most > self.settings.max_deliveries:
+                await self._give_up(batch, most)
+                continue
+            log.info("recovering batch", partition=partition, token=record.token, rows=len(ids))
+            await self._write_batch(batch)
+        free = [(i, f) for i, f in entries if i not in handled and f is not None]
+        tired = [(i, f) for i, f in free if deliveries.get(i, 1) > self.settings.max_deliveries]
+        if tired:
+            await self._dead_letter(
+                partition,
+                [
+                    (
+                        i,
+                        (f or {}).get(FIELD, b""),
+                        f"delivered {deliveries[i]} times without being written "
+                        f"(BOTPULSE_MAX_DELIVERIES={self.settings.max_deliveries})",
+                    )
+                    for i, f in tired
+                ],
+                deliveries=max(deliveries[i] for i, _ in tired),
+            )
+        tired_ids = {i for i, _ in tired}
+        buffered = {e.id for e in self._buffers[partition]}
+        await self._accept(partition, [(i, f) for i, f in free if i not in tired_ids and i not in buffered])
+        if self._buffered() >= self.settings.batch_rows:
+            await self.flush()
+
+    async def _load_batch(
+        self, partition: int, record: rec.BatchRecord, known: dict[bytes, dict[bytes, bytes] | None]
+    ) -> Batch:
+        """The record's entries: those just claimed, plus the rest read back from the stream
+        (still there: a record's entries are unacknowledged, and trimming keeps those)."""
+        stream = stream_key(partition)
+        entries: list[Entry] = []
+        lost: list[bytes] = []
+        poison: list[tuple[bytes, bytes, str]] = []
+        missing = [i.encode() for i in record.ids if known.get(i.encode()) is None]
+        fetched: dict[bytes, dict[bytes, bytes]] = {}
+        if missing:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in missing:
+                    pipe.xrange(stream, i, i)
+                for i, found in zip(missing, await pipe.execute(), strict=True):
+                    if found:
+                        fetched[i] = found[0][1]
+        for raw_id in record.ids:
+            entry_id = raw_id.encode()
+            fields = known.get(entry_id) or fetched.get(entry_id)
+            if fields is None:
+                lost.append(entry_id)
+                continue
+            data = fields.get(FIELD, b"")
+            try:
+                entries.append(Entry(entry_id, data, decode_event(data)))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                poison.append((entry_id, data, f"undecodable: {exc}"))
+        return Batch(partition, record, entries, recovered=True, lost=lost, poison=poison)
+
+    async def _give_up(self, batch: Batch, deliveries: int) -> None:
+        reason = (
+            f"batch {batch.record.token} delivered {deliveries} times without being acknowledged "
+            f"(BOTPULSE_MAX_DELIVERIES={self.settings.max_deliveries}); it may already be stored"
+        )
+        log.error("batch moved to dead letters", partition=batch.partition, token=batch.record.token)
+        await self._commit(batch, [(e.id, e.data, reason) for e in batch.entries], deliveries)
+
+    async def sweep_consumers(self) -> None:
+        idle = max(10 * self.settings.claim_idle_ms, 300_000)
+        for p in self.partitions:
+            removed = await self.upkeep.sweep(stream_key(p), GROUP, idle)
+            if removed:
+                log.info("idle consumers without pending entries removed", partition=p, consumers=removed)
+
+    # --- writing ------------------------------------------------------------------------------
+    async def flush(self) -> None:
+        for p in self.partitions:
+            entries, self._buffers[p] = self._buffers[p], []
+            if not entries:
+                continue
+            batch = await self._new_batch(p, entries)
+            if batch is not None:
+                await self._write_batch(batch)
+        await self.trim()
+
+    async def trim(self) -> None:
+        for p in self.partitions:
+            if time.monotonic() - self._last_trim.get(p, 0.0) >= _TRIM_EVERY_S:
+                self._last_trim[p] = time.monotonic()
+                trimmed = await self.upkeep.trim(stream_key(p))
+                if trimmed:
+                    log.debug("stream trimmed", partition=p, entries=trimmed)
+
+    async def _new_batch(self, partition: int, entries: list[Entry]) -> Batch | None:
+        stream = stream_key(partition)
+        for _ in range(3):
+            record = rec.new_record(stream, self.consumer, [e.id for e in entries])
+            lost = set(await self.records.write_if_owned(stream, batches_key(partition), record))
+            if not lost:
+                by_id = {e.id: e for e in entries}
+                return Batch(partition, record, [by_id[i.encode()] for i in record.ids])
+            # Taken over while buffered (we stalled past claim_idle_ms): theirs now.
+            log.warning("entries taken over before their batch was written", count=len(lost))
+            entries = [e for e in entries if e.id not in lost]
+            if not entries:
+                return None
+        return None  # still pending under whoever owns them; never inserted by us
+
+    async def _write_batch(self, batch: Batch) -> None:
+        self._inflight = batch
+        stream = stream_key(batch.partition)
+        started = time.monotonic()
+        pairs = [(e.id, e.event) for e in batch.entries]
+        poison: dict[bytes, str] = {}
+        for table, (rows, ids) in rows_by_table(pairs).items():
+            bad = await self._insert_split(batch, table, rows, ids, f"{batch.record.token}:{table}", stream)
+            poison.update(bad)
+        good = [e.event for e in batch.entries if e.id not in poison]
+        names = name_rows(good)
+        if names:
+            try:
+                await self._insert(batch, NAMES_TABLE, names, f"{batch.record.token}:{NAMES_TABLE}")
+            except _DataRejected as exc:
+                log.error("custom metric names rejected", error=str(exc.__cause__))
+        insert_ms = (time.monotonic() - started) * 1000
+        by_id = {e.id: e for e in batch.entries}
+        dead = [(i, by_id[i].data, reason) for i, reason in poison.items()] + batch.poison
+        await self._commit(batch, dead, deliveries=1)
+        self._inflight = None
+        now_ms = time.time() * 1000
+        oldest = min((e.event.received_ms for e in batch.entries), default=int(now_ms))
+        log.info(
+            "batch written",
+            partition=batch.partition,
+            rows=len(batch.entries) - len(poison),
+            bytes=sum(len(e.data) for e in batch.entries),
+            insert_ms=round(insert_ms, 1),
+            lag_ms=round(now_ms - oldest, 1),
+            dead_lettered=len(poison),
+            recovered=batch.recovered,
+            token=batch.record.token[:12],
+        )
+        with contextlib.suppress(*_REDIS_ERRORS):
+            await PartitionStats.record_batch(
+                self.redis,
+                batch.partition,
+                rows=len(batch.entries) - len(poison),
+                recovered=batch.recovered,
+                dead=len(poison),
+            )
+
+    async def _insert_split(
+        self, batch: Batch, table: str, rows: list[Row], ids: list[bytes], token: str, stream: str
+    ) -> dict[bytes, str]:
+        """Insert `rows`; on a data error split in halves (deterministically, so a retry after a
+        crash produces the same blocks and tokens) until the rejected entries are isolated.
+        Returns {entry id: reason} for the isolated ones."""
+        if not rows:
+            return {}
+        try:
+            await self._insert(batch, table, rows, token)
+            return {}
+        except _DataRejected as exc:
+            if len(rows) == 1:
+                reason = f"rejected by ClickHouse ({table}): {exc.__cause__}"
+                log.error("entry rejected for its data", partition=batch.partition, id=ids[0].decode())
+                return {ids[0]: reason}
+        mid = len(rows) // 2
+        out: dict[bytes, str] = {}
+        for part_rows, part_ids in ((rows[:mid], ids[:mid]), (rows[mid:], ids[mid:])):
+            part_token = f"{rec.token_for(stream, part_ids)}:{table}"
+            out.update(await self._insert_split(batch, table, part_rows, part_ids, part_token, stream))
+        return out
+
+    async def _insert(self, batch: Batch, table: str, rows: list[Row], token: str) -> None:
+        settings = {
+            "insert_deduplication_token": token,
+            "deduplicate_blocks_in_dependent_materialized_views": 1,
+        }
+        attempt = 0
+        while True:
+            try:
+                await self.store.insert(table, rows, COLUMNS[table], settings)
+            except Exception as exc:
+                if is_data_error(exc):
+                    raise _DataRejected() from exc
+                self._clickhouse_state(ok=False, exc=exc)
+                if self.stopping:
+                    raise Abandoned(str(exc)) from exc
+                attempt += 1
+                await self._heartbeat(batch)
+                await self._sleep(self._backoff(attempt))
+                continue
+            self._clickhouse_state(ok=True)
+            return
+
+    async def _heartbeat(self, batch: Batch) -> None:
+        """While a batch waits for ClickHouse, keep its entries from looking idle to the others."""
+        if time.monotonic() - self._last_heartbeat < self.settings.claim_idle_ms / 4000:
+            return
+        self._last_heartbeat = time.monotonic()
+        with contextlib.suppress(*_REDIS_ERRORS):
+            await self.upkeep.touch_own(
+                stream_key(batch.partition), GROUP, self.consumer, [e.id for e in batch.entries]
+            )
+
+    async def _commit(self, batch: Batch, dead: list[tuple[bytes, bytes, str]], deliveries: int) -> None:
+        """One MULTI: dead letters in, every id acknowledged, the record gone."""
+        stream = stream_key(batch.partition)
+        ids = [e.id for e in batch.entries] + [i for i, _, _ in batch.poison] + batch.lost
+        if batch.lost:
+            log.error(
+                "batch entries missing from the stream: counted as lost",
+                partition=batch.partition,
+                count=len(batch.lost),
+            )
+        attempt = 0
+        while True:
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    for entry_id, data, reason in dead:
+                        pipe.xadd(
+                            dead_letter_key(batch.partition),
+                            dead_letter_fields(entry_id, data, reason, deliveries, self.consumer),
+                        )
+                    if ids:
+                        pipe.xack(stream, GROUP, *ids)
+                    pipe.hdel(batches_key(batch.partition), batch.record.token)
+                    await pipe.execute()
+                break
+            except _REDIS_ERRORS as exc:
+                self._redis_state(ok=False, exc=exc)
+                if self.stopping or attempt >= 20:
+                    raise
+                attempt += 1
+                await self._sleep(self._backoff(attempt))
+        self._redis_state(ok=True)
+        if batch.lost:
+            await PartitionStats.add(self.redis, batch.partition, "lost_total", len(batch.lost))
+
+    async def _dead_letter(
+        self, partition: int, poison: list[tuple[bytes, bytes, str]], deliveries: int
+    ) -> None:
+        """Entries in no batch record: dead letter + XACK in one MULTI."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for entry_id, data, reason in poison:
+                pipe.xadd(
+                    dead_letter_key(partition),
+                    dead_letter_fields(entry_id, data, reason, deliveries, self.consumer),
+                )
+            pipe.xack(stream_key(partition), GROUP, *[i for i, _, _ in poison])
+            await pipe.execute()
+        for entry_id, _, reason in poison:
+            log.error("entry moved to dead letters", partition=partition, id=entry_id.decode(), reason=reason)
+        await PartitionStats.add(self.redis, partition, "dead_total", len(poison))
+
+    # --- faults -------------------------------------------------------------------------------
+    def _clickhouse_state(self, *, ok: bool, exc: BaseException | None = None) -> None:
+        if ok == self._clickhouse_ok:
+            return
+        self._clickhouse_ok = ok
+        if ok:
+            log.info("clickhouse reachable again; draining the backlog")
+        else:
+            log.error("clickhouse unreachable; retrying with backoff, entries stay pending", error=str(exc))
+
+    def _redis_state(self, *, ok: bool, exc: BaseException | None = None) -> None:
+        if ok == self._redis_ok:
+            return
+        self._redis_ok = ok
+        if ok:
+            log.info("redis reachable again")
+        else:
+            log.error("redis unreachable; retrying with backoff", error=str(exc))
+
+    @staticmethod
+    def _backoff(attempt: int) -> float:
+        cap = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** min(attempt, 10))
+        return random.uniform(cap / 2, cap)  # jitter: workers that failed together retry apart
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _until_redis(self, step) -> None:  # type: ignore[no-untyped-def]
+        attempt = 0
+        while True:
+            try:
+                await step()
+                self._redis_state(ok=True)
+                return
+            except _REDIS_ERRORS as exc:
+                self._redis_state(ok=False, exc=exc)
+                if self.stopping:
+                    raise
+                attempt += 1
+                await self._sleep(self._backoff(attempt))
+
+
+class _DataRejected(Exception):
+    """ClickHouse refused the rows themselves; the cause holds its error."""
 
 
 async def run_worker(settings: Settings, store: Store) -> None:
-    """Run one worker until cancelled or stopped by a signal (used standalone and embedded)."""
+    """Run one worker until cancelled (embedded in the query service) or stopped.
+
+    Cancellation is turned into `stop()`: the worker itself runs as an inner task that is never
+    cancelled in the normal path (a cancellation landing inside a Redis read can be swallowed by
+    the client's timeout handling on Python 3.11), finishes the step in hand, flushes what it
+    buffered and retires. Whatever does not finish within the grace time stays pending with its
+    batch record and is recovered by the next worker."""
     redis = connect(settings)
     worker = Worker(settings, store, redis)
+    inner = asyncio.create_task(worker.run(), name="worker-run")
     try:
-        await worker.run()
+        await asyncio.shield(inner)
+    except asyncio.CancelledError:
+        worker.stop()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(inner, _STOP_GRACE_S)
+        raise
     finally:
+        worker.stop()
+        if not inner.done():
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(inner, _STOP_GRACE_S)
         await redis.aclose()
 
 
 def serve(settings: Settings) -> int:
+    """`botpulse worker`: SIGTERM/SIGINT stop reading, flush, ack and exit within 10 s."""
     from runtime.migrations import migrate
 
+    check_settings(settings)
     store = Store(settings)
     migrate(store)
 
@@ -96,11 +661,24 @@ def serve(settings: Settings) -> int:
         redis = connect(settings)
         worker = Worker(settings, store, redis)
         loop = asyncio.get_running_loop()
+        inner = asyncio.create_task(worker.run(), name="worker-run")
+
+        def on_signal() -> None:
+            log.info("stopping: flushing the batch in hand")
+            worker.stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.stop)
+            loop.add_signal_handler(sig, on_signal)
+        log.info("worker started", consumer=worker.consumer, partitions=settings.stream_partitions)
+        signalled = asyncio.create_task(worker.stopped())
         try:
-            await worker.run()
+            await asyncio.wait({inner, signalled}, return_when=asyncio.FIRST_COMPLETED)
+            # Bound the flush: past this the batch stays pending with its record (safe).
+            await asyncio.wait_for(inner, _STOP_GRACE_S)
+        except TimeoutError:
+            log.warning("flush did not finish in time; its entries stay pending for the next worker")
         finally:
+            signalled.cancel()
             await redis.aclose()
 
     try:

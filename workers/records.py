@@ -1,0 +1,126 @@
+"""Write-ahead batch records: the exact entry set of every batch, kept in Redis before its insert.
+
+A batch's ClickHouse dedup token is a hash of its exact entry ids. If a worker dies after the
+record is written, whoever takes its entries over finds the record and re-inserts exactly that
+set with exactly that token, so an insert that had already landed is deduplicated.
+
+Invariants (see docs/workers.md for the full argument):
+- A record is written only while its writer owns every one of its ids in the group's pending
+  list; the check and the write are one Lua script, so a taken-over entry never ends up in two
+  different batches.
+- A record is removed only in the same MULTI as the XACK of all its ids, so while a record
+  exists none of its entries is acknowledged and trimming keeps them in the stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Sequence
+
+import msgspec
+import redis.asyncio as aioredis
+
+from runtime.streams import GROUP
+
+
+class BatchRecord(msgspec.Struct, array_like=True):
+    token: str
+    consumer: str
+    created_ms: int
+    ids: list[str]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(BatchRecord)
+
+
+def id_key(entry_id: bytes | str) -> tuple[int, int]:
+    """Stream ids order by (ms, seq) numerically, not as strings."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def sort_ids(ids: Iterable[bytes]) -> list[bytes]:
+    return sorted(set(ids), key=id_key)
+
+
+def token_for(stream: str, ids: Sequence[bytes]) -> str:
+    """Deterministic in the exact set of entries (ids are sorted first)."""
+    h = hashlib.sha256(stream.encode())
+    for entry_id in sort_ids(ids):
+        h.update(b"|")
+        h.update(entry_id)
+    return h.hexdigest()[:40]
+
+
+def new_record(stream: str, consumer: str, ids: Sequence[bytes]) -> BatchRecord:
+    ordered = sort_ids(ids)
+    return BatchRecord(
+        token=token_for(stream, ordered),
+        consumer=consumer,
+        created_ms=int(time.time() * 1000),
+        ids=[i.decode() for i in ordered],
+    )
+
+
+def encode(record: BatchRecord) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode(data: bytes) -> BatchRecord:
+    return _decoder.decode(data)
+
+
+# Writes the record only if the caller owns every id; otherwise returns the ids it lost.
+_WRITE_IF_OWNED = """
+local owned = {}
+local rows = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[4], tonumber(ARGV[8]), ARGV[2])
+for _, r in ipairs(rows) do owned[r[1]] = true end
+local missing = {}
+for id in string.gmatch(ARGV[7], '[^,]+') do
+  if not owned[id] then missing[#missing + 1] = id end
+end
+if #missing > 0 then return missing end
+redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
+return {}
+"""
+
+
+class Records:
+    """The batch records of one worker (all partitions)."""
+
+    def __init__(self, redis: aioredis.Redis, consumer: str) -> None:
+        self.redis = redis
+        self.consumer = consumer
+        self._write = redis.register_script(_WRITE_IF_OWNED)
+
+    async def write_if_owned(self, stream: str, batches: str, record: BatchRecord) -> list[bytes]:
+        """Write `record`; returns [] on success, else the ids this consumer no longer owns."""
+        missing = await self._write(
+            keys=[stream, batches],
+            args=[
+                GROUP,
+                self.consumer,
+                record.ids[0],
+                record.ids[-1],
+                record.token,
+                encode(record),
+                ",".join(record.ids),
+                # Other entries of ours may sit inside the id range (taken over earlier).
+                len(record.ids) + 1_000_000,
+            ],
+        )
+        return [m if isinstance(m, bytes) else str(m).encode() for m in missing]
+
+    async def all(self, batches: str) -> dict[str, BatchRecord]:
+        raw = await self.redis.hgetall(batches)
+        out: dict[str, BatchRecord] = {}
+        for field, value in raw.items():
+            try:
+                record = decode(value)
+            except msgspec.DecodeError:
+                continue  # not ours to interpret; left for an operator
+            out[field.decode()] = record
+        return out
