@@ -298,6 +298,19 @@ def test_k8s_has_every_piece(manifests: dict[tuple[str, str], dict[str, Any]]) -
     assert {"BOTPULSE_ADMIN_TOKEN", "CLICKHOUSE_URL"} <= set(secret)
 
 
+def test_k8s_migrations_can_be_applied_first(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """deploy/kubernetes/README.md applies `-l 'app.kubernetes.io/component in (config,migrate)'`
+    before the services: that selector must pick exactly the configuration and the Job."""
+    picked = {
+        key
+        for key, doc in manifests.items()
+        if doc["metadata"].get("labels", {}).get("app.kubernetes.io/component") in {"config", "migrate"}
+    }
+    expected = {("ConfigMap", "botpulse-config"), ("Secret", "botpulse-secrets"), ("Job", "botpulse-migrate")}
+    assert picked == expected
+    assert "app.kubernetes.io/component in (config,migrate)" in (K8S / "README.md").read_text()
+
+
 def test_k8s_config_values_are_strings_and_settings(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
     config = manifests[("ConfigMap", "botpulse-config")]["data"]
     secret = manifests[("Secret", "botpulse-secrets")]["stringData"]
