@@ -196,7 +196,11 @@ def _figure(b: Bench, key: str, label: str, stats: dict[str, object], target: bo
 def run(b: Bench) -> None:
     n = f"{b.sizes.drain_entries:,}"
     stats = drain(b, "embedded", None, 1)
-    b.raw[PHASE] = {"embedded_1p": stats}
+    defaults = load_settings({}, redis_url="redis://127.0.0.1:1/0")
+    b.raw[PHASE] = {
+        "embedded_1p": stats,
+        "settings": {"batch_rows": defaults.batch_rows, "batch_ms": defaults.batch_ms},
+    }
     _figure(b, "worker_rows_s_embedded", f"worker drain, {n} entries, embedded chDB, 1p", stats, True)
     if b.sizes.profile:
         # Profiled separately (pyinstrument slows the process down): where a worker's time goes.
