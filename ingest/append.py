@@ -1,14 +1,16 @@
-"""The append: one Lua script per post, coalesced into one Redis pipeline per event-loop tick.
+"""The append: one Lua script call per partition per event-loop tick, all calls in one write.
 
-The script does everything a post needs from Redis in the same round trip, atomically, on keys
-that all carry the partition's hash tag (so it runs on Redis Cluster too):
+The script does everything a post needs from Redis, atomically, on keys that all carry the
+partition's hash tag (so it runs on Redis Cluster too). For each post of the call, in order:
   1. backlog check: XLEN of the partition's stream against the high-water mark;
   2. rate limit: GCRA on the bot's rate key (the time comes from Redis, so every gateway
      process agrees on it);
   3. custom-metric slots: names already in the bot's slot set pass, new names take a free slot,
      the rest are dropped (and removed from the stats event before it is written);
   4. XADD of every event of the post.
-Nothing is written unless every check passed, so a refused post leaves no trace.
+A post is written only if every check passed, so a refused post leaves no trace. Posts of the
+same partition share one call: Redis runs one script instead of one per post, and the gateway
+parses one reply.
 """
 
 from __future__ import annotations
@@ -28,66 +30,81 @@ from runtime.streams import custom_slots_key, stream_key
 
 log = get_logger(__name__)
 
-# ARGV: interval_ms, burst, high_water, slot_limit, n_names, name_1..name_n, event_1..event_m.
-# The first event is the one that carries the custom metrics (when n_names > 0).
+# KEYS: the stream, then per post its rate key and its slot-set key.
+# ARGV: high_water, then per post: interval_ms, burst, slot_limit, n_names, n_events,
+#       name_1..name_n, event_1..event_m (the first event carries the custom metrics).
+# Returns one reply per post: {0, dropped names...} | {1, retry_after_ms} | {2}.
 SCRIPT = """
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[3]) then
-  return {2, 0}
-end
+local stream = KEYS[1]
+local high_water = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local interval = tonumber(ARGV[1])
-local stored = redis.call('GET', KEYS[2])
-local tat = now
-if stored then
-  tat = math.max(tonumber(stored), now)
-end
-local new_tat = tat + interval
-local allow_at = new_tat - interval * tonumber(ARGV[2])
-if allow_at > now then
-  return {1, math.ceil(allow_at - now)}
-end
-local n = tonumber(ARGV[5])
-local dropped = {}
-if n > 0 then
-  local limit = tonumber(ARGV[4])
-  local used = redis.call('SCARD', KEYS[3])
-  for i = 6, 5 + n do
-    if redis.call('SISMEMBER', KEYS[3], ARGV[i]) == 0 then
-      if used < limit then
-        redis.call('SADD', KEYS[3], ARGV[i])
-        used = used + 1
-      else
-        dropped[#dropped + 1] = ARGV[i]
+local replies = {}
+local a = 2
+for p = 1, (#KEYS - 1) / 2 do
+  local rate_key, slots_key = KEYS[2 * p], KEYS[2 * p + 1]
+  local interval, burst = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local limit, n, m = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local names, first = a + 5, a + 5 + n
+  a = first + m
+  if redis.call('XLEN', stream) >= high_water then
+    replies[p] = {2}
+  else
+    local stored = redis.call('GET', rate_key)
+    local tat = now
+    if stored then
+      tat = math.max(tonumber(stored), now)
+    end
+    local new_tat = tat + interval
+    local allow_at = new_tat - interval * burst
+    if allow_at > now then
+      replies[p] = {1, math.ceil(allow_at - now)}
+    else
+      local dropped = {}
+      if n > 0 then
+        local used = redis.call('SCARD', slots_key)
+        for i = names, first - 1 do
+          if redis.call('SISMEMBER', slots_key, ARGV[i]) == 0 then
+            if used < limit then
+              redis.call('SADD', slots_key, ARGV[i])
+              used = used + 1
+            else
+              dropped[#dropped + 1] = ARGV[i]
+            end
+          end
+        end
       end
+      local event = ARGV[first]
+      if #dropped > 0 then
+        local decoded = cmsgpack.unpack(event)
+        local metrics = decoded['payload']['custom_metrics']
+        for _, name in ipairs(dropped) do
+          metrics[name] = nil
+        end
+        if next(metrics) == nil then
+          decoded['payload']['custom_metrics'] = nil
+        end
+        event = cmsgpack.pack(decoded)
+      end
+      redis.call('XADD', stream, '*', 'e', event)
+      for i = first + 1, first + m - 1 do
+        redis.call('XADD', stream, '*', 'e', ARGV[i])
+      end
+      local ttl = math.ceil(new_tat - now)
+      redis.call('SET', rate_key, string.format('%d', new_tat), 'PX', string.format('%d', ttl))
+      local reply = {0}
+      for _, name in ipairs(dropped) do
+        reply[#reply + 1] = name
+      end
+      replies[p] = reply
     end
   end
 end
-local first = 6 + n
-local event = ARGV[first]
-if #dropped > 0 then
-  local decoded = cmsgpack.unpack(event)
-  local metrics = decoded['payload']['custom_metrics']
-  for _, name in ipairs(dropped) do
-    metrics[name] = nil
-  end
-  if next(metrics) == nil then
-    decoded['payload']['custom_metrics'] = nil
-  end
-  event = cmsgpack.pack(decoded)
-end
-redis.call('XADD', KEYS[1], '*', 'e', event)
-for i = first + 1, #ARGV do
-  redis.call('XADD', KEYS[1], '*', 'e', ARGV[i])
-end
-redis.call('SET', KEYS[2], string.format('%d', new_tat), 'PX', string.format('%d', math.ceil(new_tat - now)))
-local out = {0}
-for _, name in ipairs(dropped) do
-  out[#out + 1] = name
-end
-return out
+return replies
 """
 SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+# Posts per script call: bounds how long one call holds Redis.
+MAX_CALL_POSTS = 128
 
 
 class Outcome(enum.Enum):
@@ -114,19 +131,29 @@ class Post(msgspec.Struct, frozen=True):
     metric_names: Sequence[str]
     events: Sequence[bytes]  # the first carries the custom metrics
 
-    def command(self, high_water: int) -> tuple[object, ...]:
-        keys = (stream_key(self.partition), self.rate_key, custom_slots_key(self.partition, self.bot_id))
+    def keys(self) -> tuple[str, str]:
+        return self.rate_key, custom_slots_key(self.partition, self.bot_id)
+
+    def args(self) -> tuple[object, ...]:
         return (
-            3,
-            *keys,
             self.interval_ms,
             self.burst,
-            high_water,
             self.slot_limit,
             len(self.metric_names),
+            len(self.events),
             *self.metric_names,
             *self.events,
         )
+
+
+def script_call(verb: str, script: str, posts: Sequence[Post], high_water: int) -> bytes:
+    """The packed EVALSHA/EVAL for posts of one partition."""
+    keys: list[object] = [stream_key(posts[0].partition)]
+    args: list[object] = [high_water]
+    for post in posts:
+        keys.extend(post.keys())
+        args.extend(post.args())
+    return pack_command((verb, script, len(keys), *keys, *args))
 
 
 def _result(reply: list[object]) -> Result:
@@ -140,7 +167,7 @@ def _result(reply: list[object]) -> Result:
 
 
 class Appender:
-    """Coalesces the posts of one event-loop tick into one pipeline of EVALSHA calls.
+    """Coalesces the posts of one event-loop tick: one script call per partition, one write.
 
     `append()` resolves only after Redis answered for that post; a Redis failure or timeout
     raises (the handler answers 503) and never hangs longer than `timeout_s`.
@@ -176,14 +203,7 @@ class Appender:
     async def _run(self, batch: list[tuple[Post, asyncio.Future[Result]]]) -> None:
         try:
             async with asyncio.timeout(self.timeout_s):
-                replies = await self._execute([p for p, _ in batch], "EVALSHA", SHA)
-                missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-                if missing:
-                    # Redis restarted or was flushed: EVAL loads the script again. NOSCRIPT means
-                    # the script did not run, so running it now appends exactly once.
-                    again = await self._execute([batch[i][0] for i in missing], "EVAL", SCRIPT)
-                    for i, reply in zip(missing, again, strict=True):
-                        replies[i] = reply
+                replies = await self._execute([p for p, _ in batch])
         except BaseException as exc:
             failure = exc if isinstance(exc, Exception) else ConnectionError("append cancelled")
             for _, future in batch:
@@ -200,27 +220,52 @@ class Appender:
             else:
                 future.set_result(_result(reply))  # type: ignore[arg-type]
 
-    async def _execute(self, posts: list[Post], verb: str, script: str) -> list[object]:
-        """One write of all the calls, then their replies in order: a pipeline without the
-        client's per-command bookkeeping (this is the gateway's hot path)."""
+    async def _execute(self, posts: list[Post]) -> list[object]:
+        """Each post's reply (or the error of its call), in the order of `posts`."""
+        calls: list[list[int]] = []  # indexes into posts, one list per script call
+        by_partition: dict[int, list[int]] = {}
+        for i, post in enumerate(posts):
+            by_partition.setdefault(post.partition, []).append(i)
+        for indexes in by_partition.values():
+            calls.extend(indexes[j : j + MAX_CALL_POSTS] for j in range(0, len(indexes), MAX_CALL_POSTS))
+        replies: list[object] = [None] * len(posts)
+        results = await self._send(calls, posts, "EVALSHA", SHA)
+        missing = [c for c, r in zip(calls, results, strict=True) if isinstance(r, NoScriptError)]
+        if missing:
+            # Redis restarted or was flushed: EVAL loads the script again. NOSCRIPT means the
+            # script did not run, so running it now appends exactly once.
+            results = [r for r in results if not isinstance(r, NoScriptError)]
+            calls = [c for c in calls if c not in missing]
+            calls += missing
+            results += await self._send(missing, posts, "EVAL", SCRIPT)
+        for indexes, result in zip(calls, results, strict=True):
+            for k, i in enumerate(indexes):
+                replies[i] = result if isinstance(result, Exception) else result[k]  # type: ignore[index]
+        return replies
+
+    async def _send(self, calls: list[list[int]], posts: list[Post], verb: str, script: str) -> list[object]:
+        """All calls in one write, then their replies in order (a pipeline without the client's
+        per-command bookkeeping: this is the gateway's hot path)."""
         pool = self.redis.connection_pool
         connection = await pool.get_connection()
         try:
-            packed = b"".join(pack_command((verb, script, *post.command(self.high_water))) for post in posts)
+            packed = b"".join(
+                script_call(verb, script, [posts[i] for i in call], self.high_water) for call in calls
+            )
             await connection.send_packed_command(packed)
-            replies: list[object] = []
-            for _ in posts:
+            results: list[object] = []
+            for _ in calls:
                 try:
-                    replies.append(await connection.read_response())
+                    results.append(await connection.read_response())
                 except ResponseError as exc:  # this call's error (e.g. NOSCRIPT): the others stand
-                    replies.append(exc)
+                    results.append(exc)
         except BaseException:
             # A reply may still be on the wire: never hand this connection to anyone else.
             await connection.disconnect()
             raise
         finally:
             await pool.release(connection)
-        return replies
+        return results
 
     async def close(self) -> None:
         if self._tasks:

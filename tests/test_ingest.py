@@ -564,9 +564,9 @@ async def test_concurrent_posts_are_coalesced_into_few_pipelines(env: Env, monke
     calls: list[int] = []
     real = appender._execute
 
-    async def counting(posts, verb, script):  # type: ignore[no-untyped-def]
+    async def counting(posts):  # type: ignore[no-untyped-def]
         calls.append(len(posts))
-        return await real(posts, verb, script)
+        return await real(posts)
 
     monkeypatch.setattr(appender, "_execute", counting)
     results = await asyncio.gather(
@@ -596,3 +596,18 @@ def test_stream_payload_roundtrip_keeps_msgspec_contract() -> None:
          "payload": {"kind": "stats", "guilds": 1, "cpu": 40, "custom_metrics": {"m": 2}}}
     )  # fmt: skip
     assert decode_event(event).payload == StatsPayload(guilds=1, cpu=40.0, custom_metrics={"m": 2.0})
+
+
+async def test_batched_calls_answer_each_post_its_own_outcome(make_env) -> None:  # type: ignore[no-untyped-def]
+    # Posts of one tick share a script call per partition; each still gets its own verdict.
+    env = await make_env(stream_partitions=8, stats_rate_burst=2)
+    await env.redis.script_flush()  # and the first calls come back NOSCRIPT, then go again as EVAL
+    posts = [(BOT, env.key)] * 3 + [(OTHER_BOT, env.other_key)] * 3
+    results = await asyncio.gather(
+        *(env.client.post(f"/v1/bot/{bot}", json={"guilds": 1}, headers=env.auth(key)) for bot, key in posts)
+    )
+    statuses = [r.status for r in results]
+    assert sorted(statuses[:3]) == [204, 204, 429]
+    assert sorted(statuses[3:]) == [204, 204, 429]
+    assert len(await env.entries(BOT)) == 2
+    assert len(await env.entries(OTHER_BOT)) == 2
