@@ -325,6 +325,32 @@ async def test_consumers_with_pending_entries_are_never_removed(fast, redis):
     assert await redis.xinfo_consumers(stream, GROUP) == []
 
 
+async def test_touching_own_entries_never_takes_anothers(fast, redis):
+    stream = stream_key(0)
+    await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    ids = await post(redis, [stats_event() for _ in range(3)])
+    await redis.xreadgroup(GROUP, "me", {stream: ">"}, count=2)
+    await redis.xreadgroup(GROUP, "other", {stream: ">"})
+    await asyncio.sleep(0.05)
+    assert await Upkeep(redis).touch_own(stream, GROUP, "me", ids) == 2
+    rows = {r["message_id"]: r for r in await redis.xpending_range(stream, GROUP, "-", "+", 10)}
+    assert [rows[i]["consumer"] for i in ids] == [b"me", b"me", b"other"]
+    assert [rows[i]["times_delivered"] for i in ids] == [1, 1, 1]  # no delivery counted
+    assert rows[ids[0]]["time_since_delivered"] < rows[ids[2]]["time_since_delivered"]
+
+
+async def test_every_partition_is_drained(make_settings, store, redis):
+    settings = make_settings(stream_partitions=3, **FAST)
+    events = {p: [stats_event(f"part{p}", guilds=i) for i in range(7)] for p in range(3)}
+    for p, evs in events.items():
+        await post(redis, evs, partition=p)
+    async with worker_task(settings, store):
+        await drained(redis, partitions=3)
+    assert await stored_ids(store) == sorted(e.event_id for evs in events.values() for e in evs)
+    for p in range(3):
+        assert int((await redis.hgetall(worker_stats_key(p)))[b"rows_total"]) == 7
+
+
 async def test_deleted_pending_entries_are_reported_as_lost(fast, fast_store, redis):
     events = [stats_event("l1", guilds=i) for i in range(3)]
     ids = await post(redis, events)

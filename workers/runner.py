@@ -597,7 +597,7 @@ class Worker:
 
     @staticmethod
     def _backoff(attempt: int) -> float:
-        cap = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** min(attempt, 10))
+        cap = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** min(max(attempt - 1, 0), 10))
         return random.uniform(cap / 2, cap)  # jitter: workers that failed together retry apart
 
     async def _sleep(self, seconds: float) -> None:
