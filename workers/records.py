@@ -15,6 +15,7 @@ Invariants (see docs/workers.md for the full argument):
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from collections.abc import Iterable, Sequence
 
@@ -43,22 +44,26 @@ def id_key(entry_id: bytes | str) -> tuple[int, int]:
 
 
 def sort_ids(ids: Iterable[bytes]) -> list[bytes]:
-    return sorted(set(ids), key=id_key)
+    unique = list(dict.fromkeys(ids))
+    keys = [id_key(i) for i in unique]
+    if all(a < b for a, b in itertools.pairwise(keys)):
+        return unique  # the usual case: one XREADGROUP's entries, already in stream order
+    return [i for _, i in sorted(zip(keys, unique, strict=True))]
+
+
+def _digest(stream: str, ordered: Sequence[bytes]) -> str:
+    return hashlib.sha256(stream.encode() + b"|" + b"|".join(ordered)).hexdigest()[:40]
 
 
 def token_for(stream: str, ids: Sequence[bytes]) -> str:
     """Deterministic in the exact set of entries (ids are sorted first)."""
-    h = hashlib.sha256(stream.encode())
-    for entry_id in sort_ids(ids):
-        h.update(b"|")
-        h.update(entry_id)
-    return h.hexdigest()[:40]
+    return _digest(stream, sort_ids(ids))
 
 
 def new_record(stream: str, consumer: str, ids: Sequence[bytes]) -> BatchRecord:
     ordered = sort_ids(ids)
     return BatchRecord(
-        token=token_for(stream, ordered),
+        token=_digest(stream, ordered),
         consumer=consumer,
         created_ms=int(time.time() * 1000),
         ids=[i.decode() for i in ordered],

@@ -420,7 +420,8 @@ class Worker:
             lost = set(await self.records.write_if_owned(stream, batches_key(partition), record))
             if not lost:
                 by_id = {e.id: e for e in entries}
-                return Batch(partition, record, [by_id[i.encode()] for i in record.ids])
+                ordered = [by_id[i] for i in rec.sort_ids(by_id)]
+                return Batch(partition, record, ordered)
             # Taken over while buffered (we stalled past claim_idle_ms): theirs now.
             log.warning("entries taken over before their batch was written", count=len(lost))
             entries = [e for e in entries if e.id not in lost]
