@@ -60,8 +60,8 @@ def token_for(stream: str, ids: Sequence[bytes]) -> str:
     return _digest(stream, sort_ids(ids))
 
 
-def new_record(stream: str, consumer: str, ids: Sequence[bytes]) -> BatchRecord:
-    ordered = sort_ids(ids)
+def new_record(stream: str, consumer: str, ordered: Sequence[bytes]) -> BatchRecord:
+    """`ordered`: distinct ids in stream order (`sort_ids`)."""
     return BatchRecord(
         token=_digest(stream, ordered),
         consumer=consumer,

@@ -415,13 +415,13 @@ class Worker:
 
     async def _new_batch(self, partition: int, entries: list[Entry]) -> Batch | None:
         stream = stream_key(partition)
+        by_id = {e.id: e for e in entries}
+        entries = [by_id[i] for i in rec.sort_ids(by_id)]
         for _ in range(3):
             record = rec.new_record(stream, self.consumer, [e.id for e in entries])
             lost = set(await self.records.write_if_owned(stream, batches_key(partition), record))
             if not lost:
-                by_id = {e.id: e for e in entries}
-                ordered = [by_id[i] for i in rec.sort_ids(by_id)]
-                return Batch(partition, record, ordered)
+                return Batch(partition, record, entries)
             # Taken over while buffered (we stalled past claim_idle_ms): theirs now.
             log.warning("entries taken over before their batch was written", count=len(lost))
             entries = [e for e in entries if e.id not in lost]
