@@ -24,6 +24,7 @@ from aiohttp.test_utils import make_mocked_request
 from botpulse.cli import build_parser
 from runtime.clickhouse import Store
 from runtime.settings import Settings, SettingsError, env_name, load_settings
+from workers.runner import check_settings as check_worker_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -82,6 +83,16 @@ def _check_settings(where: str, env: Mapping[str, str]) -> Settings:
         return load_settings(dict(env))
     except SettingsError as exc:
         pytest.fail(f"{where}: {exc}")
+
+
+def _check_role_settings(where: str, role: str, settings: Settings) -> None:
+    """Checks a service makes at start-up beyond `load_settings` (the worker refuses a claim
+    threshold that could steal a live batch)."""
+    if role == "worker":
+        try:
+            check_worker_settings(settings)
+        except SettingsError as exc:
+            pytest.fail(f"{where}: {exc}")
 
 
 def _check_command(where: str, argv: list[str]) -> str:
@@ -208,6 +219,7 @@ def test_compose_services_use_real_settings_and_commands(compose: dict[str, Any]
         assert settings.redis_url and settings.redis_url.startswith("redis://redis:"), name
         assert settings.clickhouse_url.startswith("http://") and "@clickhouse:8123" in settings.clickhouse_url
         role = _check_command(f"compose service {name}", svc["command"])
+        _check_role_settings(f"compose service {name}", role, settings)
         assert role == name
         if name != "migrate":
             assert svc["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
@@ -330,8 +342,10 @@ def test_k8s_containers_run_real_commands_with_real_settings(
         for container in spec["containers"]:
             assert container["image"].split(":")[0] == "botpulse", where
             assert "command" not in container, f"{where}: keep the image's botpulse entrypoint"
-            roles.add(_check_command(where, container["args"]))
-            _check_settings(where, {**image_env, **_container_env(manifests, container)})
+            role = _check_command(where, container["args"])
+            settings = _check_settings(where, {**image_env, **_container_env(manifests, container)})
+            _check_role_settings(where, role, settings)
+            roles.add(role)
     assert roles == BOTPULSE_ROLES
 
 
