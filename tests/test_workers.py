@@ -351,6 +351,23 @@ async def test_every_partition_is_drained(make_settings, store, redis):
         assert int((await redis.hgetall(worker_stats_key(p)))[b"rows_total"]) == 7
 
 
+async def test_stale_batch_records_are_removed_only_when_nothing_is_pending(fast, fast_store, redis):
+    stream = stream_key(0)
+    await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    ids = await post(redis, [stats_event() for _ in range(3)])
+    await redis.xreadgroup(GROUP, "someone", {stream: ">"})
+    worker = Worker(fast, fast_store, redis)
+    record = rec.new_record(stream, "someone", ids)
+    record.created_ms -= 10 * fast.claim_idle_ms
+    await redis.hset(batches_key(0), record.token, rec.encode(record))
+    await redis.xack(stream, GROUP, *ids[:2])
+    await worker.sweep_records()
+    assert await redis.hlen(batches_key(0)) == 1  # one entry still pending: it is needed
+    await redis.xack(stream, GROUP, ids[2])
+    await worker.sweep_records()
+    assert await redis.hlen(batches_key(0)) == 0
+
+
 async def test_deleted_pending_entries_are_reported_as_lost(fast, fast_store, redis):
     events = [stats_event("l1", guilds=i) for i in range(3)]
     ids = await post(redis, events)

@@ -142,6 +142,7 @@ class Worker:
                     continue
                 if time.monotonic() >= next_claim:
                     await self.take_over_idle()
+                    await self.sweep_records()
                     await self.sweep_consumers()
                     await self.trim()
                     next_claim = time.monotonic() + claim_every
@@ -386,6 +387,17 @@ class Worker:
         )
         log.error("batch moved to dead letters", partition=batch.partition, token=batch.record.token)
         await self._commit(batch, [(e.id, e.data, reason) for e in batch.entries], deliveries)
+
+    async def sweep_records(self) -> None:
+        """Records left behind with no pending entry (e.g. an operator acknowledged entries by
+        hand) are removed, so `batches in flight` means what it says."""
+        cutoff = time.time() * 1000 - self.settings.claim_idle_ms
+        for p in self.partitions:
+            for token, record in (await self.records.all(batches_key(p))).items():
+                if record.created_ms < cutoff and await self.upkeep.drop_stale_record(
+                    stream_key(p), batches_key(p), GROUP, token, record.ids
+                ):
+                    log.warning("stale batch record removed", partition=p, token=token)
 
     async def sweep_consumers(self) -> None:
         idle = max(10 * self.settings.claim_idle_ms, 300_000)

@@ -82,12 +82,30 @@ return #mine
 """
 
 
+# Delete batch record ARGV[2] if none of its ids (ARGV[3], comma-separated) is pending any more:
+# they were all acknowledged, so no one can need it (a record's ids leave the pending list only
+# by XACK, normally in the same MULTI that deletes the record). Returns 1 if deleted.
+_DROP_STALE_RECORD = """
+for id in string.gmatch(ARGV[3], '[^,]+') do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1) > 0 then return 0 end
+end
+redis.call('HDEL', KEYS[2], ARGV[2])
+return 1
+"""
+
+
 class Upkeep:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._trim = redis.register_script(_TRIM)
         self._retire = redis.register_script(_RETIRE)
         self._sweep = redis.register_script(_SWEEP)
         self._touch = redis.register_script(_TOUCH_OWN)
+        self._drop_stale = redis.register_script(_DROP_STALE_RECORD)
+
+    async def drop_stale_record(
+        self, stream: str, batches: str, group: str, token: str, ids: list[str]
+    ) -> bool:
+        return bool(await self._drop_stale(keys=[stream, batches], args=[group, token, ",".join(ids)]))
 
     async def touch_own(self, stream: str, group: str, consumer: str, ids: list[bytes]) -> int:
         """Keep entries this consumer is working on from looking idle (so neither it nor anyone
