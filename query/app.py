@@ -91,20 +91,24 @@ def _range(request: web.Request, default_start: int | None) -> tuple[int, int]:
     return start, end
 
 
-async def _first_point(store: Store, bot_id: str) -> int | None:
-    rows = await store.query(
-        "SELECT toUnixTimestamp64Milli(min(first_ts)), count() FROM bot_stats_1d WHERE bot_id = {id:String}",
-        {"id": bot_id},
-    )
-    return int(rows[0][0]) if rows and rows[0][1] else None
+class _Seen(msgspec.Struct, frozen=True):
+    first: int | None
+    last: int | None
+    custom_names: list[str]
 
 
-async def _custom_names(store: Store, bot_id: str) -> list[str]:
+async def _seen(store: Store, bot_id: str) -> _Seen:
+    """First and last post (from the daily roll-up) and custom-graph names, in one round trip."""
     rows = await store.query(
-        "SELECT DISTINCT name FROM custom_metric_names FINAL WHERE bot_id = {id:String} ORDER BY name",
+        "SELECT (SELECT (toUnixTimestamp64Milli(min(first_ts)), toUnixTimestamp64Milli(max(last_ts)),"
+        " count()) FROM bot_stats_1d WHERE bot_id = {id:String}),"
+        " (SELECT arraySort(groupUniqArray(name)) FROM custom_metric_names WHERE bot_id = {id:String})",
         {"id": bot_id},
     )
-    return [r[0] for r in rows]
+    (first, last, count), names = rows[0]
+    if not count:
+        return _Seen(None, None, list(names))
+    return _Seen(int(first), int(last), list(names))
 
 
 # --- DisStat ----------------------------------------------------------------------------------
@@ -124,8 +128,8 @@ async def get_bot_info(request: web.Request) -> web.Response:
     bot = await visible_bot(request, bot_id)
     if bot is None:
         return error(404, "Bot not found")
-    seen, names = await asyncio.gather(last_seen(store, [bot_id]), _custom_names(store, bot_id))
-    last = seen.get(bot_id)
+    seen = await _seen(store, bot_id)
+    last, names = seen.last, seen.custom_names
     window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
     body: dict[str, Any] = {
         "id": bot.id,
@@ -138,9 +142,8 @@ async def get_bot_info(request: web.Request) -> web.Response:
         "customGraphs": names,
     }
     if want_stats:
-        first = await _first_point(store, bot_id)
         try:
-            start, end = _range(request, first if first is not None else body["createdAt"])
+            start, end = _range(request, seen.first if seen.first is not None else body["createdAt"])
         except BadParam as exc:
             return error(400, exc.message, exc.field)
         stats, totals = await asyncio.gather(
@@ -200,7 +203,7 @@ async def get_bot_uptime(request: web.Request) -> web.Response:
     bot = await visible_bot(request, bot_id)
     if bot is None:
         return error(404, "Bot not found")
-    first = await _first_point(store, bot_id)
+    first = (await _seen(store, bot_id)).first
     try:
         start, end = _range(request, first if first is not None else int(bot.created_at.timestamp() * 1000))
     except BadParam as exc:

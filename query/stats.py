@@ -7,11 +7,13 @@ Definition: `[start, end)` is split into `n` buckets; a post at `t` (ms) falls i
 fields, the mean of the non-null values of the averaged fields, and per custom metric the mean
 over the posts that carried it.
 
-Plan: each roll-up row (a UTC day, hour or minute) is used when its whole block lies inside
-one bucket, and only if the next coarser block around it does not (then that coarser row is
-used instead). Posts in minutes that straddle a bucket edge (or the range edges) come from the
-raw table. Every post is therefore counted exactly once, at the coarsest level that keeps the
-answer identical to the raw definition; argMax/avg states merge losslessly.
+Plan (two reads, whatever the range): an hour of `bot_stats_1h` is used when the whole hour lies
+inside one bucket; the posts of every other hour in the range (the "ragged" hours, which hold a
+bucket edge or a range end) come from `bot_stats_posts`, the raw posts in 128-row granules, so
+only those hours are read. Every post is therefore counted exactly once, and argMax/avg states
+merge losslessly, so the answer is identical to the raw definition. The ragged hours are at most
+`dataPoints + 1`, so a year costs about what a month does: 8760 hourly rows plus <= 1001 hours of
+posts.
 """
 
 from __future__ import annotations
@@ -23,76 +25,47 @@ from runtime.clickhouse import Store
 LAST_FIELDS = {"guilds": "guilds", "users": "users", "shards": "shards", "ramTotal": "ram_total"}
 AVG_FIELDS = {"apiPing": "api_ping", "ramUsage": "ram_usage", "cpu": "cpu", "bandwidth": "bandwidth"}
 
-_MINUTE, _HOUR, _DAY = 60_000, 3_600_000, 86_400_000
+_HOUR = 3_600_000
 
-# Bucket index of a ms timestamp, and "the block [b, b + r) lies in one bucket inside the range".
 _IDX = "intDiv(({t} - {{start:Int64}}) * {{n:Int64}}, {{span:Int64}})"
+_STATE_COLUMNS = ", ".join([*LAST_FIELDS.values(), *AVG_FIELDS.values()])
 
+# The two levels are exact complements: `hours` is the sorted list of ragged hour numbers
+# (`ragged_hours`), the hourly level takes every other hour inside the range, the posts level
+# the posts of those hours (clipped to the range). The IN sets also narrow the primary-key reads.
+_HOURS_LEVEL = (
+    "SELECT " + _IDX.format(t="toInt64(toUnixTimestamp(bucket)) * 1000") + " AS i, posts, "
+    f"{_STATE_COLUMNS}, custom_sum, custom_count "
+    "FROM bot_stats_1h WHERE bot_id = {id:String} "
+    "AND bucket >= toDateTime(intDiv({start:Int64} + 3599999, 3600000) * 3600, 'UTC') "
+    "AND bucket < toDateTime(intDiv({end:Int64}, 3600000) * 3600, 'UTC') "
+    "AND intDiv(toUnixTimestamp(bucket), 3600) NOT IN {hours:Array(Int64)}"
+)
 
-def _idx(expr: str) -> str:
-    return _IDX.format(t=expr)
-
-
-def _fits(block_ms: str, size: int) -> str:
-    return (
-        f"({block_ms} >= {{start:Int64}} AND {block_ms} + {size} <= {{end:Int64}} "
-        f"AND {_idx(block_ms)} = {_idx(f'{block_ms} + {size - 1}')})"
-    )
-
-
-def _floor(expr: str, size: int) -> str:
-    return f"intDiv({expr}, {size}) * {size}"
-
-
-_STATE_COLUMNS = ", ".join([f"{c}" for c in LAST_FIELDS.values()] + [f"{c}" for c in AVG_FIELDS.values()])
-
-
-def _rollup_level(table: str, size: int, parent: int | None) -> str:
-    block = "(toInt64(toUnixTimestamp(bucket)) * 1000)"
-    cond = _fits(block, size)
-    if parent is not None:
-        cond += f" AND NOT {_fits(_floor(block, parent), parent)}"
-    return (
-        f"SELECT {_idx(block)} AS i, posts, {_STATE_COLUMNS}, custom_sum, custom_count "
-        f"FROM {table} WHERE bot_id = {{id:String}} "
-        f"AND bucket >= toDateTime(intDiv({{start:Int64}}, 1000), 'UTC') "
-        f"AND bucket < toDateTime(intDiv({{end:Int64}}, 1000), 'UTC') AND {cond}"
-    )
-
-
-def _raw_level() -> str:
-    t = "toUnixTimestamp64Milli(ts)"
-    states = ", ".join(
+_POSTS_LEVEL = (
+    "SELECT "
+    + _IDX.format(t="toUnixTimestamp64Milli(ts)")
+    + " AS i, count() AS posts, "
+    + ", ".join(
         [f"argMaxState({c}, ts) AS {c}" for c in LAST_FIELDS.values()]
         + [f"avgState({c}) AS {c}" for c in AVG_FIELDS.values()]
     )
-    return (
-        f"SELECT {_idx(t)} AS i, count() AS posts, {states}, "
-        "sumMap(CAST(custom, 'Map(String, Float64)')) AS custom_sum, "
-        "sumMap(CAST(mapApply((k, v) -> (k, toUInt64(1)), custom), 'Map(String, UInt64)')) "
-        "AS custom_count "
-        "FROM bot_stats WHERE bot_id = {id:String} "
-        "AND ts >= fromUnixTimestamp64Milli({start:Int64}, 'UTC') "
-        "AND ts < fromUnixTimestamp64Milli({end:Int64}, 'UTC') "
-        f"AND NOT {_fits(_floor(t, _MINUTE), _MINUTE)} GROUP BY i"
-    )
-
+    + ", sumMap(CAST(custom, 'Map(String, Float64)')) AS custom_sum, "
+    "sumMap(CAST(mapApply((k, v) -> (k, toUInt64(1)), custom), 'Map(String, UInt64)')) "
+    "AS custom_count "
+    "FROM bot_stats_posts WHERE bot_id = {id:String} "
+    "AND intDiv(toUnixTimestamp64Milli(ts), 3600000) IN {hours:Array(Int64)} "
+    "AND ts >= fromUnixTimestamp64Milli({start:Int64}, 'UTC') "
+    "AND ts < fromUnixTimestamp64Milli({end:Int64}, 'UTC') GROUP BY i"
+)
 
 BUCKETS_SQL = (
     "SELECT i, sum(posts), "
     + ", ".join(
         [f"argMaxMerge({c})" for c in LAST_FIELDS.values()] + [f"avgMerge({c})" for c in AVG_FIELDS.values()]
     )
-    + ", sumMap(custom_sum), sumMap(custom_count) FROM ("
-    + " UNION ALL ".join(
-        [
-            _rollup_level("bot_stats_1d", _DAY, None),
-            _rollup_level("bot_stats_1h", _HOUR, _DAY),
-            _rollup_level("bot_stats_1m", _MINUTE, _HOUR),
-            _raw_level(),
-        ]
-    )
-    + ") GROUP BY i ORDER BY i"
+    + f", sumMap(custom_sum), sumMap(custom_count) FROM ({_HOURS_LEVEL} UNION ALL {_POSTS_LEVEL})"
+    " GROUP BY i ORDER BY i"
 )
 
 CUSTOM_TOTALS_SQL = (
@@ -111,11 +84,21 @@ def bucket_time(start: int, span: int, n: int, i: int) -> int:
     return start + -((-i * span) // n)
 
 
+def ragged_hours(start: int, end: int, n: int) -> list[int]:
+    """Hour numbers (ms // 3600000) of the hours that hold a bucket edge or a range end strictly
+    inside them: exactly the hours `bot_stats_1h` cannot serve."""
+    span = end - start
+    edges = [start, end, *(bucket_time(start, span, n, i) for i in range(1, n))]
+    return sorted({e // _HOUR for e in edges if e % _HOUR})
+
+
 async def buckets(
     store: Store, bot_id: str, start: int, end: int, n: int, custom_names: list[str]
 ) -> list[dict[str, Any]]:
     span = end - start
-    rows = await store.query(BUCKETS_SQL, {"id": bot_id, "start": start, "end": end, "n": n, "span": span})
+    hours = ragged_hours(start, end, n)
+    params = {"id": bot_id, "start": start, "end": end, "n": n, "span": span, "hours": hours}
+    rows = await store.query(BUCKETS_SQL, params)
     by_index = {int(r[0]): r for r in rows}
     names = set(custom_names)
     for r in rows:

@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from query.app import build_app
+from query.stats import ragged_hours
 from registry.records import Bot, create_account, now, write_bot
 from workers.rows import CUSTOM_COLUMNS, STATS_COLUMNS
 
@@ -275,3 +276,25 @@ async def test_rollup_plan_matches_raw_definition(world):
                     assert g[k] == pytest.approx(e[k], rel=1e-9), (start, end, n, g["time"], k)
                 else:
                     assert g[k] == e[k], (start, end, n, g["time"], k)
+
+
+def test_ragged_hours_are_exactly_the_hours_the_hourly_rollup_cannot_serve():
+    # Brute force over every hour touching the range: an hour is served by bot_stats_1h only if
+    # it lies inside [start, end) and inside one bucket.
+    rng = random.Random(11)
+    hour = 3_600_000
+    for _ in range(300):
+        start = T0 + rng.choice([0, rng.randrange(hour), rng.randrange(10 * hour)])
+        end = start + rng.choice([1, 59_999, hour, rng.randrange(1, 3 * 86_400_000)])
+        n = rng.choice([1, 2, 3, 7, 24, 90, rng.randrange(1, 1001)])
+        span = end - start
+
+        def idx(t: int, start: int = start, n: int = n, span: int = span) -> int:
+            return (t - start) * n // span
+
+        expected = []
+        for h in range(start // hour, (end - 1) // hour + 1):
+            lo, hi = h * hour, (h + 1) * hour
+            if not (lo >= start and hi <= end and idx(lo) == idx(hi - 1)):
+                expected.append(h)
+        assert ragged_hours(start, end, n) == expected, (start, end, n)
