@@ -2,8 +2,9 @@
 is the length of the union of those intervals inside the range.
 
 With the posts sorted, that union is the disjoint union of `[t_i, min(t_{i+1}, t_i + window))`,
-so one window-function pass over the post timestamps (the `ts` column only, read from the
-`(bot_id, ts)` primary key) gives both the uptime and the gaps, with no per-post work in Python.
+so one window-function pass over the post timestamps (only the `ts` column of `bot_stats_posts`,
+by its `(bot_id, ts)` key, in 128-row granules) gives both the uptime and the gaps, with no
+per-post work in Python.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ MAX_PERIODS = 1000
 _POSTS = (
     "SELECT bot_id, t, leadInFrame(t, 1, greatest(t + {w:Int64}, {end:Int64})) OVER ("
     " PARTITION BY bot_id ORDER BY t ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING) AS nxt"
-    " FROM (SELECT bot_id, toUnixTimestamp64Milli(ts) AS t FROM bot_stats"
+    " FROM (SELECT bot_id, toUnixTimestamp64Milli(ts) AS t FROM bot_stats_posts"
     " WHERE bot_id IN {ids:Array(String)}"
     " AND ts > fromUnixTimestamp64Milli({start:Int64} - {w:Int64}, 'UTC')"
     " AND ts < fromUnixTimestamp64Milli({end:Int64}, 'UTC'))"
