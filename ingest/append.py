@@ -167,46 +167,69 @@ def _result(reply: list[object]) -> Result:
 
 
 class Appender:
-    """Coalesces the posts of one event-loop tick: one script call per partition, one write.
+    """Coalesces posts into as few Redis round trips as possible.
+
+    The posts of one event-loop tick always share one write (one script call per partition).
+    At most `MAX_IN_FLIGHT` writes are outstanding: posts that arrive meanwhile wait and go
+    together in the next one, so batches grow with the load instead of the number of round
+    trips (each costs system calls on both sides).
 
     `append()` resolves only after Redis answered for that post; a Redis failure or timeout
-    raises (the handler answers 503) and never hangs longer than `timeout_s`.
+    raises (the handler answers 503). No post waits longer than `timeout_s` in all: a write's
+    deadline is that of the oldest post in it, and when a write fails every waiting post fails
+    with it (Redis is evidently unreachable).
     """
+
+    MAX_IN_FLIGHT = 4
 
     def __init__(self, redis: aioredis.Redis, high_water: int, timeout_s: float) -> None:
         self.redis = redis
         self.high_water = high_water
         self.timeout_s = timeout_s
         self._pending: list[tuple[Post, asyncio.Future[Result]]] = []
+        self._oldest = 0.0  # loop time the oldest pending post arrived
         self._scheduled = False
+        self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def append(self, post: Post) -> Result:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
+        if not self._pending:
+            self._oldest = loop.time()
         self._pending.append((post, future))
-        if not self._scheduled:
+        if not self._scheduled and self._in_flight < self.MAX_IN_FLIGHT:
             self._scheduled = True
             # call_soon runs after every callback already ready in this tick: the handlers
-            # woken together all get into the same pipeline.
+            # woken together all get into the same write.
             loop.call_soon(self._flush)
         return await future
 
     def _flush(self) -> None:
-        batch, self._pending, self._scheduled = self._pending, [], False
-        if not batch:
+        self._scheduled = False
+        if not self._pending or self._in_flight >= self.MAX_IN_FLIGHT:
             return
-        task = asyncio.get_running_loop().create_task(self._run(batch))
+        batch, self._pending = self._pending, []
+        self._in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._run(batch, self._oldest + self.timeout_s))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
 
-    async def _run(self, batch: list[tuple[Post, asyncio.Future[Result]]]) -> None:
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._in_flight -= 1
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    async def _run(self, batch: list[tuple[Post, asyncio.Future[Result]]], deadline: float) -> None:
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout_at(deadline):
                 replies = await self._execute([p for p, _ in batch])
         except BaseException as exc:
             failure = exc if isinstance(exc, Exception) else ConnectionError("append cancelled")
-            for _, future in batch:
+            waiting, self._pending = self._pending, []
+            for _, future in [*batch, *waiting]:
                 if not future.done():
                     future.set_exception(failure)
             if not isinstance(exc, Exception):

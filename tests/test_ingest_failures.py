@@ -45,6 +45,14 @@ async def test_redis_hanging_or_gone_is_503_with_retry_after(make_settings, stor
                     assert resp.status == 503
                     assert int(resp.headers["Retry-After"]) >= 1
                     assert "message" in await resp.json()
+                # Many at once (some wait behind the writes in flight): every one fails fast.
+                burst = await asyncio.gather(
+                    *(
+                        client.post("/v1/bot/77/custom", json={"type": "t"}, headers={"Authorization": key})
+                        for _ in range(12)
+                    )
+                )
+                assert [r.status for r in burst] == [503] * 12
                 assert (await client.get("/readyz")).status == 503
                 assert (await client.get("/healthz")).status == 200
             finally:
