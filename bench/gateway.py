@@ -60,24 +60,15 @@ def run(b: Bench) -> None:
         targets = b.write_targets(PHASE, seeded)
         runs: dict[str, Run] = {}
         for workers in s.gateway_processes:
-            for kind in ("baseline", "gateway"):
-                svc, p = _start(b, kind, workers, env)
-                try:
-                    started, cpu, redis_cpu = time.monotonic(), svc.cpu(), _cpu(redis)
-                    result = b.load(PHASE, p, targets)
-                    wall = time.monotonic() - started
-                    server_cores = round((svc.cpu() - cpu) / wall, 2)
-                    redis_cores = round((_cpu(redis) - redis_cpu) / wall, 2)
-                    alive = len(svc.processes())
-                    b.note_rss(f"{kind} ({workers}p)", svc)
-                finally:
-                    svc.stop()
-                runs[f"{kind}_{workers}p"] = Run(alive, result, server_cores, redis_cores)
-                b.say(
-                    f"gateway: {kind} {workers}p {result.rps:.0f} req/s p50 {result.p50_ms} ms "
-                    f"p99 {result.p99_ms} ms statuses {result.statuses} alive {alive}/{workers}, "
-                    f"cores busy: server {server_cores}, redis {redis_cores}"
-                )
+            # Pairs alternate, and the best of each side counts: on a shared machine other
+            # tenants only ever slow a run down, so the best run is the least disturbed one.
+            for attempt in range(s.repeats):
+                for kind in ("baseline", "gateway"):
+                    run = _measure(b, kind, workers, env, targets, redis)
+                    runs[f"{kind}_{workers}p_try{attempt + 1}"] = run
+                    best = runs.get(f"{kind}_{workers}p")
+                    if best is None or run.result.rps > best.result.rps:
+                        runs[f"{kind}_{workers}p"] = run
         # p99 at 70% of the single-process peak, fixed rate (built-in generator: wrk cannot pace).
         peak = runs["gateway_1p"].result.rps
         paced = None
@@ -107,6 +98,28 @@ def run(b: Bench) -> None:
         _figures(b, runs)
     finally:
         b.stop_redis(redis, "redis (gateway phase)")
+
+
+def _measure(
+    b: Bench, kind: str, workers: int, env: dict[str, str], targets: tuple[Path, Path], redis: EmbeddedRedis
+) -> Run:
+    svc, p = _start(b, kind, workers, env)
+    try:
+        started, cpu, redis_cpu = time.monotonic(), svc.cpu(), _cpu(redis)
+        result = b.load(PHASE, p, targets)
+        wall = time.monotonic() - started
+        server_cores = round((svc.cpu() - cpu) / wall, 2)
+        redis_cores = round((_cpu(redis) - redis_cpu) / wall, 2)
+        alive = len(svc.processes())
+        b.note_rss(f"{kind} ({workers}p)", svc)
+    finally:
+        svc.stop()
+    b.say(
+        f"gateway: {kind} {workers}p {result.rps:.0f} req/s p50 {result.p50_ms} ms "
+        f"p99 {result.p99_ms} ms statuses {result.statuses} alive {alive}/{workers}, "
+        f"cores busy: server {server_cores}, redis {redis_cores}"
+    )
+    return Run(alive, result, server_cores, redis_cores)
 
 
 def _cpu_us(run: Run, *, with_redis: bool) -> float | None:

@@ -15,6 +15,7 @@ class Sizes(msgspec.Struct, frozen=True, kw_only=True):
     warmup_s: float
     duration_s: float
     gateway_processes: tuple[int, ...] = (1, 2)
+    repeats: int = 1  # baseline/gateway pairs per process count; the best of each counts
     profile: bool = True
     # worker drain
     drain_entries: int
@@ -37,6 +38,7 @@ FULL = Sizes(
     connections=64,
     warmup_s=2,
     duration_s=10,
+    repeats=2,
     drain_entries=1_000_000,
     drain_timeout_s=300,
     e2e_rate=2000,
