@@ -19,6 +19,13 @@ from runtime.clickhouse import Store
 EPOCH_MS = 0
 FAR_FUTURE_MS = 10_000_000_000_000
 MAX_PERIODS = 1000
+HOUR_MS = 3_600_000
+
+
+def floor_hour(ms: int) -> int:
+    """Datagram rounds both ends of an uptime range down to the hour."""
+    return ms // HOUR_MS * HOUR_MS
+
 
 _POSTS = (
     "SELECT bot_id, t, leadInFrame(t, 1, greatest(t + {w:Int64}, {end:Int64})) OVER ("
