@@ -508,10 +508,14 @@ class Worker:
         return out
 
     async def _insert(self, batch: Batch, table: str, rows: list[Row], token: str) -> None:
-        settings = {
+        settings: dict[str, object] = {
             "insert_deduplication_token": token,
             "deduplicate_blocks_in_dependent_materialized_views": 1,
         }
+        if self.store.cluster:
+            # Through a Distributed table, confirm only once the shards stored the block (the
+            # ack follows this confirmation); the shards' replicated tables deduplicate by token.
+            settings["insert_distributed_sync"] = 1
         attempt = 0
         while True:
             try:
