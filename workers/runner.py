@@ -50,6 +50,7 @@ log = get_logger(__name__)
 _BACKOFF_BASE_S = 0.2
 _BACKOFF_CAP_S = 10.0
 _TRIM_EVERY_S = 1.0
+_WORKER_REDIS_TIMEOUT_MS = 5000
 _STOP_GRACE_S = 8.0  # SIGTERM: the batch in hand gets this long, the process exits within 10 s
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
@@ -68,6 +69,14 @@ def check_settings(settings: Settings) -> None:
             f"2 x (BOTPULSE_BATCH_MS + BOTPULSE_INSERT_TIMEOUT_S in ms) = {floor}, or a batch "
             "still being written could be taken over by another worker"
         )
+
+
+def worker_redis(settings: Settings) -> aioredis.Redis:
+    """The worker's Redis client. Its commands carry whole batches (XREADGROUP of 10,000 entries,
+    XACK of as many ids), so it gets at least 5 s where the gateway fails fast; a command that
+    times out anyway is safe (the entries stay pending and are recovered)."""
+    timeout_ms = max(settings.redis_timeout_ms, _WORKER_REDIS_TIMEOUT_MS)
+    return connect(msgspec.structs.replace(settings, redis_timeout_ms=timeout_ms))
 
 
 class Abandoned(Exception):
@@ -648,7 +657,7 @@ async def run_worker(settings: Settings, store: Store) -> None:
     the client's timeout handling on Python 3.11), finishes the step in hand, flushes what it
     buffered and retires. Whatever does not finish within the grace time stays pending with its
     batch record and is recovered by the next worker."""
-    redis = connect(settings)
+    redis = worker_redis(settings)
     worker = Worker(settings, store, redis)
     inner = asyncio.create_task(worker.run(), name="worker-run")
     try:
@@ -675,7 +684,7 @@ def serve(settings: Settings) -> int:
     migrate(store)
 
     async def main() -> None:
-        redis = connect(settings)
+        redis = worker_redis(settings)
         worker = Worker(settings, store, redis)
         loop = asyncio.get_running_loop()
         inner = asyncio.create_task(worker.run(), name="worker-run")
