@@ -244,6 +244,32 @@ async def test_clickhouse_outage_keeps_entries_pending_and_drains_after(fast, fa
     assert events_logged.count("clickhouse reachable again; draining the backlog") == 1
 
 
+async def test_unexpected_failure_leaves_entries_pending_and_they_are_recovered(
+    fast, fast_store, redis, monkeypatch
+):
+    import workers.runner
+
+    real = workers.runner.rows_by_table
+    calls = {"n": 0}
+
+    def broken_once(pairs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected bug")
+        return real(pairs)
+
+    monkeypatch.setattr(workers.runner, "rows_by_table", broken_once)
+    events = [stats_event("u1", guilds=i) for i in range(6)]
+    await post(redis, events)
+    with capture_logs() as logs:
+        async with worker_task(fast, fast_store):
+            await drained(redis)
+    assert calls["n"] >= 2
+    assert any(e["event"].startswith("worker step failed") for e in logs)
+    stored = await fast_store.query("SELECT event_id, count() FROM bot_stats GROUP BY event_id")
+    assert sorted(stored) == sorted((e.event_id, 1) for e in events)
+
+
 async def test_entry_delivered_too_often_is_dead_lettered_then_replayed(fast, fast_store, redis, monkeypatch):
     event = stats_event("d1", guilds=5)
     (entry_id,) = await post(redis, [event])

@@ -168,6 +168,13 @@ class Worker:
             except _REDIS_ERRORS as exc:
                 self._redis_state(ok=False, exc=exc)
                 await self._sleep(self._backoff(1))
+            except Exception:
+                # Whatever it was, the entries in hand are still pending (and recorded if a batch
+                # was being written): keep the worker alive and let recovery pick them up.
+                log.exception("worker step failed; entries stay pending and will be recovered")
+                self._buffers = {p: [] for p in self.partitions}
+                self._inflight = None
+                await self._sleep(self._backoff(3))
         await self.drain()
 
     async def drain(self) -> None:
@@ -395,7 +402,8 @@ class Worker:
             f"(BOTPULSE_MAX_DELIVERIES={self.settings.max_deliveries}); it may already be stored"
         )
         log.error("batch moved to dead letters", partition=batch.partition, token=batch.record.token)
-        await self._commit(batch, [(e.id, e.data, reason) for e in batch.entries], deliveries)
+        dead = [(e.id, e.data, reason) for e in batch.entries] + batch.poison
+        await self._commit(batch, dead, deliveries)
 
     async def sweep_records(self) -> None:
         """Records left behind with no pending entry (e.g. an operator acknowledged entries by
