@@ -162,10 +162,14 @@ def _figures(b: Bench, runs: dict[str, Run]) -> None:
             notes.append(f"only {gw.processes_alive} of {workers} gateway processes were running")
         if gw.rejected:
             notes.append(f"{gw.rejected} answers were not 204 (statuses {gw.result.statuses})")
-        note = "; ".join(notes)
         ratio = round(gw.result.rps / base.rps, 3) if base.rps else None
         ok = None if ratio is None else (ratio >= 0.85 and not notes)
         n = f"{workers} process" + ("es" if workers > 1 else "")
+        base_cores = runs[f"baseline_{workers}p"].server_cores
+        if base_cores is not None and base_cores < 0.8 * workers:
+            # A saturated server keeps its cores busy; less means other work had them.
+            notes.append(f"machine busy: the baseline got {base_cores} of {workers} core(s)")
+        note = "; ".join(notes)
         b.figure(Figure(f"gateway_rps_{workers}p", f"gateway req/s, {n}", gw.result.rps, "req/s", note=note))
         b.figure(Figure(f"baseline_rps_{workers}p", f"bare aiohttp 204 req/s, {n}", base.rps, "req/s"))
         gw_run, base_run = runs[f"gateway_{workers}p"], runs[f"baseline_{workers}p"]
