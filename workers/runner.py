@@ -84,12 +84,11 @@ class Abandoned(Exception):
     record in place) for the next worker."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     id: bytes
     data: bytes
     event: StreamEvent
-    read_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -115,6 +114,7 @@ class Worker:
         self.records = rec.Records(redis, self.consumer)
         self.upkeep = Upkeep(redis)
         self._buffers: dict[int, list[Entry]] = {p: [] for p in self.partitions}
+        self._opened: dict[int, float] = {}  # when each non-empty buffer got its first entry
         self._inflight: Batch | None = None
         self._stopping = asyncio.Event()
         self._clickhouse_ok = True
@@ -196,7 +196,7 @@ class Worker:
         return max(len(b) for b in self._buffers.values())
 
     def _due(self) -> bool:
-        oldest = [b[0].read_at for b in self._buffers.values() if b]
+        oldest = [self._opened[p] for p, b in self._buffers.items() if b]
         if not oldest:
             return False
         return (
@@ -207,7 +207,7 @@ class Worker:
     def _block_ms(self) -> int:
         # Never block past the socket timeout of the Redis client, nor past the open batch's due time.
         block = min(self.settings.batch_ms, max(1, self.settings.redis_timeout_ms // 2))
-        oldest = [b[0].read_at for b in self._buffers.values() if b]
+        oldest = [self._opened[p] for p, b in self._buffers.items() if b]
         if oldest:
             left = self.settings.batch_ms - (time.monotonic() - min(oldest)) * 1000
             block = min(block, max(1, int(left)))
@@ -238,6 +238,9 @@ class Worker:
         """Buffer decodable entries; dead-letter the undecodable ones at once (decoding is
         deterministic, redelivery cannot help)."""
         poison: list[tuple[bytes, bytes, str]] = []
+        buffer = self._buffers[partition]
+        if not buffer:
+            self._opened[partition] = time.monotonic()
         for entry_id, fields in entries:
             data = (fields or {}).get(FIELD, b"")
             try:
@@ -245,7 +248,7 @@ class Worker:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 poison.append((entry_id, data, f"undecodable: {exc}"))
                 continue
-            self._buffers[partition].append(Entry(entry_id, data, event))
+            buffer.append(Entry(entry_id, data, event))
         if poison:
             await self._dead_letter(partition, poison, deliveries=1)
 
@@ -475,8 +478,8 @@ class Worker:
             except _DataRejected as exc:
                 log.error("custom metric names rejected", error=str(exc.__cause__))
         insert_ms = (time.monotonic() - started) * 1000
-        by_id = {e.id: e for e in batch.entries}
-        dead = [(i, by_id[i].data, reason) for i, reason in poison.items()] + batch.poison
+        dead = [(e.id, e.data, poison[e.id]) for e in batch.entries if e.id in poison] if poison else []
+        dead += batch.poison
         await self._commit(batch, dead, deliveries=1)
         self._inflight = None
         now_ms = time.time() * 1000
