@@ -168,7 +168,7 @@ def _figures(b: Bench, runs: dict[str, Run]) -> None:
         base_cores = runs[f"baseline_{workers}p"].server_cores
         if base_cores is not None and base_cores < 0.8 * workers:
             # A saturated server keeps its cores busy; less means other work had them.
-            notes.append(f"machine busy: the baseline got {base_cores} of {workers} core(s)")
+            notes.append(f"the baseline got only {base_cores} of {workers} core(s): the machine was shared")
         note = "; ".join(notes)
         b.figure(Figure(f"gateway_rps_{workers}p", f"gateway req/s, {n}", gw.result.rps, "req/s", note=note))
         b.figure(Figure(f"baseline_rps_{workers}p", f"bare aiohttp 204 req/s, {n}", base.rps, "req/s"))
