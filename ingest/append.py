@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import msgspec
 import redis.asyncio as aioredis
 from hiredis import pack_command
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
 
 from runtime.logs import get_logger
@@ -191,6 +192,7 @@ class Appender:
         self._scheduled = False
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._idle: list[AbstractConnection] = []
 
     async def append(self, post: Post) -> Result:
         loop = asyncio.get_running_loop()
@@ -267,15 +269,16 @@ class Appender:
         return replies
 
     async def _send(self, calls: list[list[int]], posts: list[Post], verb: str, script: str) -> list[object]:
-        """All calls in one write, then their replies in order (a pipeline without the client's
-        per-command bookkeeping: this is the gateway's hot path)."""
-        pool = self.redis.connection_pool
-        connection = await pool.get_connection()
+        """All calls in one write, then their replies in order: a pipeline without the client's
+        per-command and per-checkout bookkeeping (this is the gateway's hot path)."""
+        # The appender's own connections (one per write in flight), made from the client's pool
+        # settings: a checkout from the pool would cost a lock and a readability probe per write.
+        connection = self._idle.pop() if self._idle else self.redis.connection_pool.make_connection()
         try:
             packed = b"".join(
                 script_call(verb, script, [posts[i] for i in call], self.high_water) for call in calls
             )
-            await connection.send_packed_command(packed)
+            await connection.send_packed_command(packed, check_health=False)
             results: list[object] = []
             for _ in calls:
                 try:
@@ -283,13 +286,16 @@ class Appender:
                 except ResponseError as exc:  # this call's error (e.g. NOSCRIPT): the others stand
                     results.append(exc)
         except BaseException:
-            # A reply may still be on the wire: never hand this connection to anyone else.
+            # A reply may still be on the wire: this connection starts afresh next time.
             await connection.disconnect()
+            self._idle.append(connection)
             raise
-        finally:
-            await pool.release(connection)
+        self._idle.append(connection)
         return results
 
     async def close(self) -> None:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.timeout_s)
+        for connection in self._idle:
+            await connection.disconnect()
+        self._idle.clear()
