@@ -268,12 +268,18 @@ class Appender:
                 replies[i] = result if isinstance(result, Exception) else result[k]  # type: ignore[index]
         return replies
 
+    def _new_connection(self) -> AbstractConnection:
+        """One of the appender's own connections (one per write in flight), with the client's
+        settings: a checkout from the pool would cost a lock and a readability probe per write.
+        No socket timeout of its own: `_run`'s deadline bounds the whole write and its replies
+        (redis-py would otherwise wrap every write in a new task)."""
+        pool = self.redis.connection_pool
+        return pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+
     async def _send(self, calls: list[list[int]], posts: list[Post], verb: str, script: str) -> list[object]:
         """All calls in one write, then their replies in order: a pipeline without the client's
         per-command and per-checkout bookkeeping (this is the gateway's hot path)."""
-        # The appender's own connections (one per write in flight), made from the client's pool
-        # settings: a checkout from the pool would cost a lock and a readability probe per write.
-        connection = self._idle.pop() if self._idle else self.redis.connection_pool.make_connection()
+        connection = self._idle.pop() if self._idle else self._new_connection()
         try:
             packed = b"".join(
                 script_call(verb, script, [posts[i] for i in call], self.high_water) for call in calls
