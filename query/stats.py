@@ -123,6 +123,16 @@ async def buckets(
     return out
 
 
+def add_custom_names(stats: list[dict[str, Any]], names: list[str]) -> None:
+    """Give every bucket a (null) entry for custom graphs that have no value in the range."""
+    missing = [n for n in names if stats and n not in stats[0]["custom"]]
+    if not missing:
+        return
+    for bucket in stats:
+        merged = {**bucket["custom"], **dict.fromkeys(missing)}
+        bucket["custom"] = {k: merged[k] for k in sorted(merged)}
+
+
 async def custom_totals(
     store: Store, bot_id: str, start: int, end: int, *, limit: int = 10, type_: str | None = None
 ) -> dict[str, dict[str, Any]]:

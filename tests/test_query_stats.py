@@ -72,6 +72,12 @@ async def test_bot_info_fields_and_privacy(world):
     assert body["customGraphs"] == ["messages", "votes"]
     assert body["createdAt"] == int(world["created"].timestamp() * 1000)
     assert "stats" not in body
+    # Registered custom graphs are present (null) in every bucket, with or without a given start.
+    _, body = await get(c, "/v1/bot/100", returnStats="true", start=T0, end=T0 + MIN, dataPoints=2)
+    assert [b["custom"] for b in body["stats"]] == [{"messages": None, "votes": None}] * 2
+    _, body = await get(c, "/v1/bot/100", returnStats="true", dataPoints=2)
+    assert body["range"]["start"] == T0
+    assert [b["custom"] for b in body["stats"]] == [{"messages": None, "votes": None}] * 2
 
     for headers, params in [
         ({}, {}),
