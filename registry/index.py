@@ -109,16 +109,29 @@ class RegistryCache:
         self._accounts.clear()
         self._bots.clear()
 
+    async def _fetch(self, entry: str) -> tuple[bytes | None, bool]:
+        """An index entry, and whether it may be cached: a lookup made while the index is not
+        ready (Redis emptied, rebuild pending) flips `ready` at once, without waiting for the
+        poller, and its miss is not remembered — the entry may be back a moment later. Costs no
+        extra round trip."""
+        epoch = self._epoch
+        raw, ready = await self.redis.mget(entry, READY_KEY)
+        if ready is None:
+            self.ready = False
+            return raw, False
+        return raw, epoch == self._epoch
+
     async def account_for_key(self, key: str) -> str | None:
+        """The account the key belongs to; None for an unknown key — or, when `ready` is now
+        False, because the index is missing (callers answer 503 then, not 401)."""
         key_hash = hash_key(key)
         try:
             return self._accounts[key_hash]
         except KeyError:
             pass
-        epoch = self._epoch
-        raw = await self.redis.get(key_entry(key_hash))
+        raw, cacheable = await self._fetch(key_entry(key_hash))
         account = raw.decode() if raw is not None else None
-        if epoch == self._epoch:
+        if cacheable:
             self._accounts[key_hash] = account
         return account
 
@@ -127,10 +140,9 @@ class RegistryCache:
             return self._bots[bot_id]
         except KeyError:
             pass
-        epoch = self._epoch
-        raw = await self.redis.get(bot_entry(bot_id))
+        raw, cacheable = await self._fetch(bot_entry(bot_id))
         bot = decode_bot(raw) if raw is not None else None
-        if epoch == self._epoch:
+        if cacheable:
             self._bots[bot_id] = bot
         return bot
 

@@ -263,3 +263,16 @@ async def test_write_bots_in_bulk_is_audited_and_idempotent(store, redis):
     assert (await cache.bot("f49")) is not None
     rows = await store.query("SELECT count(), uniqExact(bot_id) FROM audit_log WHERE field = 'id'")
     assert rows == [(50, 50)]
+
+
+async def test_a_miss_while_the_index_is_missing_is_not_remembered(store, redis, settings):
+    account, key = await records.create_account(store, redis, "alpha")
+    await records.ensure_index(store, redis, settings.stream_partitions)
+    cache = RegistryCache(redis)
+    await cache._poll_once()
+    assert cache.ready
+    await redis.flushall()
+    assert await cache.account_for_key(key) is None
+    assert cache.ready is False  # flipped by the lookup itself: callers answer 503, not 401
+    await records.ensure_index(store, redis, settings.stream_partitions)
+    assert await cache.account_for_key(key) == account.id  # no poll in between: the miss was not cached
