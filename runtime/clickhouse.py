@@ -115,9 +115,13 @@ class Store:
         rows: Sequence[Sequence[Any]],
         columns: Sequence[str],
         settings: dict[str, Any] | None = None,
+        column_oriented: bool = False,
     ) -> None:
-        if rows:
-            self.client().insert(table, rows, column_names=list(columns), settings=settings)
+        """`column_oriented`: `rows` holds one sequence per column (what the worker builds)."""
+        if rows and (not column_oriented or len(rows[0])):
+            self.client().insert(
+                table, rows, column_names=list(columns), settings=settings, column_oriented=column_oriented
+            )
 
     # --- async API (services) -----------------------------------------------------------------
     async def query(
@@ -136,9 +140,12 @@ class Store:
         rows: Sequence[Sequence[Any]],
         columns: Sequence[str],
         settings: dict[str, Any] | None = None,
+        column_oriented: bool = False,
     ) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self.insert_sync, table, rows, columns, settings)
+        await loop.run_in_executor(
+            self._pool, self.insert_sync, table, rows, columns, settings, column_oriented
+        )
 
     async def ping(self) -> bool:
         try:

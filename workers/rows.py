@@ -23,6 +23,9 @@ NAMES_COLUMNS = ["bot_id", "name", "first_seen"]
 COLUMNS = {STATS_TABLE: STATS_COLUMNS, CUSTOM_TABLE: CUSTOM_COLUMNS, NAMES_TABLE: NAMES_COLUMNS}
 
 Row = list[object]
+# A table's rows as columns (in COLUMNS order), the shape the worker inserts: the client then
+# serializes column by column instead of transposing rows first.
+Block = list[list[object]]
 
 # Time columns are DateTime64(3): the client writes an int as ticks, i.e. Unix milliseconds,
 # which spares a datetime object per row.
@@ -38,13 +41,6 @@ def _num(value: str | None) -> float | None:
     return number if number == number and abs(number) != float("inf") else None
 
 
-def stats_row(e: StreamEvent, p: StatsPayload) -> Row:
-    return [
-        e.bot_id, e.received_ms, e.event_id, p.guilds, p.users, p.shards,
-        p.api_ping, p.ram_usage, p.ram_total, p.cpu, p.bandwidth, p.custom_metrics,
-    ]  # fmt: skip
-
-
 def custom_row(e: StreamEvent, p: CustomPayload) -> Row:
     return [
         e.bot_id, e.received_ms, e.event_id, p.type, p.value1, p.value2, p.value3,
@@ -52,19 +48,60 @@ def custom_row(e: StreamEvent, p: CustomPayload) -> Row:
     ]  # fmt: skip
 
 
-def rows_by_table(entries: Sequence[tuple[bytes, StreamEvent]]) -> dict[str, tuple[list[Row], list[bytes]]]:
-    """The rows of each event table, each with the stream id of the entry it came from (so a
-    batch rejected for its data can be split and the bad entry named)."""
-    out: dict[str, tuple[list[Row], list[bytes]]] = {STATS_TABLE: ([], []), CUSTOM_TABLE: ([], [])}
+def rows_by_table(entries: Sequence[tuple[bytes, StreamEvent]]) -> dict[str, tuple[Block, list[bytes]]]:
+    """The columns of each event table, with the stream id of the entry each row came from (so
+    a batch rejected for its data can be split and the bad entry named). Built column by
+    column in one pass: no per-row list, no transposition in the client."""
+    s_ids: list[bytes] = []
+    bot: list[object] = []
+    ts: list[object] = []
+    eid: list[object] = []
+    guilds: list[object] = []
+    users: list[object] = []
+    shards: list[object] = []
+    ping: list[object] = []
+    ram: list[object] = []
+    ram_total: list[object] = []
+    cpu: list[object] = []
+    bandwidth: list[object] = []
+    custom: list[object] = []
+    c_ids: list[bytes] = []
+    c_rows: list[Row] = []
     for entry_id, e in entries:
         p = e.payload
-        if isinstance(p, StatsPayload):
-            out[STATS_TABLE][0].append(stats_row(e, p))
-            out[STATS_TABLE][1].append(entry_id)
+        if type(p) is StatsPayload:
+            s_ids.append(entry_id)
+            bot.append(e.bot_id)
+            ts.append(e.received_ms)
+            eid.append(e.event_id)
+            guilds.append(p.guilds)
+            users.append(p.users)
+            shards.append(p.shards)
+            ping.append(p.api_ping)
+            ram.append(p.ram_usage)
+            ram_total.append(p.ram_total)
+            cpu.append(p.cpu)
+            bandwidth.append(p.bandwidth)
+            custom.append(p.custom_metrics)
         elif isinstance(p, CustomPayload):
-            out[CUSTOM_TABLE][0].append(custom_row(e, p))
-            out[CUSTOM_TABLE][1].append(entry_id)
-    return out
+            c_rows.append(custom_row(e, p))
+            c_ids.append(entry_id)
+    stats = [bot, ts, eid, guilds, users, shards, ping, ram, ram_total, cpu, bandwidth, custom]
+    return {STATS_TABLE: (stats, s_ids), CUSTOM_TABLE: (to_block(c_rows, CUSTOM_COLUMNS), c_ids)}
+
+
+def to_block(rows: Sequence[Row], columns: Sequence[str]) -> Block:
+    if not rows:
+        return [[] for _ in columns]
+    return [list(c) for c in zip(*rows, strict=True)]
+
+
+def block_rows(block: Block) -> int:
+    return len(block[0]) if block else 0
+
+
+def slice_block(block: Block, start: int, stop: int) -> Block:
+    return [c[start:stop] for c in block]
 
 
 def name_rows(events: Sequence[StreamEvent]) -> list[Row]:
@@ -77,9 +114,3 @@ def name_rows(events: Sequence[StreamEvent]) -> list[Row]:
                 if key not in first or e.received_ms < first[key]:
                     first[key] = e.received_ms
     return [[bot, name, ms] for (bot, name), ms in sorted(first.items())]
-
-
-def split_rows(events: list[StreamEvent]) -> tuple[list[Row], list[Row]]:
-    """Stats rows and custom-event rows of `events` (without entry ids)."""
-    tables = rows_by_table([(b"", e) for e in events])
-    return tables[STATS_TABLE][0], tables[CUSTOM_TABLE][0]

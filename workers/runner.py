@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import signal
@@ -41,7 +42,16 @@ from runtime.streams import GROUP, batches_key, dead_letter_key, stream_key
 from schemas.stream import FIELD, StreamEvent, decode_event
 from workers import records as rec
 from workers.deadletters import dead_letter_fields
-from workers.rows import COLUMNS, NAMES_TABLE, Row, name_rows, rows_by_table
+from workers.rows import (
+    COLUMNS,
+    NAMES_TABLE,
+    Block,
+    block_rows,
+    name_rows,
+    rows_by_table,
+    slice_block,
+    to_block,
+)
 from workers.status import PartitionStats
 from workers.upkeep import Upkeep
 
@@ -69,6 +79,21 @@ def check_settings(settings: Settings) -> None:
             f"2 x (BOTPULSE_BATCH_MS + BOTPULSE_INSERT_TIMEOUT_S in ms) = {floor}, or a batch "
             "still being written could be taken over by another worker"
         )
+
+
+def _as_is(response: object, **_: object) -> object:
+    return response
+
+
+def _payload(fields: object) -> bytes:
+    """The event bytes of one entry's fields, as a raw reply (flat list) or as a dict."""
+    if isinstance(fields, dict):
+        return fields.get(FIELD, b"")
+    if isinstance(fields, list):
+        for i in range(0, len(fields) - 1, 2):
+            if fields[i] == FIELD:
+                return fields[i + 1]
+    return b""
 
 
 def worker_redis(settings: Settings) -> aioredis.Redis:
@@ -112,9 +137,16 @@ class Worker:
         self.consumer = consumer_name()
         self.partitions = list(range(settings.stream_partitions))
         self.records = rec.Records(redis, self.consumer)
+        # XREADGROUP replies as hiredis parsed them (no dict per entry): same connections, its
+        # own callbacks, so the client the caller passed in keeps its usual replies.
+        self._reader = aioredis.Redis(connection_pool=redis.connection_pool)
+        self._reader.set_response_callback("XREADGROUP", _as_is)
         self.upkeep = Upkeep(redis)
         self._buffers: dict[int, list[Entry]] = {p: [] for p in self.partitions}
         self._opened: dict[int, float] = {}  # when each non-empty buffer got its first entry
+        # Buffers holding only XREADGROUP '>' entries are already distinct and in stream order
+        # (each read returns ids above every id the group delivered before): no sort needed.
+        self._in_order: dict[int, bool] = dict.fromkeys(self.partitions, True)
         self._inflight: Batch | None = None
         self._stopping = asyncio.Event()
         self._clickhouse_ok = True
@@ -173,6 +205,7 @@ class Worker:
                 # was being written): keep the worker alive and let recovery pick them up.
                 log.exception("worker step failed; entries stay pending and will be recovered")
                 self._buffers = {p: [] for p in self.partitions}
+                self._in_order = dict.fromkeys(self.partitions, True)
                 self._inflight = None
                 await self._sleep(self._backoff(3))
         await self.drain()
@@ -215,15 +248,16 @@ class Worker:
 
     async def _read(self) -> None:
         count = max(1, self.settings.batch_rows - self._buffered())
-        reply = await self.redis.xreadgroup(
+        reply = await self._reader.xreadgroup(
             GROUP,
             self.consumer,
             {stream_key(p): ">" for p in self.partitions},
             count=count,
             block=self._block_ms(),
         )
-        for stream, entries in reply or []:
-            await self._accept(self._partition_of(stream), entries)
+        streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 / RESP2
+        for stream, entries in streams:
+            await self._accept(self._partition_of(stream), entries, in_order=True)
 
     def _partition_of(self, stream: bytes | str) -> int:
         key = stream.decode() if isinstance(stream, bytes) else stream
@@ -233,22 +267,28 @@ class Worker:
         raise ValueError(f"unexpected stream {key!r}")
 
     async def _accept(
-        self, partition: int, entries: Sequence[tuple[bytes, dict[bytes, bytes] | None]]
+        self, partition: int, entries: Sequence[Sequence[object]], *, in_order: bool = False
     ) -> None:
         """Buffer decodable entries; dead-letter the undecodable ones at once (decoding is
-        deterministic, redelivery cannot help)."""
+        deterministic, redelivery cannot help). `entries`: (id, fields) pairs, the fields a
+        raw reply's flat list or a dict."""
         poison: list[tuple[bytes, bytes, str]] = []
         buffer = self._buffers[partition]
         if not buffer:
             self._opened[partition] = time.monotonic()
+        if not in_order:
+            self._in_order[partition] = False
+        append = buffer.append
         for entry_id, fields in entries:
-            data = (fields or {}).get(FIELD, b"")
+            # The gateway writes exactly one field: check it first, search only otherwise.
+            if type(fields) is list and len(fields) == 2 and fields[0] == FIELD:
+                data = fields[1]
+            else:
+                data = _payload(fields)
             try:
-                event = decode_event(data)
+                append(Entry(entry_id, data, decode_event(data)))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 poison.append((entry_id, data, f"undecodable: {exc}"))
-                continue
-            buffer.append(Entry(entry_id, data, event))
         if poison:
             await self._dead_letter(partition, poison, deliveries=1)
 
@@ -354,7 +394,7 @@ class Worker:
                 [
                     (
                         i,
-                        (f or {}).get(FIELD, b""),
+                        _payload(f),
                         f"delivered {deliveries[i]} times without being written "
                         f"(BOTPULSE_MAX_DELIVERIES={self.settings.max_deliveries})",
                     )
@@ -392,7 +432,7 @@ class Worker:
             if fields is None:
                 lost.append(entry_id)
                 continue
-            data = fields.get(FIELD, b"")
+            data = _payload(fields)
             try:
                 entries.append(Entry(entry_id, data, decode_event(data)))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -430,9 +470,10 @@ class Worker:
     async def flush(self) -> None:
         for p in self.partitions:
             entries, self._buffers[p] = self._buffers[p], []
+            in_order, self._in_order[p] = self._in_order[p], True
             if not entries:
                 continue
-            batch = await self._new_batch(p, entries)
+            batch = await self._new_batch(p, entries, in_order=in_order)
             if batch is not None:
                 await self._write_batch(batch)
         await self.trim()
@@ -445,10 +486,14 @@ class Worker:
                 if trimmed:
                     log.debug("stream trimmed", partition=p, entries=trimmed)
 
-    async def _new_batch(self, partition: int, entries: list[Entry]) -> Batch | None:
+    async def _new_batch(
+        self, partition: int, entries: list[Entry], *, in_order: bool = False
+    ) -> Batch | None:
+        """`in_order`: the entries are known to be distinct and in stream order."""
         stream = stream_key(partition)
-        by_id = {e.id: e for e in entries}
-        entries = [by_id[i] for i in rec.sort_ids(by_id)]
+        if not in_order:
+            by_id = {e.id: e for e in entries}
+            entries = [by_id[i] for i in rec.sort_ids(by_id)]
         for _ in range(3):
             record = rec.new_record(stream, self.consumer, [e.id for e in entries])
             lost = set(await self.records.write_if_owned(stream, batches_key(partition), record))
@@ -467,14 +512,15 @@ class Worker:
         started = time.monotonic()
         pairs = [(e.id, e.event) for e in batch.entries]
         poison: dict[bytes, str] = {}
-        for table, (rows, ids) in rows_by_table(pairs).items():
-            bad = await self._insert_split(batch, table, rows, ids, f"{batch.record.token}:{table}", stream)
+        for table, (block, ids) in rows_by_table(pairs).items():
+            bad = await self._insert_split(batch, table, block, ids, f"{batch.record.token}:{table}", stream)
             poison.update(bad)
-        good = [e.event for e in batch.entries if e.id not in poison]
+        good = [e.event for e in batch.entries if e.id not in poison] if poison else [e for _, e in pairs]
         names = name_rows(good)
         if names:
             try:
-                await self._insert(batch, NAMES_TABLE, names, f"{batch.record.token}:{NAMES_TABLE}")
+                block = to_block(names, COLUMNS[NAMES_TABLE])
+                await self._insert(batch, NAMES_TABLE, block, f"{batch.record.token}:{NAMES_TABLE}")
             except _DataRejected as exc:
                 log.error("custom metric names rejected", error=str(exc.__cause__))
         insert_ms = (time.monotonic() - started) * 1000
@@ -505,29 +551,32 @@ class Worker:
             )
 
     async def _insert_split(
-        self, batch: Batch, table: str, rows: list[Row], ids: list[bytes], token: str, stream: str
+        self, batch: Batch, table: str, rows: Block, ids: list[bytes], token: str, stream: str
     ) -> dict[bytes, str]:
         """Insert `rows`; on a data error split in halves (deterministically, so a retry after a
         crash produces the same blocks and tokens) until the rejected entries are isolated.
         Returns {entry id: reason} for the isolated ones."""
-        if not rows:
+        if not block_rows(rows):
             return {}
         try:
             await self._insert(batch, table, rows, token)
             return {}
         except _DataRejected as exc:
-            if len(rows) == 1:
+            if block_rows(rows) == 1:
                 reason = f"rejected by ClickHouse ({table}): {exc.__cause__}"
                 log.error("entry rejected for its data", partition=batch.partition, id=ids[0].decode())
                 return {ids[0]: reason}
-        mid = len(rows) // 2
+        n = block_rows(rows)
+        mid = n // 2
         out: dict[bytes, str] = {}
-        for part_rows, part_ids in ((rows[:mid], ids[:mid]), (rows[mid:], ids[mid:])):
+        halves = ((slice_block(rows, 0, mid), ids[:mid]), (slice_block(rows, mid, n), ids[mid:]))
+        for part_rows, part_ids in halves:
             part_token = f"{rec.token_for(stream, part_ids)}:{table}"
             out.update(await self._insert_split(batch, table, part_rows, part_ids, part_token, stream))
         return out
 
-    async def _insert(self, batch: Batch, table: str, rows: list[Row], token: str) -> None:
+    async def _insert(self, batch: Batch, table: str, rows: Block, token: str) -> None:
+        """`rows`: the block's columns."""
         settings: dict[str, object] = {
             "insert_deduplication_token": token,
             "deduplicate_blocks_in_dependent_materialized_views": 1,
@@ -539,7 +588,7 @@ class Worker:
         attempt = 0
         while True:
             try:
-                await self.store.insert(table, rows, COLUMNS[table], settings)
+                await self.store.insert(table, rows, COLUMNS[table], settings, column_oriented=True)
             except Exception as exc:
                 if is_data_error(exc):
                     raise _DataRejected() from exc
@@ -693,6 +742,11 @@ def serve(settings: Settings) -> int:
     check_settings(settings)
     store = Store(settings)
     migrate(store)
+    # A batch keeps tens of thousands of objects alive for a moment, and nearly all of them die
+    # by reference counting; the default thresholds would run the cyclic collector (scanning
+    # everything alive, start-up objects included) many times per batch.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
     async def main() -> None:
         redis = worker_redis(settings)
