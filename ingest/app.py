@@ -7,6 +7,7 @@ slots, XADD) -> answer. The gateway never queries ClickHouse.
 
 from __future__ import annotations
 
+import itertools
 import math
 import secrets
 import time
@@ -97,6 +98,13 @@ class Gateway:
         self.settings = settings
         self.stats_interval_ms = max(1, round(settings.stats_rate_interval_s * 1000))
         self.custom_interval_ms = max(1, round(60_000 / settings.custom_rate_per_min))
+        # Event ids: a random prefix per process and a counter, as unique as 16 random bytes per
+        # post (every process draws its own prefix) without a getrandom() call per post.
+        self._id_prefix = secrets.token_hex(8)
+        self._id_counter = itertools.count()
+
+    def next_event_id(self) -> str:
+        return f"{self._id_prefix}{next(self._id_counter):016x}"
 
     # --- the pieces every route uses -------------------------------------------------------
 
@@ -147,7 +155,7 @@ class Gateway:
     ) -> Result:
         """Append the post's events (the first payload carries the custom metrics, if any)."""
         received = int(time.time() * 1000)
-        base = secrets.token_hex(16)
+        base = self.next_event_id()
         events = [
             encode_event(
                 StreamEvent(

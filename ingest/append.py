@@ -2,7 +2,8 @@
 
 The script does everything a post needs from Redis, atomically, on keys that all carry the
 partition's hash tag (so it runs on Redis Cluster too). For each post of the call, in order:
-  1. backlog check: XLEN of the partition's stream against the high-water mark;
+  1. backlog check: the partition's stream length (one XLEN per call, counted on as the call
+     appends) against the high-water mark;
   2. rate limit: GCRA on the bot's rate key (the time comes from Redis, so every gateway
      process agrees on it);
   3. custom-metric slots: names already in the bot's slot set pass, new names take a free slot,
@@ -20,10 +21,10 @@ import enum
 import hashlib
 from collections.abc import Sequence
 
+import hiredis
 import msgspec
 import redis.asyncio as aioredis
 from hiredis import pack_command
-from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
 
 from runtime.logs import get_logger
@@ -40,6 +41,7 @@ local stream = KEYS[1]
 local high_water = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local length = redis.call('XLEN', stream)
 local replies = {}
 local a = 2
 for p = 1, (#KEYS - 1) / 2 do
@@ -48,7 +50,7 @@ for p = 1, (#KEYS - 1) / 2 do
   local limit, n, m = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local names, first = a + 5, a + 5 + n
   a = first + m
-  if redis.call('XLEN', stream) >= high_water then
+  if length >= high_water then
     replies[p] = {2}
   else
     local stored = redis.call('GET', rate_key)
@@ -91,6 +93,7 @@ for p = 1, (#KEYS - 1) / 2 do
       for i = first + 1, first + m - 1 do
         redis.call('XADD', stream, '*', 'e', ARGV[i])
       end
+      length = length + m
       local ttl = math.ceil(new_tat - now)
       redis.call('SET', rate_key, string.format('%d', new_tat), 'PX', string.format('%d', ttl))
       local reply = {0}
@@ -157,14 +160,80 @@ def script_call(verb: str, script: str, posts: Sequence[Post], high_water: int) 
     return pack_command((verb, script, len(keys), *keys, *args))
 
 
+APPENDED = Result(Outcome.APPENDED)
+
+
 def _result(reply: list[object]) -> Result:
-    code = int(reply[0])  # type: ignore[call-overload]
+    code = reply[0]
     if code == 0:
+        if len(reply) == 1:
+            return APPENDED  # the common case: nothing dropped, nothing to build
         names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in reply[1:])
         return Result(Outcome.APPENDED, dropped=names)
     if code == 1:
         return Result(Outcome.RATE_LIMITED, retry_after_ms=int(reply[1]))  # type: ignore[call-overload]
     return Result(Outcome.BACKLOG_FULL)
+
+
+class Wire(asyncio.Protocol):
+    """A Redis connection carrying one write at a time: the replies are parsed by hiredis as the
+    bytes arrive, and the write's future resolves once all of them are in."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        # Held, not used: a stream writer closes its transport when it is garbage-collected.
+        self._writer = writer
+        self.transport: asyncio.Transport = writer.transport  # type: ignore[assignment]
+        self._reader = hiredis.Reader(replyError=ResponseError)
+        self._future: asyncio.Future[list[object]] | None = None
+        self._expected = 0
+        self._replies: list[object] = []
+        self._lost: Exception | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self._lost is None and not self.transport.is_closing()
+
+    def call(self, packed: bytes, replies: int) -> asyncio.Future[list[object]]:
+        """Send `packed` (`replies` commands); the future resolves to their replies in order."""
+        future = asyncio.get_running_loop().create_future()
+        if self._lost is not None:
+            future.set_exception(self._lost)
+            return future
+        self._future, self._expected, self._replies = future, replies, []
+        self.transport.write(packed)
+        return future
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        replies = self._replies
+        try:
+            while (reply := reader.gets()) is not False:
+                if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
+                    reply = NoScriptError(str(reply))
+                replies.append(reply)
+        except hiredis.ProtocolError as exc:
+            self._fail(ConnectionError(f"Redis protocol error: {exc}"))
+            return
+        future = self._future
+        if future is not None and len(replies) >= self._expected:
+            self._future = None
+            if not future.done():
+                future.set_result(replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionError(f"Redis connection lost: {exc}" if exc else "Redis closed the connection"))
+
+    def _fail(self, exc: Exception) -> None:
+        self._lost = exc
+        future, self._future = self._future, None
+        if future is not None and not future.done():
+            future.set_exception(exc)
+        self.transport.close()
+
+    def close(self) -> None:
+        self._lost = self._lost or ConnectionError("closed")
+        self.transport.close()
 
 
 class Appender:
@@ -192,7 +261,7 @@ class Appender:
         self._scheduled = False
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._idle: list[AbstractConnection] = []
+        self._idle: list[Wire] = []
 
     async def append(self, post: Post) -> Result:
         loop = asyncio.get_running_loop()
@@ -268,40 +337,48 @@ class Appender:
                 replies[i] = result if isinstance(result, Exception) else result[k]  # type: ignore[index]
         return replies
 
-    def _new_connection(self) -> AbstractConnection:
-        """One of the appender's own connections (one per write in flight), with the client's
-        settings: a checkout from the pool would cost a lock and a readability probe per write.
-        No socket timeout of its own: `_run`'s deadline bounds the whole write and its replies
-        (redis-py would otherwise wrap every write in a new task)."""
+    async def _open(self) -> Wire:
+        """One of the appender's own connections (one per write in flight). redis-py opens it
+        with the client's settings (address, TLS, AUTH, SELECT: whatever the URL says), then the
+        appender takes its transport over: a checkout from the pool, redis-py's stream reader and
+        its per-reply coroutines would cost more than the rest of the write."""
         pool = self.redis.connection_pool
-        return pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+        connection = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+        await connection.connect()
+        writer = connection._writer
+        assert writer is not None
+        # Detached, or the connection would close the transport when it is garbage-collected.
+        connection._writer = connection._reader = None
+        wire = Wire(writer)
+        writer.transport.set_protocol(wire)
+        return wire
 
     async def _send(self, calls: list[list[int]], posts: list[Post], verb: str, script: str) -> list[object]:
-        """All calls in one write, then their replies in order: a pipeline without the client's
-        per-command and per-checkout bookkeeping (this is the gateway's hot path)."""
-        connection = self._idle.pop() if self._idle else self._new_connection()
+        """All calls in one write, then their replies in order (each an `Exception` when that
+        call failed, e.g. NOSCRIPT: the others stand). No deadline of its own: `_run`'s bounds
+        the whole write and its replies."""
+        wire = None
+        while self._idle and wire is None:
+            wire = self._idle.pop()
+            if not wire.usable:  # Redis closed it while idle (restart, timeout): open anew
+                wire.close()
+                wire = None
+        if wire is None:
+            wire = await self._open()
         try:
             packed = b"".join(
                 script_call(verb, script, [posts[i] for i in call], self.high_water) for call in calls
             )
-            await connection.send_packed_command(packed, check_health=False)
-            results: list[object] = []
-            for _ in calls:
-                try:
-                    results.append(await connection.read_response())
-                except ResponseError as exc:  # this call's error (e.g. NOSCRIPT): the others stand
-                    results.append(exc)
+            results = await wire.call(packed, len(calls))
         except BaseException:
-            # A reply may still be on the wire: this connection starts afresh next time.
-            await connection.disconnect()
-            self._idle.append(connection)
+            wire.close()  # a reply may still be on the wire: this connection is done
             raise
-        self._idle.append(connection)
+        self._idle.append(wire)
         return results
 
     async def close(self) -> None:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.timeout_s)
-        for connection in self._idle:
-            await connection.disconnect()
+        for wire in self._idle:
+            wire.close()
         self._idle.clear()
