@@ -59,6 +59,28 @@ _POSTS_LEVEL = (
     "AND ts < fromUnixTimestamp64Milli({end:Int64}, 'UTC') GROUP BY i"
 )
 
+# Short ranges: every post of the range aggregated directly. Below a few weeks of 1-minute posts
+# this is cheaper than the two-level plan, whose fixed cost (two table reads, a key analysis over
+# a set of scattered hours, merging aggregate states) dominates there.
+RAW_BUCKETS_SQL = (
+    "SELECT "
+    + _IDX.format(t="toUnixTimestamp64Milli(ts)")
+    + " AS i, count(), "
+    + ", ".join(
+        [f"argMax({c}, ts)" for c in LAST_FIELDS.values()] + [f"avg({c})" for c in AVG_FIELDS.values()]
+    )
+    + ", sumMap(CAST(custom, 'Map(String, Float64)')), "
+    "sumMap(CAST(mapApply((k, v) -> (k, toUInt64(1)), custom), 'Map(String, UInt64)')) "
+    "FROM bot_stats_posts WHERE bot_id = {id:String} "
+    "AND ts >= fromUnixTimestamp64Milli({start:Int64}, 'UTC') "
+    "AND ts < fromUnixTimestamp64Milli({end:Int64}, 'UTC') GROUP BY i ORDER BY i"
+)
+
+# Ranges up to this many hours are read raw (see RAW_BUCKETS_SQL). Measured on embedded chDB with
+# 1-minute posts: 30 days raw ~13 ms against ~25 ms for the two-level plan; the two cost the same
+# near 45 days.
+RAW_MAX_HOURS = 960
+
 BUCKETS_SQL = (
     "SELECT i, sum(posts), "
     + ", ".join(
@@ -96,9 +118,12 @@ async def buckets(
     store: Store, bot_id: str, start: int, end: int, n: int, custom_names: list[str]
 ) -> list[dict[str, Any]]:
     span = end - start
-    hours = ragged_hours(start, end, n)
-    params = {"id": bot_id, "start": start, "end": end, "n": n, "span": span, "hours": hours}
-    rows = await store.query(BUCKETS_SQL, params)
+    params: dict[str, Any] = {"id": bot_id, "start": start, "end": end, "n": n, "span": span}
+    if span <= RAW_MAX_HOURS * _HOUR:
+        rows = await store.query(RAW_BUCKETS_SQL, params)
+    else:
+        params["hours"] = ragged_hours(start, end, n)
+        rows = await store.query(BUCKETS_SQL, params)
     by_index = {int(r[0]): r for r in rows}
     names = set(custom_names)
     for r in rows:
