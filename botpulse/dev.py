@@ -156,12 +156,16 @@ def run_dev(args: argparse.Namespace) -> int:
             REDIS_URL=redis_url,
             CLICKHOUSE_URL=settings.clickhouse_url,
             BOTPULSE_ENV=settings.env,
-            BOTPULSE_ADMIN_TOKEN=admin_token,
         )
+        child_env.pop("BOTPULSE_ADMIN_TOKEN", None)  # the gateway has no admin routes
         gateway = spawn_child([sys.executable, "-m", "botpulse", "gateway"], env=child_env)
         gateway_url = f"http://{settings.gateway_listen}:{settings.gateway_port}"
         query_url = f"http://{settings.query_listen}:{settings.query_port}{settings.query_prefix}"
-        stack_file(settings).write_bytes(
+        # It carries the operator token: readable by this user only, like admin_token and demo.json.
+        stack_path = stack_file(settings)
+        stack_path.touch(mode=0o600)
+        stack_path.chmod(0o600)
+        stack_path.write_bytes(
             msgspec.json.encode(StackInfo(os.getpid(), gateway_url, query_url, redis_url, admin_token))
         )
         app = build_app(settings, store, with_worker=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -24,7 +23,7 @@ from redis.exceptions import RedisError
 
 from query import app as query_app
 from registry import admin, audit, index, model, records
-from registry.keys import parse_authorization
+from registry.keys import parse_authorization, same_secret
 from runtime.logs import get_logger
 
 log = get_logger(__name__)
@@ -226,7 +225,7 @@ def _check_admin(request: web.Request) -> None:
     if not token:
         raise model.Forbidden("The admin API is disabled: BOTPULSE_ADMIN_TOKEN is not set")
     given = parse_authorization(request.headers.get("Authorization")) or ""
-    if not hmac.compare_digest(given.encode(), token.encode()):
+    if not same_secret(given, token):
         raise model.Unauthorized()
 
 

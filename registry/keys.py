@@ -13,8 +13,14 @@ def generate_key() -> str:
     return PREFIX + secrets.token_urlsafe(32)
 
 
+def _bytes(text: str) -> bytes:
+    # aiohttp hands over header bytes that are not UTF-8 as lone surrogates; such a key matches
+    # nothing (our keys are ASCII) but must be refused as unknown, not raise.
+    return text.encode("utf-8", "surrogateescape")
+
+
 def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    return hashlib.sha256(_bytes(key)).hexdigest()
 
 
 def key_hint(key: str) -> str:
@@ -22,8 +28,9 @@ def key_hint(key: str) -> str:
     return key[:7] + "…"
 
 
-def same_hash(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
+def same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison of a presented secret (e.g. the operator token)."""
+    return hmac.compare_digest(_bytes(given), _bytes(expected))
 
 
 def parse_authorization(header: str | None) -> str | None:

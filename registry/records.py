@@ -371,8 +371,13 @@ async def create_bot(
     """A new bot owned by `account_id`; `Conflict` when the id is taken."""
     values = given(fields)
     async with registry_lock(redis):
-        if await get_bot(store, bot_id) is not None:
+        row = await _bot_row(store, bot_id)
+        if row is not None and not row.deleted:
             raise Conflict(f"Bot {bot_id} already exists", "id")
+        # A removed bot's stats, custom graphs and audit log stay stored under its id: only the
+        # account that owned it may register the id again, or another account would read them.
+        if row is not None and row.bot.account_id != account_id:
+            raise Conflict(f"Bot id {bot_id} was used by another account", "id")
         if await get_account(store, account_id) is None:
             raise Invalid(f"No account {account_id!r}", "account")
         bot = Bot(

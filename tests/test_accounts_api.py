@@ -431,3 +431,22 @@ async def test_losing_redis_entirely_loses_nothing(api, make_settings, store, re
         assert resp.status == 200
     finally:
         await fresh.close()
+
+
+async def _raw_get(client: TestClient, path: str, authorization: bytes) -> int:
+    """A request whose Authorization header is not UTF-8 (aiohttp's client would refuse to send it)."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: " + authorization
+        + b"\r\nConnection: close\r\n\r\n"
+    )  # fmt: skip
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    return int(status_line.split()[1])
+
+
+async def test_key_or_token_that_is_not_utf8_is_refused_not_an_error(api):
+    await _account(api, "alpha")
+    assert await _raw_get(api, "/v1/account", b"DS-\xff\xfe") == 401
+    assert await _raw_get(api, "/v1/admin/accounts", b"Bearer \xff") == 401

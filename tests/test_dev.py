@@ -73,6 +73,8 @@ def test_dev_prints_a_working_curl_and_finds_its_data_again(tmp_path):
         read = next(line.strip() for line in lines if line.strip().startswith("curl '"))
         key = re.search(r"API key: (DS-\S+)", text).group(1)
         assert f"127.0.0.1:{gport}" in post and key in post
+        # The stack file carries the operator token: this user only.
+        assert (data_dir / "stack.json").stat().st_mode & 0o777 == 0o600
 
         result = subprocess.run(shlex.split(post), capture_output=True, text=True, timeout=10)
         assert "HTTP/1.1 204" in result.stdout, result.stdout + result.stderr

@@ -101,6 +101,23 @@ async def test_create_update_remove_bot_is_audited_and_indexed(store, redis):
     assert created.at.endswith("Z") and created.at < changed.at < removed.at
 
 
+async def test_removed_bot_id_cannot_be_taken_by_another_account(store, redis):
+    # The removed bot's stats and audit log stay stored under its id: another account that could
+    # re-register the id would read them.
+    owner, _ = await records.create_account(store, redis, "owner")
+    other, _ = await records.create_account(store, redis, "other")
+    await _bot(store, redis, "777", owner.id, private=True, vote_webhook_url="https://hooks.example/secret")
+    await records.remove_bot(store, redis, "777", by=model.OPERATOR)
+
+    with pytest.raises(model.Conflict) as info:
+        await _bot(store, redis, "777", other.id)
+    assert info.value.field == "id"
+    assert await records.get_bot(store, "777") is None
+
+    again = await _bot(store, redis, "777", owner.id)  # its own account may bring it back
+    assert again.account_id == owner.id
+
+
 async def test_unchanged_update_writes_nothing(store, redis):
     account, _ = await records.create_account(store, redis, "alpha")
     bot = await _bot(store, redis, "7", account.id, username="same")
