@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 
@@ -25,6 +26,8 @@ from runtime.logs import get_logger
 from schemas.registry import IndexedBot, decode_bot, encode_bot
 
 log = get_logger(__name__)
+
+V = TypeVar("V")
 
 VERSION_KEY = "bp:reg:version"
 READY_KEY = "bp:reg:ready"
@@ -132,7 +135,7 @@ class RegistryCache:
         raw, cacheable = await self._fetch(key_entry(key_hash))
         account = raw.decode() if raw is not None else None
         if cacheable:
-            self._accounts[key_hash] = account
+            _remember(self._accounts, key_hash, account)
         return account
 
     async def bot(self, bot_id: str) -> IndexedBot | None:
@@ -143,8 +146,20 @@ class RegistryCache:
         raw, cacheable = await self._fetch(bot_entry(bot_id))
         bot = decode_bot(raw) if raw is not None else None
         if cacheable:
-            self._bots[bot_id] = bot
+            _remember(self._bots, bot_id, bot)
         return bot
+
+
+# Misses are cached too (unknown keys and bot ids cost no round trip once seen), so anyone can
+# add entries: past this many the cache starts over, which bounds memory and costs each live
+# key and bot one refetch.
+MAX_CACHED = 50_000
+
+
+def _remember(cache: dict[str, V], key: str, value: V) -> None:
+    if len(cache) >= MAX_CACHED:
+        cache.clear()
+    cache[key] = value
 
 
 async def put_account_key(

@@ -293,3 +293,15 @@ async def test_a_miss_while_the_index_is_missing_is_not_remembered(store, redis,
     assert cache.ready is False  # flipped by the lookup itself: callers answer 503, not 401
     await records.ensure_index(store, redis, settings.stream_partitions)
     assert await cache.account_for_key(key) == account.id  # no poll in between: the miss was not cached
+
+
+async def test_cache_of_unknown_keys_and_bots_is_bounded(store, redis, monkeypatch):
+    await records.rebuild_index(store, redis, 1)
+    account, key = await records.create_account(store, redis, "alpha")
+    monkeypatch.setattr(index, "MAX_CACHED", 5)
+    cache = RegistryCache(redis)
+    for i in range(20):
+        assert await cache.account_for_key(f"DS-unknown-{i}") is None
+        assert await cache.bot(f"nobot-{i}") is None
+    assert len(cache._accounts) <= 5 and len(cache._bots) <= 5
+    assert await cache.account_for_key(key) == account.id  # still answers after starting over
