@@ -134,6 +134,23 @@ class _Seen(msgspec.Struct, frozen=True):
     custom_names: list[str]
 
 
+_NAMES = "(SELECT arraySort(groupUniqArray(name)) FROM custom_metric_names WHERE bot_id = {id:String})"
+
+# Without the first post, the last one is the newest row of `bot_stats_posts` by its
+# `(bot_id, ts)` key: a read-in-order of one granule per part, cheaper than the daily roll-up's
+# per-month parts.
+_LAST_AND_NAMES_SQL = (
+    "SELECT (SELECT groupArray(toUnixTimestamp64Milli(ts)) FROM (SELECT ts FROM bot_stats_posts"
+    " WHERE bot_id = {id:String} ORDER BY ts DESC LIMIT 1)), " + _NAMES
+)
+
+
+async def _last_seen_and_names(store: Store, bot_id: str) -> _Seen:
+    """Last post and custom-graph names (for requests that need no first post)."""
+    last, names = (await store.query(_LAST_AND_NAMES_SQL, {"id": bot_id}))[0]
+    return _Seen(None, int(last[0]) if last else None, list(names))
+
+
 async def _seen(store: Store, bot_id: str) -> _Seen:
     """First and last post (from the daily roll-up) and custom-graph names, in one round trip."""
     rows = await store.query(
@@ -175,7 +192,7 @@ async def get_bot_info(request: web.Request) -> web.Response:
         except BadParam as exc:
             return error(400, exc.message, exc.field)
         seen, stats, totals = await asyncio.gather(
-            _seen(store, bot_id),
+            _last_seen_and_names(store, bot_id),
             buckets(store, bot_id, start, end, points, []),
             custom_totals(store, bot_id, start, end),
         )

@@ -42,3 +42,22 @@ async def test_plan_threshold_edges(world, monkeypatch, hours):  # noqa: F811
             assert g.keys() == e.keys()
             for k in e:
                 assert g[k] == (pytest.approx(e[k], rel=1e-9) if isinstance(e[k], float) else e[k]), (span, k)
+
+
+async def test_last_seen_and_names_are_the_same_with_or_without_a_start(world):  # noqa: F811
+    # With a given start the service reads the last post from the posts copy instead of the daily
+    # roll-up: the answer must not change, including a post after `end` and a bot with no post.
+    c, store = world["client"], world["store"]
+    _, empty = await get(c, "/v1/bot/100", returnStats="true", start=T0, end=T0 + MIN)
+    assert empty["lastSeen"] is None and empty["connectionStatus"] == "disconnected"
+    rows = [stat("100", T0 + 5, guilds=1), stat("100", T0 + 3 * 86_400_000 + 77, guilds=2)]
+    await store.insert("bot_stats", rows, STATS_COLUMNS)
+    await store.insert(
+        "custom_metric_names", [["100", "votes", rows[0][1]], ["100", "messages", rows[0][1]]],
+        ["bot_id", "name", "first_seen"],
+    )  # fmt: skip
+    _, plain = await get(c, "/v1/bot/100")
+    _, ranged = await get(c, "/v1/bot/100", returnStats="true", start=T0, end=T0 + MIN, dataPoints=2)
+    assert plain["lastSeen"] == ranged["lastSeen"] == T0 + 3 * 86_400_000 + 77
+    assert plain["customGraphs"] == ranged["customGraphs"] == ["messages", "votes"]
+    assert [b["custom"] for b in ranged["stats"]] == [{"messages": None, "votes": None}] * 2
