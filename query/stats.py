@@ -7,7 +7,9 @@ Definition: `[start, end)` is split into `n` buckets; a post at `t` (ms) falls i
 fields, the mean of the non-null values of the averaged fields, and per custom metric the mean
 over the posts that carried it.
 
-Plan (two reads, whatever the range): an hour of `bot_stats_1h` is used when the whole hour lies
+Plans. Up to `RAW_MAX_HOURS` the posts of the range are aggregated directly (one read of
+`bot_stats_posts`; below ~40 days of 1-minute posts this beats the two-level plan's fixed costs).
+Longer ranges use the two-level plan: an hour of `bot_stats_1h` is used when the whole hour lies
 inside one bucket; the posts of every other hour in the range (the "ragged" hours, which hold a
 bucket edge or a range end) come from `bot_stats_posts`, the raw posts in 128-row granules, so
 only those hours are read. Every post is therefore counted exactly once, and argMax/avg states
