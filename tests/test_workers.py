@@ -425,6 +425,22 @@ async def test_entries_taken_over_while_buffered_are_not_written_twice(fast, fas
     assert list((await redis.hgetall(batches_key(0))).keys()) == [batch.record.token.encode()]
 
 
+async def test_group_moved_back_while_buffered_stores_each_entry_once(fast, fast_store, redis):
+    """Reads are trusted to arrive in stream order (no sort); an operator rewinding the group
+    (XGROUP SETID) re-delivers buffered entries, and the batch must still hold each id once."""
+    events = [stats_event("g1", guilds=i) for i in range(4)]
+    ids = await post(redis, events)
+    worker = Worker(fast, fast_store, redis)
+    await worker.ensure_groups()
+    await worker._read()
+    await redis.xgroup_setid(stream_key(0), GROUP, "0")
+    await worker._read()
+    assert [e.id for e in worker._buffers[0]] == ids + ids
+    await worker.flush()
+    assert await stored_ids(fast_store) == sorted(e.event_id for e in events)
+    assert (await redis.xpending(stream_key(0), GROUP))["pending"] == 0
+
+
 def test_claim_idle_must_cover_two_batches_and_inserts(make_settings, tmp_path):
     with pytest.raises(SettingsError, match="BOTPULSE_CLAIM_IDLE_MS=1000 is too small"):
         check_settings(make_settings(batch_ms=500, insert_timeout_s=1.0, claim_idle_ms=1000))
