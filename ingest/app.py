@@ -26,7 +26,7 @@ from runtime.logs import get_logger
 from runtime.redis import connect
 from runtime.settings import Settings
 from runtime.streams import custom_rate_key, partition_of, stats_rate_key
-from schemas.registry import IndexedBot
+from schemas.registry import BOT_ID, IndexedBot
 from schemas.stream import CustomPayload, StatsPayload, StreamEvent, encode_event
 
 log = get_logger(__name__)
@@ -128,18 +128,27 @@ class Gateway:
                 raise Refusal(401, UNAUTHORIZED)
             account = await registry.account_for_key(key)
             if account is None:
-                raise Refusal(401, UNAUTHORIZED)
-            bot = await registry.bot(bot_id)
+                raise self._unknown(registry, 401, UNAUTHORIZED)
+            # Ids that cannot exist are refused before a lookup (and never fill the cache).
+            bot = await registry.bot(bot_id) if BOT_ID.match(bot_id) else None
+            if bot is None:
+                raise self._unknown(registry, 404, NOT_FOUND)
         except Refusal:
             raise
         except Exception as exc:
             log.warning("registry lookup failed", error=str(exc))
             raise Refusal(503, "Storage is unavailable, try again shortly", retry_after_s=1) from None
-        if bot is None:
-            raise Refusal(404, NOT_FOUND)
         if bot.account_id != account:
             raise Refusal(403, "This API key cannot post for this bot")
         return account, bot
+
+    @staticmethod
+    def _unknown(registry: RegistryCache, status: int, message: str) -> Refusal:
+        """A miss while the index turned out to be missing (Redis emptied, rebuild pending) is not
+        an unknown key or bot: the client should retry, not give up."""
+        if not registry.ready:
+            return Refusal(503, "The registry index is not ready yet", retry_after_s=1)
+        return Refusal(status, message)
 
     @staticmethod
     def key_of(request: web.Request) -> str | None:

@@ -193,6 +193,11 @@ def parse_statcord(body: bytes) -> StatcordPost:
     if mem_load is not None and mem_load > 100:
         raise BadInput("Invalid `memload`: a percentage from 0 to 100", "memload")
     ram_total = mem_active / (mem_load / 100) if mem_active and mem_load else None
+    if ram_total is not None and not (math.isfinite(ram_total) and ram_total <= MAX_EXACT):
+        # A tiny memload makes the derived total absurd (or infinite): refuse the input at fault.
+        raise BadInput(
+            "Invalid `memload`: too small for `memactive` (derived total RAM over 2^53)", "memload"
+        )
     metrics: dict[str, float] = {}
     commands = _count(post.commands, "commands")
     if commands is not None:

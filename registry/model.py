@@ -7,13 +7,13 @@ shape as the gateway), and returns only the fields that were given.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 
-BOT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+from schemas.registry import BOT_ID
+
 MAX_URL = 2048
 MAX_TEXT = 256
 MAX_SLOTS = 1000

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import msgspec
+
+# What a bot id may be (Discord ids are digit strings): the one rule every service checks.
+BOT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 class IndexedBot(msgspec.Struct, frozen=True, forbid_unknown_fields=False):

@@ -334,9 +334,10 @@ async def test_statcord_errors_and_rate_limit(env: Env) -> None:
     resp = await env.client.post("/v3/stats", json=statcord_body("statcord.com-wrong"))
     assert resp.status == 401
     assert (await body_of(resp))["error"] is True
-    resp = await env.client.post("/v3/stats", json=statcord_body(env.key, memload="lots"))
-    answer = await body_of(resp)
-    assert (resp.status, answer["field"], answer["error"]) == (400, "memload", True)
+    for memload in ("lots", "1e-300"):  # 1e-300 % would make the derived total RAM infinite
+        resp = await env.client.post("/v3/stats", json=statcord_body(env.key, memload=memload))
+        answer = await body_of(resp)
+        assert (resp.status, answer["field"], answer["error"]) == (400, "memload", True)
     for _ in range(env.settings.stats_rate_burst):
         assert (await env.client.post("/v3/stats", json=statcord_body(env.key))).status == 200
     resp = await env.client.post("/v3/stats", json=statcord_body(env.key))
@@ -534,6 +535,25 @@ async def test_registry_not_ready_is_503(env: Env) -> None:
     assert resp.status == 503
     assert int(resp.headers["Retry-After"]) >= 1
     assert await env.stream_length() == length
+
+
+async def test_index_lost_under_a_cached_ready_flag_is_503_not_401(env: Env) -> None:
+    # The first lookup after Redis was emptied finds no key: that is "retry", not "unknown key".
+    assert (await env.client.post(f"/v1/bot/{BOT}", json={"guilds": 1}, headers=env.auth())).status == 204
+    await env.redis.flushall()
+    resp = await env.client.post(f"/v1/bot/{OTHER_BOT}", json={"guilds": 1}, headers=env.auth(env.other_key))
+    assert resp.status == 503
+    assert int(resp.headers["Retry-After"]) >= 1
+
+
+async def test_impossible_bot_id_is_404_without_a_lookup(env: Env) -> None:
+    registry = env.client.server.app[ingest.app.REGISTRY]
+    for bot_id in ("a%20b", "x" * 65, "%C3%A9t%C3%A9"):
+        resp = await env.client.post(f"/v1/bot/{bot_id}", json={"guilds": 1}, headers=env.auth())
+        assert resp.status == 404
+        assert (await body_of(resp))["message"]
+    assert not any(key != BOT for key in registry._bots)  # nothing cached for impossible ids
+    assert await env.stream_length() == 0
 
 
 async def test_script_reloaded_after_redis_lost_it(env: Env) -> None:
