@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{name}-profile.txt" if sizes.mode == "full" else f"{sizes.mode}-{name}-profile.txt"
             )
             shutil.copyfile(path, target)
-            profiles[name] = str(target)
+            profiles[name] = str(target.relative_to(REPO)) if target.is_relative_to(REPO) else str(target)
         else:
             b.say(f"profile of {name} was not written")
     document["profiles"] = profiles
