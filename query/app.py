@@ -13,6 +13,8 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
+from clickhouse_connect.driver.exceptions import OperationalError
+from redis.exceptions import RedisError
 
 from query import accounts_api, params
 from query.listing import (
@@ -38,6 +40,7 @@ from registry.index import VERSION_KEY, RegistryCache
 from registry.keys import parse_authorization
 from registry.records import Bot, ensure_index, get_bot
 from runtime.clickhouse import Store
+from runtime.logs import get_logger
 from runtime.redis import connect
 from runtime.settings import Settings
 
@@ -52,8 +55,13 @@ MAX_UPTIME_IDS = 100
 _encoder = msgspec.json.Encoder()
 
 
-def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=_encoder.encode(body), status=status, content_type="application/json")
+log = get_logger(__name__)
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=_encoder.encode(body), status=status, content_type="application/json", headers=headers
+    )
 
 
 def error(status: int, message: str, field: str | None = None) -> web.Response:
@@ -477,6 +485,29 @@ async def cors(
     return response
 
 
+# Failures of the parts behind the service, not of the request: the client should retry.
+_UNAVAILABLE = (RedisError, OperationalError, OSError, asyncio.TimeoutError)
+
+
+@web.middleware
+async def backend_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every answer is JSON with a `message`, even when Redis or ClickHouse fails underneath."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except _UNAVAILABLE as exc:
+        log.warning("backend unavailable", path=request.path, error=str(exc))
+        return json_response(
+            {"message": "Storage is unavailable, try again shortly"}, status=503, headers={"Retry-After": "1"}
+        )
+    except Exception:
+        log.exception("request failed", path=request.path)
+        return json_response({"message": "Internal error"}, status=500)
+
+
 def build_app(settings: Settings, store: Store, *, with_worker: bool = False) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings
@@ -515,11 +546,11 @@ def build_app(settings: Settings, store: Store, *, with_worker: bool = False) ->
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if not settings.query_prefix:
-        app.middlewares.append(cors)
+        app.middlewares.extend([cors, backend_errors])
         return app
     # Mounted as a sub-application so the accounts routes land under the prefix too; the keys are
     # also set on the root so code holding the returned app still finds them.
-    root = web.Application(middlewares=[cors])
+    root = web.Application(middlewares=[cors, backend_errors])
     root[SETTINGS] = settings
     root[STORE] = store
     root.add_subapp(settings.query_prefix, app)

@@ -7,8 +7,9 @@ parameter. Anything outside the whitelist is a `BadListing` (400), never SQL.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import msgspec
 
 from runtime.clickhouse import Store
 
@@ -58,8 +59,10 @@ def _load(name: str, raw: str | None) -> Any:
     if raw is None or raw.strip() == "":
         return None
     try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
+        # msgspec, like the gateway: it refuses lone surrogates, which json.loads lets through
+        # and ClickHouse then fails to cast.
+        return msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
         raise BadListing(f"{name} is not valid JSON") from None
 
 

@@ -11,6 +11,7 @@ import math
 # 1e11 ms is 1973, so real timestamps of either kind never fall on the wrong side.
 _SECONDS_BELOW = 100_000_000_000
 MAX_ID_LENGTH = 128
+_MAX_TIMESTAMP_TEXT = 40  # the longest ISO-8601 form with zone and fraction is about 35
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no", ""}
 
@@ -25,6 +26,8 @@ class BadParam(Exception):
 def timestamp_ms(field: str, raw: str) -> int:
     """Unix ms, Unix seconds (bare numbers below 1e11) or an ISO-8601 date/time (UTC if no zone)."""
     text = raw.strip()
+    if len(text) > _MAX_TIMESTAMP_TEXT:
+        raise BadParam(field, f"{field} is longer than {_MAX_TIMESTAMP_TEXT} characters")
     try:
         number = decimal.Decimal(text)  # exact: "1752727252.516" s is exactly ...516 ms
     except decimal.InvalidOperation:
@@ -32,6 +35,10 @@ def timestamp_ms(field: str, raw: str) -> int:
     if number is not None:
         if not number.is_finite():
             raise BadParam(field, f"{field} must be a finite timestamp")
+        # Before any arithmetic: "1e9999999" is 9 characters, but flooring it would build an
+        # integer of ten million digits and stall the event loop.
+        if number.adjusted() > 16:
+            raise BadParam(field, f"{field} is out of range (1970 to 2286)")
         ms = number * 1000 if abs(number) < _SECONDS_BELOW else number
         value = math.floor(ms)
     else:
