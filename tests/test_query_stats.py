@@ -316,6 +316,16 @@ async def test_posts_copy_backfills_posts_stored_before_it_existed(store):
         "SETTINGS mutations_sync = 2"
     )
     await store.insert("bot_stats", [stat("100", T0 + 10, guilds=10)], STATS_COLUMNS)  # copied by the view
+    # A lagging partition: the view also copied a post older than the ones waiting for backfill.
+    await store.insert("bot_stats", [stat("100", T0 - 5, guilds=99)], STATS_COLUMNS)
     assert migrate(store) == ["0031_query_posts_backfill"]
     rows = await store.query("SELECT guilds FROM bot_stats_posts ORDER BY ts")
-    assert [r[0] for r in rows] == [0, 1, 2, 10]  # each post once
+    assert [r[0] for r in rows] == [99, 0, 1, 2, 10]  # each post once, none lost
+    # Run again (as after an interruption): nothing is copied twice.
+    await store.command(
+        "ALTER TABLE schema_migrations DELETE WHERE version = '0031_query_posts_backfill' "
+        "SETTINGS mutations_sync = 2"
+    )
+    assert migrate(store) == ["0031_query_posts_backfill"]
+    rows = await store.query("SELECT guilds FROM bot_stats_posts ORDER BY ts")
+    assert [r[0] for r in rows] == [99, 0, 1, 2, 10]
