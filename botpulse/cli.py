@@ -7,6 +7,9 @@ import argparse
 import importlib
 import sys
 
+from clickhouse_connect.driver.exceptions import OperationalError as ClickHouseOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from runtime.settings import SettingsError
 
 # Modules that add subcommands. Each defines `register(subparsers) -> None`; the handler a
@@ -35,6 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"botpulse: {exc}", file=sys.stderr)
         return 2
+    except (ClickHouseOperationalError, RedisConnectionError) as exc:
+        # A part that cannot be reached at start-up: one line naming it, not a traceback.
+        part = (
+            "ClickHouse (CLICKHOUSE_URL)"
+            if isinstance(exc, ClickHouseOperationalError)
+            else "Redis (REDIS_URL)"
+        )
+        print(f"botpulse: cannot reach {part}: {str(exc).splitlines()[0][:300]}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -21,7 +21,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
 
-from runtime.settings import Settings
+from runtime.settings import Settings, SettingsError
 
 # ClickHouse error codes that mean "this data can never be written" rather than "try again".
 _DATA_ERROR_CODES = {
@@ -68,7 +68,13 @@ class Store:
     def _new_client(self, database: str | None) -> Client:
         url = self.settings.clickhouse_url
         if self.embedded:
-            return clickhouse_connect.get_client(dsn=url, database=database)
+            try:
+                return clickhouse_connect.get_client(dsn=url, database=database)
+            except ImportError:
+                raise SettingsError(
+                    f"CLICKHOUSE_URL={url!r} needs the embedded engine: install botpulse[chdb], "
+                    "or set CLICKHOUSE_URL=http(s)://host:8123 for a ClickHouse server"
+                ) from None
         parsed = urlparse(url)
         return clickhouse_connect.get_client(
             dsn=url,

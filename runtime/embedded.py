@@ -63,7 +63,9 @@ class EmbeddedRedis:
             "--protected-mode", "yes",
             "--daemonize", "no",
         ]  # fmt: skip
-        self.proc = spawn_child(args, stdout=log, stderr=log)
+        # Its own session: a Ctrl-C in the terminal reaches botpulse, which stops Redis last,
+        # after the worker has flushed and acked (PDEATHSIG still stops it if botpulse dies).
+        self.proc = spawn_child(args, stdout=log, stderr=log, start_new_session=True)
         log.close()
         (self.data_dir / "valkey.pid").write_text(str(self.proc.pid))
         deadline = time.monotonic() + timeout

@@ -34,6 +34,8 @@ def configure_logging(settings: Settings) -> None:
     )
     # Libraries that log through the stdlib (aiohttp access log, clickhouse-connect) go to stderr too.
     logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr, format="%(name)s %(message)s")
+    # urllib3 narrates each connection retry; botpulse logs the failure that matters itself.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -67,3 +67,24 @@ def test_cli_reports_bad_setting_and_exits_2(monkeypatch, capsys):
     assert main(["migrate"]) == 2
     err = capsys.readouterr().err
     assert "BOTPULSE_BATCH_MS='soon' is invalid" in err
+
+
+def test_unreachable_clickhouse_at_start_is_one_line_naming_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from runtime.embedded import free_port
+
+    env = dict(
+        os.environ,
+        CLICKHOUSE_URL=f"http://127.0.0.1:{free_port()}",
+        BOTPULSE_INSERT_TIMEOUT_S="2",
+        BOTPULSE_DATA_DIR=str(tmp_path),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "botpulse", "migrate"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    assert "botpulse: cannot reach ClickHouse (CLICKHOUSE_URL)" in result.stderr
+    assert "Traceback" not in result.stderr
