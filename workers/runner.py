@@ -331,7 +331,7 @@ class Worker:
                 await self.upkeep.touch_own(stream, GROUP, self.consumer, [e.id for e in self._buffers[p]])
             cursor: bytes | str = "0-0"
             for _ in range(1000):
-                next_cursor, claimed, deleted = await self.redis.xautoclaim(
+                reply = await self.redis.xautoclaim(
                     stream,
                     GROUP,
                     self.consumer,
@@ -339,6 +339,10 @@ class Worker:
                     cursor,
                     count=self.settings.batch_rows,
                 )
+                # Redis 7 adds the ids of pending entries deleted from the stream; 6.2 has no
+                # third element (and cannot tell us about them).
+                next_cursor, claimed = reply[0], reply[1]
+                deleted = reply[2] if len(reply) > 2 else []
                 if deleted:
                     log.error(
                         "pending entries were deleted before being written: counted as lost",
