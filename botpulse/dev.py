@@ -123,6 +123,7 @@ def _wait_http(url: str, timeout: float = 20.0) -> bool:
 
 def run_dev(args: argparse.Namespace) -> int:
     from query.app import build_app
+    from query.server import run
     from runtime.clickhouse import Store
     from runtime.migrations import migrate
 
@@ -182,14 +183,7 @@ def run_dev(args: argparse.Namespace) -> int:
             app[ANNOUNCE] = asyncio.create_task(announce())
 
         app.on_startup.append(on_startup)
-        web.run_app(
-            app,
-            host=settings.query_listen,
-            port=settings.query_port,
-            print=None,
-            access_log=None,
-            shutdown_timeout=10,
-        )
+        run(app, settings)
     finally:
         stack_file(settings).unlink(missing_ok=True)
         if gateway is not None and gateway.poll() is None:

@@ -21,7 +21,7 @@ from aiohttp import web
 from ingest.append import Appender, Outcome, Post, Result
 from ingest.bodies import BadInput, parse_custom, parse_dbots, parse_statcord, parse_stats
 from registry.index import RegistryCache, is_ready
-from registry.keys import parse_authorization
+from registry.keys import request_key
 from runtime.logs import get_logger
 from runtime.redis import connect
 from runtime.settings import Settings
@@ -152,7 +152,7 @@ class Gateway:
 
     @staticmethod
     def key_of(request: web.Request) -> str | None:
-        return parse_authorization(request.headers.get("Authorization")) or request.query.get("apikey")
+        return request_key(request.headers, request.query)
 
     async def append(
         self,

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from query import app as query_app
 from registry import admin, audit, index, model, records
-from registry.keys import parse_authorization, same_secret
+from registry.keys import parse_authorization, request_key, same_secret
 from runtime.logs import get_logger
 
 log = get_logger(__name__)
@@ -86,7 +86,7 @@ async def _rebuild_if_missing(app: web.Application) -> bool:
 
 async def caller(request: web.Request) -> str:
     """The account whose key the request carries (`Authorization` or `?apikey=`)."""
-    key = parse_authorization(request.headers.get("Authorization")) or request.query.get("apikey")
+    key = request_key(request.headers, request.query)
     if not key:
         raise model.Unauthorized()
     registry = request.app[query_app.REGISTRY]

@@ -37,7 +37,7 @@ from query.uptime import (
     uptimes,
 )
 from registry.index import VERSION_KEY, RegistryCache
-from registry.keys import parse_authorization
+from registry.keys import request_key
 from registry.records import Bot, ensure_index, get_bot
 from runtime.clickhouse import Store
 from runtime.logs import get_logger
@@ -78,7 +78,7 @@ def now_ms() -> int:
 
 
 async def caller_account(request: web.Request) -> str | None:
-    key = parse_authorization(request.headers.get("Authorization")) or request.query.get("apikey")
+    key = request_key(request.headers, request.query)
     if not key:
         return None
     return await request.app[REGISTRY].account_for_key(key)
@@ -313,7 +313,7 @@ class _DatagramError(Exception):
 
 
 async def _datagram_account(request: web.Request) -> str:
-    key = parse_authorization(request.headers.get("Authorization")) or request.query.get("secret")
+    key = request_key(request.headers, request.query, "secret")
     if not key:
         raise _DatagramError(401, "Missing API key (Authorization header or secret parameter)")
     account = await request.app[REGISTRY].account_for_key(key)

@@ -22,14 +22,20 @@ def serve(settings: Settings, *, with_worker: bool = False) -> int:
             url=f"http://{settings.query_listen}:{settings.query_port}{settings.query_prefix}",
             with_worker=with_worker,
         )
-        web.run_app(
-            build_app(settings, store, with_worker=with_worker),
-            host=settings.query_listen,
-            port=settings.query_port,
-            print=None,
-            access_log=None,
-            shutdown_timeout=10,
-        )
+        run(build_app(settings, store, with_worker=with_worker), settings)
     finally:
         store.close()
     return 0
+
+
+def run(app: web.Application, settings: Settings) -> None:
+    """Serve the query app until SIGTERM/SIGINT; the in-process worker (if any) gets 10 s to
+    flush and acknowledge while aiohttp shuts down."""
+    web.run_app(
+        app,
+        host=settings.query_listen,
+        port=settings.query_port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=10,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Mapping
 
 PREFIX = "DS-"
 
@@ -42,3 +43,9 @@ def parse_authorization(header: str | None) -> str | None:
     if rest and scheme.lower() in ("bearer", "token", "bot"):
         value = rest.strip()
     return value or None
+
+
+def request_key(headers: Mapping[str, str], query: Mapping[str, str], param: str = "apikey") -> str | None:
+    """A request's API key: `Authorization` (raw or Bearer), else the `param` query parameter
+    (`apikey` for DisStat clients, `secret` for Datagram's)."""
+    return parse_authorization(headers.get("Authorization")) or query.get(param)
