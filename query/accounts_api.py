@@ -18,8 +18,6 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from clickhouse_connect.driver.exceptions import OperationalError
-from redis.exceptions import RedisError
 
 from query import app as query_app
 from registry import admin, audit, index, model, records
@@ -53,7 +51,7 @@ def guarded(handler: Handler) -> Handler:
             response = _answer(exc.status, exc.body())
         except web.HTTPRequestEntityTooLarge:
             response = _answer(413, {"message": "Request body too large"})
-        except (RedisError, OperationalError, OSError, TimeoutError) as exc:
+        except query_app.UNAVAILABLE as exc:
             log.warning("registry backend unavailable", error=str(exc), path=request.path)
             response = _answer(503, {"message": "Registry temporarily unavailable; retry shortly"})
         if response.status == 503:

@@ -486,7 +486,7 @@ async def cors(
 
 
 # Failures of the parts behind the service, not of the request: the client should retry.
-_UNAVAILABLE = (RedisError, OperationalError, OSError, asyncio.TimeoutError)
+UNAVAILABLE = (RedisError, OperationalError, OSError, asyncio.TimeoutError)
 
 
 @web.middleware
@@ -498,7 +498,7 @@ async def backend_errors(
         return await handler(request)
     except web.HTTPException:
         raise
-    except _UNAVAILABLE as exc:
+    except UNAVAILABLE as exc:
         log.warning("backend unavailable", path=request.path, error=str(exc))
         return json_response(
             {"message": "Storage is unavailable, try again shortly"}, status=503, headers={"Retry-After": "1"}

@@ -186,14 +186,8 @@ async def create_account(
     at = now()
     account = Account(id="acc_" + secrets.token_hex(8), name=name, key_prefix=key_hint(key), created_at=at)
     async with registry_lock(redis):
-        await store.insert(
-            "accounts", [[account.id, name, hash_key(key), account.key_prefix, at, at, 0]], ACCOUNT_COLUMNS
-        )
         diff = {"name": (audit.ABSENT, name), "key": (audit.ABSENT, account.key_prefix)}
-        await audit.write(store, audit.rows(audit.ACCOUNT_ROW, account.id, at, by, diff))
-        if redis is not None:
-            await index.put_account_key(redis, account.id, hash_key(key), None)
-        await _stamp(store, redis)
+        await _write_account_locked(store, redis, account, hash_key(key), at, by, diff)
     log.info("account created", account=account.id, by=by)
     return account, key
 
@@ -212,18 +206,32 @@ async def regenerate_key(
         key = generate_key()
         at = _after(row.updated_at)
         account = msgspec.structs.replace(row.account, key_prefix=key_hint(key))
-        await store.insert(
-            "accounts",
-            [[account.id, account.name, hash_key(key), account.key_prefix, account.created_at, at, 0]],
-            ACCOUNT_COLUMNS,
-        )
         diff = {"key": (row.account.key_prefix, account.key_prefix)}
-        await audit.write(store, audit.rows(audit.ACCOUNT_ROW, account.id, at, by, diff))
-        if redis is not None:
-            await index.put_account_key(redis, account.id, hash_key(key), None)
-        await _stamp(store, redis)
+        await _write_account_locked(store, redis, account, hash_key(key), at, by, diff)
     log.info("account key regenerated", account=account.id, by=by)
     return account, key
+
+
+async def _write_account_locked(
+    store: Store,
+    redis: aioredis.Redis | None,
+    account: Account,
+    key_hash: str,
+    at: dt.datetime,
+    by: str,
+    diff: dict[str, tuple[Any, Any]],
+) -> None:
+    """The new version of an account row, its audit rows, its index entry and the generation
+    stamp; the caller holds the registry lock."""
+    await store.insert(
+        "accounts",
+        [[account.id, account.name, key_hash, account.key_prefix, account.created_at, at, 0]],
+        ACCOUNT_COLUMNS,
+    )
+    await audit.write(store, audit.rows(audit.ACCOUNT_ROW, account.id, at, by, diff))
+    if redis is not None:
+        await index.put_account_key(redis, account.id, key_hash, None)
+    await _stamp(store, redis)
 
 
 # --- bots ---------------------------------------------------------------------------------------
