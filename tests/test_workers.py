@@ -211,6 +211,8 @@ async def test_poison_entries_are_isolated_and_dead_lettered(fast, fast_store, r
     assert reasons[0].startswith("rejected by ClickHouse (bot_stats)")
     assert reasons[1].startswith("undecodable")
     assert any(fields[FIELD] == encode_event(bad) for _, fields in letters)
+    # Each was retried until its delivery count reached the limit (tests/test_workers_poison.py).
+    assert [int(fields[b"deliveries"]) for _, fields in letters] == [fast.max_deliveries] * 2
     assert int((await redis.hgetall(worker_stats_key(0)))[b"dead_total"]) == 2
 
 

@@ -10,7 +10,12 @@ per partition. A flush, per partition:
    `deduplicate_blocks_in_dependent_materialized_views=1`; a block ClickHouse rejects for its
    data is split in halves (each half's token derived from its own ids) until the bad entries
    are isolated; connectivity errors are retried with backoff and jitter, entries stay pending;
-3. in one MULTI: dead-letter the isolated entries, XACK every id, delete the record.
+3. in one MULTI: XACK every stored id, delete the record; each isolated poison entry (rejected
+   for its data, or undecodable) gets a record of its own and stays pending, or, delivered
+   `max_deliveries` times already, goes to the dead letters and is acknowledged.
+
+A waiting poison entry is delivered again by the take-over path (XAUTOCLAIM once it has been idle
+`claim_idle_ms`, which raises its delivery count) and retried alone, under its own record.
 
 A crash anywhere leaves the entries pending and (after step 1) the record in place; whoever
 takes the entries over (XAUTOCLAIM after `claim_idle_ms`, or this consumer at restart) finds the
@@ -124,8 +129,11 @@ class Batch:
     recovered: bool = False
     # Entries the record names that are no longer in the stream (should never happen).
     lost: list[bytes] = field(default_factory=list)
-    # Entries of the record that cannot be decoded: dead-lettered when the batch commits.
+    # Entries of the record that cannot be decoded (id, bytes, reason): poison, like entries
+    # ClickHouse rejects (see `Worker._settle_poison`).
     poison: list[tuple[bytes, bytes, str]] = field(default_factory=list)
+    # Set at commit: poison entries that stay pending, each under a record of its own.
+    waiting: list[rec.BatchRecord] = field(default_factory=list)
 
 
 class Worker:
@@ -143,6 +151,8 @@ class Worker:
         self._reader.set_response_callback("XREADGROUP", _as_is)
         self.upkeep = Upkeep(redis)
         self._buffers: dict[int, list[Entry]] = {p: [] for p in self.partitions}
+        # Undecodable entries read since the last flush: they join the next batch's record.
+        self._undecodable: dict[int, list[tuple[bytes, bytes, str]]] = {p: [] for p in self.partitions}
         self._opened: dict[int, float] = {}  # when each non-empty buffer got its first entry
         # Buffers holding only XREADGROUP '>' entries are already distinct and in stream order
         # (each read returns ids above every id the group delivered before): no sort needed
@@ -206,6 +216,7 @@ class Worker:
                 # was being written): keep the worker alive and let recovery pick them up.
                 log.exception("worker step failed; entries stay pending and will be recovered")
                 self._buffers = {p: [] for p in self.partitions}
+                self._undecodable = {p: [] for p in self.partitions}
                 self._in_order = dict.fromkeys(self.partitions, True)
                 self._inflight = None
                 await self._sleep(self._backoff(3))
@@ -229,8 +240,14 @@ class Worker:
     def _buffered(self) -> int:
         return max(len(b) for b in self._buffers.values())
 
+    def _holding(self, partition: int) -> bool:
+        return bool(self._buffers[partition] or self._undecodable[partition])
+
+    def _held_ids(self, partition: int) -> list[bytes]:
+        return [e.id for e in self._buffers[partition]] + [i for i, _, _ in self._undecodable[partition]]
+
     def _due(self) -> bool:
-        oldest = [self._opened[p] for p, b in self._buffers.items() if b]
+        oldest = [self._opened[p] for p in self.partitions if self._holding(p)]
         if not oldest:
             return False
         return (
@@ -241,7 +258,7 @@ class Worker:
     def _block_ms(self) -> int:
         # Never block past the socket timeout of the Redis client, nor past the open batch's due time.
         block = min(self.settings.batch_ms, max(1, self.settings.redis_timeout_ms // 2))
-        oldest = [self._opened[p] for p, b in self._buffers.items() if b]
+        oldest = [self._opened[p] for p in self.partitions if self._holding(p)]
         if oldest:
             left = self.settings.batch_ms - (time.monotonic() - min(oldest)) * 1000
             block = min(block, max(1, int(left)))
@@ -270,12 +287,12 @@ class Worker:
     async def _accept(
         self, partition: int, entries: Sequence[Sequence[object]], *, in_order: bool = False
     ) -> None:
-        """Buffer decodable entries; dead-letter the undecodable ones at once (decoding is
-        deterministic, redelivery cannot help). `entries`: (id, fields) pairs, the fields a
-        raw reply's flat list or a dict."""
-        poison: list[tuple[bytes, bytes, str]] = []
+        """Buffer the entries; undecodable ones are held apart and join the next batch as
+        poison (another reader version may decode them on a later delivery). `entries`: (id,
+        fields) pairs, the fields a raw reply's flat list or a dict."""
+        poison = self._undecodable[partition]
         buffer = self._buffers[partition]
-        if not buffer:
+        if not self._holding(partition):
             self._opened[partition] = time.monotonic()
         if not in_order or (
             # One reply is in order; replies follow each other unless an operator moved the
@@ -294,8 +311,6 @@ class Worker:
                 append(Entry(entry_id, data, decode_event(data)))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 poison.append((entry_id, data, f"undecodable: {exc}"))
-        if poison:
-            await self._dead_letter(partition, poison, deliveries=1)
 
     # --- taking over ------------------------------------------------------------------------
     async def recover_own(self) -> None:
@@ -326,9 +341,9 @@ class Worker:
         """XAUTOCLAIM entries idle longer than `claim_idle_ms` (their consumer died or hangs)."""
         for p in self.partitions:
             stream = stream_key(p)
-            if self._buffers[p]:
+            if self._holding(p):
                 # XAUTOCLAIM does not skip our own entries: the buffered ones must not look idle.
-                await self.upkeep.touch_own(stream, GROUP, self.consumer, [e.id for e in self._buffers[p]])
+                await self.upkeep.touch_own(stream, GROUP, self.consumer, self._held_ids(p))
             cursor: bytes | str = "0-0"
             for _ in range(1000):
                 reply = await self.redis.xautoclaim(
@@ -412,7 +427,7 @@ class Worker:
                 deliveries=max(deliveries[i] for i, _ in tired),
             )
         tired_ids = {i for i, _ in tired}
-        buffered = {e.id for e in self._buffers[partition]}
+        buffered = set(self._held_ids(partition))
         await self._accept(partition, [(i, f) for i, f in free if i not in tired_ids and i not in buffered])
         if self._buffered() >= self.settings.batch_rows:
             await self.flush()
@@ -455,7 +470,7 @@ class Worker:
         )
         log.error("batch moved to dead letters", partition=batch.partition, token=batch.record.token)
         dead = [(e.id, e.data, reason) for e in batch.entries] + batch.poison
-        await self._commit(batch, dead, deliveries)
+        await self._commit(batch, dead, {i: deliveries for i, _, _ in dead})
 
     async def sweep_records(self) -> None:
         """Records left behind with no pending entry (e.g. an operator acknowledged entries by
@@ -479,10 +494,11 @@ class Worker:
     async def flush(self) -> None:
         for p in self.partitions:
             entries, self._buffers[p] = self._buffers[p], []
+            poison, self._undecodable[p] = self._undecodable[p], []
             in_order, self._in_order[p] = self._in_order[p], True
-            if not entries:
+            if not entries and not poison:
                 continue
-            batch = await self._new_batch(p, entries, in_order=in_order)
+            batch = await self._new_batch(p, entries, in_order=in_order, poison=poison)
             if batch is not None:
                 await self._write_batch(batch)
         await self.trim()
@@ -496,22 +512,34 @@ class Worker:
                     log.debug("stream trimmed", partition=p, entries=trimmed)
 
     async def _new_batch(
-        self, partition: int, entries: list[Entry], *, in_order: bool = False
+        self,
+        partition: int,
+        entries: list[Entry],
+        *,
+        in_order: bool = False,
+        poison: Sequence[tuple[bytes, bytes, str]] = (),
     ) -> Batch | None:
-        """`in_order`: the entries are known to be distinct and in stream order."""
+        """`in_order`: the entries are known to be distinct and in stream order. `poison`:
+        undecodable entries, named by the record like the others."""
         stream = stream_key(partition)
         if not in_order:
             by_id = {e.id: e for e in entries}
             entries = [by_id[i] for i in rec.sort_ids(by_id)]
+        decoded = {e.id for e in entries}
+        bad = {i: (i, data, reason) for i, data, reason in poison if i not in decoded}
         for _ in range(3):
-            record = rec.new_record(stream, self.consumer, [e.id for e in entries])
+            ids = [e.id for e in entries]
+            if bad:
+                ids = rec.sort_ids([*ids, *bad])
+            record = rec.new_record(stream, self.consumer, ids)
             lost = set(await self.records.write_if_owned(stream, batches_key(partition), record))
             if not lost:
-                return Batch(partition, record, entries)
+                return Batch(partition, record, entries, poison=list(bad.values()))
             # Taken over while buffered (we stalled past claim_idle_ms): theirs now.
             log.warning("entries taken over before their batch was written", count=len(lost))
             entries = [e for e in entries if e.id not in lost]
-            if not entries:
+            bad = {i: p for i, p in bad.items() if i not in lost}
+            if not entries and not bad:
                 return None
         return None  # still pending under whoever owns them; never inserted by us
 
@@ -520,11 +548,11 @@ class Worker:
         stream = stream_key(batch.partition)
         started = time.monotonic()
         pairs = [(e.id, e.event) for e in batch.entries]
-        poison: dict[bytes, str] = {}
+        rejected: dict[bytes, str] = {}
         for table, (block, ids) in rows_by_table(pairs).items():
             bad = await self._insert_split(batch, table, block, ids, f"{batch.record.token}:{table}", stream)
-            poison.update(bad)
-        good = [e.event for e in batch.entries if e.id not in poison] if poison else [e for _, e in pairs]
+            rejected.update(bad)
+        good = [e.event for e in batch.entries if e.id not in rejected] if rejected else [e for _, e in pairs]
         names = name_rows(good)
         if names:
             try:
@@ -533,20 +561,23 @@ class Worker:
             except _DataRejected as exc:
                 log.error("custom metric names rejected", error=str(exc.__cause__))
         insert_ms = (time.monotonic() - started) * 1000
-        dead = [(e.id, e.data, poison[e.id]) for e in batch.entries if e.id in poison] if poison else []
-        dead += batch.poison
-        await self._commit(batch, dead, deliveries=1)
+        poison = batch.poison
+        if rejected:
+            poison = [(e.id, e.data, rejected[e.id]) for e in batch.entries if e.id in rejected] + poison
+        dead, deliveries = await self._settle_poison(batch, poison)
+        await self._commit(batch, dead, deliveries)
         self._inflight = None
         now_ms = time.time() * 1000
         oldest = min((e.event.received_ms for e in batch.entries), default=int(now_ms))
         log.info(
             "batch written",
             partition=batch.partition,
-            rows=len(batch.entries) - len(poison),
+            rows=len(batch.entries) - len(rejected),
             bytes=sum(len(e.data) for e in batch.entries),
             insert_ms=round(insert_ms, 1),
             lag_ms=round(now_ms - oldest, 1),
-            dead_lettered=len(poison),
+            dead_lettered=len(dead),
+            poison_waiting=len(batch.waiting),
             recovered=batch.recovered,
             token=batch.record.token[:12],
         )
@@ -554,10 +585,52 @@ class Worker:
             await PartitionStats.record_batch(
                 self.redis,
                 batch.partition,
-                rows=len(batch.entries) - len(poison),
+                rows=len(batch.entries) - len(rejected),
                 recovered=batch.recovered,
-                dead=len(poison),
+                dead=len(dead),
             )
+
+    async def _settle_poison(
+        self, batch: Batch, poison: list[tuple[bytes, bytes, str]]
+    ) -> tuple[list[tuple[bytes, bytes, str]], dict[bytes, int]]:
+        """Decide each poison entry's fate by its delivery count: delivered `max_deliveries`
+        times, it goes to the dead letters (returned, with the counts); otherwise it stays
+        pending under a record of its own (`batch.waiting`), to be delivered again by the
+        take-over path once idle and retried alone. Its record's token is the one its isolated
+        insert used (`token_for` of its id), so a retry that finally stores it, or a repeat after
+        a crash, is deduplicated against any earlier attempt."""
+        batch.waiting = []
+        if not poison:
+            return [], {}
+        stream = stream_key(batch.partition)
+        limit = self.settings.max_deliveries
+        counts = await self._delivery_counts(stream, [i for i, _, _ in poison])
+        dead: list[tuple[bytes, bytes, str]] = []
+        for entry_id, data, reason in poison:
+            # Not ours any more (taken over meanwhile): its owner decides; it waits here.
+            count = counts.get(entry_id, 0)
+            if count >= limit:
+                dead.append(
+                    (entry_id, data, f"{reason} (delivered {count} times, BOTPULSE_MAX_DELIVERIES={limit})")
+                )
+                log.error(
+                    "entry moved to dead letters",
+                    partition=batch.partition,
+                    id=entry_id.decode(),
+                    deliveries=count,
+                    reason=reason,
+                )
+            else:
+                batch.waiting.append(rec.new_record(stream, self.consumer, [entry_id]))
+                log.warning(
+                    "poison entry left pending for another delivery",
+                    partition=batch.partition,
+                    id=entry_id.decode(),
+                    deliveries=count,
+                    max_deliveries=limit,
+                    reason=reason,
+                )
+        return dead, counts
 
     async def _insert_split(
         self, batch: Batch, table: str, rows: Block, ids: list[bytes], token: str, stream: str
@@ -621,10 +694,17 @@ class Worker:
                 stream_key(batch.partition), GROUP, self.consumer, [e.id for e in batch.entries]
             )
 
-    async def _commit(self, batch: Batch, dead: list[tuple[bytes, bytes, str]], deliveries: int) -> None:
-        """One MULTI: dead letters in, every id acknowledged, the record gone."""
+    async def _commit(
+        self, batch: Batch, dead: list[tuple[bytes, bytes, str]], deliveries: dict[bytes, int]
+    ) -> None:
+        """One MULTI: dead letters in, every id acknowledged but the waiting poison entries', the
+        record gone, the waiting entries' own records in (R2: a record leaves only with the ack
+        of its ids, or handing the unacknowledged ones to records of their own)."""
         stream = stream_key(batch.partition)
+        waiting = {i.encode() for r in batch.waiting for i in r.ids}
         ids = [e.id for e in batch.entries] + [i for i, _, _ in batch.poison] + batch.lost
+        if waiting:
+            ids = [i for i in ids if i not in waiting]
         if batch.lost:
             log.error(
                 "batch entries missing from the stream: counted as lost",
@@ -638,11 +718,15 @@ class Worker:
                     for entry_id, data, reason in dead:
                         pipe.xadd(
                             dead_letter_key(batch.partition),
-                            dead_letter_fields(entry_id, data, reason, deliveries, self.consumer),
+                            dead_letter_fields(
+                                entry_id, data, reason, deliveries.get(entry_id, 1), self.consumer
+                            ),
                         )
                     if ids:
                         pipe.xack(stream, GROUP, *ids)
                     pipe.hdel(batches_key(batch.partition), batch.record.token)
+                    for record in batch.waiting:  # after the HDEL: a retry's record has the same token
+                        pipe.hset(batches_key(batch.partition), record.token, rec.encode(record))
                     await pipe.execute()
                 break
             except _REDIS_ERRORS as exc:
