@@ -17,7 +17,8 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from ingest_server import GatewayServer
 
 import ingest.app
 from ingest.app import DROPPED_HEADER
@@ -81,7 +82,7 @@ async def make_env(make_settings, redis) -> AsyncIterator[Callable[..., object]]
         if not clients:
             make.seeded = await seed(redis)  # type: ignore[attr-defined]
         account_id, key, other_key = make.seeded  # type: ignore[attr-defined]
-        client = TestClient(TestServer(ingest.app.build_app(settings), host="127.0.0.1"))
+        client = TestClient(GatewayServer(settings))
         await client.start_server()
         clients.append(client)
         return Env(client, key, other_key, account_id, redis, settings)
@@ -132,6 +133,71 @@ async def test_stats_post_answers_204_json_and_appends_one_event(env: Env) -> No
         guilds=12, users=3400, shards=2, api_ping=None, ram_usage=123456789.0,
         ram_total=987654321.0, cpu=12.5, bandwidth=4096.0,
     )  # fmt: skip
+
+
+async def _raw_exchange(env: Env, requests: list[bytes]) -> list[bytes]:
+    """Each request on one connection, in turn; each answer's bytes (head and body) as read."""
+    server = env.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    answers = []
+    try:
+        for request in requests:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = [
+                int(line.split(b":")[1])
+                for line in head.lower().split(b"\r\n")
+                if line.startswith(b"content-length:")
+            ]
+            answers.append(head + (await reader.readexactly(length[0]) if length else b""))
+        writer.write_eof()
+        answers.append(await asyncio.wait_for(reader.read(), 5))  # b"" once the server closes
+    finally:
+        writer.close()
+    return answers
+
+
+def _post(env: Env, target: str, *, version: str = "1.1", extra: str = "") -> bytes:
+    body = b'{"guilds": 5}'
+    return (
+        f"POST {target} HTTP/{version}\r\nHost: x\r\nAuthorization: {env.key}\r\n{extra}"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def test_stats_answers_on_one_keep_alive_connection(env: Env) -> None:
+    first, second, rest = await _raw_exchange(env, [_post(env, f"/v1/bot/{BOT}")] * 2)
+    for answer in (first, second):
+        status, *headers = answer.removesuffix(b"\r\n\r\n").split(b"\r\n")
+        assert status == b"HTTP/1.1 204 No Content"
+        names = {h.split(b":")[0].lower(): h.split(b":", 1)[1].strip() for h in headers}
+        assert names[b"content-type"] == b"application/json"
+        assert names[b"date"].endswith(b" GMT")
+        assert b"connection" not in names and b"content-length" not in names
+    assert rest == b""
+    assert len(await env.entries()) == 2
+
+
+async def test_stats_requests_the_shortcut_leaves_to_the_app_answer_the_same(make_env) -> None:  # type: ignore[no-untyped-def]
+    """HTTP/1.0, `Connection: close`, `Expect: 100-continue`, a percent-escaped id and the key in
+    the query: every form of the stats post is appended once and answered 204."""
+    env = await make_env(stats_rate_burst=10)
+    [closed, _] = await _raw_exchange(env, [_post(env, f"/v1/bot/{BOT}", extra="Connection: close\r\n")])
+    assert closed.startswith(b"HTTP/1.1 204 ") and b"Connection: close" in closed
+    [old, _] = await _raw_exchange(env, [_post(env, f"/v1/bot/{BOT}", version="1.0")])
+    assert old.startswith(b"HTTP/1.0 204 ") or old.startswith(b"HTTP/1.1 204 ")
+    escaped = "/v1/bot/" + "".join(f"%{ord(c):02X}" for c in BOT)
+    resp = await env.client.post(escaped, json={"guilds": 5}, headers=env.auth())
+    assert resp.status == 204, await resp.text()
+    resp = await env.client.post(f"/v1/bot/{BOT}", json={"guilds": 5}, params={"apikey": env.key})
+    assert resp.status == 204, await resp.text()
+    resp = await env.client.post(
+        f"/v1/bot/{BOT}", json={"guilds": 5}, headers={**env.auth(), "Expect": "100-continue"}
+    )
+    assert resp.status == 204, await resp.text()
+    assert len(await env.entries()) == 5
+    resp = await env.client.post(f"/v1/bot/{BOT}%2Fcustom", json={"guilds": 5}, headers=env.auth())
+    assert resp.status == 404, await resp.text()
 
 
 @pytest.mark.parametrize(

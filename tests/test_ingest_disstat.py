@@ -10,9 +10,8 @@ import typing
 from types import SimpleNamespace
 
 import pytest
-from aiohttp.test_utils import TestServer
+from ingest_server import GatewayServer
 
-import ingest.app
 from registry import index
 from registry.records import Bot, create_account, now, write_bot
 from runtime.streams import partition_of, stream_key
@@ -63,7 +62,7 @@ async def client(make_settings, store, redis, monkeypatch):  # type: ignore[no-u
     account, key = await create_account(store, redis, "disstat")
     await write_bot(store, redis, Bot(str(BOT_ID), account.id, "Py Bot", None, False, 10, None, now()))
     await redis.set(index.READY_KEY, "1")
-    server = TestServer(ingest.app.build_app(settings), host="127.0.0.1")
+    server = GatewayServer(settings)
     await server.start_server()
     monkeypatch.setattr(disstat.client, "BASE_URL", str(server.make_url("/v1")))
     discord = FakeDiscordClient()

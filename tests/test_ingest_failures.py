@@ -15,9 +15,9 @@ import urllib.request
 import psutil
 import pytest
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from ingest_server import GatewayServer
 
-import ingest.app
 from registry import index
 from registry.records import Bot, create_account, now, write_bot
 from runtime.embedded import EmbeddedRedis, free_port, pid_alive
@@ -33,7 +33,7 @@ async def test_redis_hanging_or_gone_is_503_with_retry_after(make_settings, stor
         await write_bot(store, own, Bot("77", account.id, "Bot", None, False, 10, None, now()))
         await own.set(index.READY_KEY, "1")
         settings = make_settings(redis_url=server.url, redis_timeout_ms=200)
-        async with TestClient(TestServer(ingest.app.build_app(settings), host="127.0.0.1")) as client:
+        async with TestClient(GatewayServer(settings)) as client:
             ok = await client.post("/v1/bot/77/custom", json={"type": "t"}, headers={"Authorization": key})
             assert ok.status == 200
 

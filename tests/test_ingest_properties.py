@@ -11,11 +11,11 @@ import math
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from ingest_server import GatewayServer
 
-import ingest.app
 from ingest.app import DROPPED_HEADER
 from registry import index
 from registry.keys import generate_key, hash_key
@@ -131,7 +131,7 @@ async def gateway(make_settings, redis):  # type: ignore[no-untyped-def]
     await index.put_account_key(redis, "acc_props", hash_key(key), None)
     await index.put_bot(redis, IndexedBot(BOT, "acc_props", "Bot", False, 3))
     await redis.set(index.READY_KEY, "1")
-    async with TestClient(TestServer(ingest.app.build_app(cfg), host="127.0.0.1")) as client:
+    async with TestClient(GatewayServer(cfg)) as client:
         yield client, key, stream_key(partition_of(BOT, cfg.stream_partitions))
 
 
