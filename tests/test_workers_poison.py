@@ -255,3 +255,45 @@ async def test_running_worker_dead_letters_then_replay_stores_the_fixed_entry(
         await drained(redis)
     assert await redis.xlen(dead_letter_key(0)) == 0
     assert await stored_counts(store) == {e.event_id: 1 for e in [*good, fixable]}
+
+
+class Crash(Exception):
+    """Stands for the worker dying at this point (its state in Redis is left as it is)."""
+
+
+async def test_split_batch_recovered_after_its_poison_became_acceptable_stores_each_once(
+    poison_settings, worker, store, redis, monkeypatch
+):
+    """A worker split a batch around a rejected entry, stored the good halves and died before
+    its commit; the table is fixed before the entries are taken over. The recovery must not
+    insert the whole batch under its own token (the halves went in under theirs): it follows the
+    splits its record names, so the good rows are deduplicated and the fixed one stored once."""
+    good = [stats_event("s1", guilds=i, custom_metrics={"queue": 1.0}) for i in range(11)]
+    fixable = stats_event("s1", guilds=5, custom_metrics={"shards_ready": 2.0})
+    broken = {"on": True}
+    reject_while(store, monkeypatch, fixable, broken)
+    ids = await post(redis, [*good[:6], fixable, *good[6:]])
+
+    async def die(*_: object) -> None:
+        raise Crash
+
+    monkeypatch.setattr(worker, "_commit", die)
+    await worker._read()
+    with pytest.raises(Crash):
+        await worker.flush()
+    assert await stored_counts(store) == {e.event_id: 1 for e in good}
+    (record,) = [rec.decode(v) for v in (await redis.hgetall(batches_key(0))).values()]
+    assert record.ids == [i.decode() for i in ids]
+
+    broken["on"] = False
+    other = Worker(poison_settings, store, redis)
+    other.consumer = "other-host-2"
+    other.records = rec.Records(redis, other.consumer)
+    await deliver_again(other)
+    assert await pending(redis) == {} and await records(redis) == [] and await letters(redis) == []
+    assert await stored_counts(store) == {e.event_id: 1 for e in [*good, fixable]}
+    rollup = await store.query("SELECT sum(posts) FROM bot_stats_1h WHERE bot_id = 's1'")
+    assert rollup == [(len(good) + 1,)]
+    # The recovered entry's custom metric name is listed too (its batch's names block changed).
+    names = await store.query("SELECT DISTINCT name FROM custom_metric_names FINAL WHERE bot_id = 's1'")
+    assert sorted(names) == [("queue",), ("shards_ready",)]

@@ -30,6 +30,9 @@ class BatchRecord(msgspec.Struct, array_like=True):
     consumer: str
     created_ms: int
     ids: list[str]
+    # Insert tokens of the blocks ClickHouse rejected and the worker split (workers.runner):
+    # parts of them may be stored under their own tokens, so they are never inserted whole again.
+    split: list[str] = []
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -93,6 +96,14 @@ return {}
 """
 
 
+# Rewrites record ARGV[1] only if it still exists (gone: its batch was committed meanwhile).
+_UPDATE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
 class Records:
     """The batch records of one worker (all partitions)."""
 
@@ -100,6 +111,7 @@ class Records:
         self.redis = redis
         self.consumer = consumer
         self._write = redis.register_script(_WRITE_IF_OWNED)
+        self._update = redis.register_script(_UPDATE)
 
     async def write_if_owned(self, stream: str, batches: str, record: BatchRecord) -> list[bytes]:
         """Write `record`; returns [] on success, else the ids this consumer no longer owns."""
@@ -118,6 +130,10 @@ class Records:
             ],
         )
         return [m if isinstance(m, bytes) else str(m).encode() for m in missing]
+
+    async def update(self, batches: str, record: BatchRecord) -> bool:
+        """Store the record's new state; False if it no longer exists."""
+        return bool(await self._update(keys=[batches], args=[record.token, encode(record)]))
 
     async def all(self, batches: str) -> dict[str, BatchRecord]:
         raw = await self.redis.hgetall(batches)

@@ -549,15 +549,25 @@ class Worker:
         started = time.monotonic()
         pairs = [(e.id, e.event) for e in batch.entries]
         rejected: dict[bytes, str] = {}
-        for table, (block, ids) in rows_by_table(pairs).items():
-            bad = await self._insert_split(batch, table, block, ids, f"{batch.record.token}:{table}", stream)
-            rejected.update(bad)
+        try:
+            for table, (block, ids) in rows_by_table(pairs).items():
+                token = f"{batch.record.token}:{table}"
+                rejected.update(await self._insert_split(batch, table, block, ids, token, stream))
+        except _Superseded:
+            log.warning("batch committed by another worker meanwhile", token=batch.record.token[:12])
+            self._inflight = None
+            return
         good = [e.event for e in batch.entries if e.id not in rejected] if rejected else [e for _, e in pairs]
         names = name_rows(good)
         if names:
+            token = batch.record.token
+            if rejected or batch.poison:
+                # Keyed by the entries actually stored: one that became acceptable on a retry
+                # adds names the earlier attempt's block lacked (same token: dropped as a repeat).
+                token = rec.token_for(stream, [e.id for e in batch.entries if e.id not in rejected])
             try:
                 block = to_block(names, COLUMNS[NAMES_TABLE])
-                await self._insert(batch, NAMES_TABLE, block, f"{batch.record.token}:{NAMES_TABLE}")
+                await self._insert(batch, NAMES_TABLE, block, f"{token}:{NAMES_TABLE}")
             except _DataRejected as exc:
                 log.error("custom metric names rejected", error=str(exc.__cause__))
         insert_ms = (time.monotonic() - started) * 1000
@@ -637,18 +647,27 @@ class Worker:
     ) -> dict[bytes, str]:
         """Insert `rows`; on a data error split in halves (deterministically, so a retry after a
         crash produces the same blocks and tokens) until the rejected entries are isolated.
-        Returns {entry id: reason} for the isolated ones."""
-        if not block_rows(rows):
-            return {}
-        try:
-            await self._insert(batch, table, rows, token)
-            return {}
-        except _DataRejected as exc:
-            if block_rows(rows) == 1:
-                reason = f"rejected by ClickHouse ({table}): {exc.__cause__}"
-                log.error("entry rejected for its data", partition=batch.partition, id=ids[0].decode())
-                return {ids[0]: reason}
+        Returns {entry id: reason} for the isolated ones.
+
+        A block is put on its record's `split` list before either half is inserted, and a block
+        on that list is never inserted whole again: if the rejected entry has become acceptable
+        by the time a crashed batch is recovered, the whole block would go in under its own token
+        and store again what its halves stored under theirs."""
         n = block_rows(rows)
+        if not n:
+            return {}
+        if token not in batch.record.split:
+            try:
+                await self._insert(batch, table, rows, token)
+                return {}
+            except _DataRejected as exc:
+                if n == 1:
+                    reason = f"rejected by ClickHouse ({table}): {exc.__cause__}"
+                    log.error("entry rejected for its data", partition=batch.partition, id=ids[0].decode())
+                    return {ids[0]: reason}
+            batch.record.split.append(token)
+            if not await self.records.update(batches_key(batch.partition), batch.record):
+                raise _Superseded(batch.record.token)
         mid = n // 2
         out: dict[bytes, str] = {}
         halves = ((slice_block(rows, 0, mid), ids[:mid]), (slice_block(rows, mid, n), ids[mid:]))
@@ -800,6 +819,10 @@ class Worker:
 
 class _DataRejected(Exception):
     """ClickHouse refused the rows themselves; the cause holds its error."""
+
+
+class _Superseded(Exception):
+    """The batch's record is gone: another worker took the entries over and committed them."""
 
 
 async def run_worker(settings: Settings, store: Store) -> None:
