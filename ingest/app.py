@@ -24,14 +24,14 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import HttpVersion11, hdrs, web
 
-from ingest.append import Appender, Outcome, Post, Result
+from ingest.append import Appender, Limits, Outcome, Post, Result
 from ingest.bodies import BadInput, parse_custom, parse_dbots, parse_statcord, parse_stats
 from registry.index import RegistryCache, is_ready
 from registry.keys import request_key
 from runtime.logs import get_logger
 from runtime.redis import connect
 from runtime.settings import Settings
-from runtime.streams import custom_rate_key, partition_of, stats_rate_key
+from runtime.streams import partition_of
 from schemas.registry import BOT_ID, IndexedBot
 from schemas.stream import CustomPayload, StatsPayload, StreamEvent, encode_event
 
@@ -145,8 +145,6 @@ class Gateway:
     def __init__(self, app: web.Application, settings: Settings) -> None:
         self.app = app
         self.settings = settings
-        self.stats_interval_ms = max(1, round(settings.stats_rate_interval_s * 1000))
-        self.custom_interval_ms = max(1, round(60_000 / settings.custom_rate_per_min))
         # Event ids: a random prefix per process and a counter, as unique as 16 random bytes per
         # post (every process draws its own prefix) without a getrandom() call per post.
         self._id_prefix = secrets.token_hex(8)
@@ -228,13 +226,10 @@ class Gateway:
         ]
         first = payloads[0]
         names = list(first.custom_metrics) if isinstance(first, StatsPayload) else []
-        partition = partition_of(bot.id, self.settings.stream_partitions)
         post = Post(
-            partition=partition,
+            partition=partition_of(bot.id, self.settings.stream_partitions),
             bot_id=bot.id,
-            rate_key=(stats_rate_key if stats else custom_rate_key)(partition, bot.id),
-            interval_ms=self.stats_interval_ms if stats else self.custom_interval_ms,
-            burst=self.settings.stats_rate_burst if stats else self.settings.custom_rate_per_min,
+            stats=stats,
             slot_limit=bot.custom_slots,
             metric_names=names,
             events=events,
@@ -368,7 +363,13 @@ async def _resources(app: web.Application):  # type: ignore[no-untyped-def]
     settings = app[SETTINGS]
     app[REDIS] = connect(settings)
     app[REGISTRY] = RegistryCache(app[REDIS], settings.registry_refresh_ms)
-    app[APPENDER] = Appender(app[REDIS], settings.stream_high_water, settings.redis_timeout_ms / 1000)
+    limits = Limits(
+        stats_interval_ms=max(1, round(settings.stats_rate_interval_s * 1000)),
+        stats_burst=settings.stats_rate_burst,
+        custom_interval_ms=max(1, round(60_000 / settings.custom_rate_per_min)),
+        custom_burst=settings.custom_rate_per_min,
+    )
+    app[APPENDER] = Appender(app[REDIS], settings.stream_high_water, limits, settings.redis_timeout_ms / 1000)
     await app[REGISTRY].start()
     yield
     await app[APPENDER].close()

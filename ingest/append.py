@@ -1,17 +1,20 @@
 """The append: one Lua script call per partition per event-loop tick, all calls in one write.
 
 The script does everything a post needs from Redis, atomically, on keys that all carry the
-partition's hash tag (so it runs on Redis Cluster too). For each post of the call, in order:
-  1. backlog check: the partition's stream length (one XLEN per call, counted on as the call
-     appends) against the high-water mark;
-  2. rate limit: GCRA on the bot's rate key (the time comes from Redis, so every gateway
-     process agrees on it);
+partition's hash tag (so it runs on Redis Cluster too). Once per call: the time (`TIME`), the
+stream length (`XLEN`, counted on as the call appends) and every post's rate-limit state (one
+`HMGET` on the partition's rate hash). For each post of the call, in order:
+  1. backlog check: the stream length against the high-water mark;
+  2. rate limit: GCRA on the bot's field of the rate hash (the time comes from Redis, so every
+     gateway process agrees on it);
   3. custom-metric slots: names already in the bot's slot set pass, new names take a free slot,
      the rest are dropped (and removed from the stats event before it is written);
   4. XADD of every event of the post.
-A post is written only if every check passed, so a refused post leaves no trace. Posts of the
-same partition share one call: Redis runs one script instead of one per post, and the gateway
-parses one reply.
+Then one `HSET` stores the rate state of every post that passed. A post is written only if every
+check passed, so a refused post leaves no trace. Posts of the same partition share one call:
+Redis runs one script instead of one per post, and the gateway parses one reply. Per post that
+is one `XADD` (plus the slot commands when it carries custom metrics): the rate limit costs a
+field in two commands per call, not a `GET` and a `SET` per post.
 """
 
 from __future__ import annotations
@@ -28,43 +31,62 @@ from hiredis import pack_command
 from redis.exceptions import NoScriptError, ResponseError
 
 from runtime.logs import get_logger
-from runtime.streams import custom_slots_key, stream_key
+from runtime.streams import custom_slots_key, rate_key, stream_key
 
 log = get_logger(__name__)
 
-# KEYS: the stream, then per post its rate key and its slot-set key.
-# ARGV: high_water, then per post: interval_ms, burst, slot_limit, n_names, n_events,
-#       name_1..name_n, event_1..event_m (the first event carries the custom metrics).
+# KEYS: the stream, the rate hash, then the slot-set key of each post that has metric names.
+# ARGV: high_water, stats interval_ms, stats burst, custom interval_ms, custom burst; then per
+#       post: its rate field (`s:<bot>` or `c:<bot>`: stats or custom limit), n_names, n_events,
+#       slot_limit when n_names > 0, name_1..name_n, event_1..event_m (the first event carries
+#       the custom metrics).
 # Returns one reply per post: {0, dropped names...} | {1, retry_after_ms} | {2}.
 SCRIPT = """
-local stream = KEYS[1]
+local stream, rates = KEYS[1], KEYS[2]
 local high_water = tonumber(ARGV[1])
+local intervals = {s = tonumber(ARGV[2]), c = tonumber(ARGV[4])}
+local bursts = {s = tonumber(ARGV[3]), c = tonumber(ARGV[5])}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local length = redis.call('XLEN', stream)
+local fields, starts = {}, {}
+local a = 6
+while a <= #ARGV do
+  local n, m = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  fields[#fields + 1] = ARGV[a]
+  starts[#starts + 1] = a
+  a = a + 3 + (n > 0 and 1 or 0) + n + m
+end
+local stored = redis.call('HMGET', rates, unpack(fields))
+local tats, updates = {}, {}
 local replies = {}
-local a = 2
-for p = 1, (#KEYS - 1) / 2 do
-  local rate_key, slots_key = KEYS[2 * p], KEYS[2 * p + 1]
-  local interval, burst = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  local limit, n, m = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-  local names, first = a + 5, a + 5 + n
-  a = first + m
+local k = 3
+for p = 1, #fields do
+  local field = fields[p]
+  a = starts[p]
+  local n, m = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local limit, names = 0, a + 3
+  if n > 0 then
+    limit, names = tonumber(ARGV[a + 3]), a + 4
+  end
+  local first = names + n
   if length >= high_water then
     replies[p] = {2}
   else
-    local stored = redis.call('GET', rate_key)
-    local tat = now
-    if stored then
-      tat = math.max(tonumber(stored), now)
+    local kind = string.sub(field, 1, 1)
+    local interval = intervals[kind]
+    local tat = tats[field] or tonumber(stored[p]) or now
+    if tat < now then
+      tat = now
     end
     local new_tat = tat + interval
-    local allow_at = new_tat - interval * burst
+    local allow_at = new_tat - interval * bursts[kind]
     if allow_at > now then
       replies[p] = {1, math.ceil(allow_at - now)}
     else
       local dropped = {}
       if n > 0 then
+        local slots_key = KEYS[k]
         local used = redis.call('SCARD', slots_key)
         for i = names, first - 1 do
           if redis.call('SISMEMBER', slots_key, ARGV[i]) == 0 then
@@ -94,8 +116,10 @@ for p = 1, (#KEYS - 1) / 2 do
         redis.call('XADD', stream, '*', 'e', ARGV[i])
       end
       length = length + m
-      local ttl = math.ceil(new_tat - now)
-      redis.call('SET', rate_key, string.format('%d', new_tat), 'PX', string.format('%d', ttl))
+      if tats[field] == nil then
+        updates[#updates + 1] = field
+      end
+      tats[field] = new_tat
       local reply = {0}
       for _, name in ipairs(dropped) do
         reply[#reply + 1] = name
@@ -103,6 +127,17 @@ for p = 1, (#KEYS - 1) / 2 do
       replies[p] = reply
     end
   end
+  if n > 0 then
+    k = k + 1
+  end
+end
+if #updates > 0 then
+  local args = {}
+  for _, field in ipairs(updates) do
+    args[#args + 1] = field
+    args[#args + 1] = string.format('%d', tats[field])
+  end
+  redis.call('HSET', rates, unpack(args))
 end
 return replies
 """
@@ -123,40 +158,45 @@ class Result(msgspec.Struct, frozen=True):
     dropped: tuple[str, ...] = ()
 
 
+class Limits(msgspec.Struct, frozen=True):
+    """The rate limits (GCRA: one post per interval, bursts of `burst`) of the two kinds of post."""
+
+    stats_interval_ms: int
+    stats_burst: int
+    custom_interval_ms: int
+    custom_burst: int
+
+
 class Post(msgspec.Struct, frozen=True):
     """What one request asks the script to do."""
 
     partition: int
     bot_id: str
-    rate_key: str
-    interval_ms: int
-    burst: int
+    stats: bool  # the stats limit, else the custom one
     slot_limit: int
     metric_names: Sequence[str]
     events: Sequence[bytes]  # the first carries the custom metrics
 
-    def keys(self) -> tuple[str, str]:
-        return self.rate_key, custom_slots_key(self.partition, self.bot_id)
 
-    def args(self) -> tuple[object, ...]:
-        return (
-            self.interval_ms,
-            self.burst,
-            self.slot_limit,
-            len(self.metric_names),
-            len(self.events),
-            *self.metric_names,
-            *self.events,
-        )
-
-
-def script_call(verb: str, script: str, posts: Sequence[Post], high_water: int) -> bytes:
+def script_call(verb: str, script: str, posts: Sequence[Post], high_water: int, limits: Limits) -> bytes:
     """The packed EVALSHA/EVAL for posts of one partition."""
-    keys: list[object] = [stream_key(posts[0].partition)]
-    args: list[object] = [high_water]
+    partition = posts[0].partition
+    keys: list[object] = [stream_key(partition), rate_key(partition)]
+    args: list[object] = [
+        high_water,
+        limits.stats_interval_ms,
+        limits.stats_burst,
+        limits.custom_interval_ms,
+        limits.custom_burst,
+    ]
     for post in posts:
-        keys.extend(post.keys())
-        args.extend(post.args())
+        names = post.metric_names
+        field = ("s:" if post.stats else "c:") + post.bot_id
+        if names:
+            keys.append(custom_slots_key(partition, post.bot_id))
+            args += (field, len(names), len(post.events), post.slot_limit, *names, *post.events)
+        else:
+            args += (field, 0, len(post.events), *post.events)
     return pack_command((verb, script, len(keys), *keys, *args))
 
 
@@ -252,9 +292,10 @@ class Appender:
 
     MAX_IN_FLIGHT = 4
 
-    def __init__(self, redis: aioredis.Redis, high_water: int, timeout_s: float) -> None:
+    def __init__(self, redis: aioredis.Redis, high_water: int, limits: Limits, timeout_s: float) -> None:
         self.redis = redis
         self.high_water = high_water
+        self.limits = limits
         self.timeout_s = timeout_s
         self._pending: list[tuple[Post, asyncio.Future[Result]]] = []
         self._oldest = 0.0  # loop time the oldest pending post arrived
@@ -367,7 +408,8 @@ class Appender:
             wire = await self._open()
         try:
             packed = b"".join(
-                script_call(verb, script, [posts[i] for i in call], self.high_water) for call in calls
+                script_call(verb, script, [posts[i] for i in call], self.high_water, self.limits)
+                for call in calls
             )
             results = await wire.call(packed, len(calls))
         except BaseException:

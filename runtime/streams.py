@@ -34,12 +34,10 @@ def batches_key(partition: int) -> str:
     return f"bp:{tag(partition)}:batches"
 
 
-def stats_rate_key(partition: int, bot_id: str) -> str:
-    return f"bp:{tag(partition)}:rl:stats:{bot_id}"
-
-
-def custom_rate_key(partition: int, bot_id: str) -> str:
-    return f"bp:{tag(partition)}:rl:custom:{bot_id}"
+def rate_key(partition: int) -> str:
+    """Hash of the rate-limit state (GCRA theoretical arrival time, Unix ms) of the partition's
+    bots: field `s:<botId>` for stats posts, `c:<botId>` for custom ones (see ingest/append.py)."""
+    return f"bp:{tag(partition)}:rl"
 
 
 def custom_slots_key(partition: int, bot_id: str) -> str:

@@ -558,6 +558,19 @@ async def test_stats_rate_limit_holds_across_gateway_processes(make_env) -> None
     ).status == 200
 
 
+async def test_rate_limit_counts_posts_of_one_bot_sent_together(make_env) -> None:  # type: ignore[no-untyped-def]
+    """Posts of the same bot that share one script call each see the ones before them."""
+    env = await make_env(stats_rate_interval_s=30.0, stats_rate_burst=3, custom_rate_per_min=2)
+    stats = [env.client.post(f"/v1/bot/{BOT}", json={"guilds": 1}, headers=env.auth()) for _ in range(5)]
+    custom = [
+        env.client.post(f"/v1/bot/{BOT}/custom", json={"type": "t"}, headers=env.auth()) for _ in range(4)
+    ]
+    statuses = [resp.status for resp in await asyncio.gather(*stats, *custom)]
+    assert sorted(statuses[:5]) == [204] * 3 + [429] * 2
+    assert sorted(statuses[5:]) == [200] * 2 + [429] * 2
+    assert len(await env.entries()) == 5
+
+
 async def test_custom_rate_limit(make_env) -> None:  # type: ignore[no-untyped-def]
     env = await make_env(custom_rate_per_min=5)
     statuses = [
