@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from query import app as query_app
+from query.resources import REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
 from registry import admin, audit, index, model, records
 from registry.keys import parse_authorization, request_key, same_secret
 from runtime.logs import get_logger
@@ -45,13 +45,13 @@ def guarded(handler: Handler) -> Handler:
     async def wrapper(request: web.Request) -> web.Response:
         try:
             response = await handler(request)
-            request.app[query_app.REGISTRY].invalidate()
+            request.app[REGISTRY].invalidate()
             return response
         except model.RegistryError as exc:
             response = _answer(exc.status, exc.body())
         except web.HTTPRequestEntityTooLarge:
             response = _answer(413, {"message": "Request body too large"})
-        except query_app.UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             log.warning("registry backend unavailable", error=str(exc), path=request.path)
             response = _answer(503, {"message": "Registry temporarily unavailable; retry shortly"})
         if response.status == 503:
@@ -63,7 +63,7 @@ def guarded(handler: Handler) -> Handler:
 
 def _context(request: web.Request) -> admin.Context:
     app = request.app
-    return admin.Context(app[query_app.SETTINGS], app[query_app.STORE], app[query_app.REDIS])
+    return admin.Context(app[SETTINGS], app[STORE], app[REDIS])
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -72,13 +72,13 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 async def _rebuild_if_missing(app: web.Application) -> bool:
     """Rebuild the index if Redis lost it; one rebuild at a time per process."""
-    redis = app[query_app.REDIS]
+    redis = app[REDIS]
     if await index.is_ready(redis):
         return False
     async with app[REBUILD_LOCK]:
-        settings = app[query_app.SETTINGS]
-        rebuilt = await records.ensure_index(app[query_app.STORE], redis, settings.stream_partitions)
-    app[query_app.REGISTRY].invalidate()
+        settings = app[SETTINGS]
+        rebuilt = await records.ensure_index(app[STORE], redis, settings.stream_partitions)
+    app[REGISTRY].invalidate()
     return rebuilt
 
 
@@ -87,7 +87,7 @@ async def caller(request: web.Request) -> str:
     key = request_key(request.headers, request.query)
     if not key:
         raise model.Unauthorized()
-    registry = request.app[query_app.REGISTRY]
+    registry = request.app[REGISTRY]
     account = await registry.account_for_key(key)
     if account is None and await _rebuild_if_missing(request.app):
         account = await registry.account_for_key(key)
@@ -134,7 +134,7 @@ async def patch_bot(request: web.Request) -> web.Response:
 @guarded
 async def get_account(request: web.Request) -> web.Response:
     account_id = await caller(request)
-    store = request.app[query_app.STORE]
+    store = request.app[STORE]
     account = await records.get_account(store, account_id)
     if account is None:  # the index still knew a key ClickHouse no longer has
         raise model.Unauthorized()
@@ -156,7 +156,7 @@ async def regenerate_key(request: web.Request) -> web.Response:
 @guarded
 async def bot_log(request: web.Request) -> web.Response:
     account = await caller(request)
-    store = request.app[query_app.STORE]
+    store = request.app[STORE]
     bot = await records.managed_bot(store, _path_bot(request), account)
     page = _int_param(request, "page", 1, 1, 1_000_000)
     limit = _int_param(request, "limit", 50, 1, LOG_PAGE_MAX)
@@ -191,7 +191,7 @@ async def regen_via_bot(request: web.Request) -> web.Response:
 
 
 async def _api_view(request: web.Request, bot: records.Bot, account_id: str) -> dict[str, Any]:
-    account = await records.get_account(request.app[query_app.STORE], account_id)
+    account = await records.get_account(request.app[STORE], account_id)
     return {
         "_id": bot.id,
         "voteWebhookURL": bot.vote_webhook_url,
@@ -202,7 +202,7 @@ async def _api_view(request: web.Request, bot: records.Bot, account_id: str) -> 
 @guarded
 async def get_api(request: web.Request) -> web.Response:
     account = await caller(request)
-    bot = await records.managed_bot(request.app[query_app.STORE], _path_bot(request), account)
+    bot = await records.managed_bot(request.app[STORE], _path_bot(request), account)
     return _answer(200, await _api_view(request, bot, account))
 
 
@@ -219,7 +219,7 @@ async def patch_api(request: web.Request) -> web.Response:
 
 # --- operator API -------------------------------------------------------------------------------
 def _check_admin(request: web.Request) -> None:
-    token = request.app[query_app.SETTINGS].admin_token
+    token = request.app[SETTINGS].admin_token
     if not token:
         raise model.Forbidden("The admin API is disabled: BOTPULSE_ADMIN_TOKEN is not set")
     given = parse_authorization(request.headers.get("Authorization")) or ""
@@ -243,8 +243,8 @@ def _admin_handler(operation: admin.Operation) -> Handler:
 # --- the index keeper ---------------------------------------------------------------------------
 async def _keep_index(app: web.Application) -> None:
     """Rebuild the index within a second of Redis losing it, and whenever it is stale."""
-    settings = app[query_app.SETTINGS]
-    registry = app[query_app.REGISTRY]
+    settings = app[SETTINGS]
+    registry = app[REGISTRY]
     since_check = 0.0
     while True:
         await asyncio.sleep(1.0)
@@ -255,9 +255,7 @@ async def _keep_index(app: web.Application) -> None:
             if since_check >= settings.registry_check_s:
                 since_check = 0.0
                 async with app[REBUILD_LOCK]:
-                    if await records.ensure_index(
-                        app[query_app.STORE], app[query_app.REDIS], settings.stream_partitions
-                    ):
+                    if await records.ensure_index(app[STORE], app[REDIS], settings.stream_partitions):
                         registry.invalidate()
         except Exception as exc:  # Redis or ClickHouse away: try again next round
             log.warning("registry index check failed", error=str(exc))

@@ -1,22 +1,21 @@
-"""Routes of the query service: DisStat bot data with `dataPoints` bucketing, Datagram-style
-uptime under `/api/v1`, the `GET /v1/bots` listing and leaderboards. Every route is mounted
-under `BOTPULSE_QUERY_PREFIX`; GET answers carry CORS headers; every error body has `message`."""
+"""Routes of the query service: DisStat bot data with `dataPoints` bucketing and uptime, the
+`GET /v1/bots` listing and leaderboards, health checks; `build_app` also mounts the Datagram-style
+uptime routes (`query.datagram`) and the account routes (`query.accounts_api`). Every route is
+mounted under `BOTPULSE_QUERY_PREFIX`; GET answers carry CORS headers; every error body has
+`message`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
-from clickhouse_connect.driver.exceptions import OperationalError
-from redis.exceptions import RedisError
 
-from query import accounts_api, params
+from query import accounts_api, datagram, params
 from query.listing import (
     TOP_METRICS,
     BadListing,
@@ -27,15 +26,10 @@ from query.listing import (
     list_bots,
 )
 from query.params import BadParam
+from query.resources import REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
+from query.responses import error, json_response
 from query.stats import add_custom_names, buckets, custom_totals
-from query.uptime import (
-    EPOCH_MS,
-    FAR_FUTURE_MS,
-    floor_hour,
-    last_seen,
-    uptime_with_periods,
-    uptimes,
-)
+from query.uptime import EPOCH_MS, HOUR_MS, connection_status, now_ms, uptime_with_periods
 from registry.index import VERSION_KEY, RegistryCache
 from registry.keys import request_key
 from registry.records import Bot, ensure_index, get_bot
@@ -44,37 +38,11 @@ from runtime.logs import get_logger
 from runtime.redis import connect
 from runtime.settings import Settings
 
-SETTINGS = web.AppKey("settings", Settings)
-STORE = web.AppKey("store", Store)
-REDIS = web.AppKey("redis", aioredis.Redis)
-REGISTRY = web.AppKey("registry", RegistryCache)
-
-HOUR_MS = 3_600_000
-TWO_WEEKS_MS = 14 * 24 * HOUR_MS
-MAX_UPTIME_IDS = 100
-_encoder = msgspec.json.Encoder()
-
-
 log = get_logger(__name__)
-
-
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=_encoder.encode(body), status=status, content_type="application/json", headers=headers
-    )
-
-
-def error(status: int, message: str, field: str | None = None) -> web.Response:
-    body = {"message": message} if field is None else {"message": message, "field": field}
-    return json_response(body, status=status)
 
 
 def _listing_error(message: str) -> web.Response:
     return json_response({"success": False, "error": message, "message": message}, status=400)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 async def caller_account(request: web.Request) -> str | None:
@@ -215,7 +183,7 @@ async def get_bot_info(request: web.Request) -> web.Response:
         "private": bot.private,
         "createdAt": int(bot.created_at.timestamp() * 1000),
         "lastSeen": last,
-        "connectionStatus": _status(last, window_ms),
+        "connectionStatus": connection_status(last, window_ms),
         "customGraphs": names,
     }
     if want_stats:
@@ -234,10 +202,6 @@ async def get_bot_info(request: web.Request) -> web.Response:
         body["stats"] = stats
         body["customTotals"] = totals
     return json_response(body)
-
-
-def _status(last: int | None, window_ms: int) -> str:
-    return "connected" if last is not None and now_ms() - last < window_ms else "disconnected"
 
 
 async def get_bot_top(request: web.Request) -> web.Response:
@@ -301,109 +265,6 @@ async def get_bot_uptime(request: web.Request) -> web.Response:
             "offlineTruncated": result.offline_truncated,
         }
     )
-
-
-# --- Datagram-compatible uptime -----------------------------------------------------------------
-class _DatagramError(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.field = field
-
-
-async def _datagram_account(request: web.Request) -> str:
-    key = request_key(request.headers, request.query, "secret")
-    if not key:
-        raise _DatagramError(401, "Missing API key (Authorization header or secret parameter)")
-    account = await request.app[REGISTRY].account_for_key(key)
-    if account is None:
-        raise _DatagramError(401, "Invalid API key")
-    return account
-
-
-def _ids(request: web.Request, many: bool) -> list[str]:
-    if not many:
-        return [params.bot_id("partner_node_id", request.query.get("partner_node_id"))]
-    raw = request.query.getall("partner_node_id[]", []) or request.query.getall("partner_node_id", [])
-    if not raw:
-        raise BadParam("partner_node_id[]", "partner_node_id[] is required")
-    if len(raw) > MAX_UPTIME_IDS:
-        raise BadParam("partner_node_id[]", f"at most {MAX_UPTIME_IDS} partner_node_id[] values")
-    return [params.bot_id("partner_node_id[]", v) for v in raw]
-
-
-def _hour_range(request: web.Request) -> tuple[int, int]:
-    q = request.query
-    if not q.get("started_at") or not q.get("ended_at"):
-        return EPOCH_MS, FAR_FUTURE_MS
-    start = floor_hour(params.timestamp_ms("started_at", q["started_at"]))
-    end = floor_hour(params.timestamp_ms("ended_at", q["ended_at"]))
-    if start > end:
-        raise BadParam("started_at", "started_at must not be after ended_at")
-    # Compared at hour precision too, so "exactly two weeks ago" is accepted after rounding.
-    if start < floor_hour(now_ms() - TWO_WEEKS_MS):
-        raise BadParam("started_at", "started_at may reach back at most 2 weeks")
-    return start, end
-
-
-async def _owned(request: web.Request, account: str, ids: list[str]) -> set[str]:
-    registry = request.app[REGISTRY]
-    found = await asyncio.gather(*(registry.bot(i) for i in dict.fromkeys(ids)))
-    return {b.id for b in found if b is not None and b.account_id == account}
-
-
-def _datagram(
-    handler: Callable[[web.Request, str, list[str], set[str]], Awaitable[Any]], many: bool
-) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def wrapped(request: web.Request) -> web.Response:
-        try:
-            ids = _ids(request, many)
-            account = await _datagram_account(request)
-            owned = await _owned(request, account, ids)
-            if not many and ids[0] not in owned:
-                return error(404, "Bot not found", "partner_node_id")
-            data = await handler(request, account, ids, owned)
-        except BadParam as exc:
-            return error(400, exc.message, exc.field)
-        except _DatagramError as exc:
-            return error(exc.status, exc.message, exc.field)
-        return json_response({"data": data if many else data[0]})
-
-    return wrapped
-
-
-_NOT_FOUND = {"message": "Bot not found"}
-
-
-async def _uptime_data(request: web.Request, account: str, ids: list[str], owned: set[str]) -> Any:
-    start, end = _hour_range(request)
-    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
-    values = await uptimes(request.app[STORE], [i for i in ids if i in owned], start, end, window_ms)
-    return [
-        {"uptime": values[i], "partner_node_id": i} if i in owned
-        else {"uptime": None, "partner_node_id": i, **_NOT_FOUND}
-        for i in ids
-    ]  # fmt: skip
-
-
-async def _detail_data(request: web.Request, account: str, ids: list[str], owned: set[str]) -> Any:
-    store = request.app[STORE]
-    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
-    mine = [i for i in dict.fromkeys(ids) if i in owned]
-    totals, seen = await asyncio.gather(
-        uptimes(store, mine, EPOCH_MS, FAR_FUTURE_MS, window_ms), last_seen(store, mine)
-    )
-    return [
-        {
-            "connection_status": _status(seen.get(i), window_ms),
-            "total_uptime": totals[i],
-            "partner_node_id": i,
-        }
-        if i in owned
-        else {"connection_status": None, "total_uptime": None, "partner_node_id": i, **_NOT_FOUND}
-        for i in ids
-    ]
 
 
 # --- listing and leaderboards ---------------------------------------------------------------
@@ -485,10 +346,6 @@ async def cors(
     return response
 
 
-# Failures of the parts behind the service, not of the request: the client should retry.
-UNAVAILABLE = (RedisError, OperationalError, OSError, asyncio.TimeoutError)
-
-
 @web.middleware
 async def backend_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -538,10 +395,7 @@ def build_app(settings: Settings, store: Store, *, with_worker: bool = False) ->
     app.router.add_get("/v1/bot/{botId}/top", get_bot_top)
     app.router.add_get("/v1/bots", get_bots)
     app.router.add_get("/v1/top", get_top)
-    app.router.add_get("/api/v1/uptime", _datagram(_uptime_data, many=False))
-    app.router.add_get("/api/v1/uptimes", _datagram(_uptime_data, many=True))
-    app.router.add_get("/api/v1/partner/detail", _datagram(_detail_data, many=False))
-    app.router.add_get("/api/v1/partner/details", _datagram(_detail_data, many=True))
+    datagram.add_routes(app)
     accounts_api.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

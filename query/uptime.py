@@ -9,6 +9,7 @@ per-post work in Python.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
@@ -20,6 +21,15 @@ EPOCH_MS = 0
 FAR_FUTURE_MS = 10_000_000_000_000
 MAX_PERIODS = 1000
 HOUR_MS = 3_600_000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def connection_status(last: int | None, window_ms: int) -> str:
+    """Connected while the last post still marks the bot up, by the same window as uptime."""
+    return "connected" if last is not None and now_ms() - last < window_ms else "disconnected"
 
 
 def floor_hour(ms: int) -> int:

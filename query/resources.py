@@ -1,0 +1,24 @@
+"""What a query app holds for its handlers — the settings, the ClickHouse store, Redis and the
+registry cache, under their app keys — and the failures of those backends. `query.app` sets the
+keys up; its handlers and `query.accounts_api`'s read them from `request.app`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from clickhouse_connect.driver.exceptions import OperationalError
+from redis.exceptions import RedisError
+
+from registry.index import RegistryCache
+from runtime.clickhouse import Store
+from runtime.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+REDIS = web.AppKey("redis", aioredis.Redis)
+REGISTRY = web.AppKey("registry", RegistryCache)
+
+# Failures of the parts behind the service, not of the request: the client should retry.
+UNAVAILABLE = (RedisError, OperationalError, OSError, asyncio.TimeoutError)
