@@ -24,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from botpulse.stack import read_stack
 from registry import admin
 from runtime.settings import Settings, load_settings
 
@@ -125,8 +126,6 @@ Backend = HttpBackend | DirectBackend
 def backend_for(settings: Settings) -> Backend:
     if settings.admin_url:
         return HttpBackend(settings.admin_url, settings.admin_token)
-    from botpulse.dev import read_stack
-
     stack = read_stack(settings)
     if stack is not None:
         return HttpBackend(stack.query_url, stack.admin_token)

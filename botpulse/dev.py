@@ -23,22 +23,13 @@ from pathlib import Path
 import msgspec
 from aiohttp import web
 
+from botpulse.stack import StackInfo, read_stack, remove_stack, write_stack
 from runtime.embedded import EmbeddedRedis, spawn_child
 from runtime.logs import configure_logging, get_logger
 from runtime.settings import Settings, load_settings
 
 DEMO_BOT_ID = "100000000000000001"
 ANNOUNCE = web.AppKey("announce", asyncio.Task)
-
-
-class StackInfo(msgspec.Struct):
-    """Written to `<data_dir>/stack.json` while `dev` runs: how operator commands reach it."""
-
-    pid: int
-    gateway_url: str
-    query_url: str
-    redis_url: str
-    admin_token: str
 
 
 class DemoCredentials(msgspec.Struct):
@@ -50,24 +41,6 @@ class DemoCredentials(msgspec.Struct):
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dev", help="run the whole stack on the embedded default (chDB + bundled Redis)")
     p.set_defaults(func=run_dev)
-
-
-def stack_file(settings: Settings) -> Path:
-    return Path(settings.data_dir) / "stack.json"
-
-
-def read_stack(settings: Settings) -> StackInfo | None:
-    """The running embedded stack, if any (operator commands talk to it over HTTP)."""
-    path = stack_file(settings)
-    try:
-        info = msgspec.json.decode(path.read_bytes(), type=StackInfo)
-    except (OSError, msgspec.DecodeError):
-        return None
-    try:
-        os.kill(info.pid, 0)
-    except OSError:
-        return None
-    return info
 
 
 def _admin_token(settings: Settings, data_dir: Path) -> str:
@@ -162,13 +135,7 @@ def run_dev(args: argparse.Namespace) -> int:
         gateway = spawn_child([sys.executable, "-m", "botpulse", "gateway"], env=child_env)
         gateway_url = f"http://{settings.gateway_listen}:{settings.gateway_port}"
         query_url = f"http://{settings.query_listen}:{settings.query_port}{settings.query_prefix}"
-        # It carries the operator token: readable by this user only, like admin_token and demo.json.
-        stack_path = stack_file(settings)
-        stack_path.touch(mode=0o600)
-        stack_path.chmod(0o600)
-        stack_path.write_bytes(
-            msgspec.json.encode(StackInfo(os.getpid(), gateway_url, query_url, redis_url, admin_token))
-        )
+        write_stack(settings, StackInfo(os.getpid(), gateway_url, query_url, redis_url, admin_token))
         app = build_app(settings, store, with_worker=True)
 
         async def announce() -> None:
@@ -185,7 +152,7 @@ def run_dev(args: argparse.Namespace) -> int:
         app.on_startup.append(on_startup)
         run(app, settings)
     finally:
-        stack_file(settings).unlink(missing_ok=True)
+        remove_stack(settings)
         if gateway is not None and gateway.poll() is None:
             gateway.send_signal(signal.SIGTERM)
             try:

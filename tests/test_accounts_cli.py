@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 import query.app
 from botpulse import accounts_cli
 from botpulse.cli import main
-from botpulse.dev import StackInfo, stack_file
+from botpulse.stack import StackInfo, stack_file
 from registry import records
 from registry.index import RegistryCache
 

@@ -15,6 +15,7 @@ import sys
 
 import redis.asyncio as aioredis
 
+from botpulse.stack import read_stack
 from runtime.redis import connect
 from runtime.settings import Settings, load_settings
 from workers.deadletters import DeadLetter, list_dead_letters, replay
@@ -44,8 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _redis_url(settings: Settings) -> str:
     if settings.redis_url:
         return settings.redis_url
-    from botpulse.dev import read_stack
-
     stack = read_stack(settings)
     if stack is None:
         raise SystemExit(
