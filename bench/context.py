@@ -213,11 +213,13 @@ class Bench:
         rate: float | None = None,
         connections: int | None = None,
         env: dict[str, str] | None = None,
+        builtin: bool = False,
     ) -> Result:
+        """`builtin`: the built-in generator even when wrk would be used (fixed rates always are)."""
         s = self.sizes
         duration = duration or s.duration_s
         connections = connections or s.connections
-        if self.use_wrk(rate is not None):
+        if self.use_wrk(rate is not None or builtin):
             return wrk.run(
                 port, targets[1], STATS_BODY, connections=connections, duration=duration, warmup=s.warmup_s
             )
