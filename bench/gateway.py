@@ -84,7 +84,7 @@ def run(b: Bench) -> None:
             peak = run.result.rps
         paced = None
         if peak > 0:
-            _empty_streams(redis)
+            _empty_streams(redis, env)
             svc, p = _start(b, "gateway", 1, env, tag="-paced")
             try:
                 paced = b.load(PHASE, p, targets, rate=round(0.7 * peak, 1), connections=connections)
@@ -117,7 +117,7 @@ def _measure(
     builtin: bool = False,
     connections: int | None = None,
 ) -> Run:
-    _empty_streams(redis)
+    _empty_streams(redis, env)
     svc, p = _start(b, kind, workers, env, tag="-builtin" if builtin else "")
     try:
         started, cpu, redis_cpu = time.monotonic(), svc.cpu(), _cpu(redis)
@@ -138,12 +138,12 @@ def _measure(
     return Run(alive, result, server_cores, redis_cores)
 
 
-def _empty_streams(redis: EmbeddedRedis) -> None:
+def _empty_streams(redis: EmbeddedRedis, env: dict[str, str]) -> None:
     """Start every run on an empty stream. This phase has no worker, so the stream would only
     grow (over a million entries across the runs, hundreds of MiB): Redis would then spend the
     later runs in AOF rewrites of a dataset that workers keep small in service, and those
     runs would measure that. The registry and the rate state are kept."""
-    settings = load_settings({}, redis_url=redis.url)
+    settings = load_settings(env, redis_url=redis.url)
     client = redis_sync.Redis.from_url(redis.url)
     try:
         client.unlink(*(stream_key(p) for p in range(settings.stream_partitions)))

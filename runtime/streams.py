@@ -1,8 +1,8 @@
 """The one Redis stream contract: key names, partitioning, the consumer group.
 
 Streams are partitioned by bot id. Every key that belongs to a partition carries the hash tag
-`{p<N>}` so a partition's stream, its dead letters, its batch records and the per-bot
-rate-limit and custom-slot keys live in one Redis Cluster slot (one Lua script can touch them
+`{p<N>}` so a partition's stream, its dead letters, its batch records, its rate-limit hash and
+its bots' custom-slot sets live in one Redis Cluster slot (one Lua script can touch them
 together) while partitions spread over the cluster.
 """
 

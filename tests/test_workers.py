@@ -298,6 +298,29 @@ async def test_entry_delivered_too_often_is_dead_lettered_then_replayed(fast, fa
     assert await stored_ids(fast_store) == [event.event_id]
 
 
+async def test_crash_looping_batch_is_dead_lettered_whole_and_counted(fast, fast_store, redis):
+    """A batch whose record outlived more than `max_deliveries` deliveries (its writers keep dying
+    before the ack) goes to the dead letters whole, acknowledged, its record gone, and counted."""
+    events = [stats_event("cl", guilds=i) for i in range(3)]
+    ids = await post(redis, events)
+    await redis.xgroup_create(stream_key(0), GROUP, id="0", mkstream=True)
+    await redis.xreadgroup(GROUP, "crashy-1", {stream_key(0): ">"})
+    record = rec.new_record(stream_key(0), "crashy-1", ids)
+    assert await rec.Records(redis, "crashy-1").write_if_owned(stream_key(0), batches_key(0), record) == []
+    for _ in range(fast.max_deliveries):  # each crash-and-take-over adds one delivery
+        await redis.xclaim(stream_key(0), GROUP, "crashy-1", 0, ids)
+    await asyncio.sleep(fast.claim_idle_ms / 1000 + 0.05)
+    async with worker_task(fast, fast_store):
+        await drained(redis)
+    assert await stored_ids(fast_store) == []
+    letters = await redis.xrange(dead_letter_key(0))
+    assert [fields[b"id"] for _, fields in letters] == ids
+    assert all(b"without being acknowledged" in fields[b"reason"] for _, fields in letters)
+    assert await redis.hlen(batches_key(0)) == 0
+    assert (await redis.xpending(stream_key(0), GROUP))["pending"] == 0
+    assert int(await redis.hget(worker_stats_key(0), "dead_total")) == 3
+
+
 async def _empty(redis: aioredis.Redis) -> bool:
     return await redis.xlen(stream_key(0)) == 0
 

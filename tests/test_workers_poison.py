@@ -15,6 +15,7 @@ import json
 
 import msgspec
 import pytest
+import redis as redis_sync
 import redis.asyncio as aioredis
 from clickhouse_connect.driver.exceptions import DatabaseError
 
@@ -297,3 +298,32 @@ async def test_split_batch_recovered_after_its_poison_became_acceptable_stores_e
     # The recovered entry's custom metric name is listed too (its batch's names block changed).
     names = await store.query("SELECT DISTINCT name FROM custom_metric_names FINAL WHERE bot_id = 's1'")
     assert sorted(names) == [("queue",), ("shards_ready",)]
+
+
+async def test_poison_entry_taken_over_while_its_batch_was_written_is_left_to_its_new_owner(
+    worker, store, redis, monkeypatch, poison_settings
+):
+    good = [stats_event("p1", guilds=i) for i in range(3)]
+    bad = stats_event("p1", guilds=-1)
+    ids = await post(redis, [*good, bad])
+    bad_id = ids[3]
+    other = redis_sync.Redis.from_url(poison_settings.redis_url)
+    real = store.insert_sync
+
+    def insert_sync(table, rows, columns, settings=None, column_oriented=False):  # type: ignore[no-untyped-def]
+        # This worker stalls inside its insert long enough for another one to take the entry over.
+        other.xclaim(stream_key(0), GROUP, "other", 0, [bad_id])
+        return real(table, rows, columns, settings, column_oriented)
+
+    monkeypatch.setattr(store, "insert_sync", insert_sync)
+    try:
+        await worker._read()
+        await worker.flush()
+    finally:
+        other.close()
+    assert await stored_counts(store) == {e.event_id: 1 for e in good}
+    # Neither acknowledged nor given a record of this worker's: the new owner settles it.
+    rows = await redis.xpending_range(stream_key(0), GROUP, "-", "+", 10)
+    assert [(r["message_id"], r["consumer"]) for r in rows] == [(bad_id, b"other")]
+    assert await records(redis) == []
+    assert await letters(redis) == []

@@ -8,8 +8,11 @@ Invariants (see docs/workers.md for the full argument):
 - A record is written only while its writer owns every one of its ids in the group's pending
   list; the check and the write are one Lua script, so a taken-over entry never ends up in two
   different batches.
-- A record is removed only in the same MULTI as the XACK of all its ids, so while a record
-  exists none of its entries is acknowledged and trimming keeps them in the stream.
+- A record is removed only in the same MULTI as the XACK of its ids. The ids left
+  unacknowledged there are poison entries: those waiting for another delivery get records of
+  their own in that MULTI; those another consumer took over are its to settle (it read this
+  record when it took them). Pending entries stay in the stream: trimming stops below the
+  oldest one.
 """
 
 from __future__ import annotations

@@ -134,6 +134,8 @@ class Batch:
     poison: list[tuple[bytes, bytes, str]] = field(default_factory=list)
     # Set at commit: poison entries that stay pending, each under a record of its own.
     waiting: list[rec.BatchRecord] = field(default_factory=list)
+    # Set at commit: poison entries another consumer took over meanwhile; theirs to settle.
+    unowned: list[bytes] = field(default_factory=list)
 
 
 class Worker:
@@ -471,6 +473,8 @@ class Worker:
         log.error("batch moved to dead letters", partition=batch.partition, token=batch.record.token)
         dead = [(e.id, e.data, reason) for e in batch.entries] + batch.poison
         await self._commit(batch, dead, {i: deliveries for i, _, _ in dead})
+        with contextlib.suppress(*_REDIS_ERRORS):
+            await PartitionStats.add(self.redis, batch.partition, "dead_total", len(dead))
 
     async def sweep_records(self) -> None:
         """Records left behind with no pending entry (e.g. an operator acknowledged entries by
@@ -610,6 +614,7 @@ class Worker:
         insert used (`token_for` of its id), so a retry that finally stores it, or a repeat after
         a crash, is deduplicated against any earlier attempt."""
         batch.waiting = []
+        batch.unowned = []
         if not poison:
             return [], {}
         stream = stream_key(batch.partition)
@@ -617,8 +622,16 @@ class Worker:
         counts = await self._delivery_counts(stream, [i for i, _, _ in poison])
         dead: list[tuple[bytes, bytes, str]] = []
         for entry_id, data, reason in poison:
-            # Not ours any more (taken over meanwhile): its owner decides; it waits here.
-            count = counts.get(entry_id, 0)
+            count = counts.get(entry_id)
+            if count is None:
+                # Not ours any more (taken over while this batch was written): its new owner
+                # writes this batch again from its record and settles the entry by its own
+                # delivery count, so it is neither acknowledged nor given a record here.
+                batch.unowned.append(entry_id)
+                log.warning(
+                    "poison entry taken over meanwhile", partition=batch.partition, id=entry_id.decode()
+                )
+                continue
             if count >= limit:
                 dead.append(
                     (entry_id, data, f"{reason} (delivered {count} times, BOTPULSE_MAX_DELIVERIES={limit})")
@@ -716,11 +729,12 @@ class Worker:
     async def _commit(
         self, batch: Batch, dead: list[tuple[bytes, bytes, str]], deliveries: dict[bytes, int]
     ) -> None:
-        """One MULTI: dead letters in, every id acknowledged but the waiting poison entries', the
-        record gone, the waiting entries' own records in (R2: a record leaves only with the ack
-        of its ids, or handing the unacknowledged ones to records of their own)."""
+        """One MULTI: dead letters in, every id acknowledged but the poison entries that wait (or
+        that another consumer took over), the record gone, the waiting entries' own records in
+        (R2: a record leaves only with the ack of its ids, or handing the unacknowledged ones to
+        records of their own, or to the consumer that took them over and holds this record)."""
         stream = stream_key(batch.partition)
-        waiting = {i.encode() for r in batch.waiting for i in r.ids}
+        waiting = {i.encode() for r in batch.waiting for i in r.ids} | set(batch.unowned)
         ids = [e.id for e in batch.entries] + [i for i, _, _ in batch.poison] + batch.lost
         if waiting:
             ids = [i for i in ids if i not in waiting]
