@@ -112,11 +112,11 @@ class _Seen(msgspec.Struct, frozen=True):
 
 _NAMES = "(SELECT arraySort(groupUniqArray(name)) FROM custom_metric_names WHERE bot_id = {id:String})"
 
-# Without the first post, the last one is the newest row of `bot_stats_posts` by its
+# Without the first post, the last one is the newest row of `bot_stats` by its
 # `(bot_id, ts)` key: a read-in-order of one granule per part, cheaper than the daily roll-up's
 # per-month parts.
 _LAST_AND_NAMES_SQL = (
-    "SELECT (SELECT groupArray(toUnixTimestamp64Milli(ts)) FROM (SELECT ts FROM bot_stats_posts"
+    "SELECT (SELECT groupArray(toUnixTimestamp64Milli(ts)) FROM (SELECT ts FROM bot_stats"
     " WHERE bot_id = {id:String} ORDER BY ts DESC LIMIT 1)), " + _NAMES
 )
 

@@ -8,10 +8,10 @@ fields, the mean of the non-null values of the averaged fields, and per custom m
 over the posts that carried it.
 
 Plans. Up to `RAW_MAX_HOURS` the posts of the range are aggregated directly (one read of
-`bot_stats_posts`; below ~40 days of 1-minute posts this beats the two-level plan's fixed costs).
+`bot_stats`; below ~40 days of 1-minute posts this beats the two-level plan's fixed costs).
 Longer ranges use the two-level plan: an hour of `bot_stats_1h` is used when the whole hour lies
 inside one bucket; the posts of every other hour in the range (the "ragged" hours, which hold a
-bucket edge or a range end) come from `bot_stats_posts`, the raw posts in 128-row granules, so
+bucket edge or a range end) come from `bot_stats`, the raw posts in 128-row granules, so
 only those hours are read. Every post is therefore counted exactly once, and argMax/avg states
 merge losslessly, so the answer is identical to the raw definition. The ragged hours are at most
 `dataPoints + 1`, so a year costs about what a month does: 8760 hourly rows plus <= 1001 hours of
@@ -55,7 +55,7 @@ _POSTS_LEVEL = (
     + ", sumMap(CAST(custom, 'Map(String, Float64)')) AS custom_sum, "
     "sumMap(CAST(mapApply((k, v) -> (k, toUInt64(1)), custom), 'Map(String, UInt64)')) "
     "AS custom_count "
-    "FROM bot_stats_posts WHERE bot_id = {id:String} "
+    "FROM bot_stats WHERE bot_id = {id:String} "
     "AND intDiv(toUnixTimestamp64Milli(ts), 3600000) IN {hours:Array(Int64)} "
     "AND ts >= fromUnixTimestamp64Milli({start:Int64}, 'UTC') "
     "AND ts < fromUnixTimestamp64Milli({end:Int64}, 'UTC') GROUP BY i"
@@ -73,7 +73,7 @@ RAW_BUCKETS_SQL = (
     )
     + ", sumMap(CAST(custom, 'Map(String, Float64)')), "
     "sumMap(CAST(mapApply((k, v) -> (k, toUInt64(1)), custom), 'Map(String, UInt64)')) "
-    "FROM bot_stats_posts WHERE bot_id = {id:String} "
+    "FROM bot_stats WHERE bot_id = {id:String} "
     "AND ts >= fromUnixTimestamp64Milli({start:Int64}, 'UTC') "
     "AND ts < fromUnixTimestamp64Milli({end:Int64}, 'UTC') GROUP BY i ORDER BY i"
 )

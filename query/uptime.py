@@ -2,7 +2,7 @@
 is the length of the union of those intervals inside the range.
 
 With the posts sorted, that union is the disjoint union of `[t_i, min(t_{i+1}, t_i + window))`,
-so one window-function pass over the post timestamps (only the `ts` column of `bot_stats_posts`,
+so one window-function pass over the post timestamps (only the `ts` column of `bot_stats`,
 by its `(bot_id, ts)` key, in 128-row granules) gives both the uptime and the gaps, with no
 per-post work in Python.
 """
@@ -40,7 +40,7 @@ def floor_hour(ms: int) -> int:
 _POSTS = (
     "SELECT bot_id, t, leadInFrame(t, 1, greatest(t + {w:Int64}, {end:Int64})) OVER ("
     " PARTITION BY bot_id ORDER BY t ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING) AS nxt"
-    " FROM (SELECT bot_id, toUnixTimestamp64Milli(ts) AS t FROM bot_stats_posts"
+    " FROM (SELECT bot_id, toUnixTimestamp64Milli(ts) AS t FROM bot_stats"
     " WHERE bot_id IN {ids:Array(String)}"
     " AND ts > fromUnixTimestamp64Milli({start:Int64} - {w:Int64}, 'UTC')"
     " AND ts < fromUnixTimestamp64Milli({end:Int64}, 'UTC'))"
@@ -52,7 +52,7 @@ UPTIME_SQL = (
     "SELECT bot_id, length(a), a[1], arraySum(arrayMap((t, nxt) ->"
     " greatest(0, least(nxt, t + {w:Int64}, {end:Int64}) - greatest(t, {start:Int64})), a,"
     " arrayPushBack(arrayPopFront(a), greatest(a[-1] + {w:Int64}, {end:Int64}))))"
-    " FROM (SELECT bot_id, arraySort(groupArray(toUnixTimestamp64Milli(ts))) AS a FROM bot_stats_posts"
+    " FROM (SELECT bot_id, arraySort(groupArray(toUnixTimestamp64Milli(ts))) AS a FROM bot_stats"
     " WHERE bot_id IN {ids:Array(String)}"
     " AND ts > fromUnixTimestamp64Milli({start:Int64} - {w:Int64}, 'UTC')"
     " AND ts < fromUnixTimestamp64Milli({end:Int64}, 'UTC') GROUP BY bot_id)"

@@ -27,6 +27,37 @@ def test_time_series_tables_are_partitioned_monthly_ordered_by_bot_and_ts_with_t
         assert "non_replicated_deduplication_window = 10000" in ddl
 
 
+def test_the_query_services_old_copy_of_the_posts_is_dropped_and_bot_stats_kept(store):
+    # An install that ran the retired 0030: a copy of the posts fed by a view from bot_stats.
+    # Recent times: older rows would fall to the retention TTL as they are written.
+    insert = (
+        "INSERT INTO bot_stats (bot_id, ts, event_id, guilds)"
+        " SELECT 'm1', now64(3) + {s:UInt32}, {e:String}, {g:UInt64}"
+    )
+    store.command_sync("CREATE TABLE bot_stats_posts AS bot_stats ENGINE = MergeTree ORDER BY (bot_id, ts)")
+    store.command_sync(
+        "CREATE MATERIALIZED VIEW bot_stats_posts_mv TO bot_stats_posts AS SELECT * FROM bot_stats"
+    )
+    store.command_sync(insert, {"s": 0, "e": "e1", "g": 7})
+    store.command_sync(
+        "ALTER TABLE schema_migrations DELETE WHERE version = {v:String} SETTINGS mutations_sync = 2",
+        {"v": "0032_drop_query_posts"},
+    )
+    assert migrate(store) == ["0032_drop_query_posts"]
+    tables = {r[0] for r in store.query_rows("SHOW TABLES")}
+    assert not {"bot_stats_posts", "bot_stats_posts_mv"} & tables
+    store.command_sync(insert, {"s": 1, "e": "e2", "g": 8})
+    assert store.query_rows("SELECT guilds FROM bot_stats WHERE bot_id = 'm1' ORDER BY ts") == [(7,), (8,)]
+
+
+def test_bot_stats_is_read_in_small_granules(store, settings):
+    (ddl,) = store.query_rows(
+        "SELECT create_table_query FROM system.tables WHERE database = {db:String} AND name = 'bot_stats'",
+        {"db": settings.clickhouse_database},
+    )[0]
+    assert "index_granularity = 128" in ddl
+
+
 def test_single_server_rendering_has_no_cluster_parts():
     sql = available()[0].sql
     statements = render(sql, cluster=None, database="botpulse", ttl_days=30)

@@ -15,7 +15,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from query.app import build_app
 from query.stats import ragged_hours
 from registry.records import Bot, create_account, now, write_bot
-from runtime.migrations import migrate
 from workers.rows import CUSTOM_COLUMNS, STATS_COLUMNS
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -305,27 +304,3 @@ def test_ragged_hours_are_exactly_the_hours_the_hourly_rollup_cannot_serve():
             if not (lo >= start and hi <= end and idx(lo) == idx(hi - 1)):
                 expected.append(h)
         assert ragged_hours(start, end, n) == expected, (start, end, n)
-
-
-async def test_posts_copy_backfills_posts_stored_before_it_existed(store):
-    await store.insert("bot_stats", [stat("100", T0 + k, guilds=k) for k in range(3)], STATS_COLUMNS)
-    # As if these posts predated 0030: drop their copies and forget the backfill ran.
-    await store.command("TRUNCATE TABLE bot_stats_posts")
-    await store.command(
-        "ALTER TABLE schema_migrations DELETE WHERE version = '0031_query_posts_backfill' "
-        "SETTINGS mutations_sync = 2"
-    )
-    await store.insert("bot_stats", [stat("100", T0 + 10, guilds=10)], STATS_COLUMNS)  # copied by the view
-    # A lagging partition: the view also copied a post older than the ones waiting for backfill.
-    await store.insert("bot_stats", [stat("100", T0 - 5, guilds=99)], STATS_COLUMNS)
-    assert migrate(store) == ["0031_query_posts_backfill"]
-    rows = await store.query("SELECT guilds FROM bot_stats_posts ORDER BY ts")
-    assert [r[0] for r in rows] == [99, 0, 1, 2, 10]  # each post once, none lost
-    # Run again (as after an interruption): nothing is copied twice.
-    await store.command(
-        "ALTER TABLE schema_migrations DELETE WHERE version = '0031_query_posts_backfill' "
-        "SETTINGS mutations_sync = 2"
-    )
-    assert migrate(store) == ["0031_query_posts_backfill"]
-    rows = await store.query("SELECT guilds FROM bot_stats_posts ORDER BY ts")
-    assert [r[0] for r in rows] == [99, 0, 1, 2, 10]
