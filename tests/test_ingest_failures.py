@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
@@ -134,6 +136,8 @@ def _run_workers(env: dict[str, str], port: int, key: str, stop: signal.Signals)
         child = children[0].pid
         parent.send_signal(stop)
         parent.wait(20)
+        if stop == signal.SIGTERM:
+            assert parent.returncode == 0  # a clean stop, not a crash
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not _gone(child):
             time.sleep(0.1)
@@ -158,3 +162,70 @@ async def test_workers_share_the_port_and_die_with_the_parent(settings, store, r
     await asyncio.to_thread(_run_workers, env, free_port(), key, stop)
     raw = await redis.xrange(stream_key(partition_of("88", settings.stream_partitions)))
     assert sorted(int(decode_event(f[b"e"]).payload.value1) for _, f in raw) == list(range(20))  # type: ignore[union-attr, arg-type]
+
+
+def _post(url: str, key: str) -> int:
+    request = urllib.request.Request(
+        f"{url}/v1/bot/66",
+        data=b'{"guilds": 5}',
+        headers={"Authorization": key, "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=15) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _terminate_with_a_post_in_flight(env: dict[str, str], port: int, key: str, redis: EmbeddedRedis) -> dict:
+    """Start a gateway, freeze Redis under a post, SIGTERM the gateway, thaw Redis."""
+    url = f"http://127.0.0.1:{port}"
+    seen: dict[str, object] = {}
+    gateway = subprocess.Popen([sys.executable, "-m", "botpulse", "gateway", "--port", str(port)], env=env)
+    assert redis.proc is not None
+    try:
+        _wait_healthy(url, gateway)
+        seen["warm"] = _post(url, key)  # the registry cache holds the key from here on
+        redis.proc.send_signal(signal.SIGSTOP)  # the next append waits in Redis
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(_post, url, key)
+            time.sleep(0.5)
+            gateway.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            try:
+                urllib.request.urlopen(f"{url}/healthz", timeout=2)
+                seen["accepting"] = True
+            except OSError:
+                seen["accepting"] = False
+            redis.proc.send_signal(signal.SIGCONT)
+            seen["in_flight"] = in_flight.result(timeout=20)
+        seen["exit"] = gateway.wait(20)
+    finally:
+        redis.proc.send_signal(signal.SIGCONT)
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.wait()
+    return seen
+
+
+async def test_sigterm_stops_accepting_answers_the_post_in_flight_and_exits_cleanly(store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    own = aioredis.Redis.from_url(server.url)
+    env = dict(
+        os.environ,
+        REDIS_URL=server.url,
+        BOTPULSE_DATA_DIR=str(tmp_path),
+        BOTPULSE_LOG_LEVEL="warning",
+        BOTPULSE_REDIS_TIMEOUT_MS="5000",  # the post waits for the frozen Redis instead of a 503
+    )
+    try:
+        account, key = await create_account(store, own, "term")
+        await write_bot(store, own, Bot("66", account.id, "Bot", None, False, 10, None, now()))
+        await own.set(index.READY_KEY, "1")
+        seen = await asyncio.to_thread(_terminate_with_a_post_in_flight, env, free_port(), key, server)
+        assert seen == {"warm": 204, "accepting": False, "in_flight": 204, "exit": 0}
+        # Answered only after Redis took it: both posts are in the stream.
+        assert await own.xlen(stream_key(partition_of("66", 1))) == 2
+    finally:
+        await own.aclose()
+        server.stop()
