@@ -2,9 +2,9 @@
 step-by-step tests in `test_workers_poison.py` do not cover (two workers on one record, a take-over
 while a batch is committed, a MULTI whose reply is lost), on real parts (valkey, chDB).
 
-A test marked xfail(strict=True) demonstrates a bug that is not fixed yet: it passes once the
-code behaves as the invariants in docs/workers.md say, and the strict marker then asks for the
-marker's removal.
+Each test failed before the fix it is named after (workers/runner.py: a recovered batch
+re-reads its record before inserting a block whole; entries gone from the stream and from the
+pending list count as settled, not lost; a commit whose reply was lost is not run twice).
 """
 
 from __future__ import annotations
@@ -53,17 +53,6 @@ def records_read_earlier(monkeypatch: pytest.MonkeyPatch, worker: Worker, snapsh
     monkeypatch.setattr(worker.records, "all", all_)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "two workers recover one record: both read it with split=[]; W2's whole-block insert is "
-        "rejected, it records the split and stores the halves under their own tokens; the "
-        "rejection goes away; W3 (still holding its copy with split=[]) inserts the whole block "
-        "under the record's token, which no insert used successfully: every row W2 stored is "
-        "stored again (workers/runner.py _insert_split: the split list is checked on the copy "
-        "read in _take, never against Redis)"
-    ),
-)
 async def test_two_workers_recovering_one_split_record_store_each_entry_once(
     review_settings, store, redis, monkeypatch
 ):
@@ -95,22 +84,16 @@ async def test_two_workers_recovering_one_split_record_store_each_entry_once(
     broken["on"] = False  # the table is fixed (or the "data" error was a passing one)
     counts = {i: 2 for i, _ in w3_claimed}
     await w3._take(0, w3_claimed, deliveries=counts)
+    # W3 finds the record committed meanwhile (in Redis, not in its copy): it writes nothing.
+    assert await stored_counts(store) == {e.event_id: 1 for e in good}
 
-    stored = await stored_counts(store)
-    assert stored == {e.event_id: 1 for e in [*good, fixable]}
+    # The fixable entry waits under its own record; its next delivery stores it, once.
+    await asyncio.sleep(review_settings.claim_idle_ms / 1000 + 0.05)
+    await w2.take_over_idle()
+    assert await stored_counts(store) == {e.event_id: 1 for e in [*good, fixable]}
+    assert await pending(redis) == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "W1 stalls inside the insert of a batch's rejected entry; W2 takes that entry over and "
-        "reads W1's record; W1 leaves the entry to W2 (unowned), acknowledges the rest, drops the "
-        "record and trims the stream below the entry; W2, writing the batch again from the record "
-        "as _settle_poison expects, finds the acknowledged entries trimmed and counts them in "
-        "lost_total (and logs them as lost) though they were stored once and acknowledged "
-        "(workers/runner.py _load_batch -> Batch.lost -> _commit)"
-    ),
-)
 async def test_poison_taken_over_mid_batch_counts_nothing_as_lost(review_settings, store, redis, monkeypatch):
     good = stats_event("t2", guilds=1)
     bad = stats_event("t2", guilds=-1)  # refused by ClickHouse every time
@@ -151,15 +134,6 @@ async def test_poison_taken_over_mid_batch_counts_nothing_as_lost(review_setting
     assert int(stats.get(b"lost_total", 0)) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the commit MULTI runs but its reply is lost (socket timeout or connection drop after "
-        "EXEC): _commit retries the whole MULTI and XADDs the dead letter again; "
-        "`dead-letters replay --all` then stores the entry twice "
-        "(workers/runner.py _commit retry loop: the XADD is not idempotent)"
-    ),
-)
 async def test_commit_retried_after_a_lost_reply_dead_letters_once(make_settings, store, redis, monkeypatch):
     settings = make_settings(max_deliveries=1, **FAST)  # the first rejection is final
     w = await named_worker(settings, store, redis, "w1-host-3")

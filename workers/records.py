@@ -147,6 +147,10 @@ class Records:
         """Store the record's new state; False if it no longer exists."""
         return bool(await self._update(keys=[batches], args=[record.token, encode(record)]))
 
+    async def get(self, batches: str, token: str) -> BatchRecord | None:
+        raw = await self.redis.hget(batches, token)
+        return None if raw is None else decode(raw)
+
     async def all(self, batches: str) -> dict[str, BatchRecord]:
         raw = await self.redis.hgetall(batches)
         out: dict[str, BatchRecord] = {}

@@ -452,8 +452,21 @@ class Worker:
                 for i, found in zip(missing, await pipe.execute(), strict=True):
                     if found:
                         fetched[i] = found[0][1]
+        gone = [i for i in missing if i not in fetched]
+        settled: set[bytes] = set()
+        if gone:
+            # Gone from the stream: acknowledged meanwhile (the record's writer settled it and
+            # trimming followed), or truly lost if the group still lists it as pending.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in gone:
+                    pipe.xpending_range(stream, GROUP, i, i, 1)
+                for i, rows in zip(gone, await pipe.execute(), strict=True):
+                    if not rows:
+                        settled.add(i)
         for raw_id in record.ids:
             entry_id = raw_id.encode()
+            if entry_id in settled:
+                continue
             fields = known.get(entry_id) or fetched.get(entry_id)
             if fields is None:
                 lost.append(entry_id)
@@ -669,6 +682,13 @@ class Worker:
         n = block_rows(rows)
         if not n:
             return {}
+        if batch.recovered and n > 1:
+            # Two workers can recover one record (each took some of its entries over): what the
+            # other split, or that it committed the batch, is in Redis, not in this copy.
+            current = await self.records.get(batches_key(batch.partition), batch.record.token)
+            if current is None:
+                raise _Superseded(batch.record.token)
+            batch.record.split = sorted({*batch.record.split, *current.split})
         if token not in batch.record.split:
             try:
                 await self._insert(batch, table, rows, token)
@@ -768,6 +788,13 @@ class Worker:
                     raise
                 attempt += 1
                 await self._sleep(self._backoff(attempt))
+                # The MULTI may have run with only its reply lost; running it again would add
+                # the dead letters twice. It removes the record, so a record that is gone means
+                # this commit (or a take-over's) is done. A record of the same token is back only
+                # when it is this batch's single entry, waiting again: nothing dead to repeat.
+                with contextlib.suppress(*_REDIS_ERRORS):
+                    if not await self.redis.hexists(batches_key(batch.partition), batch.record.token):
+                        break
         self._redis_state(ok=True)
         if batch.lost:
             await PartitionStats.add(self.redis, batch.partition, "lost_total", len(batch.lost))
