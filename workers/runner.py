@@ -43,7 +43,7 @@ from runtime.clickhouse import Store, is_data_error
 from runtime.logs import get_logger
 from runtime.redis import connect
 from runtime.settings import Settings, SettingsError
-from runtime.streams import GROUP, batches_key, dead_letter_key, stream_key
+from runtime.streams import GROUP, batches_key, dead_letter_key, stream_key, worker_stats_key
 from schemas.stream import FIELD, StreamEvent, decode_event
 from workers import records as rec
 from workers.deadletters import dead_letter_fields
@@ -486,8 +486,6 @@ class Worker:
         log.error("batch moved to dead letters", partition=batch.partition, token=batch.record.token)
         dead = [(e.id, e.data, reason) for e in batch.entries] + batch.poison
         await self._commit(batch, dead, {i: deliveries for i, _, _ in dead})
-        with contextlib.suppress(*_REDIS_ERRORS):
-            await PartitionStats.add(self.redis, batch.partition, "dead_total", len(dead))
 
     async def sweep_records(self) -> None:
         """Records left behind with no pending entry (e.g. an operator acknowledged entries by
@@ -614,7 +612,6 @@ class Worker:
                 batch.partition,
                 rows=len(batch.entries) - len(rejected),
                 recovered=batch.recovered,
-                dead=len(dead),
             )
 
     async def _settle_poison(
@@ -749,10 +746,11 @@ class Worker:
     async def _commit(
         self, batch: Batch, dead: list[tuple[bytes, bytes, str]], deliveries: dict[bytes, int]
     ) -> None:
-        """One MULTI: dead letters in, every id acknowledged but the poison entries that wait (or
-        that another consumer took over), the record gone, the waiting entries' own records in
-        (R2: a record leaves only with the ack of its ids, or handing the unacknowledged ones to
-        records of their own, or to the consumer that took them over and holds this record)."""
+        """One MULTI: dead letters in (and counted), every id acknowledged but the poison entries
+        that wait (or that another consumer took over), the record gone, the waiting entries' own
+        records in (R2: a record leaves only with the ack of its ids, or handing the
+        unacknowledged ones to records of their own, or to the consumer that took them over and
+        holds this record)."""
         stream = stream_key(batch.partition)
         waiting = {i.encode() for r in batch.waiting for i in r.ids} | set(batch.unowned)
         ids = [e.id for e in batch.entries] + [i for i, _, _ in batch.poison] + batch.lost
@@ -775,6 +773,8 @@ class Worker:
                                 entry_id, data, reason, deliveries.get(entry_id, 1), self.consumer
                             ),
                         )
+                    if dead:  # counted with the letters, so a count never strays from them
+                        pipe.hincrby(worker_stats_key(batch.partition), "dead_total", len(dead))
                     if ids:
                         pipe.xack(stream, GROUP, *ids)
                     pipe.hdel(batches_key(batch.partition), batch.record.token)
@@ -809,11 +809,11 @@ class Worker:
                     dead_letter_key(partition),
                     dead_letter_fields(entry_id, data, reason, deliveries, self.consumer),
                 )
+            pipe.hincrby(worker_stats_key(partition), "dead_total", len(poison))
             pipe.xack(stream_key(partition), GROUP, *[i for i, _, _ in poison])
             await pipe.execute()
         for entry_id, _, reason in poison:
             log.error("entry moved to dead letters", partition=partition, id=entry_id.decode(), reason=reason)
-        await PartitionStats.add(self.redis, partition, "dead_total", len(poison))
 
     # --- faults -------------------------------------------------------------------------------
     def _clickhouse_state(self, *, ok: bool, exc: BaseException | None = None) -> None:

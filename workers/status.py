@@ -26,9 +26,7 @@ class PartitionStats:
     these are operator figures, not part of the exactly-once path)."""
 
     @staticmethod
-    async def record_batch(
-        redis: aioredis.Redis, partition: int, *, rows: int, recovered: bool, dead: int
-    ) -> None:
+    async def record_batch(redis: aioredis.Redis, partition: int, *, rows: int, recovered: bool) -> None:
         now = time.time()
         window = int(now) // WINDOW_S
         key = worker_stats_key(partition)
@@ -41,8 +39,6 @@ class PartitionStats:
             pipe.hdel(key, *[f"w:{w}" for w in range(window - RATE_WINDOWS - 30, window - RATE_WINDOWS - 1)])
             if recovered:
                 pipe.hincrby(key, "recovered_total", 1)
-            if dead:
-                pipe.hincrby(key, "dead_total", dead)
             await pipe.execute()
 
     @staticmethod
