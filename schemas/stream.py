@@ -10,7 +10,7 @@ import msgspec
 
 
 class StatsPayload(
-    msgspec.Struct, tag="stats", tag_field="kind", omit_defaults=True, forbid_unknown_fields=False
+    msgspec.Struct, tag="stats", tag_field="kind", omit_defaults=True, forbid_unknown_fields=False, gc=False
 ):
     """One stats post. Absent (or null) fields stay None; custom metrics are the ones that hold
     one of the bot's custom-graph slots (names over the slot limit were dropped by the gateway)."""
@@ -27,7 +27,7 @@ class StatsPayload(
 
 
 class CustomPayload(
-    msgspec.Struct, tag="custom", tag_field="kind", omit_defaults=True, forbid_unknown_fields=False
+    msgspec.Struct, tag="custom", tag_field="kind", omit_defaults=True, forbid_unknown_fields=False, gc=False
 ):
     """One custom-graph entry. Values are kept exactly as their decimal/string form."""
 
@@ -39,8 +39,13 @@ class CustomPayload(
 
 Payload = StatsPayload | CustomPayload
 
+# gc=False on the three structs: they hold only scalars and a str -> float dict, so they can
+# never be part of a reference cycle, and a worker keeps 10,000 of them alive per batch; left to
+# the cyclic GC, which walks every tracked object it holds, decoding cost 3-5 us an event instead
+# of ~1.2 us.
 
-class StreamEvent(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
+
+class StreamEvent(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False, gc=False):
     event_id: str  # unique per accepted post (and per entry of a multi-entry post)
     received_ms: int  # the server's receive time, Unix ms: the row's `ts`
     bot_id: str

@@ -450,6 +450,26 @@ async def test_entries_taken_over_while_buffered_are_not_written_twice(fast, fas
     assert list((await redis.hgetall(batches_key(0))).keys()) == [batch.record.token.encode()]
 
 
+async def test_read_entries_taken_over_after_the_fresh_window_are_left_to_their_owner(
+    fast, fast_store, redis
+):
+    """A batch record skips the id-by-id ownership check only within half of claim_idle_ms of the
+    read that delivered its entries; a worker that stalls longer is checked, and leaves the
+    entries another consumer took over to that consumer."""
+    events = [stats_event("s2", guilds=i) for i in range(4)]
+    ids = await post(redis, events)
+    worker = Worker(fast, fast_store, redis)
+    await worker.ensure_groups()
+    await worker._read()
+    assert worker._delivered_since[0] is not None
+    await asyncio.sleep(fast.claim_idle_ms / 1000)  # past the window (claim_idle_ms / 2)
+    await redis.xclaim(stream_key(0), GROUP, "other-2", 0, ids[1:3])
+    await worker.flush()
+    assert await stored_ids(fast_store) == sorted([events[0].event_id, events[3].event_id])
+    pending = await redis.xpending_range(stream_key(0), GROUP, "-", "+", 10)
+    assert {(r["message_id"], r["consumer"]) for r in pending} == {(ids[1], b"other-2"), (ids[2], b"other-2")}
+
+
 async def test_group_moved_back_while_buffered_stores_each_entry_once(fast, fast_store, redis):
     """Reads are trusted to arrive in stream order (no sort); an operator rewinding the group
     (XGROUP SETID) re-delivers buffered entries, and the batch must still hold each id once."""

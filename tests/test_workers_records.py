@@ -59,3 +59,39 @@ async def test_record_refused_when_an_entry_was_acknowledged(redis: aioredis.Red
     record = rec.new_record(STREAM, "a", ids)
     assert await rec.Records(redis, "a").write_if_owned(STREAM, BATCHES, record) == [ids[2]]
     assert not await redis.hexists(BATCHES, record.token)
+
+
+async def _server_ms(redis: aioredis.Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def test_fresh_batch_record_is_written_without_the_id_by_id_check(redis: aioredis.Redis) -> None:
+    # Read just now: no entry can have been idle long enough for XAUTOCLAIM, so the record is
+    # written on the caller's word. Entry 1 was claimed by hand (an operator's XCLAIM with no
+    # idle time, which the fast path does not guard against) to show the check was skipped.
+    await _setup(redis, 3)
+    since = await _server_ms(redis)
+    ids = await _read(redis, "a", 3)
+    await redis.xclaim(STREAM, GROUP, "b", 0, [ids[1]])
+    record = rec.new_record(STREAM, "a", ids)
+    written = await rec.Records(redis, "a").write_if_owned(
+        STREAM, BATCHES, record, delivered_since_ms=since, fresh_for_ms=60_000
+    )
+    assert written == []
+    assert await redis.hexists(BATCHES, record.token)
+
+
+async def test_batch_older_than_the_fresh_window_is_checked_id_by_id(redis: aioredis.Redis) -> None:
+    await _setup(redis, 4)
+    since = await _server_ms(redis)
+    ids = await _read(redis, "a", 4)
+    await redis.xclaim(STREAM, GROUP, "b", 0, [ids[0], ids[3]])
+    record = rec.new_record(STREAM, "a", ids)
+    records = rec.Records(redis, "a")
+    # Delivered more than the window ago: the entries could have been taken over, and were.
+    lost = await records.write_if_owned(
+        STREAM, BATCHES, record, delivered_since_ms=since - 5_000, fresh_for_ms=1_000
+    )
+    assert sorted(lost) == sorted([ids[0], ids[3]])
+    assert not await redis.hexists(BATCHES, record.token)

@@ -114,8 +114,7 @@ class Abandoned(Exception):
     record in place) for the next worker."""
 
 
-@dataclass(slots=True)
-class Entry:
+class Entry(msgspec.Struct, gc=False):  # untracked by the GC, like StreamEvent: never in a cycle
     id: bytes
     data: bytes
     event: StreamEvent
@@ -160,6 +159,10 @@ class Worker:
         # (each read returns ids above every id the group delivered before): no sort needed
         # (parsing every id was ~5 % of the worker's time).
         self._in_order: dict[int, bool] = dict.fromkeys(self.partitions, True)
+        # Redis's clock (ms) before the read that opened each buffer, while it holds only entries
+        # of XREADGROUP '>' reads: lets the batch record skip the id-by-id ownership check while
+        # no entry can have been idle long enough to be taken over (workers/records.py).
+        self._delivered_since: dict[int, int | None] = dict.fromkeys(self.partitions)
         self._inflight: Batch | None = None
         self._stopping = asyncio.Event()
         self._clickhouse_ok = True
@@ -220,6 +223,7 @@ class Worker:
                 self._buffers = {p: [] for p in self.partitions}
                 self._undecodable = {p: [] for p in self.partitions}
                 self._in_order = dict.fromkeys(self.partitions, True)
+                self._delivered_since = dict.fromkeys(self.partitions)
                 self._inflight = None
                 await self._sleep(self._backoff(3))
         await self.drain()
@@ -268,16 +272,20 @@ class Worker:
 
     async def _read(self) -> None:
         count = max(1, self.settings.batch_rows - self._buffered())
-        reply = await self._reader.xreadgroup(
-            GROUP,
-            self.consumer,
-            {stream_key(p): ">" for p in self.partitions},
-            count=count,
-            block=self._block_ms(),
-        )
+        async with self._reader.pipeline(transaction=False) as pipe:
+            pipe.time()  # runs just before the read: every entry it delivers is younger
+            pipe.xreadgroup(
+                GROUP,
+                self.consumer,
+                {stream_key(p): ">" for p in self.partitions},
+                count=count,
+                block=self._block_ms(),
+            )
+            (seconds, micros), reply = await pipe.execute()
+        read_ms = int(seconds) * 1000 + int(micros) // 1000
         streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 / RESP2
         for stream, entries in streams:
-            await self._accept(self._partition_of(stream), entries, in_order=True)
+            await self._accept(self._partition_of(stream), entries, in_order=True, read_ms=read_ms)
 
     def _partition_of(self, stream: bytes | str) -> int:
         key = stream.decode() if isinstance(stream, bytes) else stream
@@ -287,15 +295,24 @@ class Worker:
         raise ValueError(f"unexpected stream {key!r}")
 
     async def _accept(
-        self, partition: int, entries: Sequence[Sequence[object]], *, in_order: bool = False
+        self,
+        partition: int,
+        entries: Sequence[Sequence[object]],
+        *,
+        in_order: bool = False,
+        read_ms: int | None = None,
     ) -> None:
         """Buffer the entries; undecodable ones are held apart and join the next batch as
         poison (another reader version may decode them on a later delivery). `entries`: (id,
-        fields) pairs, the fields a raw reply's flat list or a dict."""
+        fields) pairs, the fields a raw reply's flat list or a dict. `read_ms`: Redis's clock
+        before the XREADGROUP '>' that delivered them (None for entries taken over)."""
         poison = self._undecodable[partition]
         buffer = self._buffers[partition]
         if not self._holding(partition):
             self._opened[partition] = time.monotonic()
+            self._delivered_since[partition] = read_ms
+        elif read_ms is None:
+            self._delivered_since[partition] = None
         if not in_order or (
             # One reply is in order; replies follow each other unless an operator moved the
             # group back (XGROUP SETID): one comparison per read keeps that case sorted too.
@@ -511,9 +528,12 @@ class Worker:
             entries, self._buffers[p] = self._buffers[p], []
             poison, self._undecodable[p] = self._undecodable[p], []
             in_order, self._in_order[p] = self._in_order[p], True
+            since, self._delivered_since[p] = self._delivered_since[p], None
             if not entries and not poison:
                 continue
-            batch = await self._new_batch(p, entries, in_order=in_order, poison=poison)
+            batch = await self._new_batch(
+                p, entries, in_order=in_order, poison=poison, delivered_since_ms=since if in_order else None
+            )
             if batch is not None:
                 await self._write_batch(batch)
         await self.trim()
@@ -533,9 +553,11 @@ class Worker:
         *,
         in_order: bool = False,
         poison: Sequence[tuple[bytes, bytes, str]] = (),
+        delivered_since_ms: int | None = None,
     ) -> Batch | None:
         """`in_order`: the entries are known to be distinct and in stream order. `poison`:
-        undecodable entries, named by the record like the others."""
+        undecodable entries, named by the record like the others. `delivered_since_ms`: Redis's
+        clock before the reads that delivered them all (see `Records.write_if_owned`)."""
         stream = stream_key(partition)
         if not in_order:
             by_id = {e.id: e for e in entries}
@@ -547,7 +569,17 @@ class Worker:
             if bad:
                 ids = rec.sort_ids([*ids, *bad])
             record = rec.new_record(stream, self.consumer, ids)
-            lost = set(await self.records.write_if_owned(stream, batches_key(partition), record))
+            lost = set(
+                await self.records.write_if_owned(
+                    stream,
+                    batches_key(partition),
+                    record,
+                    delivered_since_ms=delivered_since_ms,
+                    # Half XAUTOCLAIM's threshold: margin for a clock that steps, or a failover.
+                    fresh_for_ms=self.settings.claim_idle_ms // 2,
+                )
+            )
+            delivered_since_ms = None  # a retry checks id by id
             if not lost:
                 return Batch(partition, record, entries, poison=list(bad.values()))
             # Taken over while buffered (we stalled past claim_idle_ms): theirs now.
