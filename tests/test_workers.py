@@ -470,6 +470,55 @@ async def test_read_entries_taken_over_after_the_fresh_window_are_left_to_their_
     assert {(r["message_id"], r["consumer"]) for r in pending} == {(ids[1], b"other-2"), (ids[2], b"other-2")}
 
 
+@pytest.mark.parametrize("taken_first", [False, True])
+async def test_a_buffer_mixing_taken_over_and_fresh_entries_is_checked_id_by_id(
+    fast, fast_store, redis, taken_first
+):
+    """Entries that joined a buffer by take-over were delivered before any clock reading the
+    worker holds, so the batch's record checks ownership id by id whichever came first; the id
+    another consumer holds by then is left to it (the fast path would have written it)."""
+    events = [stats_event("mix", guilds=i) for i in range(4)]
+    ids = await post(redis, events)
+    worker = Worker(fast, fast_store, redis)
+    await worker.ensure_groups()
+    # Entries 0 and 1 come by take-over (delivered to this consumer, then accepted as claimed
+    # ones are), 2 and 3 by the worker's own read.
+    reply = await redis.xreadgroup(GROUP, worker.consumer, {stream_key(0): ">"}, count=2)
+    taken = [(entry_id, fields) for _, entries in reply for entry_id, fields in entries]
+    if taken_first:
+        await worker._accept(0, taken)
+        await worker._read()
+    else:
+        await worker._read()
+        await worker._accept(0, taken)
+    assert sorted(e.id for e in worker._buffers[0]) == sorted(ids)
+    await redis.xclaim(stream_key(0), GROUP, "other-3", 0, [ids[2]])
+    await worker.flush()
+    assert await stored_ids(fast_store) == sorted(events[i].event_id for i in (0, 1, 3))
+    pending = await redis.xpending_range(stream_key(0), GROUP, "-", "+", 10)
+    assert [(r["message_id"], r["consumer"]) for r in pending] == [(ids[2], b"other-3")]
+
+
+async def test_stream_deleted_under_a_running_worker_is_read_again_once_posts_return(fast, fast_store, redis):
+    """An operator deleting the stream (and so the group) under a running worker: its read fails
+    with NOGROUP, it creates the group again and stores what is posted afterwards."""
+    first = [stats_event("del", guilds=1)]
+    await post(redis, first)
+    async with worker_task(fast, fast_store):
+        await drained(redis)
+        await redis.delete(stream_key(0))
+        await asyncio.sleep(0.2)  # the worker's blocking reads now meet no group
+        later = [stats_event("del", guilds=i) for i in range(2, 5)]
+        await post(redis, later)
+        await until(lambda: _has_group(redis), what="the group created again")
+        await drained(redis)
+    assert await stored_ids(fast_store) == sorted(e.event_id for e in first + later)
+
+
+async def _has_group(redis: aioredis.Redis) -> bool:
+    return any(g["name"] == GROUP.encode() for g in await redis.xinfo_groups(stream_key(0)))
+
+
 async def test_group_moved_back_while_buffered_stores_each_entry_once(fast, fast_store, redis):
     """Reads are trusted to arrive in stream order (no sort); an operator rewinding the group
     (XGROUP SETID) re-delivers buffered entries, and the batch must still hold each id once."""

@@ -209,7 +209,9 @@ class Worker:
             except Abandoned:
                 break
             except aioredis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                # Redis 7 answers a read blocked on a stream that is deleted with UNBLOCKED,
+                # valkey (and a read that was not blocked) with NOGROUP: the same repair.
+                if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                     raise
                 log.warning("consumer group missing (stream deleted?); creating it again")
                 await self.ensure_groups()
@@ -575,8 +577,9 @@ class Worker:
                     batches_key(partition),
                     record,
                     delivered_since_ms=delivered_since_ms,
-                    # Half XAUTOCLAIM's threshold: margin for a clock that steps, or a failover.
-                    fresh_for_ms=self.settings.claim_idle_ms // 2,
+                    # What a healthy batch may take, which `check_settings` keeps at most half of
+                    # XAUTOCLAIM's threshold: margin for a clock that steps, or a failover.
+                    fresh_for_ms=self.settings.batch_ms + int(self.settings.insert_timeout_s * 1000),
                 )
             )
             delivered_since_ms = None  # a retry checks id by id
