@@ -93,6 +93,15 @@ def run(b: Bench) -> None:
                 svc.stop()
             runs["gateway_1p_70pct"] = Run(1, paced)
             b.say(f"gateway: 70% of peak ({0.7 * peak:.0f}/s) p99 {paced.p99_ms} ms")
+            # The bare handler at the same rate, same generator: what the machine (the
+            # generator and the server sharing its cores) adds to any server's tail.
+            svc, p = _start(b, "baseline", 1, env, tag="-paced")
+            try:
+                base = b.load(PHASE, p, targets, rate=round(0.7 * peak, 1), connections=connections)
+            finally:
+                svc.stop()
+            runs["baseline_1p_70pct"] = Run(1, base)
+            b.say(f"gateway: bare handler at the same rate p99 {base.p99_ms} ms")
         if s.profile:
             profile_gateway(b, env, targets)
         b.raw[PHASE] = {
@@ -235,6 +244,9 @@ def _figures(b: Bench, runs: dict[str, Run]) -> None:
     if paced:
         p99 = paced.result.p99_ms
         note = f"achieved {paced.result.rps}/s" + (f"; {paced.rejected} not 204" if paced.rejected else "")
+        paced_base = runs.get("baseline_1p_70pct")
+        if paced_base:
+            note += f"; bare aiohttp 204 at the same rate: p99 {paced_base.result.p99_ms} ms"
         builtin_peak = runs.get("gateway_1p_builtin_peak")
         if builtin_peak:
             note += (

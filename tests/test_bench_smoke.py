@@ -93,6 +93,10 @@ def test_tiny_run_produces_every_figure(tmp_path):
     for key in ("gateway_rps_1p", "baseline_rps_1p", "gateway_ratio_1p", "worker_rows_s_embedded"):
         assert figures[key]["value"] > 0, figures[key]
     assert figures["gateway_p99_70pct"]["value"] > 0
+    # The bare handler is paced at the same rate, and its tail is reported beside the gateway's.
+    paced_base = doc["raw"]["gateway"]["runs"]["baseline_1p_70pct"]["result"]
+    assert paced_base["rate"] == doc["raw"]["gateway"]["runs"]["gateway_1p_70pct"]["result"]["rate"]
+    assert f"same rate: p99 {paced_base['p99_ms']} ms" in figures["gateway_p99_70pct"]["note"]
     assert doc["raw"]["gateway"]["runs"]["gateway_1p"]["result"]["statuses"].get("204", 0) > 0
     assert doc["raw"]["worker"]["embedded_1p"]["stored_rows"] == doc["sizes"]["drain_entries"]
     assert doc["raw"]["e2e"]["samples"] >= 1
