@@ -86,9 +86,10 @@ def decode(data: bytes) -> BatchRecord:
 
 # Writes the record only if the caller owns every id; otherwise returns the ids it lost.
 # Fresh batch (ARGV[9]: a server time, ms, taken before the reads that delivered every id): while
-# less than ARGV[10] ms have passed since, no entry can have been idle long enough for XAUTOCLAIM
-# (whose threshold the caller passes at least twice over), so ownership holds without listing the
-# pending entries (XPENDING of 10,000 ids was ~30 ms of Redis a batch, a sixth of a drain's time).
+# less than ARGV[10] ms have passed since (the caller keeps that at most half of XAUTOCLAIM's idle
+# threshold), no entry can have been idle long enough to be claimed, so ownership holds without
+# listing the pending entries (XPENDING of 10,000 ids was ~30 ms of Redis a batch, a sixth of a
+# drain's time).
 # Otherwise: usually the batch is exactly the caller's pending entries between its first and last
 # id, so one comparison of the joined ids settles it; the per-id check (a Lua table of 10,000 ids
 # costs Redis ~15 ms a batch) runs only when the two differ.
