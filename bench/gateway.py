@@ -82,24 +82,15 @@ def run(b: Bench) -> None:
             run = _measure(b, "gateway", 1, env, targets, redis, builtin=True, connections=connections)
             runs["gateway_1p_builtin_peak"] = run
             peak = run.result.rps
-        paced = None
         if peak > 0:
+            rate = round(0.7 * peak, 1)
             _empty_streams(redis, env)
-            svc, p = _start(b, "gateway", 1, env, tag="-paced")
-            try:
-                paced = b.load(PHASE, p, targets, rate=round(0.7 * peak, 1), connections=connections)
-                b.note_rss("gateway (1p)", svc)
-            finally:
-                svc.stop()
+            paced = _paced(b, "gateway", env, targets, rate, connections, rss_label="gateway (1p)")
             runs["gateway_1p_70pct"] = Run(1, paced)
             b.say(f"gateway: 70% of peak ({0.7 * peak:.0f}/s) p99 {paced.p99_ms} ms")
             # The bare handler at the same rate, same generator: what the machine (the
             # generator and the server sharing its cores) adds to any server's tail.
-            svc, p = _start(b, "baseline", 1, env, tag="-paced")
-            try:
-                base = b.load(PHASE, p, targets, rate=round(0.7 * peak, 1), connections=connections)
-            finally:
-                svc.stop()
+            base = _paced(b, "baseline", env, targets, rate, connections)
             runs["baseline_1p_70pct"] = Run(1, base)
             b.say(f"gateway: bare handler at the same rate p99 {base.p99_ms} ms")
         if s.profile:
@@ -113,6 +104,27 @@ def run(b: Bench) -> None:
         _figures(b, runs)
     finally:
         b.stop_redis(redis, "redis (gateway phase)")
+
+
+def _paced(
+    b: Bench,
+    kind: str,
+    env: dict[str, str],
+    targets: tuple[Path, Path],
+    rate: float,
+    connections: int | None,
+    *,
+    rss_label: str | None = None,
+) -> Result:
+    """One single-process `kind` server under the built-in generator at a fixed rate."""
+    svc, p = _start(b, kind, 1, env, tag="-paced")
+    try:
+        result = b.load(PHASE, p, targets, rate=rate, connections=connections)
+        if rss_label:
+            b.note_rss(rss_label, svc)
+    finally:
+        svc.stop()
+    return result
 
 
 def _measure(
