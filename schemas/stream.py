@@ -2,6 +2,11 @@
 
 One Redis stream entry holds one field, `e`, whose value is a msgpack-encoded `StreamEvent`.
 The payload is a tagged union; its tag is the event's kind.
+
+The three structs are `gc=False`: they hold only scalars and a str -> float dict, so they can
+never be part of a reference cycle, and a worker keeps 10,000 of them alive per batch; left to
+the cyclic GC, which walks every tracked object it holds, decoding cost 3-5 us an event instead
+of ~1.2 us.
 """
 
 from __future__ import annotations
@@ -38,11 +43,6 @@ class CustomPayload(
 
 
 Payload = StatsPayload | CustomPayload
-
-# gc=False on the three structs: they hold only scalars and a str -> float dict, so they can
-# never be part of a reference cycle, and a worker keeps 10,000 of them alive per batch; left to
-# the cyclic GC, which walks every tracked object it holds, decoding cost 3-5 us an event instead
-# of ~1.2 us.
 
 
 class StreamEvent(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False, gc=False):
