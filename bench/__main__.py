@@ -1,10 +1,10 @@
-"""`python -m bench` is the same as `botpulse bench`."""
+"""`python -m botpulse.bench` is the same as `botpulse bench`."""
 
 from __future__ import annotations
 
 import sys
 
-from bench.cli import main
+from botpulse.bench.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,7 +12,7 @@ import sys
 
 from aiohttp import web
 
-from runtime.embedded import spawn_child
+from botpulse.runtime.processes import spawn_child
 
 
 async def no_content(request: web.Request) -> web.Response:
@@ -32,14 +32,16 @@ def build_app() -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.baseline")
+    parser = argparse.ArgumentParser(prog="python -m botpulse.bench.baseline")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--reuseport", action="store_true")
     args = parser.parse_args(argv)
     reuse = args.reuseport or args.workers > 1
     children = [
-        spawn_child([sys.executable, "-m", "bench.baseline", "--port", str(args.port), "--reuseport"])
+        spawn_child(
+            [sys.executable, "-m", "botpulse.bench.baseline", "--port", str(args.port), "--reuseport"]
+        )
         for _ in range(args.workers - 1)
     ]
     with contextlib.suppress(ImportError):

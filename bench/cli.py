@@ -1,4 +1,4 @@
-"""`botpulse bench` / `python -m bench`: run the phases, print the table, write the results."""
+"""`botpulse bench` / `python -m botpulse.bench`: run the phases, print the table, write the results."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 if TYPE_CHECKING:
-    from bench.context import Bench
+    from botpulse.bench.context import Bench
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,9 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench import report, wrk
-    from bench.context import RAISED_LIMITS, Bench, Figure
-    from bench.sizes import BY_NAME
+    from botpulse.bench import report, wrk
+    from botpulse.bench.context import RAISED_LIMITS, Bench, Figure
+    from botpulse.bench.sizes import BY_NAME
 
     sizes = BY_NAME["tiny" if args.tiny else "quick" if args.quick else "full"]
     phases = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         for name in phases:
             try:
-                importlib.import_module(f"bench.{name}").run(b)
+                importlib.import_module(f"botpulse.bench.{name}").run(b)
             except Exception as exc:
                 failed[name] = "".join(traceback.format_exception_only(exc)).strip()
                 b.say(f"{name}: FAILED\n{traceback.format_exc()}")
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _memory_figures(b: Bench) -> None:
-    from bench.context import Figure
+    from botpulse.bench.context import Figure
 
     gateways = {k: v for k, v in b.peak_rss.items() if k.startswith("gateway")}
     if gateways:
@@ -158,7 +158,7 @@ def _memory_figures(b: Bench) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench", description="Measure every botpulse speed target."
+        prog="python -m botpulse.bench", description="Measure every botpulse speed target."
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -13,13 +13,14 @@ from typing import Any
 
 import msgspec
 
-from bench import spy, wrk
-from bench.loadgen import Result
-from bench.procs import Service
-from bench.seed import Seeded, Spec
-from bench.sizes import Sizes
-from bench.spy import Spy
-from runtime.embedded import EmbeddedRedis, free_port
+from botpulse.bench import spy, wrk
+from botpulse.bench.loadgen import Result
+from botpulse.bench.procs import Service
+from botpulse.bench.seed import Seeded, Spec
+from botpulse.bench.sizes import Sizes
+from botpulse.bench.spy import Spy
+from botpulse.runtime.embedded import EmbeddedRedis
+from botpulse.runtime.processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -163,7 +164,7 @@ class Bench:
         server.stop()
 
     def note_rss_pid(self, name: str, pid: int) -> None:
-        from bench.procs import peak_rss_mb
+        from botpulse.bench.procs import peak_rss_mb
 
         if (mb := peak_rss_mb(pid)) is not None:
             self.peak_rss[name] = max(self.peak_rss.get(name, 0.0), round(mb, 1))
@@ -177,7 +178,7 @@ class Bench:
         args = [
             sys.executable,
             "-m",
-            "bench.seed",
+            "botpulse.bench.seed",
             "--spec",
             msgspec.json.encode(spec).decode(),
             "--out",
@@ -225,7 +226,7 @@ class Bench:
             )
         out = self.phase_dir(phase) / f"load-{port}-{time.monotonic_ns()}.json"
         args = [
-            sys.executable, "-m", "bench.loadgen", "--port", str(port), "--targets", str(targets[0]),
+            sys.executable, "-m", "botpulse.bench.loadgen", "--port", str(port), "--targets", str(targets[0]),
             "--body", STATS_BODY, "--connections", str(connections), "--duration", str(duration),
             "--warmup", str(s.warmup_s), "--out", str(out),
         ]  # fmt: skip

@@ -16,9 +16,9 @@ import time
 import aiohttp
 import msgspec
 
-from bench.context import PACED_CONNECTIONS, REPO, STATS_BODY, Bench, Figure, port
-from bench.loadgen import Result, percentile
-from bench.seed import Spec, Target
+from botpulse.bench.context import PACED_CONNECTIONS, REPO, STATS_BODY, Bench, Figure, port
+from botpulse.bench.loadgen import Result, percentile
+from botpulse.bench.seed import Spec, Target
 
 PHASE = "e2e"
 POLL_S = 0.02
@@ -84,7 +84,8 @@ def run(b: Bench) -> None:
             gateway.wait_http(f"http://127.0.0.1:{gport}/healthz", timeout=60)
             load_out = b.phase_dir(PHASE) / "background.json"
             args = [
-                sys.executable, "-m", "bench.loadgen", "--port", str(gport), "--targets", str(targets[0]),
+                sys.executable, "-m", "botpulse.bench.loadgen",
+                "--port", str(gport), "--targets", str(targets[0]),
                 "--body", STATS_BODY, "--connections", str(PACED_CONNECTIONS if s.mode != "tiny" else 4),
                 "--duration", str(s.e2e_duration_s), "--warmup", str(s.warmup_s),
                 "--rate", str(s.e2e_rate), "--out", str(load_out),

@@ -11,14 +11,14 @@ from pathlib import Path
 import msgspec
 import redis as redis_sync
 
-from bench import spy
-from bench.context import PACED_CONNECTIONS, RAISED_LIMITS, Bench, Figure, port
-from bench.loadgen import Result
-from bench.procs import Service, cpu_seconds
-from bench.seed import Spec
-from runtime.embedded import EmbeddedRedis
-from runtime.settings import load_settings
-from runtime.streams import stream_key
+from botpulse.bench import spy
+from botpulse.bench.context import PACED_CONNECTIONS, RAISED_LIMITS, Bench, Figure, port
+from botpulse.bench.loadgen import Result
+from botpulse.bench.procs import Service, cpu_seconds
+from botpulse.bench.seed import Spec
+from botpulse.runtime.embedded import EmbeddedRedis
+from botpulse.runtime.settings import load_settings
+from botpulse.schemas.stream import stream_key
 
 PHASE = "gateway"
 
@@ -44,7 +44,7 @@ def _start(
 ) -> tuple[Service, int]:
     p = port()
     if kind == "baseline":
-        args = ["-m", "bench.baseline", "--port", str(p), "--workers", str(workers)]
+        args = ["-m", "botpulse.bench.baseline", "--port", str(p), "--workers", str(workers)]
     else:
         args = ["-m", "botpulse", "gateway", "--port", str(p), "--workers", str(workers)]
     svc = b.service(f"{kind}-{workers}p{tag}", PHASE, args, env, profile="gateway" if profile else None)

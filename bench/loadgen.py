@@ -1,4 +1,4 @@
-"""The built-in load generator, run as its own process (`python -m bench.loadgen`) so it never
+"""The built-in load generator, run as its own process (`python -m botpulse.bench.loadgen`) so it never
 shares an event loop or a core's time slice accounting with the server it measures.
 
 It speaks just enough HTTP/1.1 over raw asyncio protocols (keep-alive, Content-Length or
@@ -210,7 +210,7 @@ async def run_load(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.loadgen")
+    parser = argparse.ArgumentParser(prog="python -m botpulse.bench.loadgen")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--targets", type=Path, required=True, help="JSON list of [bot id, key]")
     parser.add_argument("--body", default='{"guilds": 1234}')

@@ -14,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from runtime.embedded import spawn_child
+from botpulse.runtime.processes import spawn_child
 
 
 def _parent_of(pid: int) -> int | None:

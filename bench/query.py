@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from bench.context import Bench, Figure, port
-from bench.loadgen import percentile
-from bench.seed import DAY_MS, History, Spec
+from botpulse.bench.context import Bench, Figure, port
+from botpulse.bench.loadgen import percentile
+from botpulse.bench.seed import DAY_MS, History, Spec
 
 PHASE = "query"
 HOUR_MS = 3_600_000

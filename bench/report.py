@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.context import REPO, Figure
+from botpulse.bench.context import REPO, Figure
 
 LIBRARIES = [
     "aiohttp",

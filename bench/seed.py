@@ -1,6 +1,6 @@
-"""Data set up for one phase, run as a child (`python -m bench.seed`): it opens the phase's
+"""Data set up for one phase, run as a child (`python -m botpulse.bench.seed`): it opens the phase's
 ClickHouse (embedded chDB allows one path per process, and the services that come next need
-this one), creates accounts and bots through `registry.records`, bulk-loads 1-minute stats
+this one), creates accounts and bots through `registry.catalog`, bulk-loads 1-minute stats
 history when asked, and exits, releasing the path.
 
 Bulk history is generated inside ClickHouse (`INSERT … SELECT … FROM numbers()`, values bound
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import msgspec
 
-from registry.records import Bot, create_account, ensure_index, now, write_bot
-from runtime.clickhouse import Store
-from runtime.logs import configure_logging
-from runtime.migrations import migrate
-from runtime.redis import connect
-from runtime.settings import load_settings
-from workers.rows import STATS_COLUMNS
+from botpulse.registry.catalog import Bot, create_account, ensure_index, now, write_bot
+from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.logs import configure_logging
+from botpulse.runtime.migrations import migrate
+from botpulse.runtime.redis import connect
+from botpulse.runtime.settings import load_settings
+from botpulse.workers.rows import STATS_COLUMNS
 
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
@@ -132,7 +132,7 @@ def count_rows(table: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.seed")
+    parser = argparse.ArgumentParser(prog="python -m botpulse.bench.seed")
     parser.add_argument("--spec", help="JSON Spec")
     parser.add_argument("--count", metavar="TABLE", help="print the row count of TABLE instead")
     parser.add_argument("--out", type=Path, required=True)

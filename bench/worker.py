@@ -18,12 +18,19 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
-from bench.context import REPO, Bench, Figure
-from bench.procs import Service
-from runtime.redis import connect
-from runtime.settings import load_settings
-from runtime.streams import GROUP, partition_of, stream_key
-from schemas.stream import FIELD, StatsPayload, StreamEvent, encode_event
+from botpulse.bench.context import REPO, Bench, Figure
+from botpulse.bench.procs import Service
+from botpulse.runtime.redis import connect
+from botpulse.runtime.settings import load_settings
+from botpulse.schemas.stream import (
+    FIELD,
+    GROUP,
+    StatsPayload,
+    StreamEvent,
+    encode_event,
+    partition_of,
+    stream_key,
+)
 
 PHASE = "worker"
 TARGET_ROWS_S = 100_000
@@ -172,7 +179,7 @@ def drain(
 def _stored_rows(b: Bench, phase: str, env: dict[str, str]) -> int | None:
     out = b.phase_dir(phase) / "count.txt"
     done = subprocess.run(
-        [sys.executable, "-m", "bench.seed", "--count", "bot_stats", "--out", str(out)],
+        [sys.executable, "-m", "botpulse.bench.seed", "--count", "bot_stats", "--out", str(out)],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     return int(out.read_text()) if done.returncode == 0 and out.exists() else None

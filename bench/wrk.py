@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from bench.loadgen import Result
+from botpulse.bench.loadgen import Result
 
 SCRIPT = Path(__file__).with_name("wrk_post.lua")
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}

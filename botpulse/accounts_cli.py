@@ -24,9 +24,9 @@ from typing import Any
 
 import msgspec
 
+from botpulse.registry import admin
+from botpulse.runtime.settings import Settings, load_settings
 from botpulse.stack import read_stack
-from registry import admin
-from runtime.settings import Settings, load_settings
 
 Request = tuple[str, dict[str, str], dict[str, Any]]
 HTTP_TIMEOUT_S = 30.0
@@ -90,10 +90,10 @@ class DirectBackend:
     ) -> tuple[int, dict[str, Any]]:
         from redis.exceptions import RedisError
 
-        from registry.model import RegistryError
-        from runtime.clickhouse import Store
-        from runtime.migrations import migrate
-        from runtime.redis import connect
+        from botpulse.registry.model import RegistryError
+        from botpulse.runtime.clickhouse import Store
+        from botpulse.runtime.migrations import migrate
+        from botpulse.runtime.redis import connect
 
         store = Store(self.settings, threads=1)
         redis = connect(self.settings) if self.settings.redis_url else None
@@ -217,7 +217,7 @@ def _print(name: str, result: dict[str, Any]) -> None:
 
 def _runner(build: Callable[[argparse.Namespace], Request]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from runtime.logs import configure_logging
+        from botpulse.runtime.logs import configure_logging
 
         settings = load_settings()
         configure_logging(settings)

@@ -10,16 +10,16 @@ import sys
 from clickhouse_connect.driver.exceptions import OperationalError as ClickHouseOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from runtime.settings import SettingsError
+from botpulse.runtime.settings import SettingsError
 
 # Modules that add subcommands. Each defines `register(subparsers) -> None`; the handler a
 # subcommand sets with `set_defaults(func=...)` receives the parsed args and returns an exit code.
 COMMAND_MODULES = [
     "botpulse.services",  # gateway, worker, query, migrate
     "botpulse.dev",  # dev
-    "workers.cli",  # status, dead-letters
+    "botpulse.worker_cli",  # status, dead-letters
     "botpulse.accounts_cli",  # accounts, bots, keys, registry
-    "bench.cli",  # bench
+    "botpulse.bench.cli",  # bench
 ]
 
 

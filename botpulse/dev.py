@@ -23,10 +23,11 @@ from pathlib import Path
 import msgspec
 from aiohttp import web
 
+from botpulse.runtime.embedded import EmbeddedRedis
+from botpulse.runtime.logs import configure_logging, get_logger
+from botpulse.runtime.processes import spawn_child
+from botpulse.runtime.settings import Settings, load_settings
 from botpulse.stack import StackInfo, read_stack, remove_stack, write_stack
-from runtime.embedded import EmbeddedRedis, spawn_child
-from runtime.logs import configure_logging, get_logger
-from runtime.settings import Settings, load_settings
 
 DEMO_BOT_ID = "100000000000000001"
 ANNOUNCE = web.AppKey("announce", asyncio.Task)
@@ -58,8 +59,8 @@ def _admin_token(settings: Settings, data_dir: Path) -> str:
 async def _ensure_demo(settings: Settings, store, redis_url: str, data_dir: Path) -> DemoCredentials:  # type: ignore[no-untyped-def]
     """The demo account's key is kept in a 0600 file under the data dir so every `dev` run can
     print a working curl; real accounts' keys are never written anywhere."""
-    from registry.records import Bot, create_account, ensure_index, get_bot, now, write_bot
-    from runtime.redis import connect
+    from botpulse.registry.catalog import Bot, create_account, ensure_index, get_bot, now, write_bot
+    from botpulse.runtime.redis import connect
 
     path = data_dir / "demo.json"
     redis = connect(settings, url=redis_url)
@@ -95,10 +96,11 @@ def _wait_http(url: str, timeout: float = 20.0) -> bool:
 
 
 def run_dev(args: argparse.Namespace) -> int:
-    from query.app import build_app
-    from query.server import run
-    from runtime.clickhouse import Store
-    from runtime.migrations import migrate
+    from botpulse.embedded_worker import with_embedded_worker
+    from botpulse.query.app import build_app
+    from botpulse.query.server import run
+    from botpulse.runtime.clickhouse import Store
+    from botpulse.runtime.migrations import migrate
 
     env_defaults = {"env": "dev"} if not os.environ.get("BOTPULSE_ENV") else {}
     settings = load_settings(**env_defaults)
@@ -136,7 +138,7 @@ def run_dev(args: argparse.Namespace) -> int:
         gateway_url = f"http://{settings.gateway_listen}:{settings.gateway_port}"
         query_url = f"http://{settings.query_listen}:{settings.query_port}{settings.query_prefix}"
         write_stack(settings, StackInfo(os.getpid(), gateway_url, query_url, redis_url, admin_token))
-        app = build_app(settings, store, with_worker=True)
+        app = with_embedded_worker(build_app(settings, store))
 
         async def announce() -> None:
             loop = asyncio.get_running_loop()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from runtime.logs import configure_logging, get_logger
-from runtime.settings import Settings, load_settings
+from botpulse.runtime.logs import configure_logging, get_logger
+from botpulse.runtime.settings import Settings, load_settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -38,35 +38,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_query)
 
     p = sub.add_parser("migrate", help="apply the ClickHouse schema migrations (idempotent)")
+    p.add_argument(
+        "--print-schema",
+        action="store_true",
+        help="then print the schema they leave (the format of schemas/schema.txt)",
+    )
     p.set_defaults(func=run_migrate)
 
 
 def run_gateway(args: argparse.Namespace) -> int:
-    from ingest.server import serve
+    from botpulse.ingest.server import serve
 
     return serve(_settings(args), reuseport=args.reuseport)
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from workers.runner import serve
+    from botpulse.workers.runner import serve
 
     return serve(_settings(args))
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from query.server import serve
+    from botpulse.query.server import serve
 
-    return serve(_settings(args), with_worker=args.with_worker)
+    if not args.with_worker:
+        return serve(_settings(args))
+    from botpulse.embedded_worker import with_embedded_worker
+
+    return serve(_settings(args), compose=with_embedded_worker)
 
 
 def run_migrate(args: argparse.Namespace) -> int:
-    from runtime.clickhouse import Store
-    from runtime.migrations import migrate
+    from botpulse.runtime.clickhouse import Store
+    from botpulse.runtime.migrations import describe, migrate
 
     settings = _settings(args)
     store = Store(settings)
     try:
         applied = migrate(store)
+        if args.print_schema:
+            print(describe(store), end="")
     finally:
         store.close()
     get_logger("migrate").info("migrations done", applied=applied or "none (up to date)")

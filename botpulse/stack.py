@@ -9,8 +9,8 @@ from pathlib import Path
 
 import msgspec
 
-from runtime.embedded import pid_alive
-from runtime.settings import Settings
+from botpulse.runtime.processes import pid_alive
+from botpulse.runtime.settings import Settings
 
 
 class StackInfo(msgspec.Struct):

@@ -24,16 +24,15 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import HttpVersion11, hdrs, web
 
-from ingest.append import Appender, Limits, Outcome, Post, Result
-from ingest.bodies import BadInput, parse_custom, parse_dbots, parse_statcord, parse_stats
-from registry.index import RegistryCache, is_ready
-from registry.keys import request_key
-from runtime.logs import get_logger
-from runtime.redis import connect
-from runtime.settings import Settings
-from runtime.streams import partition_of
-from schemas.registry import BOT_ID, IndexedBot
-from schemas.stream import CustomPayload, StatsPayload, StreamEvent, encode_event
+from botpulse.ingest.append import Appender, Limits, Outcome, Post, Result
+from botpulse.ingest.bodies import BadInput, parse_custom, parse_dbots, parse_statcord, parse_stats
+from botpulse.registry.index import RegistryCache, is_ready
+from botpulse.registry.keys import request_key
+from botpulse.runtime.logs import get_logger
+from botpulse.runtime.redis import connect
+from botpulse.runtime.settings import Settings
+from botpulse.schemas.registry import BOT_ID, IndexedBot
+from botpulse.schemas.stream import CustomPayload, StatsPayload, StreamEvent, encode_event, partition_of
 
 log = get_logger(__name__)
 

@@ -30,8 +30,8 @@ import redis.asyncio as aioredis
 from hiredis import pack_command
 from redis.exceptions import NoScriptError, ResponseError
 
-from runtime.logs import get_logger
-from runtime.streams import custom_slots_key, rate_key, stream_key
+from botpulse.runtime.logs import get_logger
+from botpulse.schemas.stream import custom_slots_key, rate_key, stream_key
 
 log = get_logger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.http import (
+from botpulse.schemas.http import (
     MAX_CUSTOM_METRICS,
     MAX_EXACT,
     STATS_ALIASES,
@@ -24,7 +24,7 @@ from schemas.http import (
     StatcordBody,
     StatsBody,
 )
-from schemas.stream import CustomPayload, StatsPayload
+from botpulse.schemas.stream import CustomPayload, StatsPayload
 
 
 class BadInput(Exception):

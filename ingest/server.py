@@ -17,10 +17,10 @@ import sys
 
 from aiohttp import web
 
-from ingest.app import GatewayRunner, build_app
-from runtime.embedded import spawn_child
-from runtime.logs import get_logger
-from runtime.settings import Settings
+from botpulse.ingest.app import GatewayRunner, build_app
+from botpulse.runtime.logs import get_logger
+from botpulse.runtime.processes import spawn_child
+from botpulse.runtime.settings import Settings
 
 log = get_logger(__name__)
 

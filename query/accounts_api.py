@@ -19,10 +19,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from query.resources import REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
-from registry import admin, audit, index, model, records
-from registry.keys import parse_authorization, request_key, same_secret
-from runtime.logs import get_logger
+from botpulse.query.resources import REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
+from botpulse.registry import admin, audit, catalog, index, model
+from botpulse.registry.keys import parse_authorization, request_key, same_secret
+from botpulse.runtime.logs import get_logger
 
 log = get_logger(__name__)
 
@@ -77,7 +77,7 @@ async def _rebuild_if_missing(app: web.Application) -> bool:
         return False
     async with app[REBUILD_LOCK]:
         settings = app[SETTINGS]
-        rebuilt = await records.ensure_index(app[STORE], redis, settings.stream_partitions)
+        rebuilt = await catalog.ensure_index(app[STORE], redis, settings.stream_partitions)
     app[REGISTRY].invalidate()
     return rebuilt
 
@@ -109,7 +109,7 @@ async def create_bot(request: web.Request) -> web.Response:
     account = await caller(request)
     bot_id, fields = model.new_bot(await _body(request), model.OWNER_CREATE)
     ctx = _context(request)
-    bot = await records.create_bot(
+    bot = await catalog.create_bot(
         ctx.store,
         ctx.redis,
         bot_id,
@@ -127,7 +127,7 @@ async def patch_bot(request: web.Request) -> web.Response:
     bot_id = _path_bot(request)
     fields = model.bot_changes(await _body(request), model.OWNER_PATCH)
     ctx = _context(request)
-    bot = await records.update_bot(ctx.store, ctx.redis, bot_id, fields, by=account, owner=account)
+    bot = await catalog.update_bot(ctx.store, ctx.redis, bot_id, fields, by=account, owner=account)
     return _answer(200, await admin.bot_view(ctx.store, bot))
 
 
@@ -135,10 +135,10 @@ async def patch_bot(request: web.Request) -> web.Response:
 async def get_account(request: web.Request) -> web.Response:
     account_id = await caller(request)
     store = request.app[STORE]
-    account = await records.get_account(store, account_id)
+    account = await catalog.get_account(store, account_id)
     if account is None:  # the index still knew a key ClickHouse no longer has
         raise model.Unauthorized()
-    bots = await records.list_bots(store, account_id)
+    bots = await catalog.list_bots(store, account_id)
     return _answer(
         200, admin.account_view(account) | {"bots": [await admin.bot_view(store, b) for b in bots]}
     )
@@ -148,7 +148,7 @@ async def get_account(request: web.Request) -> web.Response:
 async def regenerate_key(request: web.Request) -> web.Response:
     account = await caller(request)
     ctx = _context(request)
-    _, key = await records.regenerate_key(ctx.store, ctx.redis, account, by=account)
+    _, key = await catalog.regenerate_key(ctx.store, ctx.redis, account, by=account)
     return _answer(200, {"token": key})
 
 
@@ -157,7 +157,7 @@ async def regenerate_key(request: web.Request) -> web.Response:
 async def bot_log(request: web.Request) -> web.Response:
     account = await caller(request)
     store = request.app[STORE]
-    bot = await records.managed_bot(store, _path_bot(request), account)
+    bot = await catalog.managed_bot(store, _path_bot(request), account)
     page = _int_param(request, "page", 1, 1, 1_000_000)
     limit = _int_param(request, "limit", 50, 1, LOG_PAGE_MAX)
     changes, total = await audit.bot_log(
@@ -185,13 +185,13 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 async def regen_via_bot(request: web.Request) -> web.Response:
     account = await caller(request)
     ctx = _context(request)
-    await records.managed_bot(ctx.store, _path_bot(request), account)
-    _, key = await records.regenerate_key(ctx.store, ctx.redis, account, by=account)
+    await catalog.managed_bot(ctx.store, _path_bot(request), account)
+    _, key = await catalog.regenerate_key(ctx.store, ctx.redis, account, by=account)
     return _answer(200, {"token": key})
 
 
-async def _api_view(request: web.Request, bot: records.Bot, account_id: str) -> dict[str, Any]:
-    account = await records.get_account(request.app[STORE], account_id)
+async def _api_view(request: web.Request, bot: catalog.Bot, account_id: str) -> dict[str, Any]:
+    account = await catalog.get_account(request.app[STORE], account_id)
     return {
         "_id": bot.id,
         "voteWebhookURL": bot.vote_webhook_url,
@@ -202,7 +202,7 @@ async def _api_view(request: web.Request, bot: records.Bot, account_id: str) -> 
 @guarded
 async def get_api(request: web.Request) -> web.Response:
     account = await caller(request)
-    bot = await records.managed_bot(request.app[STORE], _path_bot(request), account)
+    bot = await catalog.managed_bot(request.app[STORE], _path_bot(request), account)
     return _answer(200, await _api_view(request, bot, account))
 
 
@@ -213,7 +213,7 @@ async def patch_api(request: web.Request) -> web.Response:
     body = await _body(request)
     fields = model.bot_fields(body, model.WEBHOOK_PATCH, required=model.WEBHOOK_PATCH)
     ctx = _context(request)
-    bot = await records.update_bot(ctx.store, ctx.redis, bot_id, fields, by=account, owner=account)
+    bot = await catalog.update_bot(ctx.store, ctx.redis, bot_id, fields, by=account, owner=account)
     return _answer(200, await _api_view(request, bot, account))
 
 
@@ -255,7 +255,7 @@ async def _keep_index(app: web.Application) -> None:
             if since_check >= settings.registry_check_s:
                 since_check = 0.0
                 async with app[REBUILD_LOCK]:
-                    if await records.ensure_index(app[STORE], app[REDIS], settings.stream_partitions):
+                    if await catalog.ensure_index(app[STORE], app[REDIS], settings.stream_partitions):
                         registry.invalidate()
         except Exception as exc:  # Redis or ClickHouse away: try again next round
             log.warning("registry index check failed", error=str(exc))

@@ -7,7 +7,6 @@ mounted under `BOTPULSE_QUERY_PREFIX`; GET answers carry CORS headers; every err
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,8 +14,8 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from query import accounts_api, datagram, params
-from query.listing import (
+from botpulse.query import accounts_api, datagram, params
+from botpulse.query.listing import (
     TOP_METRICS,
     BadListing,
     compile_fields,
@@ -25,18 +24,18 @@ from query.listing import (
     leaderboard,
     list_bots,
 )
-from query.params import BadParam
-from query.resources import REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
-from query.responses import error, json_response
-from query.stats import add_custom_names, buckets, custom_totals
-from query.uptime import EPOCH_MS, HOUR_MS, connection_status, now_ms, uptime_with_periods
-from registry.index import VERSION_KEY, RegistryCache
-from registry.keys import request_key
-from registry.records import Bot, ensure_index, get_bot
-from runtime.clickhouse import Store
-from runtime.logs import get_logger
-from runtime.redis import connect
-from runtime.settings import Settings
+from botpulse.query.params import BadParam
+from botpulse.query.resources import REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
+from botpulse.query.responses import error, json_response
+from botpulse.query.stats import add_custom_names, buckets, custom_totals
+from botpulse.query.uptime import EPOCH_MS, HOUR_MS, connection_status, now_ms, uptime_with_periods
+from botpulse.registry.catalog import Bot, ensure_index, get_bot
+from botpulse.registry.index import VERSION_KEY, RegistryCache
+from botpulse.registry.keys import request_key
+from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.logs import get_logger
+from botpulse.runtime.redis import connect
+from botpulse.runtime.settings import Settings
 
 log = get_logger(__name__)
 
@@ -54,7 +53,7 @@ async def caller_account(request: web.Request) -> str | None:
 
 class BotRecords:
     """Bot records cached per registry version. Every change to a bot goes through
-    `registry.records.write_bot`, which bumps `bp:reg:version`, so a change is seen by the next
+    `registry.catalog.write_bot`, which bumps `bp:reg:version`, so a change is seen by the next
     request; meanwhile a read costs one Redis GET instead of a `bots FINAL` query."""
 
     MAX_ENTRIES = 100_000
@@ -365,7 +364,7 @@ async def backend_errors(
         return json_response({"message": "Internal error"}, status=500)
 
 
-def build_app(settings: Settings, store: Store, *, with_worker: bool = False) -> web.Application:
+def build_app(settings: Settings, store: Store) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings
     app[STORE] = store
@@ -376,16 +375,7 @@ def build_app(settings: Settings, store: Store, *, with_worker: bool = False) ->
         await ensure_index(store, app[REDIS], settings.stream_partitions)
         app[REGISTRY] = RegistryCache(app[REDIS], settings.registry_refresh_ms)
         await app[REGISTRY].start()
-        worker_task = None
-        if with_worker:
-            from workers.runner import run_worker
-
-            worker_task = asyncio.create_task(run_worker(settings, store), name="worker")
         yield
-        if worker_task:
-            worker_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker_task
         await app[REGISTRY].stop()
         await app[REDIS].aclose()
 

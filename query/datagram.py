@@ -11,11 +11,11 @@ from typing import Any
 
 from aiohttp import web
 
-from query import params
-from query.params import BadParam
-from query.resources import REGISTRY, SETTINGS, STORE
-from query.responses import error, json_response
-from query.uptime import (
+from botpulse.query import params
+from botpulse.query.params import BadParam
+from botpulse.query.resources import REGISTRY, SETTINGS, STORE
+from botpulse.query.responses import error, json_response
+from botpulse.query.uptime import (
     EPOCH_MS,
     FAR_FUTURE_MS,
     HOUR_MS,
@@ -25,7 +25,7 @@ from query.uptime import (
     now_ms,
     uptimes,
 )
-from registry.keys import request_key
+from botpulse.registry.keys import request_key
 
 TWO_WEEKS_MS = 14 * 24 * HOUR_MS
 MAX_UPTIME_IDS = 100

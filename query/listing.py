@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from runtime.clickhouse import Store
+from botpulse.runtime.clickhouse import Store
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 MAX_IN_VALUES = 100

@@ -11,9 +11,9 @@ from aiohttp import web
 from clickhouse_connect.driver.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from registry.index import RegistryCache
-from runtime.clickhouse import Store
-from runtime.settings import Settings
+from botpulse.registry.index import RegistryCache
+from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)

@@ -1,28 +1,31 @@
-"""Run the query service (optionally with an in-process worker, for embedded chDB)."""
+"""Run the query service; the top package may compose more into its app (the embedded worker)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
-from query.app import build_app
-from runtime.clickhouse import Store
-from runtime.logs import get_logger
-from runtime.migrations import migrate
-from runtime.settings import Settings
+from botpulse.query.app import build_app
+from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.logs import get_logger
+from botpulse.runtime.migrations import migrate
+from botpulse.runtime.settings import Settings
 
 log = get_logger(__name__)
 
 
-def serve(settings: Settings, *, with_worker: bool = False) -> int:
+def serve(settings: Settings, *, compose: Callable[[web.Application], web.Application] | None = None) -> int:
     store = Store(settings)
     try:
         migrate(store)
         log.info(
             "query service listening",
             url=f"http://{settings.query_listen}:{settings.query_port}{settings.query_prefix}",
-            with_worker=with_worker,
+            with_worker=compose is not None,
         )
-        run(build_app(settings, store, with_worker=with_worker), settings)
+        app = build_app(settings, store)
+        run(compose(app) if compose else app, settings)
     finally:
         store.close()
     return 0

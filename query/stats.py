@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.clickhouse import Store
+from botpulse.runtime.clickhouse import Store
 
 LAST_FIELDS = {"guilds": "guilds", "users": "users", "shards": "shards", "ramTotal": "ram_total"}
 AVG_FIELDS = {"apiPing": "api_ping", "ramUsage": "ram_usage", "cpu": "cpu", "bandwidth": "bandwidth"}

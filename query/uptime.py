@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from runtime.clickhouse import Store
+from botpulse.runtime.clickhouse import Store
 
 # Bounds used for "no range" (total uptime): inside DateTime64(3)'s range.
 EPOCH_MS = 0

@@ -12,9 +12,9 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
-from registry import model, records
-from runtime.clickhouse import Store
-from runtime.settings import Settings
+from botpulse.registry import catalog, model
+from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.settings import Settings
 
 Params = dict[str, str]
 Result = tuple[int, dict[str, Any]]
@@ -39,7 +39,7 @@ def ms(value: dt.datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
-async def bot_view(store: Store, bot: records.Bot) -> dict[str, Any]:
+async def bot_view(store: Store, bot: catalog.Bot) -> dict[str, Any]:
     """A bot as its owner and the operator see it."""
     return {
         "id": bot.id,
@@ -48,13 +48,13 @@ async def bot_view(store: Store, bot: records.Bot) -> dict[str, Any]:
         "avatar": bot.avatar,
         "private": bot.private,
         "customSlots": bot.custom_slots,
-        "customMetrics": await records.custom_metric_names(store, bot.id),
+        "customMetrics": await catalog.custom_metric_names(store, bot.id),
         "voteWebhookURL": bot.vote_webhook_url,
         "createdAt": ms(bot.created_at),
     }
 
 
-def account_view(account: records.Account) -> dict[str, Any]:
+def account_view(account: catalog.Account) -> dict[str, Any]:
     return {
         "id": account.id,
         "name": account.name,
@@ -64,28 +64,28 @@ def account_view(account: records.Account) -> dict[str, Any]:
 
 
 async def create_account(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
-    account, key = await records.create_account(ctx.store, ctx.redis, model.account_name(body))
+    account, key = await catalog.create_account(ctx.store, ctx.redis, model.account_name(body))
     return 201, account_view(account) | {"key": key}
 
 
 async def list_accounts(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
-    rows = await records.list_accounts(ctx.store)
+    rows = await catalog.list_accounts(ctx.store)
     return 200, {"accounts": [account_view(a) | {"bots": n} for a, n in rows]}
 
 
 async def regenerate_key(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
-    account, key = await records.regenerate_key(ctx.store, ctx.redis, params["accountId"])
+    account, key = await catalog.regenerate_key(ctx.store, ctx.redis, params["accountId"])
     return 200, {"account": account.id, "token": key}
 
 
 async def list_bots(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
-    bots = await records.list_bots(ctx.store, params.get("account") or None)
+    bots = await catalog.list_bots(ctx.store, params.get("account") or None)
     return 200, {"bots": [await bot_view(ctx.store, b) for b in bots]}
 
 
 async def add_bot(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
     bot_id, fields = model.new_bot(body, model.OPERATOR_CREATE)
-    bot = await records.create_bot(
+    bot = await catalog.create_bot(
         ctx.store,
         ctx.redis,
         bot_id,
@@ -99,14 +99,14 @@ async def add_bot(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
 
 async def set_bot(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
     fields = model.bot_changes(body, model.OPERATOR_PATCH)
-    bot = await records.update_bot(
+    bot = await catalog.update_bot(
         ctx.store, ctx.redis, model.bot_id(params["botId"], "botId"), fields, by=model.OPERATOR
     )
     return 200, await bot_view(ctx.store, bot)
 
 
 async def remove_bot(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
-    bot = await records.remove_bot(
+    bot = await catalog.remove_bot(
         ctx.store, ctx.redis, model.bot_id(params["botId"], "botId"), by=model.OPERATOR
     )
     return 200, {"id": bot.id, "removed": True}
@@ -115,8 +115,8 @@ async def remove_bot(ctx: Context, params: Params, body: dict[str, Any]) -> Resu
 async def sync_registry(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
     if ctx.redis is None:
         raise model.Invalid("REDIS_URL is not set: there is no index to rebuild")
-    bots = await records.rebuild_index(ctx.store, ctx.redis, ctx.settings.stream_partitions)
-    return 200, {"bots": bots, "generation": await records.generation(ctx.store)}
+    bots = await catalog.rebuild_index(ctx.store, ctx.redis, ctx.settings.stream_partitions)
+    return 200, {"bots": bots, "generation": await catalog.generation(ctx.store)}
 
 
 OPERATIONS: dict[str, Operation] = {

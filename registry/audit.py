@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from runtime.clickhouse import Store
+from botpulse.runtime.clickhouse import Store
 
 COLUMNS = ["bot_id", "account_id", "at", "by", "field", "old_value", "new_value"]
 # Rows about the account itself (its key) carry an empty bot id.

@@ -2,7 +2,7 @@
 
 Layout:  bp:reg:key:<sha256(key)> -> account id       bp:reg:bot:<id> -> msgpack IndexedBot
          bp:reg:version -> counter bumped on every change      bp:reg:ready -> "1" once built
-         bp:reg:gen -> the ClickHouse registry generation the index reflects (see records.generation)
+         bp:reg:gen -> the ClickHouse registry generation the index reflects (see catalog.generation)
 A rebuild sets the version to a fresh value (microseconds since the epoch, or one more than the
 current value) so a process that cached entries before Redis was emptied never mistakes the
 rebuilt index's version for the one it knew.
@@ -21,9 +21,9 @@ from typing import TypeVar
 
 import redis.asyncio as aioredis
 
-from registry.keys import hash_key
-from runtime.logs import get_logger
-from schemas.registry import IndexedBot, decode_bot, encode_bot
+from botpulse.registry.keys import hash_key
+from botpulse.runtime.logs import get_logger
+from botpulse.schemas.registry import IndexedBot, decode_bot, encode_bot
 
 log = get_logger(__name__)
 

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from schemas.registry import BOT_ID
+from botpulse.schemas.registry import BOT_ID
 
 MAX_URL = 2048
 MAX_TEXT = 256

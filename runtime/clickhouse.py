@@ -21,7 +21,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
 
-from runtime.settings import Settings, SettingsError
+from botpulse.runtime.settings import Settings, SettingsError
 
 # ClickHouse error codes that mean "this data can never be written" rather than "try again".
 _DATA_ERROR_CODES = {

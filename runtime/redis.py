@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from runtime.settings import Settings
+from botpulse.runtime.settings import Settings
 
 
 def connect(settings: Settings, *, url: str | None = None) -> aioredis.Redis:

@@ -17,10 +17,10 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from runtime.clickhouse import Store
-from runtime.embedded import EmbeddedRedis
-from runtime.migrations import migrate
-from runtime.settings import Settings, load_settings
+from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.embedded import EmbeddedRedis
+from botpulse.runtime.migrations import migrate
+from botpulse.runtime.settings import Settings, load_settings
 
 
 def _docker_reachable() -> bool:

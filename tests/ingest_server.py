@@ -8,8 +8,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from ingest.app import GatewayRunner, build_app
-from runtime.settings import Settings
+from botpulse.ingest.app import GatewayRunner, build_app
+from botpulse.runtime.settings import Settings
 
 
 class GatewayServer(TestServer):

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-import ingest.app
-import query.app
-from registry import index
-from registry.index import RegistryCache
+from botpulse.ingest import app as ingest_app
+from botpulse.query import app as query_app
+from botpulse.registry import index
+from botpulse.registry.index import RegistryCache
 
 ADMIN = "test-admin-token-0123456789"
 WAIT_S = 5.0  # bound on waiting for pollers; never a speed assertion
@@ -28,7 +28,7 @@ async def _client(app) -> TestClient:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 async def api(make_settings, store, redis) -> AsyncIterator[TestClient]:  # type: ignore[no-untyped-def]
-    client = await _client(query.app.build_app(make_settings(admin_token=ADMIN), store))
+    client = await _client(query_app.build_app(make_settings(admin_token=ADMIN), store))
     yield client
     await client.close()
 
@@ -210,7 +210,7 @@ async def test_another_accounts_bot_is_never_manageable(api, make_settings):
     assert me["bots"][0]["username"] == "A"
 
     # B's key cannot post for A's bot at the gateway either.
-    gateway = await _client(ingest.app.build_app(make_settings()))
+    gateway = await _client(ingest_app.build_app(make_settings()))
     try:
         resp = await gateway.post("/v1/bot/777", json={"guilds": 1}, headers=_auth(b_key))
         assert resp.status == 403
@@ -306,8 +306,8 @@ async def test_regenerated_key_is_refused_by_another_process(api, make_settings,
     after a regeneration through the first, the old key is refused and the new one accepted by all."""
     _, old_key = await _account(api, "alpha")
     await api.post("/v1/bots", json={"id": "50", "username": "b"}, headers=_auth(old_key))
-    other = await _client(query.app.build_app(make_settings(admin_token=ADMIN), store))
-    gateway_cache = RegistryCache(other.app[query.app.REDIS], refresh_ms=250)
+    other = await _client(query_app.build_app(make_settings(admin_token=ADMIN), store))
+    gateway_cache = RegistryCache(other.app[query_app.REDIS], refresh_ms=250)
     await gateway_cache.start()
     try:
         assert (await other.get("/v1/account", headers=_auth(old_key))).status == 200
@@ -349,7 +349,7 @@ async def test_admin_api_requires_the_operator_token(api, make_settings, store):
     resp = await api.get("/v1/admin/accounts", headers=_auth(ADMIN))
     assert await resp.json() == {"accounts": []}
 
-    disabled = await _client(query.app.build_app(make_settings(admin_token=None), store))
+    disabled = await _client(query_app.build_app(make_settings(admin_token=None), store))
     try:
         resp = await disabled.post("/v1/admin/accounts", json={"name": "x"}, headers=_auth(ADMIN))
         assert resp.status == 403
@@ -424,7 +424,7 @@ async def test_losing_redis_entirely_loses_nothing(api, make_settings, store, re
 
     # A fresh process after losing Redis also starts from a complete index.
     await redis.flushall()
-    fresh = await _client(query.app.build_app(make_settings(admin_token=ADMIN), store))
+    fresh = await _client(query_app.build_app(make_settings(admin_token=ADMIN), store))
     try:
         assert await RegistryCache(redis).account_for_key(key) == account
         resp = await fresh.patch("/v1/bot/70", json={"username": "after restart"}, headers=_auth(key))

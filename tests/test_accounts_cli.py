@@ -14,12 +14,12 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestClient, TestServer
 
-import query.app
 from botpulse import accounts_cli
 from botpulse.cli import main
+from botpulse.query import app as query_app
+from botpulse.registry import catalog
+from botpulse.registry.index import RegistryCache
 from botpulse.stack import StackInfo, stack_file
-from registry import records
-from registry.index import RegistryCache
 
 ADMIN = "cli-admin-token-0123456789"
 _ENV = (
@@ -35,7 +35,7 @@ _ENV = (
 async def stack(make_settings, store, redis, monkeypatch) -> AsyncIterator[TestClient]:  # type: ignore[no-untyped-def]
     """A query service registered as the running dev stack of a data dir the CLI is pointed at."""
     settings = make_settings(admin_token=ADMIN)
-    client = TestClient(TestServer(query.app.build_app(settings, store), host="127.0.0.1"))
+    client = TestClient(TestServer(query_app.build_app(settings, store), host="127.0.0.1"))
     await client.start_server()
     info = StackInfo(
         os.getpid(), "http://127.0.0.1:1", str(client.make_url("")), settings.redis_url or "", ADMIN
@@ -97,7 +97,7 @@ async def test_cli_through_the_running_stack(stack, capsys, store, redis, settin
         "4",
     )
     assert code == 0, err
-    bot = await records.get_bot(store, "900")
+    bot = await catalog.get_bot(store, "900")
     assert bot is not None and (bot.account_id, bot.username, bot.private, bot.custom_slots) == (
         account,
         "Ops Bot",
@@ -138,7 +138,7 @@ async def test_cli_through_the_running_stack(stack, capsys, store, redis, settin
 
     code, out, _ = await _cli(capsys, "bots", "remove", "900")
     assert code == 0 and "removed" in out
-    assert await records.get_bot(store, "900") is None
+    assert await catalog.get_bot(store, "900") is None
     code, _, err = await _cli(capsys, "bots", "remove", "900")
     assert code == 1 and "Not found" in err
 
@@ -190,5 +190,5 @@ async def test_cli_direct_against_the_store(settings, store, redis, capsys, monk
     code, _, err = await _cli(capsys, "bots", "set", "bot.one", "--private")
     assert code == 0 and "REDIS_URL is not set" in err
     assert (await RegistryCache(redis).bot("bot.one")).private is False  # type: ignore[union-attr]
-    assert await records.ensure_index(store, redis, settings.stream_partitions) is True
+    assert await catalog.ensure_index(store, redis, settings.stream_partitions) is True
     assert (await RegistryCache(redis).bot("bot.one")).private is True  # type: ignore[union-attr]

@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench import wrk
-from bench.loadgen import percentile
-from bench.report import DOCS_END, DOCS_START, update_docs
-from bench.spy import summary
+from botpulse.bench import wrk
+from botpulse.bench.loadgen import percentile
+from botpulse.bench.report import DOCS_END, DOCS_START, update_docs
+from botpulse.bench.spy import summary
 
 REPO = Path(__file__).resolve().parents[1]
 

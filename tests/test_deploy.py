@@ -22,9 +22,9 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from botpulse.cli import build_parser
-from runtime.clickhouse import Store
-from runtime.settings import Settings, SettingsError, env_name, load_settings
-from workers.runner import check_settings as check_worker_settings
+from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.settings import Settings, SettingsError, env_name, load_settings
+from botpulse.workers.runner import check_settings as check_worker_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -107,11 +107,11 @@ def _check_command(where: str, argv: list[str]) -> str:
 
 def _app_for(role: str, settings: Settings, store: Store) -> web.Application:
     if role == "gateway":
-        from ingest.app import build_app as gateway_app
+        from botpulse.ingest.app import build_app as gateway_app
 
         return gateway_app(settings)
     if role == "query":
-        from query.app import build_app as query_app
+        from botpulse.query.app import build_app as query_app
 
         return query_app(settings, store)
     raise AssertionError(f"{role} serves no HTTP: nothing to probe")
@@ -151,7 +151,7 @@ def test_dockerfile_copies_every_package() -> None:
     for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.MULTILINE):
         copied |= set(line.split()[:-1])
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    packages = set(pyproject["tool"]["setuptools"]["package-dir"].values())
     needed = {"pyproject.toml", pyproject["project"]["readme"]} | packages
     assert needed <= copied, sorted(needed - copied)
     for source in copied:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.embedded import free_port, pid_alive, spawn_child
+from botpulse.runtime.processes import free_port, pid_alive, spawn_child
 
 
 def _start(data_dir: Path, gport: int, qport: int) -> tuple[subprocess.Popen[str], list[str]]:

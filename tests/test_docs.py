@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from botpulse.cli import build_parser
-from runtime.settings import Settings, env_name
+from botpulse.runtime.settings import Settings, env_name
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from runtime.embedded import EmbeddedRedis
+from botpulse.runtime.embedded import EmbeddedRedis
 
 
 def test_embedded_redis_has_aof_noeviction_and_keeps_data_across_restart(tmp_path):

@@ -8,17 +8,20 @@ import time
 
 from aiohttp.test_utils import TestClient, TestServer
 
-import ingest.app
-import query.app
-from registry.records import Bot, create_account, now, write_bot
+from botpulse.embedded_worker import with_embedded_worker
+from botpulse.ingest import app as ingest_app
+from botpulse.query import app as query_app
+from botpulse.registry.catalog import Bot, create_account, now, write_bot
 
 
 async def test_posted_stat_is_readable_from_query_service(settings, store, redis):
     account, key = await create_account(store, redis, "e2e")
     await write_bot(store, redis, Bot("4242", account.id, "E2E Bot", None, False, 10, None, now()))
 
-    gateway = TestClient(TestServer(ingest.app.build_app(settings), host="127.0.0.1"))
-    reader = TestClient(TestServer(query.app.build_app(settings, store, with_worker=True), host="127.0.0.1"))
+    gateway = TestClient(TestServer(ingest_app.build_app(settings), host="127.0.0.1"))
+    reader = TestClient(
+        TestServer(with_embedded_worker(query_app.build_app(settings, store)), host="127.0.0.1")
+    )
     await gateway.start_server()
     await reader.start_server()
     try:

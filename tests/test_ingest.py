@@ -20,14 +20,21 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from ingest_server import GatewayServer
 
-import ingest.app
-from ingest.app import DROPPED_HEADER
-from registry import index
-from registry.keys import generate_key, hash_key
-from runtime.settings import Settings
-from runtime.streams import custom_slots_key, partition_of, stream_key
-from schemas.registry import IndexedBot
-from schemas.stream import CustomPayload, StatsPayload, StreamEvent, decode_event
+from botpulse.ingest import app as ingest_app
+from botpulse.ingest.app import DROPPED_HEADER
+from botpulse.registry import index
+from botpulse.registry.keys import generate_key, hash_key
+from botpulse.runtime.settings import Settings
+from botpulse.schemas.registry import IndexedBot
+from botpulse.schemas.stream import (
+    CustomPayload,
+    StatsPayload,
+    StreamEvent,
+    custom_slots_key,
+    decode_event,
+    partition_of,
+    stream_key,
+)
 
 BOT = "1001"  # 3 custom-metric slots
 OTHER_BOT = "2002"  # belongs to another account
@@ -62,7 +69,7 @@ class Env:
 async def seed(redis: aioredis.Redis) -> tuple[str, str, str]:
     """Accounts and bots straight into the registry index: the gateway reads nothing else (and a
     ClickHouse database per test would cost seconds; test_ingest_disstat.py goes through
-    `registry.records`)."""
+    `registry.catalog`)."""
     account_id, key = "acc_" + secrets.token_hex(8), generate_key()
     other_id, other_key = "acc_" + secrets.token_hex(8), generate_key()
     await index.put_account_key(redis, account_id, hash_key(key), None)
@@ -626,7 +633,7 @@ async def test_index_lost_under_a_cached_ready_flag_is_503_not_401(env: Env) -> 
 
 
 async def test_impossible_bot_id_is_404_without_a_lookup(env: Env) -> None:
-    registry = env.client.server.app[ingest.app.REGISTRY]
+    registry = env.client.server.app[ingest_app.REGISTRY]
     for bot_id in ("a%20b", "x" * 65, "%C3%A9t%C3%A9"):
         resp = await env.client.post(f"/v1/bot/{bot_id}", json={"guilds": 1}, headers=env.auth())
         assert resp.status == 404
@@ -659,7 +666,7 @@ async def test_partitions_spread_bots_over_streams(make_env) -> None:  # type: i
 
 
 async def test_concurrent_posts_are_coalesced_into_few_pipelines(env: Env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    appender = env.client.app[ingest.app.APPENDER]
+    appender = env.client.app[ingest_app.APPENDER]
     calls: list[int] = []
     real = appender._execute
 

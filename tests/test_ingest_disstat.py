@@ -12,10 +12,16 @@ from types import SimpleNamespace
 import pytest
 from ingest_server import GatewayServer
 
-from registry import index
-from registry.records import Bot, create_account, now, write_bot
-from runtime.streams import partition_of, stream_key
-from schemas.stream import CustomPayload, StatsPayload, StreamEvent, decode_event
+from botpulse.registry import index
+from botpulse.registry.catalog import Bot, create_account, now, write_bot
+from botpulse.schemas.stream import (
+    CustomPayload,
+    StatsPayload,
+    StreamEvent,
+    decode_event,
+    partition_of,
+    stream_key,
+)
 
 
 def _import_disstat():  # type: ignore[no-untyped-def]

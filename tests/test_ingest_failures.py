@@ -20,11 +20,11 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 from ingest_server import GatewayServer
 
-from registry import index
-from registry.records import Bot, create_account, now, write_bot
-from runtime.embedded import EmbeddedRedis, free_port, pid_alive
-from runtime.streams import partition_of, stream_key
-from schemas.stream import decode_event
+from botpulse.registry import index
+from botpulse.registry.catalog import Bot, create_account, now, write_bot
+from botpulse.runtime.embedded import EmbeddedRedis
+from botpulse.runtime.processes import free_port, pid_alive
+from botpulse.schemas.stream import decode_event, partition_of, stream_key
 
 
 async def test_redis_hanging_or_gone_is_503_with_retry_after(make_settings, store, tmp_path) -> None:  # type: ignore[no-untyped-def]

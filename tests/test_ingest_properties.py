@@ -16,12 +16,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from ingest_server import GatewayServer
 
-from ingest.app import DROPPED_HEADER
-from registry import index
-from registry.keys import generate_key, hash_key
-from runtime.streams import partition_of, stream_key
-from schemas.registry import IndexedBot
-from schemas.stream import CustomPayload, StatsPayload, decode_event
+from botpulse.ingest.app import DROPPED_HEADER
+from botpulse.registry import index
+from botpulse.registry.keys import generate_key, hash_key
+from botpulse.schemas.registry import IndexedBot
+from botpulse.schemas.stream import CustomPayload, StatsPayload, decode_event, partition_of, stream_key
 
 BOT = "5005"
 MAX = 2**53

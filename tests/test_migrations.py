@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from runtime.migrations import available, migrate, render
+from pathlib import Path
+
+from botpulse.runtime.migrations import available, describe, migrate, render
+
+SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "schema.txt"
 
 
 def test_second_run_is_a_no_op(store):
@@ -82,3 +86,17 @@ def test_cluster_rendering_uses_replicated_local_tables_behind_distributed():
     assert first_distributed > local_at
     rollups = "\n".join(render(available()[1].sql, cluster="c1", database="bp", ttl_days=30))
     assert "TO bot_stats_1h_local" in rollups and "FROM bot_stats_local" in rollups
+
+
+def test_every_migration_from_empty_gives_the_committed_schema(store):
+    # The fixture migrated this database from empty. After a schema change, regenerate the
+    # committed copy: `botpulse migrate --print-schema > schemas/schema.txt` on a fresh database.
+    assert describe(store) == SCHEMA.read_text()
+
+
+def test_migrations_are_kept_and_numbered_without_gaps_from_0030():
+    # 0003-0029 were never used; every version a deployed database may have applied stays in
+    # the repository (a superseded one with an empty body).
+    numbers = [int(m.version.split("_", 1)[0]) for m in available()]
+    assert numbers[:2] == [1, 2]
+    assert numbers[2:] == list(range(30, 30 + len(numbers) - 2))

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from query.app import build_app
-from registry.records import Bot, create_account, now, write_bot
+from botpulse.query.app import build_app
+from botpulse.registry.catalog import Bot, create_account, now, write_bot
+from botpulse.workers.rows import STATS_COLUMNS
 from tests.test_query_stats import T0, get, stat
-from workers.rows import STATS_COLUMNS
 
 
 @pytest.fixture

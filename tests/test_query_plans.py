@@ -15,8 +15,8 @@ from test_query_stats import (  # noqa: F401 - `world` is a fixture used by name
 )
 from test_query_stats import test_rollup_plan_matches_raw_definition as check_rollup_plan
 
-import query.stats as query_stats
-from workers.rows import STATS_COLUMNS
+from botpulse.query import stats as query_stats
+from botpulse.workers.rows import STATS_COLUMNS
 
 
 async def test_two_level_plan_matches_raw_definition(world, monkeypatch):  # noqa: F811

@@ -5,9 +5,9 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
-from query.app import REGISTRY, build_app
-from registry.records import Bot, create_account, now, write_bot
-from runtime.embedded import free_port
+from botpulse.query.app import REGISTRY, build_app
+from botpulse.registry.catalog import Bot, create_account, now, write_bot
+from botpulse.runtime.processes import free_port
 
 
 async def _client(settings, store) -> TestClient:  # type: ignore[no-untyped-def]

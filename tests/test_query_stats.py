@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from query.app import build_app
-from query.stats import ragged_hours
-from registry.records import Bot, create_account, now, write_bot
-from workers.rows import CUSTOM_COLUMNS, STATS_COLUMNS
+from botpulse.query.app import build_app
+from botpulse.query.stats import ragged_hours
+from botpulse.registry.catalog import Bot, create_account, now, write_bot
+from botpulse.workers.rows import CUSTOM_COLUMNS, STATS_COLUMNS
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MIN = 60_000

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from query.app import build_app
-from query.uptime import floor_hour
-from registry.records import Bot, create_account, now, write_bot
+from botpulse.query.app import build_app
+from botpulse.query.uptime import floor_hour
+from botpulse.registry.catalog import Bot, create_account, now, write_bot
+from botpulse.workers.rows import STATS_COLUMNS
 from tests.test_query_stats import get, stat
-from workers.rows import STATS_COLUMNS
 
 HOUR = 3_600_000
 S = 1000  # one second in ms

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.settings import Settings, SettingsError, env_name, load_settings
+from botpulse.runtime.settings import Settings, SettingsError, env_name, load_settings
 
 
 def test_defaults_need_no_environment(tmp_path):
@@ -74,7 +74,7 @@ def test_unreachable_clickhouse_at_start_is_one_line_naming_it(tmp_path):
     import subprocess
     import sys
 
-    from runtime.embedded import free_port
+    from botpulse.runtime.processes import free_port
 
     env = dict(
         os.environ,

@@ -22,13 +22,23 @@ from clickhouse_connect.driver.exceptions import OperationalError
 from structlog.testing import capture_logs
 
 from botpulse.cli import main as cli_main
-from runtime.clickhouse import Store
-from runtime.settings import Settings, SettingsError
-from runtime.streams import GROUP, batches_key, dead_letter_key, stream_key, worker_stats_key
-from schemas.stream import FIELD, CustomPayload, StatsPayload, StreamEvent, encode_event
-from workers import records as rec
-from workers.runner import Batch, Entry, Worker, check_settings, run_worker
-from workers.upkeep import Upkeep
+from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.settings import Settings, SettingsError
+from botpulse.schemas.stream import (
+    FIELD,
+    GROUP,
+    CustomPayload,
+    StatsPayload,
+    StreamEvent,
+    batches_key,
+    dead_letter_key,
+    encode_event,
+    stream_key,
+    worker_stats_key,
+)
+from botpulse.workers import batchlog as rec
+from botpulse.workers.runner import Batch, Entry, Worker, check_settings, run_worker
+from botpulse.workers.upkeep import Upkeep
 
 FAST = {"batch_ms": 40, "insert_timeout_s": 0.1, "claim_idle_ms": 300}
 
@@ -179,7 +189,7 @@ async def test_taken_over_batch_keeps_its_boundaries_and_token(fast, fast_store,
     assert batch is not None
     for table in ("bot_stats",):
         rows_ids = [(e.id, e.event) for e in batch.entries]
-        from workers.rows import rows_by_table
+        from botpulse.workers.rows import rows_by_table
 
         rows, _ = rows_by_table(rows_ids)[table]
         await dead._insert(batch, table, rows, f"{batch.record.token}:{table}")
@@ -230,7 +240,7 @@ async def test_clickhouse_outage_keeps_entries_pending_and_drains_after(fast, fa
         return real(*args, **kwargs)
 
     monkeypatch.setattr(fast_store, "insert_sync", flaky)
-    monkeypatch.setattr("workers.runner._BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr("botpulse.workers.runner._BACKOFF_BASE_S", 0.01)
     events = [stats_event("o1", guilds=i) for i in range(25)]
     await post(redis, events)
     with capture_logs() as logs:
@@ -249,9 +259,9 @@ async def test_clickhouse_outage_keeps_entries_pending_and_drains_after(fast, fa
 async def test_unexpected_failure_leaves_entries_pending_and_they_are_recovered(
     fast, fast_store, redis, monkeypatch
 ):
-    import workers.runner
+    from botpulse.workers import runner as workers_runner
 
-    real = workers.runner.rows_by_table
+    real = workers_runner.rows_by_table
     calls = {"n": 0}
 
     def broken_once(pairs):  # type: ignore[no-untyped-def]
@@ -260,7 +270,7 @@ async def test_unexpected_failure_leaves_entries_pending_and_they_are_recovered(
             raise RuntimeError("injected bug")
         return real(pairs)
 
-    monkeypatch.setattr(workers.runner, "rows_by_table", broken_once)
+    monkeypatch.setattr(workers_runner, "rows_by_table", broken_once)
     events = [stats_event("u1", guilds=i) for i in range(6)]
     await post(redis, events)
     with capture_logs() as logs:

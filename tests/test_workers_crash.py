@@ -21,10 +21,19 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from runtime.embedded import spawn_child
-from runtime.settings import Settings
-from runtime.streams import GROUP, batches_key, stream_key, worker_stats_key
-from schemas.stream import FIELD, CustomPayload, StatsPayload, StreamEvent, encode_event
+from botpulse.runtime.processes import spawn_child
+from botpulse.runtime.settings import Settings
+from botpulse.schemas.stream import (
+    FIELD,
+    GROUP,
+    CustomPayload,
+    StatsPayload,
+    StreamEvent,
+    batches_key,
+    encode_event,
+    stream_key,
+    worker_stats_key,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER = Path(__file__).resolve().parent / "worker_crash_driver.py"

@@ -19,15 +19,23 @@ import redis as redis_sync
 import redis.asyncio as aioredis
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-import workers.runner
-from runtime.clickhouse import Store
-from runtime.settings import Settings
-from runtime.streams import GROUP, batches_key, dead_letter_key, stream_key, worker_stats_key
-from schemas.stream import FIELD, StreamEvent, encode_event
+from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.settings import Settings
+from botpulse.schemas.stream import (
+    FIELD,
+    GROUP,
+    StreamEvent,
+    batches_key,
+    dead_letter_key,
+    encode_event,
+    stream_key,
+    worker_stats_key,
+)
+from botpulse.workers import batchlog as rec
+from botpulse.workers import runner as workers_runner
+from botpulse.workers.rows import rows_by_table
+from botpulse.workers.runner import Worker
 from tests.test_workers import FAST, _cli, drained, post, stats_event, worker_task
-from workers import records as rec
-from workers.rows import rows_by_table
-from workers.runner import Worker
 
 N = 3  # deliveries before the dead letters: small, so the tests wait few take-over periods
 
@@ -209,7 +217,7 @@ async def test_undecodable_entry_a_later_reader_decodes_is_stored_once(worker, s
     pending, and stored when a delivery finds a reader that decodes it."""
     event = stats_event("v1", guilds=11)
     data = encode_event(event)
-    real = workers.runner.decode_event
+    real = workers_runner.decode_event
     old_reader = {"on": True}
 
     def decode(raw: bytes) -> StreamEvent:
@@ -217,7 +225,7 @@ async def test_undecodable_entry_a_later_reader_decodes_is_stored_once(worker, s
             raise msgspec.ValidationError("unknown field (injected: older reader)")
         return real(raw)
 
-    monkeypatch.setattr(workers.runner, "decode_event", decode)
+    monkeypatch.setattr(workers_runner, "decode_event", decode)
     other = stats_event("v1", guilds=1)
     ids = await post(redis, [event, other])
     await worker._read()

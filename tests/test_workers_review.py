@@ -16,13 +16,13 @@ import redis as redis_sync
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from runtime.clickhouse import Store
-from runtime.settings import Settings
-from runtime.streams import GROUP, batches_key, dead_letter_key, stream_key, worker_stats_key
+from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.settings import Settings
+from botpulse.schemas.stream import GROUP, batches_key, dead_letter_key, stream_key, worker_stats_key
+from botpulse.workers import batchlog as rec
+from botpulse.workers.runner import Worker
 from tests.test_workers import FAST, post, stats_event
 from tests.test_workers_poison import letters, pending, records, reject_while, stored_counts
-from workers import records as rec
-from workers.runner import Worker
 
 N = 3
 

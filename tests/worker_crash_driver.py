@@ -25,14 +25,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runtime.clickhouse import Store
-from runtime.logs import configure_logging
-from runtime.migrations import migrate
-from runtime.redis import connect
-from runtime.settings import load_settings
-from runtime.streams import GROUP, batches_key, stream_key
-from workers.rows import CUSTOM_TABLE, Row
-from workers.runner import Batch, Worker
+from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.logs import configure_logging
+from botpulse.runtime.migrations import migrate
+from botpulse.runtime.redis import connect
+from botpulse.runtime.settings import load_settings
+from botpulse.schemas.stream import GROUP, batches_key, stream_key
+from botpulse.workers.rows import CUSTOM_TABLE, Row
+from botpulse.workers.runner import Batch, Worker
 
 
 def die() -> None:

@@ -12,8 +12,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
-from runtime.streams import dead_letter_key, stream_key
-from schemas.stream import FIELD, decode_event
+from botpulse.schemas.stream import FIELD, dead_letter_key, decode_event, stream_key
 
 
 class DeadLetter(msgspec.Struct, frozen=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from schemas.stream import CustomPayload, StatsPayload, StreamEvent
+from botpulse.schemas.stream import CustomPayload, StatsPayload, StreamEvent
 
 STATS_TABLE = "bot_stats"
 CUSTOM_TABLE = "custom_events"

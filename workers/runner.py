@@ -39,15 +39,23 @@ import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from runtime.clickhouse import Store, is_data_error
-from runtime.logs import get_logger
-from runtime.redis import connect
-from runtime.settings import Settings, SettingsError
-from runtime.streams import GROUP, batches_key, dead_letter_key, stream_key, worker_stats_key
-from schemas.stream import FIELD, StreamEvent, decode_event
-from workers import records as rec
-from workers.deadletters import dead_letter_fields
-from workers.rows import (
+from botpulse.runtime.clickhouse import Store, is_data_error
+from botpulse.runtime.logs import get_logger
+from botpulse.runtime.redis import connect
+from botpulse.runtime.settings import Settings, SettingsError
+from botpulse.schemas.stream import (
+    FIELD,
+    GROUP,
+    StreamEvent,
+    batches_key,
+    dead_letter_key,
+    decode_event,
+    stream_key,
+    worker_stats_key,
+)
+from botpulse.workers import batchlog as rec
+from botpulse.workers.deadletters import dead_letter_fields
+from botpulse.workers.rows import (
     COLUMNS,
     NAMES_TABLE,
     Block,
@@ -57,8 +65,8 @@ from workers.rows import (
     slice_block,
     to_block,
 )
-from workers.status import PartitionStats
-from workers.upkeep import Upkeep
+from botpulse.workers.status import PartitionStats
+from botpulse.workers.upkeep import Upkeep
 
 log = get_logger(__name__)
 
@@ -161,7 +169,7 @@ class Worker:
         self._in_order: dict[int, bool] = dict.fromkeys(self.partitions, True)
         # Redis's clock (ms) before the read that opened each buffer, while it holds only entries
         # of XREADGROUP '>' reads: lets the batch record skip the id-by-id ownership check while
-        # no entry can have been idle long enough to be taken over (workers/records.py).
+        # no entry can have been idle long enough to be taken over (workers/batchlog.py).
         self._delivered_since: dict[int, int | None] = dict.fromkeys(self.partitions)
         self._inflight: Batch | None = None
         self._stopping = asyncio.Event()
@@ -929,7 +937,7 @@ async def run_worker(settings: Settings, store: Store) -> None:
 
 def serve(settings: Settings) -> int:
     """`botpulse worker`: SIGTERM/SIGINT stop reading, flush, ack and exit within 10 s."""
-    from runtime.migrations import migrate
+    from botpulse.runtime.migrations import migrate
 
     check_settings(settings)
     store = Store(settings)

@@ -1,4 +1,4 @@
-"""Worker statistics in Redis (`runtime.streams.worker_stats_key`) and the per-partition view
+"""Worker statistics in Redis (`schemas.stream.worker_stats_key`) and the per-partition view
 `botpulse status` prints. Only Redis is read: an operator command never opens ClickHouse.
 
 The stats hash of a partition holds running totals written by every worker of that partition
@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
-from runtime.streams import GROUP, batches_key, dead_letter_key, stream_key, worker_stats_key
+from botpulse.schemas.stream import GROUP, batches_key, dead_letter_key, stream_key, worker_stats_key
 
 WINDOW_S = 10
 RATE_WINDOWS = 6  # rows/s over the last minute

@@ -10,10 +10,10 @@ import time
 import msgspec
 import pytest
 
-from registry import audit, index, model, records
-from registry.index import RegistryCache
-from registry.keys import hash_key
-from registry.model import BotFields
+from botpulse.registry import audit, catalog, index, model
+from botpulse.registry.index import RegistryCache
+from botpulse.registry.keys import hash_key
+from botpulse.registry.model import BotFields
 
 WAIT_S = 5.0  # bound on waiting for a poller; never a speed assertion
 
@@ -29,13 +29,13 @@ async def _until(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
 
 async def _bot(store, redis, bot_id: str, account: str, **values):  # type: ignore[no-untyped-def]
     fields = BotFields(username=values.pop("username", f"bot {bot_id}"), **values)
-    return await records.create_bot(
+    return await catalog.create_bot(
         store, redis, bot_id, fields, account_id=account, default_slots=10, by=account
     )
 
 
 async def test_account_key_is_shown_once_and_only_its_hash_is_stored(store, redis):
-    account, key = await records.create_account(store, redis, "alpha")
+    account, key = await catalog.create_account(store, redis, "alpha")
     assert key.startswith("DS-") and len(key) >= 3 + 32
     assert account.key_prefix == key[:7] + "…"
     rows = await store.query(
@@ -50,7 +50,7 @@ async def test_account_key_is_shown_once_and_only_its_hash_is_stored(store, redi
 
 
 async def test_create_update_remove_bot_is_audited_and_indexed(store, redis):
-    account, _ = await records.create_account(store, redis, "alpha")
+    account, _ = await catalog.create_account(store, redis, "alpha")
     bot = await _bot(store, redis, "111", account.id, avatar="https://cdn.example/a.png")
     assert bot.custom_slots == 10 and bot.private is False
     indexed = await RegistryCache(redis).bot("111")
@@ -59,7 +59,7 @@ async def test_create_update_remove_bot_is_audited_and_indexed(store, redis):
     with pytest.raises(model.Conflict):
         await _bot(store, redis, "111", account.id)
 
-    updated = await records.update_bot(
+    updated = await catalog.update_bot(
         store, redis, "111", BotFields(username="renamed", private=True), by=account.id, owner=account.id
     )
     assert (updated.username, updated.private, updated.avatar) == (
@@ -67,20 +67,20 @@ async def test_create_update_remove_bot_is_audited_and_indexed(store, redis):
         True,
         "https://cdn.example/a.png",
     )
-    assert (await records.get_bot(store, "111")) == updated
+    assert (await catalog.get_bot(store, "111")) == updated
     indexed = await RegistryCache(redis).bot("111")
     assert indexed is not None and indexed.private is True and indexed.username == "renamed"
 
-    other, _ = await records.create_account(store, redis, "beta")
+    other, _ = await catalog.create_account(store, redis, "beta")
     with pytest.raises(model.NotManageable):
-        await records.update_bot(store, redis, "111", BotFields(username="x"), by=other.id, owner=other.id)
-    assert (await records.get_bot(store, "111")).username == "renamed"  # type: ignore[union-attr]
+        await catalog.update_bot(store, redis, "111", BotFields(username="x"), by=other.id, owner=other.id)
+    assert (await catalog.get_bot(store, "111")).username == "renamed"  # type: ignore[union-attr]
 
-    await records.remove_bot(store, redis, "111", by=model.OPERATOR)
-    assert await records.get_bot(store, "111") is None
+    await catalog.remove_bot(store, redis, "111", by=model.OPERATOR)
+    assert await catalog.get_bot(store, "111") is None
     assert await RegistryCache(redis).bot("111") is None
     with pytest.raises(model.NotFound):
-        await records.remove_bot(store, redis, "111", by=model.OPERATOR)
+        await catalog.remove_bot(store, redis, "111", by=model.OPERATOR)
 
     log, total = await audit.bot_log(store, "111", account.id, bot.created_at, limit=10, offset=0)
     assert total == 3
@@ -104,24 +104,24 @@ async def test_create_update_remove_bot_is_audited_and_indexed(store, redis):
 async def test_removed_bot_id_cannot_be_taken_by_another_account(store, redis):
     # The removed bot's stats and audit log stay stored under its id: another account that could
     # re-register the id would read them.
-    owner, _ = await records.create_account(store, redis, "owner")
-    other, _ = await records.create_account(store, redis, "other")
+    owner, _ = await catalog.create_account(store, redis, "owner")
+    other, _ = await catalog.create_account(store, redis, "other")
     await _bot(store, redis, "777", owner.id, private=True, vote_webhook_url="https://hooks.example/secret")
-    await records.remove_bot(store, redis, "777", by=model.OPERATOR)
+    await catalog.remove_bot(store, redis, "777", by=model.OPERATOR)
 
     with pytest.raises(model.Conflict) as info:
         await _bot(store, redis, "777", other.id)
     assert info.value.field == "id"
-    assert await records.get_bot(store, "777") is None
+    assert await catalog.get_bot(store, "777") is None
 
     again = await _bot(store, redis, "777", owner.id)  # its own account may bring it back
     assert again.account_id == owner.id
 
 
 async def test_unchanged_update_writes_nothing(store, redis):
-    account, _ = await records.create_account(store, redis, "alpha")
+    account, _ = await catalog.create_account(store, redis, "alpha")
     bot = await _bot(store, redis, "7", account.id, username="same")
-    await records.update_bot(store, redis, "7", BotFields(username="same"), by=account.id, owner=account.id)
+    await catalog.update_bot(store, redis, "7", BotFields(username="same"), by=account.id, owner=account.id)
     rows = await store.query("SELECT count() FROM bots WHERE id = '7'")
     assert rows == [(1,)]
     _, total = await audit.bot_log(store, "7", account.id, bot.created_at, limit=10, offset=0)
@@ -135,7 +135,7 @@ async def test_bot_for_unknown_account_is_refused(store, redis):
 
 
 async def test_regenerated_key_is_refused_by_every_cache_and_never_logged(store, redis):
-    account, old_key = await records.create_account(store, redis, "alpha")
+    account, old_key = await catalog.create_account(store, redis, "alpha")
     bot = await _bot(store, redis, "222", account.id)
     caches = [RegistryCache(redis, refresh_ms=100), RegistryCache(redis, refresh_ms=100)]
     for cache in caches:
@@ -143,7 +143,7 @@ async def test_regenerated_key_is_refused_by_every_cache_and_never_logged(store,
     try:
         for cache in caches:
             assert await cache.account_for_key(old_key) == account.id  # now cached in-process
-        regenerated, new_key = await records.regenerate_key(store, redis, account.id, by=account.id)
+        regenerated, new_key = await catalog.regenerate_key(store, redis, account.id, by=account.id)
         assert new_key != old_key and new_key.startswith("DS-")
         assert regenerated.key_prefix == new_key[:7] + "…"
 
@@ -169,7 +169,7 @@ async def test_regenerated_key_is_refused_by_every_cache_and_never_logged(store,
 
 
 async def test_lookup_racing_an_invalidation_does_not_refill_the_cache(store, redis):
-    account, key = await records.create_account(store, redis, "alpha")
+    account, key = await catalog.create_account(store, redis, "alpha")
     cache = RegistryCache(redis)
     lookup = asyncio.create_task(cache.account_for_key(key))
     await asyncio.sleep(0)  # the lookup is now waiting for Redis
@@ -179,17 +179,17 @@ async def test_lookup_racing_an_invalidation_does_not_refill_the_cache(store, re
 
 
 async def test_flushall_loses_nothing(store, redis, settings):
-    account, key = await records.create_account(store, redis, "alpha")
+    account, key = await catalog.create_account(store, redis, "alpha")
     await _bot(store, redis, "333", account.id, private=True)
-    other, other_key = await records.create_account(store, redis, "beta")
+    other, other_key = await catalog.create_account(store, redis, "beta")
     await _bot(store, redis, "444", other.id)
-    await records.remove_bot(store, redis, "444", by=model.OPERATOR)
-    await records.ensure_index(store, redis, settings.stream_partitions)
+    await catalog.remove_bot(store, redis, "444", by=model.OPERATOR)
+    await catalog.ensure_index(store, redis, settings.stream_partitions)
     version_before = await redis.get(index.VERSION_KEY)
 
     await redis.flushall()
     assert not await index.is_ready(redis)
-    assert await records.ensure_index(store, redis, settings.stream_partitions) is True
+    assert await catalog.ensure_index(store, redis, settings.stream_partitions) is True
     assert await index.is_ready(redis)
     assert await redis.get(index.VERSION_KEY) != version_before
 
@@ -199,16 +199,16 @@ async def test_flushall_loses_nothing(store, redis, settings):
     bot = await cache.bot("333")
     assert bot is not None and bot.account_id == account.id and bot.private is True
     assert await cache.bot("444") is None
-    assert await records.ensure_index(store, redis, settings.stream_partitions) is False
+    assert await catalog.ensure_index(store, redis, settings.stream_partitions) is False
 
 
 async def test_index_restored_from_an_old_snapshot_is_rebuilt(store, redis, settings):
     """Redis restored from an old AOF still holds a regenerated key: the generation stamp
     shows the index is behind ClickHouse and `ensure_index` rebuilds it."""
-    account, old_key = await records.create_account(store, redis, "alpha")
-    await records.ensure_index(store, redis, settings.stream_partitions)
+    account, old_key = await catalog.create_account(store, redis, "alpha")
+    await catalog.ensure_index(store, redis, settings.stream_partitions)
     snapshot = {k: await redis.dump(k) async for k in redis.scan_iter(match="bp:reg:*")}
-    _, new_key = await records.regenerate_key(store, redis, account.id)
+    _, new_key = await catalog.regenerate_key(store, redis, account.id)
     await _bot(store, redis, "555", account.id)
 
     await redis.flushall()
@@ -217,7 +217,7 @@ async def test_index_restored_from_an_old_snapshot_is_rebuilt(store, redis, sett
     cache = RegistryCache(redis)
     assert await cache.account_for_key(old_key) == account.id  # the stale index, as restored
 
-    assert await records.ensure_index(store, redis, settings.stream_partitions) is True
+    assert await catalog.ensure_index(store, redis, settings.stream_partitions) is True
     cache = RegistryCache(redis)
     assert await cache.account_for_key(old_key) is None
     assert await cache.account_for_key(new_key) == account.id
@@ -225,19 +225,19 @@ async def test_index_restored_from_an_old_snapshot_is_rebuilt(store, redis, sett
 
 
 async def test_rebuild_drops_entries_clickhouse_does_not_have(store, redis, settings):
-    account, _ = await records.create_account(store, redis, "alpha")
+    account, _ = await catalog.create_account(store, redis, "alpha")
     await redis.set(index.key_entry(hash_key("DS-forged")), account.id)
-    await records.rebuild_index(store, redis, settings.stream_partitions)
+    await catalog.rebuild_index(store, redis, settings.stream_partitions)
     assert await RegistryCache(redis).account_for_key("DS-forged") is None
 
 
 async def test_writes_without_redis_are_picked_up_by_the_next_start(store, redis, settings):
     """The operator CLI may write ClickHouse alone (embedded store, Redis not running)."""
-    account, key = await records.create_account(store, redis, "alpha")
-    await records.ensure_index(store, redis, settings.stream_partitions)
+    account, key = await catalog.create_account(store, redis, "alpha")
+    await catalog.ensure_index(store, redis, settings.stream_partitions)
     await _bot(store, None, "666", account.id)
-    _, new_key = await records.regenerate_key(store, None, account.id)
-    assert await records.ensure_index(store, redis, settings.stream_partitions) is True
+    _, new_key = await catalog.regenerate_key(store, None, account.id)
+    assert await catalog.ensure_index(store, redis, settings.stream_partitions) is True
     cache = RegistryCache(redis)
     assert await cache.bot("666") is not None
     assert await cache.account_for_key(key) is None
@@ -245,36 +245,36 @@ async def test_writes_without_redis_are_picked_up_by_the_next_start(store, redis
 
 
 async def test_registry_lock_is_exclusive_and_bounded(store, redis):
-    async with records.registry_lock(redis):
+    async with catalog.registry_lock(redis):
         with pytest.raises(model.Busy):
-            async with records.registry_lock(redis, wait_s=0.1):
+            async with catalog.registry_lock(redis, wait_s=0.1):
                 pass
-    async with records.registry_lock(redis, wait_s=0.1):
+    async with catalog.registry_lock(redis, wait_s=0.1):
         pass  # released
 
 
 async def test_list_accounts_counts_live_bots(store, redis):
-    a, _ = await records.create_account(store, redis, "alpha")
-    b, _ = await records.create_account(store, redis, "beta")
+    a, _ = await catalog.create_account(store, redis, "alpha")
+    b, _ = await catalog.create_account(store, redis, "beta")
     await _bot(store, redis, "1", a.id)
     await _bot(store, redis, "2", a.id)
     await _bot(store, redis, "3", a.id)
-    await records.remove_bot(store, redis, "3", by=model.OPERATOR)
-    listed = await records.list_accounts(store)
+    await catalog.remove_bot(store, redis, "3", by=model.OPERATOR)
+    listed = await catalog.list_accounts(store)
     assert [(acc.id, acc.name, n) for acc, n in listed] == [(a.id, "alpha", 2), (b.id, "beta", 0)]
-    assert [bot.id for bot in await records.list_bots(store, a.id)] == ["1", "2"]
+    assert [bot.id for bot in await catalog.list_bots(store, a.id)] == ["1", "2"]
 
 
 async def test_write_bots_in_bulk_is_audited_and_idempotent(store, redis):
-    account, _ = await records.create_account(store, redis, "fleet")
+    account, _ = await catalog.create_account(store, redis, "fleet")
     fleet = [
-        records.Bot(f"f{i}", account.id, f"Fleet {i}", None, False, 10, None, records.now())
+        catalog.Bot(f"f{i}", account.id, f"Fleet {i}", None, False, 10, None, catalog.now())
         for i in range(50)
     ]
-    assert await records.write_bots(store, redis, fleet) == 50
-    assert await records.write_bots(store, redis, fleet) == 0
+    assert await catalog.write_bots(store, redis, fleet) == 50
+    assert await catalog.write_bots(store, redis, fleet) == 0
     fleet[3] = msgspec.structs.replace(fleet[3], username="changed")
-    assert await records.write_bots(store, redis, fleet) == 1
+    assert await catalog.write_bots(store, redis, fleet) == 1
     cache = RegistryCache(redis)
     assert (await cache.bot("f3")).username == "changed"  # type: ignore[union-attr]
     assert (await cache.bot("f49")) is not None
@@ -283,21 +283,21 @@ async def test_write_bots_in_bulk_is_audited_and_idempotent(store, redis):
 
 
 async def test_a_miss_while_the_index_is_missing_is_not_remembered(store, redis, settings):
-    account, key = await records.create_account(store, redis, "alpha")
-    await records.ensure_index(store, redis, settings.stream_partitions)
+    account, key = await catalog.create_account(store, redis, "alpha")
+    await catalog.ensure_index(store, redis, settings.stream_partitions)
     cache = RegistryCache(redis)
     await cache._poll_once()
     assert cache.ready
     await redis.flushall()
     assert await cache.account_for_key(key) is None
     assert cache.ready is False  # flipped by the lookup itself: callers answer 503, not 401
-    await records.ensure_index(store, redis, settings.stream_partitions)
+    await catalog.ensure_index(store, redis, settings.stream_partitions)
     assert await cache.account_for_key(key) == account.id  # no poll in between: the miss was not cached
 
 
 async def test_cache_of_unknown_keys_and_bots_is_bounded(store, redis, monkeypatch):
-    await records.rebuild_index(store, redis, 1)
-    account, key = await records.create_account(store, redis, "alpha")
+    await catalog.rebuild_index(store, redis, 1)
+    account, key = await catalog.create_account(store, redis, "alpha")
     monkeypatch.setattr(index, "MAX_CACHED", 5)
     cache = RegistryCache(redis)
     for i in range(20):

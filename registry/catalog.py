@@ -26,13 +26,22 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
-from registry import audit, index
-from registry.keys import generate_key, hash_key, key_hint
-from registry.model import OPERATOR, BotFields, Busy, Conflict, Invalid, NotFound, NotManageable, given
-from runtime.clickhouse import Store
-from runtime.logs import get_logger
-from runtime.streams import custom_slots_key, partition_of
-from schemas.registry import IndexedBot, encode_bot
+from botpulse.registry import audit, index
+from botpulse.registry.keys import generate_key, hash_key, key_hint
+from botpulse.registry.model import (
+    OPERATOR,
+    BotFields,
+    Busy,
+    Conflict,
+    Invalid,
+    NotFound,
+    NotManageable,
+    given,
+)
+from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.logs import get_logger
+from botpulse.schemas.registry import IndexedBot, encode_bot
+from botpulse.schemas.stream import custom_slots_key, partition_of
 
 log = get_logger(__name__)
 

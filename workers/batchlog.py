@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 import msgspec
 import redis.asyncio as aioredis
 
-from runtime.streams import GROUP
+from botpulse.schemas.stream import GROUP
 
 
 class BatchRecord(msgspec.Struct, array_like=True):

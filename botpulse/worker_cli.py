@@ -15,11 +15,11 @@ import sys
 
 import redis.asyncio as aioredis
 
+from botpulse.runtime.redis import connect
+from botpulse.runtime.settings import Settings, load_settings
 from botpulse.stack import read_stack
-from runtime.redis import connect
-from runtime.settings import Settings, load_settings
-from workers.deadletters import DeadLetter, list_dead_letters, replay
-from workers.status import partition_view, render
+from botpulse.workers.deadletters import DeadLetter, list_dead_letters, replay
+from botpulse.workers.status import partition_view, render
 
 
 def register(sub: argparse._SubParsersAction) -> None:

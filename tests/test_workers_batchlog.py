@@ -1,12 +1,12 @@
 """The write-ahead record is written only while its writer owns every entry it names
-(workers/records.py), on a real valkey-server."""
+(workers/batchlog.py), on a real valkey-server."""
 
 from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from runtime.streams import GROUP, batches_key, stream_key
-from workers import records as rec
+from botpulse.schemas.stream import GROUP, batches_key, stream_key
+from botpulse.workers import batchlog as rec
 
 STREAM = stream_key(0)
 BATCHES = batches_key(0)

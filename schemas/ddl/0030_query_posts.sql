@@ -1,0 +1,3 @@
+-- Superseded by 0032_drop_query_posts: this version created (0030) and back-filled (0031) a copy
+-- of every post, `bot_stats_posts`, for the query service. Databases that applied it keep its
+-- record in schema_migrations; 0032 drops the copy. A new database applies nothing here.
