@@ -9,7 +9,9 @@ from botpulse.runtime.settings import Settings, load_settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {k: getattr(args, k, None) for k in ("gateway_port", "query_port", "gateway_workers")}
+    names = ("gateway_port", "query_port", "gateway_workers", "gateway_listen", "query_listen",
+             "gateway_prefix", "query_prefix")  # fmt: skip
+    overrides = {k: getattr(args, k, None) for k in names}
     settings = load_settings(**overrides)
     configure_logging(settings)
     return settings
@@ -17,7 +19,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gateway", help="run the ingest gateway (posts -> Redis stream)")
+    p.add_argument("--listen", dest="gateway_listen", help="override BOTPULSE_GATEWAY_LISTEN")
     p.add_argument("--port", dest="gateway_port", type=int, help="override BOTPULSE_GATEWAY_PORT")
+    p.add_argument("--prefix", dest="gateway_prefix", help="override BOTPULSE_GATEWAY_PREFIX")
     p.add_argument(
         "--workers", dest="gateway_workers", type=int, help="processes sharing the port (SO_REUSEPORT)"
     )
@@ -29,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_worker)
 
     p = sub.add_parser("query", help="run the query service (reads from ClickHouse)")
+    p.add_argument("--listen", dest="query_listen", help="override BOTPULSE_QUERY_LISTEN")
     p.add_argument("--port", dest="query_port", type=int, help="override BOTPULSE_QUERY_PORT")
+    p.add_argument("--prefix", dest="query_prefix", help="override BOTPULSE_QUERY_PREFIX")
     p.add_argument(
         "--with-worker",
         action="store_true",

@@ -25,14 +25,30 @@ import redis.asyncio as aioredis
 from aiohttp import HttpVersion11, hdrs, web
 
 from botpulse.ingest.append import Appender, Limits, Outcome, Post, Result
-from botpulse.ingest.bodies import BadInput, parse_custom, parse_dbots, parse_statcord, parse_stats
+from botpulse.ingest.bodies import (
+    BadInput,
+    StatsPost,
+    parse_custom,
+    parse_dbots,
+    parse_statcord,
+    parse_stats,
+)
+from botpulse.ingest.shards import SUMMED, ShardAppender, shard_values
 from botpulse.registry.index import RegistryCache, is_ready
 from botpulse.registry.keys import request_key
 from botpulse.runtime.logs import get_logger
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import Settings
 from botpulse.schemas.registry import BOT_ID, IndexedBot
-from botpulse.schemas.stream import CustomPayload, StatsPayload, StreamEvent, encode_event, partition_of
+from botpulse.schemas.stream import (
+    CustomPayload,
+    ShardEntry,
+    ShardsPayload,
+    StatsPayload,
+    StreamEvent,
+    encode_event,
+    partition_of,
+)
 
 log = get_logger(__name__)
 
@@ -40,8 +56,10 @@ SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", aioredis.Redis)
 REGISTRY = web.AppKey("registry", RegistryCache)
 APPENDER = web.AppKey("appender", Appender)
+SHARD_APPENDER = web.AppKey("shard_appender", ShardAppender)
 
 DROPPED_HEADER = "X-Dropped-Custom-Metrics"
+DROPPED_PROPS_HEADER = "X-Dropped-Properties"
 _json = msgspec.json.Encoder()
 
 
@@ -63,6 +81,16 @@ class Refusal(Exception):
         self.field = field
         self.retry_after_s = retry_after_s
         self.extra = extra or {}
+
+
+def dropped_headers(result: Result) -> dict[str, str]:
+    """Names dropped for want of a slot: each percent-encoded, comma-separated."""
+    headers = {}
+    if result.dropped:
+        headers[DROPPED_HEADER] = ",".join(quote(n, safe="") for n in result.dropped)
+    if result.dropped_props:
+        headers[DROPPED_PROPS_HEADER] = ",".join(quote(n, safe="") for n in result.dropped_props)
+    return headers
 
 
 def reply(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
@@ -148,6 +176,7 @@ class Gateway:
         # post (every process draws its own prefix) without a getrandom() call per post.
         self._id_prefix = secrets.token_hex(8)
         self._id_counter = itertools.count()
+        self.stats_prefix = settings.gateway_prefix + STATS_PREFIX
 
     def next_event_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):016x}"
@@ -204,11 +233,12 @@ class Gateway:
         self,
         bot: IndexedBot,
         account: str,
-        payloads: list[StatsPayload | CustomPayload],
+        payloads: list[StatsPayload | CustomPayload | ShardsPayload],
         *,
         stats: bool,
     ) -> Result:
-        """Append the post's events (the first payload carries the custom metrics, if any)."""
+        """Append the post's events (the first payload carries the custom metrics and the
+        properties, if any)."""
         received = int(time.time() * 1000)
         base = self.next_event_id()
         events = [
@@ -225,6 +255,7 @@ class Gateway:
         ]
         first = payloads[0]
         names = list(first.custom_metrics) if isinstance(first, StatsPayload) else []
+        props = list(first.props) if isinstance(first, StatsPayload) else []
         post = Post(
             partition=partition_of(bot.id, self.settings.stream_partitions),
             bot_id=bot.id,
@@ -232,12 +263,52 @@ class Gateway:
             slot_limit=bot.custom_slots,
             metric_names=names,
             events=events,
+            prop_limit=self.settings.property_slots,
+            prop_names=props,
         )
         try:
             result = await self.app[APPENDER].append(post)
         except Exception as exc:
             log.warning("append failed", error=repr(exc))
             raise Refusal(503, "Storage is unavailable, try again shortly", retry_after_s=1) from None
+        return self._checked(result)
+
+    async def append_shard(
+        self,
+        bot: IndexedBot,
+        account: str,
+        stats: StatsPayload,
+        shard: ShardEntry,
+        entries: list[CustomPayload],
+    ) -> Result:
+        """A post made by one shard: its shard event and custom entries, plus the bot's totals
+        when they are due (ingest/shards.py)."""
+        received = int(time.time() * 1000)
+        base = self.next_event_id()
+        payloads: list[ShardsPayload | CustomPayload] = [ShardsPayload([shard]), *entries]
+        events = [
+            encode_event(StreamEvent(f"{base}-{i}" if i else base, received, bot.id, account, payload))
+            for i, payload in enumerate(payloads)
+        ]
+        template = encode_event(StreamEvent(f"{base}-t", received, bot.id, account, StatsPayload()))
+        values: dict[str, float | int | None] = {k: getattr(stats, k) for k in SUMMED}
+        values["api_ping"], values["shards"] = stats.api_ping, stats.shards
+        try:
+            result = await self.app[SHARD_APPENDER].append(
+                partition=partition_of(bot.id, self.settings.stream_partitions),
+                bot_id=bot.id,
+                shard_id=shard.id,
+                values=shard_values(values),
+                totals_template=template,
+                events=events,
+            )
+        except Exception as exc:
+            log.warning("shard append failed", error=repr(exc))
+            raise Refusal(503, "Storage is unavailable, try again shortly", retry_after_s=1) from None
+        return self._checked(result)
+
+    @staticmethod
+    def _checked(result: Result) -> Result:
         if result.outcome is Outcome.RATE_LIMITED:
             seconds = max(1, math.ceil(result.retry_after_ms / 1000))
             raise Refusal(429, f"Too many posts for this bot, retry in {seconds} s", retry_after_s=seconds)
@@ -250,23 +321,28 @@ class Gateway:
     async def post_stats(self, request: web.Request) -> web.StreamResponse:
         return await self.stats(request, request.match_info["botId"])
 
+    async def append_stats(self, bot: IndexedBot, account: str, post: StatsPost) -> Result:
+        if post.shard is not None:
+            return await self.append_shard(bot, account, post.stats, post.shard, post.entries)
+        if post.shards is not None:
+            return await self.append(bot, account, [post.stats, post.shards, *post.entries], stats=True)
+        return await self.append(bot, account, [post.stats, *post.entries], stats=True)
+
     async def stats(self, request: web.BaseRequest, bot_id: str) -> web.StreamResponse:
-        """DisStat `POST /v1/bot/{botId}` -> 204, dropped custom metrics in a header."""
+        """DisStat `POST /v1/bot/{botId}` -> 204, dropped custom metrics and properties in headers."""
         try:
             self.check_size(request)
             account, bot = await self.authorize(self.key_of(request), bot_id)
-            stats, entries = parse_stats(await self.read(request))
-            result = await self.append(bot, account, [stats, *entries], stats=True)
+            post = parse_stats(await self.read(request), self.settings.shard_limit)
+            result = await self.append_stats(bot, account, post)
         except Refusal as refusal:
             return refusal_response(refusal)
         except BadInput as bad:
             return refusal_response(Refusal(400, bad.message, bad.field))
-        if not result.dropped and request.keep_alive and request.version == HttpVersion11:
+        dropped = result.dropped or result.dropped_props
+        if not dropped and request.keep_alive and request.version == HttpVersion11:
             return NO_CONTENT  # type: ignore[return-value]
-        response = web.Response(status=204, content_type="application/json")
-        if result.dropped:
-            response.headers[DROPPED_HEADER] = ",".join(quote(n, safe="") for n in result.dropped)
-        return response
+        return web.Response(status=204, content_type="application/json", headers=dropped_headers(result))
 
     def dispatch(
         self, app_handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -277,13 +353,13 @@ class Gateway:
         adds nothing: a POST, a path of `/v1/bot/` and an id that can exist (`BOT_ID`: no `/`,
         no percent-escape, nothing the route pattern refuses), no `Expect` header (the app answers
         `100 Continue`). Anything else, the app decides as always."""
-        stats = self.stats
+        stats, prefix = self.stats, self.stats_prefix
 
         async def handle(request: web.BaseRequest) -> web.StreamResponse:
             if request.method == "POST":
                 path = request.raw_path  # as sent: a percent-escape in the id goes to the app
-                if path.startswith(STATS_PREFIX):
-                    bot_id = path[len(STATS_PREFIX) :].partition("?")[0]
+                if path.startswith(prefix):
+                    bot_id = path[len(prefix) :].partition("?")[0]
                     if BOT_ID.match(bot_id) and hdrs.EXPECT not in request.headers:
                         return await stats(request, bot_id)
             return await app_handler(request)
@@ -308,13 +384,16 @@ class Gateway:
         try:
             self.check_size(request)
             account, bot = await self.authorize(self.key_of(request), request.match_info["botId"])
-            stats = parse_dbots(await self.read(request))
-            await self.append(bot, account, [stats], stats=True)
+            post = parse_dbots(await self.read(request), self.settings.shard_limit)
+            if post.shard is not None:
+                await self.append_shard(bot, account, post.stats, post.shard, [])
+            else:
+                await self.append(bot, account, [post.stats], stats=True)
         except Refusal as refusal:
             return refusal_response(refusal)
         except BadInput as bad:
             return refusal_response(Refusal(400, bad.message, bad.field))
-        return reply(200, {"guildCount": stats.guilds})
+        return reply(200, {"guildCount": post.stats.guilds})
 
     async def post_statcord(self, request: web.Request) -> web.Response:
         """Statcord v3 `POST /v3/stats` (`id` and `key` in the body) -> 200 JSON."""
@@ -327,10 +406,7 @@ class Gateway:
             return refusal_response(refusal, statcord=True)
         except BadInput as bad:
             return refusal_response(Refusal(400, bad.message, bad.field), statcord=True)
-        headers = None
-        if result.dropped:
-            headers = {DROPPED_HEADER: ",".join(quote(n, safe="") for n in result.dropped)}
-        return reply(200, {"error": False, "message": "Stats posted"}, headers)
+        return reply(200, {"error": False, "message": "Stats posted"}, dropped_headers(result) or None)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return reply(200, {"status": "ok"})
@@ -369,6 +445,14 @@ async def _resources(app: web.Application):  # type: ignore[no-untyped-def]
         custom_burst=settings.custom_rate_per_min,
     )
     app[APPENDER] = Appender(app[REDIS], settings.stream_high_water, limits, settings.redis_timeout_ms / 1000)
+    app[SHARD_APPENDER] = ShardAppender(
+        app[REDIS],
+        high_water=settings.stream_high_water,
+        interval_ms=limits.stats_interval_ms,
+        burst=limits.stats_burst,
+        total_interval_ms=settings.shard_total_interval_s * 1000,
+        timeout_s=settings.redis_timeout_ms / 1000,
+    )
     await app[REGISTRY].start()
     yield
     await app[APPENDER].close()
@@ -400,12 +484,13 @@ def build_app(settings: Settings) -> web.Application:
         ("POST", "/v1/bot/{botId}", gateway.post_stats),
         ("POST", "/v1/bot/{botId}/custom", gateway.post_custom),
         ("POST", "/bots/{botId}/stats", gateway.post_dbots),
+        ("POST", "/api/v1/bots/{botId}/stats", gateway.post_dbots),  # DBots' documented base
         ("POST", "/v3/stats", gateway.post_statcord),
         ("GET", "/healthz", gateway.healthz),
         ("GET", "/readyz", gateway.readyz),
     ]
     for method, path, handler in routes:
-        resource = app.router.add_resource(path)
+        resource = app.router.add_resource(settings.gateway_prefix + path)
         resource.add_route(method, handler)
         if method == "GET":
             resource.add_route("HEAD", handler)

@@ -31,16 +31,18 @@ from hiredis import pack_command
 from redis.exceptions import NoScriptError, ResponseError
 
 from botpulse.runtime.logs import get_logger
-from botpulse.schemas.stream import custom_slots_key, rate_key, stream_key
+from botpulse.schemas.stream import custom_slots_key, prop_slots_key, rate_key, stream_key
 
 log = get_logger(__name__)
 
-# KEYS: the stream, the rate hash, then the slot-set key of each post that has metric names.
+# KEYS: the stream, the rate hash, then per post the slot-set key when it has metric names and
+#       the property-slot key when it has property names.
 # ARGV: high_water, stats interval_ms, stats burst, custom interval_ms, custom burst; then per
-#       post: its rate field (`s:<bot>` or `c:<bot>`: stats or custom limit), n_names, n_events,
-#       slot_limit when n_names > 0, name_1..name_n, event_1..event_m (the first event carries
-#       the custom metrics).
-# Returns one reply per post: {0, dropped names...} | {1, retry_after_ms} | {2}.
+#       post: its rate field (`s:<bot>` or `c:<bot>`: stats or custom limit), n_names, n_props,
+#       n_events, slot_limit when n_names > 0, prop_limit when n_props > 0, name_1..name_n,
+#       prop_1..prop_p, event_1..event_m (the first event carries the metrics and properties).
+# Returns one reply per post: {0} | {0, n_dropped_metrics, dropped metric names...,
+#       dropped property names...} | {1, retry_after_ms} | {2}.
 SCRIPT = """
 local stream, rates = KEYS[1], KEYS[2]
 local high_water = tonumber(ARGV[1])
@@ -52,24 +54,51 @@ local length = redis.call('XLEN', stream)
 local fields, starts = {}, {}
 local a = 6
 while a <= #ARGV do
-  local n, m = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local n, np, m = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   fields[#fields + 1] = ARGV[a]
   starts[#starts + 1] = a
-  a = a + 3 + (n > 0 and 1 or 0) + n + m
+  a = a + 4 + (n > 0 and 1 or 0) + (np > 0 and 1 or 0) + n + np + m
 end
 local stored = redis.call('HMGET', rates, unpack(fields))
 local tats, updates = {}, {}
 local replies = {}
 local k = 3
+-- Names from ARGV[from..to) that take or hold a slot of `key` (at most `limit`); the rest.
+local function take_slots(key, limit, from, to)
+  local dropped = {}
+  local used = redis.call('SCARD', key)
+  for i = from, to - 1 do
+    if redis.call('SISMEMBER', key, ARGV[i]) == 0 then
+      if used < limit then
+        redis.call('SADD', key, ARGV[i])
+        used = used + 1
+      else
+        dropped[#dropped + 1] = ARGV[i]
+      end
+    end
+  end
+  return dropped
+end
 for p = 1, #fields do
   local field = fields[p]
   a = starts[p]
-  local n, m = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local limit, names = 0, a + 3
+  local n, np, m = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local limit, prop_limit, names = 0, 0, a + 4
   if n > 0 then
-    limit, names = tonumber(ARGV[a + 3]), a + 4
+    limit, names = tonumber(ARGV[names]), names + 1
   end
-  local first = names + n
+  if np > 0 then
+    prop_limit, names = tonumber(ARGV[names]), names + 1
+  end
+  local props = names + n
+  local first = props + np
+  local slots_key, props_key = nil, nil
+  if n > 0 then
+    slots_key, k = KEYS[k], k + 1
+  end
+  if np > 0 then
+    props_key, k = KEYS[k], k + 1
+  end
   if length >= high_water then
     replies[p] = {2}
   else
@@ -84,30 +113,27 @@ for p = 1, #fields do
     if allow_at > now then
       replies[p] = {1, math.ceil(allow_at - now)}
     else
-      local dropped = {}
+      local dropped, dropped_props = {}, {}
       if n > 0 then
-        local slots_key = KEYS[k]
-        local used = redis.call('SCARD', slots_key)
-        for i = names, first - 1 do
-          if redis.call('SISMEMBER', slots_key, ARGV[i]) == 0 then
-            if used < limit then
-              redis.call('SADD', slots_key, ARGV[i])
-              used = used + 1
-            else
-              dropped[#dropped + 1] = ARGV[i]
-            end
-          end
-        end
+        dropped = take_slots(slots_key, limit, names, props)
+      end
+      if np > 0 then
+        dropped_props = take_slots(props_key, prop_limit, props, first)
       end
       local event = ARGV[first]
-      if #dropped > 0 then
+      if #dropped > 0 or #dropped_props > 0 then
         local decoded = cmsgpack.unpack(event)
-        local metrics = decoded['payload']['custom_metrics']
-        for _, name in ipairs(dropped) do
-          metrics[name] = nil
-        end
-        if next(metrics) == nil then
-          decoded['payload']['custom_metrics'] = nil
+        local payload = decoded['payload']
+        for _, pair in ipairs({{'custom_metrics', dropped}, {'props', dropped_props}}) do
+          local map = payload[pair[1]]
+          if #pair[2] > 0 then
+            for _, name in ipairs(pair[2]) do
+              map[name] = nil
+            end
+            if next(map) == nil then
+              payload[pair[1]] = nil
+            end
+          end
         end
         event = cmsgpack.pack(decoded)
       end
@@ -121,14 +147,17 @@ for p = 1, #fields do
       end
       tats[field] = new_tat
       local reply = {0}
-      for _, name in ipairs(dropped) do
-        reply[#reply + 1] = name
+      if #dropped > 0 or #dropped_props > 0 then
+        reply[2] = #dropped
+        for _, name in ipairs(dropped) do
+          reply[#reply + 1] = name
+        end
+        for _, name in ipairs(dropped_props) do
+          reply[#reply + 1] = name
+        end
       end
       replies[p] = reply
     end
-  end
-  if n > 0 then
-    k = k + 1
   end
 end
 if #updates > 0 then
@@ -155,7 +184,8 @@ class Outcome(enum.Enum):
 class Result(msgspec.Struct, frozen=True):
     outcome: Outcome
     retry_after_ms: int = 0
-    dropped: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()  # custom metrics over the bot's slots
+    dropped_props: tuple[str, ...] = ()  # extra properties over the bot's property slots
 
 
 class Limits(msgspec.Struct, frozen=True):
@@ -175,7 +205,9 @@ class Post(msgspec.Struct, frozen=True):
     stats: bool  # the stats limit, else the custom one
     slot_limit: int
     metric_names: Sequence[str]
-    events: Sequence[bytes]  # the first carries the custom metrics
+    events: Sequence[bytes]  # the first carries the custom metrics and properties
+    prop_limit: int = 0
+    prop_names: Sequence[str] = ()
 
 
 def script_call(verb: str, script: str, posts: Sequence[Post], high_water: int, limits: Limits) -> bytes:
@@ -190,13 +222,19 @@ def script_call(verb: str, script: str, posts: Sequence[Post], high_water: int, 
         limits.custom_burst,
     ]
     for post in posts:
-        names = post.metric_names
+        names, props = post.metric_names, post.prop_names
         field = ("s:" if post.stats else "c:") + post.bot_id
+        if not names and not props:
+            args += (field, 0, 0, len(post.events), *post.events)
+            continue
+        args += (field, len(names), len(props), len(post.events))
         if names:
             keys.append(custom_slots_key(partition, post.bot_id))
-            args += (field, len(names), len(post.events), post.slot_limit, *names, *post.events)
-        else:
-            args += (field, 0, len(post.events), *post.events)
+            args.append(post.slot_limit)
+        if props:
+            keys.append(prop_slots_key(partition, post.bot_id))
+            args.append(post.prop_limit)
+        args += (*names, *props, *post.events)
     return pack_command((verb, script, len(keys), *keys, *args))
 
 
@@ -208,8 +246,9 @@ def _result(reply: list[object]) -> Result:
     if code == 0:
         if len(reply) == 1:
             return APPENDED  # the common case: nothing dropped, nothing to build
-        names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in reply[1:])
-        return Result(Outcome.APPENDED, dropped=names)
+        split = int(reply[1])  # type: ignore[call-overload]
+        names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in reply[2:])
+        return Result(Outcome.APPENDED, dropped=names[:split], dropped_props=names[split:])
     if code == 1:
         return Result(Outcome.RATE_LIMITED, retry_after_ms=int(reply[1]))  # type: ignore[call-overload]
     return Result(Outcome.BACKLOG_FULL)

@@ -43,12 +43,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway_listen: str = "127.0.0.1"
     gateway_port: Port = 8080
     gateway_workers: Annotated[int, Meta(ge=1, le=64)] = 1
+    # Every gateway route moves under this path (like BOTPULSE_QUERY_PREFIX), e.g. `/stats`.
+    gateway_prefix: Annotated[str, Meta(pattern=r"^(/[A-Za-z0-9._~-]+)*$")] = ""
     max_body_bytes: Positive = 65536
     stats_rate_interval_s: Annotated[float, Meta(gt=0)] = 30.0
     stats_rate_burst: Positive = 3
     custom_rate_per_min: Positive = 600
     registry_refresh_ms: Annotated[int, Meta(ge=50, le=1000)] = 250
     redis_timeout_ms: Annotated[int, Meta(ge=10, le=10_000)] = 800
+    # Extra (non-numeric) properties a bot keeps; further names are dropped and reported.
+    property_slots: Annotated[int, Meta(ge=0, le=50)] = 5
+    # Shard ids a bot may post for: 0 to shard_limit - 1 (also the most entries of a `shards` array).
+    shard_limit: Annotated[int, Meta(ge=1, le=100_000)] = 2048
+    # How often the totals of a bot whose shards post separately are written (see ingest/shards.py).
+    shard_total_interval_s: Annotated[int, Meta(ge=1, le=3600)] = 60
     # --- workers ------------------------------------------------------------------------------
     batch_rows: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
     batch_ms: Annotated[int, Meta(ge=1, le=60_000)] = 500

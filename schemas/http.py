@@ -17,6 +17,10 @@ MAX_EXACT = 2**53
 MAX_STRING = 256
 MAX_CUSTOM_ENTRIES = 100
 MAX_CUSTOM_METRICS = 100
+# Extra non-numeric properties (DisStat stores any extra property of a post): names are custom
+# metric names, values short text; a post may carry this many, a bot keeps BOTPULSE_PROPERTY_SLOTS.
+MAX_PROPS_PER_POST = 20
+MAX_PROP_VALUE = 128
 
 Count = Annotated[int, Meta(ge=0, le=MAX_EXACT)]
 # Below 2^53, not up to it: an integer such as 2^53 + 1 becomes the float 2^53 when decoded, and
@@ -70,11 +74,26 @@ STATS_ALIASES = {
 
 
 class DBotsBody(msgspec.Struct, forbid_unknown_fields=False):
-    """`POST /bots/{id}/stats` (the DBots shape)."""
+    """`POST /bots/{id}/stats` (the DBots shape). With `shardId` the counts are that shard's."""
 
     guildCount: Count
     shardCount: Count | None = None
     userCount: Count | None = None
+    shardId: Count | None = None
+
+
+# Per-shard values as the common clients name them; each alias folds into the first name.
+SHARD_ALIASES = {
+    "id": "id", "shardId": "id", "shard_id": "id", "shard": "id",
+    "status": "status", "state": "status",
+    "guilds": "guilds", "guildCount": "guilds", "guild_count": "guilds", "server_count": "guilds",
+    "servers": "guilds",
+    "users": "users", "userCount": "users", "user_count": "users", "members": "users",
+    "latency": "latency", "ping": "latency", "apiPing": "latency", "api_ping": "latency",
+}  # fmt: skip
+# Top-level properties of a stats post that say which shard posts and how many there are.
+SHARD_ID_FIELDS = ("shardId", "shard_id")
+SHARD_COUNT_FIELDS = ("shardCount", "shard_count")
 
 
 # Statcord sends every number as a string (a custom field handler may return a number).

@@ -9,10 +9,10 @@ together) while partitions spread over the cluster.
 One Redis stream entry holds one field, `e`, whose value is a msgpack-encoded `StreamEvent`.
 The payload is a tagged union; its tag is the event's kind.
 
-The three message structs are `gc=False`: they hold only scalars and a str -> float dict, so they
-can never be part of a reference cycle, and a worker keeps 10,000 of them alive per batch; left to
-the cyclic GC, which walks every tracked object it holds, decoding cost 3-5 us an event instead
-of ~1.2 us.
+The message structs are `gc=False`: they hold only scalars, str -> scalar dicts and lists of
+scalar-only structs, so they can never be part of a reference cycle, and a worker keeps 10,000
+of them alive per batch; left to the cyclic GC, which walks every tracked object it holds,
+decoding cost 3-5 us an event instead of ~1.2 us.
 """
 
 from __future__ import annotations
@@ -58,6 +58,17 @@ def custom_slots_key(partition: int, bot_id: str) -> str:
     return f"bp:{tag(partition)}:slots:{bot_id}"
 
 
+def prop_slots_key(partition: int, bot_id: str) -> str:
+    """Set of the extra (non-numeric) property names holding one of the bot's property slots."""
+    return f"bp:{tag(partition)}:props:{bot_id}"
+
+
+def shard_state_key(partition: int, bot_id: str) -> str:
+    """Hash of the latest values of each shard of a bot that posts per shard (field: shard id),
+    from which the gateway's script writes the bot's totals (see ingest/shards.py)."""
+    return f"bp:{tag(partition)}:shards:{bot_id}"
+
+
 def worker_stats_key(partition: int) -> str:
     """Hash of last insert time and recent rows/s, for `botpulse status`."""
     return f"bp:{tag(partition)}:workerstats"
@@ -81,6 +92,9 @@ class StatsPayload(
     cpu: float | None = None
     bandwidth: float | None = None
     custom_metrics: dict[str, float] = {}
+    # Extra non-numeric properties (name -> short text) that hold one of the bot's property slots.
+    # Added after the first release: entries written before it decode with an empty map.
+    props: dict[str, str] = {}
 
 
 class CustomPayload(
@@ -94,7 +108,28 @@ class CustomPayload(
     value3: str | None = None
 
 
-Payload = StatsPayload | CustomPayload
+class ShardEntry(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False, gc=False):
+    """One shard's values in a post. `up` is derived from the status the client sent (a shard
+    that posts without a status is up); `status` keeps that status as normalised text."""
+
+    id: int
+    up: bool = True
+    status: str | None = None
+    guilds: int | None = None
+    users: int | None = None
+    api_ping: float | None = None
+
+
+class ShardsPayload(
+    msgspec.Struct, tag="shards", tag_field="kind", omit_defaults=True, forbid_unknown_fields=False, gc=False
+):
+    """The per-shard part of a post: one entry (a post carrying `shardId`) or many (a post with a
+    `shards` array). The bot's totals travel separately as a `StatsPayload`."""
+
+    shards: list[ShardEntry] = []
+
+
+Payload = StatsPayload | CustomPayload | ShardsPayload
 
 
 class StreamEvent(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False, gc=False):

@@ -297,13 +297,16 @@ async def test_custom_metrics_take_slots_and_extra_names_are_dropped(env: Env) -
     assert events[2].payload.guilds == 3
 
 
-async def test_non_numeric_unknown_properties_are_ignored(env: Env) -> None:
+async def test_non_numeric_unknown_properties_are_properties(env: Env) -> None:
+    # Strings and booleans are stored as properties (tests/test_compat.py); objects and arrays
+    # are still ignored, as DisStat does.
     resp = await env.client.post(
         f"/v1/bot/{BOT}", json={"guilds": 1, "note": "hi", "flags": [1], "on": True}, headers=env.auth()
     )
     assert resp.status == 204
     [event] = await env.entries()
     assert event.payload.custom_metrics == {}
+    assert event.payload.props == {"note": "hi", "on": "true"}
 
 
 # --- DisStat custom ------------------------------------------------------------------------------

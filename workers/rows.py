@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from botpulse.schemas.stream import CustomPayload, StatsPayload, StreamEvent
+from botpulse.schemas.stream import CustomPayload, ShardsPayload, StatsPayload, StreamEvent
 
 STATS_TABLE = "bot_stats"
 CUSTOM_TABLE = "custom_events"
 NAMES_TABLE = "custom_metric_names"
+PROPS_TABLE = "bot_props"
+SHARDS_TABLE = "shard_stats"
 
 STATS_COLUMNS = [
     "bot_id", "ts", "event_id", "guilds", "users", "shards",
@@ -19,8 +21,16 @@ CUSTOM_COLUMNS = [
     "value1_num", "value2_num", "value3_num",
 ]  # fmt: skip
 NAMES_COLUMNS = ["bot_id", "name", "first_seen"]
+PROPS_COLUMNS = ["bot_id", "name", "ts", "value"]
+SHARDS_COLUMNS = ["bot_id", "shard_id", "ts", "event_id", "up", "status", "guilds", "users", "api_ping"]
 
-COLUMNS = {STATS_TABLE: STATS_COLUMNS, CUSTOM_TABLE: CUSTOM_COLUMNS, NAMES_TABLE: NAMES_COLUMNS}
+COLUMNS = {
+    STATS_TABLE: STATS_COLUMNS,
+    CUSTOM_TABLE: CUSTOM_COLUMNS,
+    NAMES_TABLE: NAMES_COLUMNS,
+    PROPS_TABLE: PROPS_COLUMNS,
+    SHARDS_TABLE: SHARDS_COLUMNS,
+}
 
 Row = list[object]
 # A table's rows as columns (in COLUMNS order), the shape the worker inserts: the client then
@@ -67,6 +77,11 @@ def rows_by_table(entries: Sequence[tuple[bytes, StreamEvent]]) -> dict[str, tup
     custom: list[object] = []
     c_ids: list[bytes] = []
     c_rows: list[Row] = []
+    # Properties and shard entries: several rows per event, each carrying its entry's stream id.
+    p_ids: list[bytes] = []
+    p_rows: list[Row] = []
+    h_ids: list[bytes] = []
+    h_rows: list[Row] = []
     for entry_id, e in entries:
         p = e.payload
         if type(p) is StatsPayload:
@@ -83,11 +98,27 @@ def rows_by_table(entries: Sequence[tuple[bytes, StreamEvent]]) -> dict[str, tup
             cpu.append(p.cpu)
             bandwidth.append(p.bandwidth)
             custom.append(p.custom_metrics)
+            if p.props:
+                for name, value in p.props.items():
+                    p_rows.append([e.bot_id, name, e.received_ms, value])
+                    p_ids.append(entry_id)
         elif isinstance(p, CustomPayload):
             c_rows.append(custom_row(e, p))
             c_ids.append(entry_id)
+        elif isinstance(p, ShardsPayload):
+            for s in p.shards:
+                h_rows.append([
+                    e.bot_id, s.id, e.received_ms, f"{e.event_id}:{s.id}", int(s.up), s.status,
+                    s.guilds, s.users, s.api_ping,
+                ])  # fmt: skip
+                h_ids.append(entry_id)
     stats = [bot, ts, eid, guilds, users, shards, ping, ram, ram_total, cpu, bandwidth, custom]
-    return {STATS_TABLE: (stats, s_ids), CUSTOM_TABLE: (to_block(c_rows, CUSTOM_COLUMNS), c_ids)}
+    return {
+        STATS_TABLE: (stats, s_ids),
+        CUSTOM_TABLE: (to_block(c_rows, CUSTOM_COLUMNS), c_ids),
+        PROPS_TABLE: (to_block(p_rows, PROPS_COLUMNS), p_ids),
+        SHARDS_TABLE: (to_block(h_rows, SHARDS_COLUMNS), h_ids),
+    }
 
 
 def to_block(rows: Sequence[Row], columns: Sequence[str]) -> Block:
