@@ -8,7 +8,7 @@ event holding the bot's totals at that moment: the sums of every live shard's la
 (the mean of their latencies; `shards`: the live shards, or the largest shard count a shard
 reported). Those totals are ordinary `bot_stats` rows, so bucketing, roll-ups and uptime read
 them as before, and a bot with 1,000 shards stores one total row per interval, not 1,000. A
-shard silent for `FORGET_MS` drops out of the totals (it was removed by resharding).
+shard silent for `SHARD_FORGET_MS` drops out of the totals (it was removed by resharding).
 
 Everything happens in one script on keys of the bot's partition, so a refused post leaves no
 trace and an accepted one is appended once.
@@ -22,9 +22,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from botpulse.ingest.append import Outcome, Result
-from botpulse.schemas.stream import rate_key, shard_state_key, stream_key
-
-FORGET_MS = 86_400_000
+from botpulse.schemas.stream import SHARD_FORGET_MS, rate_key, shard_state_key, stream_key
 
 # KEYS: stream, rate hash, the bot's shard hash.
 # ARGV: high_water, interval_ms, burst, total_interval_ms, forget_ms, rate field, shard id,
@@ -125,7 +123,7 @@ class ShardAppender:
         timeout_s: float,
     ) -> None:
         self._script = redis.register_script(SHARD_SCRIPT)
-        self._head = (high_water, interval_ms, burst, total_interval_ms, FORGET_MS)
+        self._head = (high_water, interval_ms, burst, total_interval_ms, SHARD_FORGET_MS)
         self.timeout_s = timeout_s
 
     async def append(

@@ -15,18 +15,19 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from botpulse.query import accounts_api, datagram, params
+from botpulse.query.leaderboard import PERIODS, BadMetric, default_period, leaderboard
 from botpulse.query.listing import (
-    TOP_METRICS,
+    ALL_FIELDS,
     BadListing,
     compile_fields,
     compile_filter,
     compile_sort,
-    leaderboard,
     list_bots,
 )
 from botpulse.query.params import BadParam
 from botpulse.query.resources import REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
 from botpulse.query.responses import error, json_response
+from botpulse.query.shards import connection_state, extras, shard_grid, shard_uptimes
 from botpulse.query.stats import add_custom_names, buckets, custom_totals
 from botpulse.query.uptime import EPOCH_MS, HOUR_MS, connection_status, now_ms, uptime_with_periods
 from botpulse.registry.catalog import Bot, ensure_index, get_bot
@@ -160,21 +161,24 @@ async def get_bot_info(request: web.Request) -> web.Response:
     stats: list[dict[str, Any]] | None = None
     totals: dict[str, Any] = {}
     start = end = 0
+    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
+    now = now_ms()
     if want_stats and q.get("start"):
-        # The range is known up front: the three reads run side by side (one chDB handle each).
+        # The range is known up front: the reads run side by side (one chDB handle each).
         try:
             start, end = _range(request, None)
         except BadParam as exc:
             return error(400, exc.message, exc.field)
-        seen, stats, totals = await asyncio.gather(
+        seen, stats, totals, more = await asyncio.gather(
             _last_seen_and_names(store, bot_id),
             buckets(store, bot_id, start, end, points, []),
             custom_totals(store, bot_id, start, end),
+            extras(store, bot_id, now, window_ms),
         )
     else:
-        seen = await _seen(store, bot_id)
+        seen, more = await asyncio.gather(_seen(store, bot_id), extras(store, bot_id, now, window_ms))
     last, names = seen.last, seen.custom_names
-    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
+    status = connection_status(last, window_ms)
     body: dict[str, Any] = {
         "id": bot.id,
         "username": bot.username,
@@ -182,8 +186,13 @@ async def get_bot_info(request: web.Request) -> web.Response:
         "private": bot.private,
         "createdAt": int(bot.created_at.timestamp() * 1000),
         "lastSeen": last,
-        "connectionStatus": connection_status(last, window_ms),
+        "connectionStatus": status,
+        # Added fields: clients that know only connected/disconnected keep reading the above.
+        "connectionState": connection_state(status, more.shards),
+        "shardsUp": more.shards.up if more.shards else None,
+        "shardsTotal": more.shards.total if more.shards else None,
         "customGraphs": names,
+        "properties": more.properties,
     }
     if want_stats:
         if stats is None:
@@ -266,23 +275,80 @@ async def get_bot_uptime(request: web.Request) -> web.Response:
     )
 
 
-# --- listing and leaderboards ---------------------------------------------------------------
-async def get_bots(request: web.Request) -> web.Response:
-    q = request.query
+# --- shards ---------------------------------------------------------------------------------
+DAY_MS = 24 * HOUR_MS
+
+
+async def get_bot_shards(request: web.Request) -> web.Response:
+    """Each shard's latest values, last post and up/down status (the shard grid)."""
+    bot_id = request.match_info["botId"]
     try:
-        where, where_params = compile_filter(q.get("query"))
-        order = compile_sort(q.get("sort"))
-        fields = compile_fields(q.get("fields"))
-        offset = params.integer("offset", q.get("offset"), default=0, lo=0, hi=10_000_000)
-        count = params.integer("count", q.get("count"), default=25, lo=1, hi=100)
-    except BadListing as exc:
-        return _listing_error(str(exc))
+        params.bot_id("botId", bot_id)
     except BadParam as exc:
-        return _listing_error(exc.message)
+        return error(400, exc.message, exc.field)
+    if await visible_bot(request, bot_id) is None:
+        return error(404, "Bot not found")
+    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
+    grid = await shard_grid(request.app[STORE], bot_id, now_ms(), window_ms)
+    up = sum(s["status"] == "up" for s in grid)
+    state = "disconnected" if not up else "connected" if up == len(grid) else "degraded"
+    return json_response(
+        {"id": bot_id, "connectionState": state if grid else None, "shardsUp": up,
+         "shardsTotal": len(grid), "shards": grid}
+    )  # fmt: skip
+
+
+def _shard_ids(raw: str | None, limit: int) -> list[int] | None:
+    if raw is None or raw.strip() == "":
+        return None
+    ids = []
+    for part in raw.split(",")[: limit + 1]:
+        text = part.strip()
+        if not text.isdigit() or len(text) > 6 or int(text) >= limit:
+            raise BadParam("shards", f"shards must be shard ids from 0 to {limit - 1}, comma-separated")
+        ids.append(int(text))
+    if len(ids) > limit:
+        raise BadParam("shards", f"at most {limit} shard ids")
+    return sorted(set(ids))
+
+
+async def get_bot_shards_uptime(request: web.Request) -> web.Response:
+    """Per-shard uptime over `[start, end)` (default: the last 24 hours); `shards=0,3` narrows it."""
+    bot_id = request.match_info["botId"]
+    settings = request.app[SETTINGS]
+    try:
+        params.bot_id("botId", bot_id)
+        wanted = _shard_ids(request.query.get("shards"), settings.shard_limit)
+        end = params.timestamp_ms("end", request.query["end"]) if request.query.get("end") else now_ms()
+        start, end = _range(request, end - DAY_MS)
+    except BadParam as exc:
+        return error(400, exc.message, exc.field)
+    if await visible_bot(request, bot_id) is None:
+        return error(404, "Bot not found")
+    store, window_ms = request.app[STORE], settings.heartbeat_window_s * 1000
+    if wanted is None:
+        wanted = [s["id"] for s in await shard_grid(store, bot_id, now_ms(), window_ms)]
+    up = await shard_uptimes(store, bot_id, wanted, start, end, window_ms)
+    span = end - start
+    shards = [{"id": s, "uptime": ms, "percentage": round(ms * 100 / span, 4)} for s, ms in up.items()]
+    return json_response({"id": bot_id, "start": start, "end": end, "shards": shards})
+
+
+# --- listing and leaderboards ---------------------------------------------------------------
+async def _listing(
+    request: web.Request, account: str | None, defaults: list[str]
+) -> tuple[list[dict[str, Any]], int, int]:
+    """The bots of a listing request, its total and offset; BadListing / BadParam on bad input."""
+    q = request.query
+    where, where_params = compile_filter(q.get("query"))
+    order = compile_sort(q.get("sort"))
+    fields = compile_fields(q.get("fields"), defaults)
+    offset = params.integer("offset", q.get("offset"), default=0, lo=0, hi=10_000_000)
+    count = params.integer("count", q.get("count"), default=25, lo=1, hi=100)
     window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
     bots, total = await list_bots(
         request.app[STORE],
-        account=await caller_account(request),
+        account=account,
         cutoff_ms=now_ms() - window_ms + 1,
         where=where,
         where_params=where_params,
@@ -291,20 +357,116 @@ async def get_bots(request: web.Request) -> web.Response:
         offset=offset,
         count=count,
     )
+    return bots, total, offset
+
+
+async def get_bots(request: web.Request) -> web.Response:
+    try:
+        bots, total, offset = await _listing(request, await caller_account(request), OUTPUT_DEFAULTS)
+    except BadListing as exc:
+        return _listing_error(str(exc))
+    except BadParam as exc:
+        return _listing_error(exc.message)
     return json_response(
         {"bots": bots, "count": len(bots), "offset": offset, "total": total, "success": True}
     )
 
 
-async def get_top(request: web.Request) -> web.Response:
-    metric = request.query.get("metric", "guilds")
-    if metric not in TOP_METRICS:
-        return error(400, f"metric must be one of {', '.join(TOP_METRICS)}", "metric")
+OUTPUT_DEFAULTS = [f for f in ALL_FIELDS if not f.startswith("_") and f != "version"]
+STATISTICS_DEFAULTS = ALL_FIELDS
+_NOT_LOGGED_IN = "You must be logged in to do this."
+
+
+def _rc_error(status: int, message: str) -> web.Response:
+    """Rocket.Chat's error body."""
+    return json_response({"status": "error", "message": message, "success": False}, status=status)
+
+
+async def get_statistics_list(request: web.Request) -> web.Response:
+    """`GET /api/v1/statistics.list`, for clients written against Rocket.Chat: the records under
+    `statistics` with `_id`; `X-Auth-Token` (the API key) and `X-User-Id` (its account id) are
+    credentials next to `Authorization`; errors are `{status: "error", message}`."""
+    token, user = request.headers.get("X-Auth-Token"), request.headers.get("X-User-Id")
+    if token or user:
+        account = await request.app[REGISTRY].account_for_key(token) if token else None
+        if account is None or (user is not None and user != account):
+            return _rc_error(401, _NOT_LOGGED_IN)
+    else:
+        account = await caller_account(request)
     try:
-        limit = params.integer("limit", request.query.get("limit"), default=10, lo=1, hi=100)
+        bots, total, offset = await _listing(request, account, STATISTICS_DEFAULTS)
+    except BadListing as exc:
+        return _rc_error(400, str(exc))
+    except BadParam as exc:
+        return _rc_error(400, exc.message)
+    records = [{("_id" if k == "id" else k): v for k, v in b.items()} for b in bots]
+    return json_response(
+        {"statistics": records, "count": len(records), "offset": offset, "total": total, "success": True}
+    )
+
+
+MAX_SEARCH = 64
+
+
+async def get_bots_search(request: web.Request) -> web.Response:
+    """Bots whose username contains (`match=substring`, the default) or starts with
+    (`match=prefix`) `q`, case-insensitive, most recently seen first (DCSServerBot's `getuser`)."""
+    q = request.query
+    text = q.get("q", q.get("name", q.get("nick", "")))
+    mode = q.get("match", "substring")
+    if not text.strip():
+        return error(400, "q is required (the text to look for in bot names)", "q")
+    if len(text) > MAX_SEARCH:
+        return error(400, f"q is longer than {MAX_SEARCH} characters", "q")
+    if mode not in ("substring", "prefix"):
+        return error(400, "match must be substring or prefix", "match")
+    try:
+        offset = params.integer("offset", q.get("offset"), default=0, lo=0, hi=10_000_000)
+        count = params.integer("count", q.get("count", q.get("limit")), default=25, lo=1, hi=100)
     except BadParam as exc:
         return error(400, exc.message, exc.field)
-    return json_response({"metric": metric, "bots": await leaderboard(request.app[STORE], metric, limit)})
+    where = (
+        "startsWith(lowerUTF8(username), lowerUTF8({q:String}))"
+        if mode == "prefix"
+        else "positionCaseInsensitiveUTF8(username, {q:String}) > 0"
+    )
+    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
+    bots, total = await list_bots(
+        request.app[STORE],
+        account=await caller_account(request),
+        cutoff_ms=now_ms() - window_ms + 1,
+        where=where,
+        where_params={"q": text},
+        order="last_seen DESC NULLS LAST, id ASC",
+        fields=OUTPUT_DEFAULTS,
+        offset=offset,
+        count=count,
+    )
+    body = {"bots": bots, "count": len(bots), "offset": offset, "total": total, "success": True}
+    return json_response(body)
+
+
+async def get_top(request: web.Request) -> web.Response:
+    q = request.query
+    metric = q.get("metric", "guilds")
+    per = q.get("per") or None
+    period = q.get("period") or default_period(metric, per)
+    if period not in PERIODS:
+        return error(400, f"period must be one of {', '.join(PERIODS)}", "period")
+    order = q.get("order", "desc")
+    if order not in ("asc", "desc"):
+        return error(400, "order must be asc or desc", "order")
+    try:
+        limit = params.integer("limit", q.get("limit"), default=10, lo=1, hi=100)
+        bots = await leaderboard(request.app[STORE], metric, per, period, limit, order == "asc")
+    except BadParam as exc:
+        return error(400, exc.message, exc.field)
+    except BadMetric as exc:
+        return error(400, exc.message, exc.field)
+    body: dict[str, Any] = {"metric": metric, "period": period, "bots": bots}
+    if per is not None:
+        body["per"] = per
+    return json_response(body)
 
 
 # --- serving ----------------------------------------------------------------------------------
@@ -322,7 +484,7 @@ _CORS = {"Access-Control-Allow-Origin": "*", "Vary": "Origin"}
 _PREFLIGHT = {
     **_CORS,
     "Access-Control-Allow-Methods": "GET, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Auth-Token, X-User-Id",
     "Access-Control-Max-Age": "600",
 }
 
@@ -383,7 +545,11 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     app.router.add_get("/v1/bot/{botId}", get_bot_info)
     app.router.add_get("/v1/bot/{botId}/uptime", get_bot_uptime)
     app.router.add_get("/v1/bot/{botId}/top", get_bot_top)
+    app.router.add_get("/v1/bot/{botId}/shards", get_bot_shards)
+    app.router.add_get("/v1/bot/{botId}/shards/uptime", get_bot_shards_uptime)
     app.router.add_get("/v1/bots", get_bots)
+    app.router.add_get("/v1/bots/search", get_bots_search)
+    app.router.add_get("/api/v1/statistics.list", get_statistics_list)
     app.router.add_get("/v1/top", get_top)
     datagram.add_routes(app)
     accounts_api.add_routes(app)

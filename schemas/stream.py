@@ -69,6 +69,11 @@ def shard_state_key(partition: int, bot_id: str) -> str:
     return f"bp:{tag(partition)}:shards:{bot_id}"
 
 
+# A shard silent this long is no longer one of the bot's shards (removed by resharding): it drops
+# out of the bot's totals (gateway) and of `shardsTotal` (query).
+SHARD_FORGET_MS = 86_400_000
+
+
 def worker_stats_key(partition: int) -> str:
     """Hash of last insert time and recent rows/s, for `botpulse status`."""
     return f"bp:{tag(partition)}:workerstats"
