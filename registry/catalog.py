@@ -41,7 +41,7 @@ from botpulse.registry.model import (
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.logs import get_logger
 from botpulse.schemas.registry import IndexedBot, encode_bot
-from botpulse.schemas.stream import custom_slots_key, partition_of
+from botpulse.schemas.stream import custom_slots_key, partition_of, prop_slots_key
 
 log = get_logger(__name__)
 
@@ -462,6 +462,9 @@ async def _rebuild_locked(store: Store, redis: aioredis.Redis, partitions: int) 
     names = await store.query(
         "SELECT bot_id, groupArray(name) FROM custom_metric_names FINAL GROUP BY bot_id"
     )
+    # Property names already stored keep their slots (a property slot set lost with Redis would
+    # otherwise let a bot store more names than its limit).
+    props = await store.query("SELECT bot_id, groupUniqArray(name) FROM bot_props GROUP BY bot_id")
     wanted: dict[str, bytes | str] = {}
     for account_id, key_hash in accounts:
         wanted[index.key_entry(key_hash)] = account_id
@@ -479,6 +482,9 @@ async def _rebuild_locked(store: Store, redis: aioredis.Redis, partitions: int) 
         for bot_id, metric_names in names:
             if metric_names:
                 pipe.sadd(custom_slots_key(partition_of(bot_id, partitions), bot_id), *metric_names)
+        for bot_id, prop_names in props:
+            if prop_names:
+                pipe.sadd(prop_slots_key(partition_of(bot_id, partitions), bot_id), *prop_names)
         if stale:
             pipe.delete(*stale)
         pipe.set(index.GEN_KEY, gen)
