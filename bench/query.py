@@ -70,8 +70,12 @@ def run(b: Bench) -> None:
         env = b.env(PHASE, redis.url)
         spec = Spec(
             accounts=min(5, s.query_bots),
-            bots=s.query_bots + 1 + 25,  # 25 more without history fill the listing's first page
-            history=[History("month", s.query_bots, s.query_days), History("year", 1, s.query_long_days)],
+            bots=s.query_bots + 2 + 25,  # 25 more without history fill the listing's first page
+            history=[
+                History("month", s.query_bots, s.query_days),
+                History("year", 1, s.query_long_days),
+                History("sharded", 1, s.query_days, shards=s.query_shards),
+            ],
         )
         b.say(f"query: loading {s.query_bots} bots x {s.query_days} d + 1 bot x {s.query_long_days} d")
         seeded = b.seed(PHASE, env, spec, timeout=900)
@@ -79,6 +83,7 @@ def run(b: Bench) -> None:
         keys = {t.bot_id: t.key for t in seeded.targets}
         end = seeded.end_ms
         month, year = seeded.history["month"], seeded.history["year"]
+        sharded = seeded.history["sharded"]
         now_ms = int(time.time() * 1000)
         # The uptime range may reach back at most 2 weeks; an hour of margin for the rounding.
         two_weeks_ago = now_ms - 14 * DAY_MS + HOUR_MS
@@ -97,6 +102,13 @@ def run(b: Bench) -> None:
                 [stats.format(i, end - s.query_long_days * DAY_MS, end) for i in year],
                 [{}],
                 check="stats",
+            ),
+            Case(
+                "query_bot_30d_sharded",
+                f"GET /v1/bot/{{id}} {s.query_days} d, 90 buckets, {s.query_shards} shards posting",
+                [stats.format(i, end - s.query_days * DAY_MS, end) for i in sharded],
+                [{}],
+                check="shardsTotal",
             ),
             Case(
                 "query_uptime_2w",
@@ -174,6 +186,12 @@ def _figures(b: Bench, cases: list[Case], rows: int) -> None:
         "",
         2 * base if base else None,
         f"≤ 2x 30-day ({2 * base:.1f} ms)" if base else "≤ 2x 30-day",
+    )
+    add(
+        "query_bot_30d_sharded",
+        "",
+        2 * base if base else None,
+        f"≤ 2x unsharded 30-day ({2 * base:.1f} ms)" if base else "≤ 2x unsharded 30-day",
     )
     add("query_uptime_2w", "", 15, "≤ 15 ms")
     add("query_bots_page", "", 20, "≤ 20 ms")

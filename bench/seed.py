@@ -24,7 +24,7 @@ from botpulse.runtime.logs import configure_logging
 from botpulse.runtime.migrations import migrate
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import load_settings
-from botpulse.workers.rows import STATS_COLUMNS
+from botpulse.workers.rows import SHARDS_COLUMNS, STATS_COLUMNS
 
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
@@ -34,6 +34,9 @@ class History(msgspec.Struct):
     name: str
     bots: int
     days: int
+    # Each bot also posts per shard: this many shards, one post per shard per minute (in
+    # `shard_stats`; its 1-minute `bot_stats` rows are then the totals the gateway writes).
+    shards: int = 0
 
 
 class Spec(msgspec.Struct):
@@ -67,6 +70,17 @@ _HISTORY_SQL = (
     "1000 + number % 977, 50000 + number % 10007, 1 + number % 4, "
     "40 + number % 50, 5e7 + (number % 1000) * 1e4, 1073741824, (number % 100) / 2, "
     "1000 * (number % 60), CAST(map(), 'Map(String, Float64)') "
+    "FROM numbers({n:UInt64})"
+)
+
+
+# Shard k of the bot posts at second k * 60 / shards of every minute.
+_SHARDS_SQL = (
+    f"INSERT INTO shard_stats ({', '.join(SHARDS_COLUMNS)}) "
+    "SELECT {bot:String}, toUInt32(number % {shards:UInt32}), "
+    "fromUnixTimestamp64Milli(toInt64({start:Int64} + intDiv(number, {shards:UInt32}) * 60000"
+    " + (number % {shards:UInt32}) * intDiv(60000, {shards:UInt32})), 'UTC'), "
+    "concat({bot:String}, '-s', toString(number)), 1, 'ready', 1 + number % 97, NULL, 40 + number % 50 "
     "FROM numbers({n:UInt64})"
 )
 
@@ -111,6 +125,13 @@ async def seed(spec: Spec) -> Seeded:
                     _HISTORY_SQL, {"bot": bid, "start": end_ms - points * MINUTE_MS, "n": points}
                 )
                 rows += points
+                if h.shards:
+                    n = points * h.shards
+                    store.command_sync(
+                        _SHARDS_SQL,
+                        {"bot": bid, "start": end_ms - points * MINUTE_MS, "shards": h.shards, "n": n},
+                    )
+                    rows += n
             history[h.name] = ids
         return Seeded(targets, history, end_ms, rows, round(time.monotonic() - started, 2))
     finally:

@@ -29,6 +29,8 @@ class Sizes(msgspec.Struct, frozen=True, kw_only=True):
     query_days: int
     query_long_days: int
     query_requests: int
+    # One more bot with query_days of history posted by this many shards, once a minute each.
+    query_shards: int
 
 
 FULL = Sizes(
@@ -48,6 +50,7 @@ FULL = Sizes(
     query_days=30,
     query_long_days=365,
     query_requests=300,
+    query_shards=1000,
 )
 
 QUICK = Sizes(
@@ -66,6 +69,7 @@ QUICK = Sizes(
     query_days=30,
     query_long_days=90,
     query_requests=30,
+    query_shards=1000,
 )
 
 TINY = Sizes(
@@ -86,6 +90,7 @@ TINY = Sizes(
     query_days=2,
     query_long_days=7,
     query_requests=5,
+    query_shards=10,
 )
 
 BY_NAME = {s.mode: s for s in (FULL, QUICK, TINY)}
