@@ -185,6 +185,8 @@ def check_regex(pattern: object, where: str) -> str:
             continue
         if c == "(" and pattern[i + 1 : i + 2] == "?" and pattern[i + 2 : i + 3] != ":":
             raise BadListing(f"{where}.$regex: only (?:...) groups (no lookaround or inline flags)")
+        if c in "*+?}" and pattern[i + 1 : i + 2] == "+":
+            raise BadListing(f"{where}.$regex: no possessive repeats ({c}+)")
         if c == "{":
             m = _REPEAT.match(pattern, i)
             if m is None:
@@ -296,14 +298,20 @@ async def list_bots(
         **where_params, "account": account or "", "cutoff": cutoff_ms, "offset": offset, "count": count,
     }  # fmt: skip
     settings = {"join_use_nulls": 1}
-    rows = await store.query(
-        f"SELECT id, username, avatar, private, created_at, last_seen, connection_status,"
-        f" guilds, users, shards, updated_ms, version, count() OVER () AS total"
-        f" FROM ({LISTING_BASE}) WHERE {where}"
-        f" ORDER BY {order} LIMIT {{count:UInt32}} OFFSET {{offset:UInt64}}",
-        params,
-        settings,
-    )
+    try:
+        rows = await store.query(
+            f"SELECT id, username, avatar, private, created_at, last_seen, connection_status,"
+            f" guilds, users, shards, updated_ms, version, count() OVER () AS total"
+            f" FROM ({LISTING_BASE}) WHERE {where}"
+            f" ORDER BY {order} LIMIT {{count:UInt32}} OFFSET {{offset:UInt64}}",
+            params,
+            settings,
+        )
+    except Exception as exc:
+        # CANNOT_COMPILE_REGEXP: a pattern check_regex let through but RE2 refuses.
+        if "Code: 427." in str(exc):
+            raise BadListing("query: $regex is not a pattern RE2 accepts") from None
+        raise
     if rows:
         total = int(rows[0][12])
     else:
