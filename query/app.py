@@ -27,7 +27,7 @@ from botpulse.query.listing import (
 from botpulse.query.params import BadParam
 from botpulse.query.resources import REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
 from botpulse.query.responses import error, json_response
-from botpulse.query.shards import connection_state, extras, shard_grid, shard_uptimes
+from botpulse.query.shards import ShardSummary, connection_state, extras, shard_grid, shard_uptimes
 from botpulse.query.stats import add_custom_names, buckets, custom_totals
 from botpulse.query.uptime import EPOCH_MS, HOUR_MS, connection_status, now_ms, uptime_with_periods
 from botpulse.registry.catalog import Bot, ensure_index, get_bot
@@ -290,11 +290,10 @@ async def get_bot_shards(request: web.Request) -> web.Response:
         return error(404, "Bot not found")
     window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
     grid = await shard_grid(request.app[STORE], bot_id, now_ms(), window_ms)
-    up = sum(s["status"] == "up" for s in grid)
-    state = "disconnected" if not up else "connected" if up == len(grid) else "degraded"
+    summary = ShardSummary(sum(s["status"] == "up" for s in grid), len(grid))
     return json_response(
-        {"id": bot_id, "connectionState": state if grid else None, "shardsUp": up,
-         "shardsTotal": len(grid), "shards": grid}
+        {"id": bot_id, "connectionState": connection_state("", summary) if grid else None,
+         "shardsUp": summary.up, "shardsTotal": summary.total, "shards": grid}
     )  # fmt: skip
 
 
