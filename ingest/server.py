@@ -90,9 +90,10 @@ def serve(settings: Settings, *, reuseport: bool = False) -> int:
 
 def _quiet_gc() -> None:
     """Keep the collector off the latency tail: a full collection walked every object of start-up
-    (≈ 65,000: aiohttp, redis-py, msgspec, the settings) and stalled the loop ~25 ms a few times a
-    minute. Frozen, they are never walked again; the young generation is collected less often
-    (a post leaves almost no cycles behind, so there is little to find)."""
+    (aiohttp, redis-py, msgspec, the settings) and stalled the loop long enough to show in the p99
+    (figures and how to re-run them: docs/benchmarks.md, "Figures behind choices in the code").
+    Frozen, they are never walked again; the young generation is collected less often (a post
+    leaves almost no cycles behind, so there is little to find)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG, 20, 100)

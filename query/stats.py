@@ -76,9 +76,9 @@ RAW_BUCKETS_SQL = (
     "AND ts < fromUnixTimestamp64Milli({end:Int64}, 'UTC') GROUP BY i ORDER BY i"
 )
 
-# Ranges up to this many hours are read raw (see RAW_BUCKETS_SQL). Measured on embedded chDB with
-# 1-minute posts: 30 days raw ~13 ms against ~25 ms for the two-level plan; the two cost the same
-# near 45 days.
+# Ranges up to this many hours (40 days) are read raw (see RAW_BUCKETS_SQL): up to there, reading
+# every post costs less than the two-level plan's fixed costs, with a margin below where the two
+# meet (`python -m botpulse.bench.plans` compares them; docs/benchmarks.md has the figures).
 RAW_MAX_HOURS = 960
 
 BUCKETS_SQL = (

@@ -13,8 +13,8 @@ encoding it relies on (tests/test_stream_contract.py runs it against the encoder
 
 The three message structs are `gc=False`: they hold only scalars and a str -> float dict, so they
 can never be part of a reference cycle, and a worker keeps 10,000 of them alive per batch; left to
-the cyclic GC, which walks every tracked object it holds, decoding cost 3-5 us an event instead
-of ~1.2 us.
+the cyclic GC, which walks every tracked object on each collection, decoding cost several times
+as much (docs/benchmarks.md, "Figures behind choices in the code").
 """
 
 from __future__ import annotations
