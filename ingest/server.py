@@ -20,7 +20,7 @@ from aiohttp import web
 from botpulse.ingest.app import GatewayRunner, build_app
 from botpulse.runtime.logs import get_logger
 from botpulse.runtime.processes import spawn_child
-from botpulse.runtime.settings import Settings
+from botpulse.runtime.settings import Settings, cannot_listen
 
 log = get_logger(__name__)
 
@@ -40,7 +40,11 @@ def _socket(settings: Settings, reuseport: bool) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuseport:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((settings.gateway_listen, settings.gateway_port))
+    try:
+        sock.bind((settings.gateway_listen, settings.gateway_port))
+    except OSError as exc:
+        sock.close()
+        raise cannot_listen("gateway", settings, exc) from None
     sock.set_inheritable(False)
     return sock
 

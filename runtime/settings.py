@@ -198,3 +198,14 @@ def check_roles(settings: Settings, roles: Sequence[Role]) -> None:
                 f"BOTPULSE_GATEWAY_PORT and BOTPULSE_QUERY_PORT are both {settings.gateway_port}: "
                 "`botpulse dev` serves both on one address, give them different ports"
             )
+
+
+def cannot_listen(role: Literal["gateway", "query"], settings: Settings, exc: OSError) -> SettingsError:
+    """The one line for a listen address or port that cannot be bound (taken, not local, not
+    resolvable): it names the two variables that choose it."""
+    listen, port = f"{role}_listen", f"{role}_port"
+    reason = " ".join((exc.strerror or str(exc)).split())
+    return SettingsError(
+        f"{env_name(listen)}={getattr(settings, listen)!r} {env_name(port)}={getattr(settings, port)}: "
+        f"cannot listen there ({reason})"
+    )

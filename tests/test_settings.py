@@ -169,3 +169,35 @@ def test_service_started_with_a_bad_setting_prints_one_line_and_exits_2(tmp_path
     assert "Traceback" not in result.stderr
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("botpulse: ") and fragment in line
+
+
+def test_gateway_on_a_taken_port_prints_one_line_naming_the_variables(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run_botpulse(
+            tmp_path, "gateway", REDIS_URL="redis://127.0.0.1:1/0", BOTPULSE_GATEWAY_PORT=str(port)
+        )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"botpulse: BOTPULSE_GATEWAY_LISTEN='127.0.0.1' BOTPULSE_GATEWAY_PORT={port}: ")
+    assert "cannot listen there" in line and "in use" in line
+
+
+def test_query_on_an_unknown_listen_host_prints_one_line_naming_the_variables(tmp_path):
+    from botpulse.runtime.embedded import EmbeddedRedis
+
+    # Its own Redis: the service writes the registry index before it binds.
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        result = _run_botpulse(
+            tmp_path, "query", REDIS_URL=server.url, BOTPULSE_QUERY_LISTEN="no-such-host.invalid"
+        )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "botpulse: BOTPULSE_QUERY_LISTEN='no-such-host.invalid' BOTPULSE_QUERY_PORT=8081: cannot listen there"
+    )
