@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -95,11 +96,14 @@ class Store:
                     "or set CLICKHOUSE_URL=http(s)://host:8123 for a ClickHouse server"
                 ) from None
         parsed = urlparse(url)
+        # The client takes whole seconds (it truncates, and 0 would fail every request): rounded
+        # up here; a read's exact bound is `max_execution_time`.
+        whole_s = math.ceil(timeout_s)
         return clickhouse_connect.get_client(
             dsn=url,
             database=database or "default",
-            connect_timeout=min(10, timeout_s),
-            send_receive_timeout=timeout_s,
+            connect_timeout=min(10, whole_s),
+            send_receive_timeout=whole_s,
             autogenerate_session_id=False,
             secure=parsed.scheme == "https",
         )
