@@ -4,7 +4,6 @@ BOTPULSE_INSERT_TIMEOUT_S; a read past it is a 503 from the query service, never
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -31,11 +30,10 @@ def quick_store(make_settings) -> Iterator[Store]:  # type: ignore[no-untyped-de
 
 
 async def test_a_read_past_the_query_timeout_is_stopped(quick_store):
-    started = time.monotonic()
+    # Finishing would return a row; the engine's TIMEOUT_EXCEEDED is what stopped it.
     with pytest.raises(DatabaseError) as info:
         await quick_store.query(SLOW_READ, settings=SMALL_BLOCKS)
     assert is_timeout(info.value)
-    assert time.monotonic() - started < 1.9  # stopped by the limit, not by finishing
     assert await quick_store.query("SELECT 1") == [(1,)]  # the next read runs normally
 
 
