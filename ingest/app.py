@@ -451,7 +451,7 @@ async def _resources(app: web.Application):  # type: ignore[no-untyped-def]
         interval_ms=limits.stats_interval_ms,
         burst=limits.stats_burst,
         # At most half the heartbeat window, or the bot would look offline between two totals.
-        total_interval_ms=min(settings.shard_total_interval_s * 1000, settings.heartbeat_window_s * 500),
+        total_interval_ms=min(settings.shard_total_interval_s * 1000, settings.heartbeat_window_ms // 2),
         timeout_s=settings.redis_timeout_ms / 1000,
     )
     await app[REGISTRY].start()

@@ -8,7 +8,8 @@ stream length (`XLEN`, counted on as the call appends) and every post's rate-lim
   2. rate limit: GCRA on the bot's field of the rate hash (the time comes from Redis, so every
      gateway process agrees on it);
   3. custom-metric slots: names already in the bot's slot set pass, new names take a free slot,
-     the rest are dropped (and removed from the stats event before it is written);
+     the rest are dropped (and removed from the stats event before it is written); the same for
+     extra properties and the bot's property slots;
   4. XADD of every event of the post.
 Then one `HSET` stores the rate state of every post that passed. A post is written only if every
 check passed, so a refused post leaves no trace. Posts of the same partition share one call:
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
+import string
 from collections.abc import Sequence
 
 import hiredis
@@ -31,7 +33,14 @@ from hiredis import pack_command
 from redis.exceptions import NoScriptError, ResponseError
 
 from botpulse.runtime.logs import get_logger
-from botpulse.schemas.stream import custom_slots_key, prop_slots_key, rate_key, stream_key
+from botpulse.schemas.stream import (
+    ENTRY_FIELD,
+    LUA_DROP_METRICS,
+    custom_slots_key,
+    prop_slots_key,
+    rate_key,
+    stream_key,
+)
 
 log = get_logger(__name__)
 
@@ -43,7 +52,9 @@ log = get_logger(__name__)
 #       prop_1..prop_p, event_1..event_m (the first event carries the metrics and properties).
 # Returns one reply per post: {0} | {0, n_dropped_metrics, dropped metric names...,
 #       dropped property names...} | {1, retry_after_ms} | {2}.
-SCRIPT = """
+# The stream contract (the entry's field, the event encoding `drop_metrics` edits) comes from
+# schemas/stream.py: `$field` is filled in once, at import.
+_BODY = """
 local stream, rates = KEYS[1], KEYS[2]
 local high_water = tonumber(ARGV[1])
 local intervals = {s = tonumber(ARGV[2]), c = tonumber(ARGV[4])}
@@ -63,7 +74,8 @@ local stored = redis.call('HMGET', rates, unpack(fields))
 local tats, updates = {}, {}
 local replies = {}
 local k = 3
--- Names from ARGV[from..to) that take or hold a slot of `key` (at most `limit`); the rest.
+-- The names of ARGV[from..to) that take or hold a slot of set `key` (at most `limit`): the
+-- others are returned, to be dropped.
 local function take_slots(key, limit, from, to)
   local dropped = {}
   local used = redis.call('SCARD', key)
@@ -121,25 +133,15 @@ for p = 1, #fields do
         dropped_props = take_slots(props_key, prop_limit, props, first)
       end
       local event = ARGV[first]
-      if #dropped > 0 or #dropped_props > 0 then
-        local decoded = cmsgpack.unpack(event)
-        local payload = decoded['payload']
-        for _, pair in ipairs({{'custom_metrics', dropped}, {'props', dropped_props}}) do
-          local map = payload[pair[1]]
-          if #pair[2] > 0 then
-            for _, name in ipairs(pair[2]) do
-              map[name] = nil
-            end
-            if next(map) == nil then
-              payload[pair[1]] = nil
-            end
-          end
-        end
-        event = cmsgpack.pack(decoded)
+      if #dropped > 0 then
+        event = drop_metrics(event, dropped)
       end
-      redis.call('XADD', stream, '*', 'e', event)
+      if #dropped_props > 0 then
+        event = drop_props(event, dropped_props)
+      end
+      redis.call('XADD', stream, '*', '$field', event)
       for i = first + 1, first + m - 1 do
-        redis.call('XADD', stream, '*', 'e', ARGV[i])
+        redis.call('XADD', stream, '*', '$field', ARGV[i])
       end
       length = length + m
       if tats[field] == nil then
@@ -170,6 +172,7 @@ if #updates > 0 then
 end
 return replies
 """
+SCRIPT = LUA_DROP_METRICS + string.Template(_BODY).substitute(field=ENTRY_FIELD)
 SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 # Posts per script call: bounds how long one call holds Redis.
 MAX_CALL_POSTS = 128

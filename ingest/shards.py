@@ -17,18 +17,19 @@ trace and an accepted one is appended once.
 from __future__ import annotations
 
 import asyncio
+import string
 
 import msgspec
 import redis.asyncio as aioredis
 
 from botpulse.ingest.append import Outcome, Result
-from botpulse.schemas.stream import SHARD_FORGET_MS, rate_key, shard_state_key, stream_key
+from botpulse.schemas.stream import ENTRY_FIELD, SHARD_FORGET_MS, rate_key, shard_state_key, stream_key
 
 # KEYS: stream, rate hash, the bot's shard hash.
 # ARGV: high_water, interval_ms, burst, total_interval_ms, forget_ms, rate field, shard id,
 #       the shard's values (msgpack map of StatsPayload field names), the totals event template
 #       (a StreamEvent whose payload is an empty StatsPayload), then the events to append.
-SHARD_SCRIPT = """
+_SHARD_BODY = """
 local stream, rates, state = KEYS[1], KEYS[2], KEYS[3]
 local high_water, interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local total_every, forget = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -52,7 +53,7 @@ local values = cmsgpack.unpack(ARGV[8])
 values['ts'] = now
 redis.call('HSET', state, ARGV[7], cmsgpack.pack(values))
 for i = 10, #ARGV do
-  redis.call('XADD', stream, '*', 'e', ARGV[i])
+  redis.call('XADD', stream, '*', '$field', ARGV[i])
 end
 local last = tonumber(redis.call('HGET', state, '=last'))
 if last == nil or now - last >= total_every then
@@ -92,12 +93,14 @@ if last == nil or now - last >= total_every then
     payload['api_ping'] = pings / ping_n
   end
   payload['shards'] = math.max(live, reported)
-  redis.call('XADD', stream, '*', 'e', cmsgpack.pack(event))
+  redis.call('XADD', stream, '*', '$field', cmsgpack.pack(event))
   redis.call('HSET', state, '=last', string.format('%d', now))
 end
 redis.call('PEXPIRE', state, forget)
 return {0}
 """
+# The entry's field comes from the stream contract, filled in once at import (as in append.py).
+SHARD_SCRIPT = string.Template(_SHARD_BODY).substitute(field=ENTRY_FIELD)
 
 # The values a shard contributes to the bot's totals, by StatsPayload field name.
 SUMMED = ("guilds", "users", "ram_usage", "ram_total", "cpu", "bandwidth")

@@ -33,7 +33,7 @@ from botpulse.query.uptime import EPOCH_MS, HOUR_MS, connection_status, now_ms, 
 from botpulse.registry.catalog import Bot, ensure_index, get_bot
 from botpulse.registry.index import VERSION_KEY, RegistryCache
 from botpulse.registry.keys import request_key
-from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.clickhouse import Store, is_timeout
 from botpulse.runtime.logs import get_logger
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import Settings
@@ -161,7 +161,7 @@ async def get_bot_info(request: web.Request) -> web.Response:
     stats: list[dict[str, Any]] | None = None
     totals: dict[str, Any] = {}
     start = end = 0
-    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
+    window_ms = request.app[SETTINGS].heartbeat_window_ms
     now = now_ms()
     if want_stats and q.get("start"):
         # The range is known up front: the reads run side by side (one chDB handle each).
@@ -260,7 +260,7 @@ async def get_bot_uptime(request: web.Request) -> web.Response:
         start, end = _range(request, first if first is not None else int(bot.created_at.timestamp() * 1000))
     except BadParam as exc:
         return error(400, exc.message, exc.field)
-    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
+    window_ms = request.app[SETTINGS].heartbeat_window_ms
     result = await uptime_with_periods(store, bot_id, start, end, window_ms)
     return json_response(
         {
@@ -288,7 +288,7 @@ async def get_bot_shards(request: web.Request) -> web.Response:
         return error(400, exc.message, exc.field)
     if await visible_bot(request, bot_id) is None:
         return error(404, "Bot not found")
-    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
+    window_ms = request.app[SETTINGS].heartbeat_window_ms
     grid = await shard_grid(request.app[STORE], bot_id, now_ms(), window_ms)
     summary = ShardSummary(sum(s["status"] == "up" for s in grid), len(grid))
     return json_response(
@@ -324,7 +324,7 @@ async def get_bot_shards_uptime(request: web.Request) -> web.Response:
         return error(400, exc.message, exc.field)
     if await visible_bot(request, bot_id) is None:
         return error(404, "Bot not found")
-    store, window_ms = request.app[STORE], settings.heartbeat_window_s * 1000
+    store, window_ms = request.app[STORE], settings.heartbeat_window_ms
     if wanted is None:
         wanted = [s["id"] for s in await shard_grid(store, bot_id, now_ms(), window_ms)]
     up = await shard_uptimes(store, bot_id, wanted, start, end, window_ms)
@@ -344,7 +344,7 @@ async def _listing(
     fields = compile_fields(q.get("fields"), defaults)
     offset = params.integer("offset", q.get("offset"), default=0, lo=0, hi=10_000_000)
     count = params.integer("count", q.get("count"), default=25, lo=1, hi=100)
-    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
+    window_ms = request.app[SETTINGS].heartbeat_window_ms
     bots, total = await list_bots(
         request.app[STORE],
         account=account,
@@ -429,7 +429,7 @@ async def get_bots_search(request: web.Request) -> web.Response:
         if mode == "prefix"
         else "positionCaseInsensitiveUTF8(username, {q:String}) > 0"
     )
-    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
+    window_ms = request.app[SETTINGS].heartbeat_window_ms
     bots, total = await list_bots(
         request.app[STORE],
         account=await caller_account(request),
@@ -520,7 +520,14 @@ async def backend_errors(
         return json_response(
             {"message": "Storage is unavailable, try again shortly"}, status=503, headers={"Retry-After": "1"}
         )
-    except Exception:
+    except Exception as exc:
+        if is_timeout(exc):  # past BOTPULSE_QUERY_TIMEOUT_S: as unavailable as no answer at all
+            log.warning("query timed out", path=request.path, error=str(exc).splitlines()[0][:300])
+            return json_response(
+                {"message": "Storage did not answer in time, try again shortly"},
+                status=503,
+                headers={"Retry-After": "1"},
+            )
         log.exception("request failed", path=request.path)
         return json_response({"message": "Internal error"}, status=500)
 

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from botpulse.runtime.clickhouse import Store
+from botpulse.schemas.stats import LISTED_FIELDS
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 MAX_IN_VALUES = 100
@@ -29,9 +30,7 @@ FILTER_FIELDS: dict[str, tuple[str, str]] = {
     "id": ("id", "string"),
     "username": ("username", "string"),
     "private": ("private", "bool"),
-    "guilds": ("guilds", "number"),
-    "users": ("users", "number"),
-    "shards": ("shards", "number"),
+    **{api: (column, "number") for api, column in LISTED_FIELDS.items()},
     "lastSeen": ("last_seen", "number"),
     "connectionStatus": ("connection_status", "string"),
     "_updatedAt": ("updated_ms", "number"),
@@ -41,7 +40,7 @@ FILTER_FIELDS: dict[str, tuple[str, str]] = {
 FIELD_ALIASES = {"_id": "id", "name": "username"}
 OUTPUT_FIELDS = [
     "id", "username", "avatar", "private", "createdAt", "lastSeen", "connectionStatus",
-    "guilds", "users", "shards",
+    *LISTED_FIELDS,
 ]  # fmt: skip
 # Fields a record can also carry: the native route gives them when `fields` asks, the
 # `statistics.list` alias by default (`_updatedAt`: ISO-8601, the later of the bot's last change
@@ -55,21 +54,29 @@ MAX_REGEX = 64
 
 # Latest values per bot come from the daily roll-up (argMax states merge to the newest non-null
 # value), so a listing reads one row per bot-day instead of every post.
+_LISTED = list(LISTED_FIELDS.values())
 LISTING_BASE = (
     "SELECT b.id AS id, b.username AS username, b.avatar AS avatar, b.private AS private,"
-    " toUnixTimestamp64Milli(b.created_at) AS created_at, s.guilds AS guilds, s.users AS users,"
-    " s.shards AS shards, s.last_seen AS last_seen,"
+    " toUnixTimestamp64Milli(b.created_at) AS created_at, "
+    + "".join(f"s.{c} AS {c}, " for c in _LISTED)
+    + "s.last_seen AS last_seen,"
     " if(s.last_seen >= {cutoff:Int64}, 'connected', 'disconnected') AS connection_status,"
     " greatest(toUnixTimestamp64Milli(b.updated_at), ifNull(s.last_seen, 0)) AS updated_ms,"
     " v.version AS version"
     " FROM (SELECT id, username, avatar, private, created_at, updated_at FROM bots FINAL"
     "   WHERE deleted = 0 AND (private = 0 OR account_id = {account:String})) AS b"
-    " LEFT JOIN (SELECT bot_id, argMaxMerge(guilds) AS guilds, argMaxMerge(users) AS users,"
-    "   argMaxMerge(shards) AS shards, toUnixTimestamp64Milli(max(last_ts)) AS last_seen"
+    " LEFT JOIN (SELECT bot_id, "
+    + "".join(f"argMaxMerge({c}) AS {c}, " for c in _LISTED)
+    + "toUnixTimestamp64Milli(max(last_ts)) AS last_seen"
     "   FROM bot_stats_1d GROUP BY bot_id) AS s ON s.bot_id = b.id"
     " LEFT JOIN (SELECT bot_id, argMax(value, ts) AS version FROM bot_props WHERE name = 'version'"
     "   GROUP BY bot_id) AS v ON v.bot_id = b.id"
 )
+# The columns of a listing row, in ALL_FIELDS order.
+_OUTPUT_COLUMNS = [
+    "id", "username", "avatar", "private", "created_at", "last_seen", "connection_status", *_LISTED,
+    "updated_ms", "version",
+]  # fmt: skip
 
 
 def field_name(section: str, raw: object, allowed: list[str] | dict[str, object]) -> str:
@@ -298,10 +305,10 @@ async def list_bots(
         **where_params, "account": account or "", "cutoff": cutoff_ms, "offset": offset, "count": count,
     }  # fmt: skip
     settings = {"join_use_nulls": 1}
+    width = len(ALL_FIELDS)
     try:
         rows = await store.query(
-            f"SELECT id, username, avatar, private, created_at, last_seen, connection_status,"
-            f" guilds, users, shards, updated_ms, version, count() OVER () AS total"
+            f"SELECT {', '.join(_OUTPUT_COLUMNS)}, count() OVER () AS total"
             f" FROM ({LISTING_BASE}) WHERE {where}"
             f" ORDER BY {order} LIMIT {{count:UInt32}} OFFSET {{offset:UInt64}}",
             params,
@@ -313,14 +320,14 @@ async def list_bots(
             raise BadListing("query: $regex is not a pattern RE2 accepts") from None
         raise
     if rows:
-        total = int(rows[0][12])
+        total = int(rows[0][width])
     else:
         total = int(
             (await store.query(f"SELECT count() FROM ({LISTING_BASE}) WHERE {where}", params, settings))[0][0]
         )
     bots = []
     for r in rows:
-        full = dict(zip(ALL_FIELDS, r[:12], strict=True))
+        full = dict(zip(ALL_FIELDS, r[:width], strict=True))
         full["private"] = bool(full["private"])
         full["_updatedAt"] = _iso(int(full["_updatedAt"]))
         bots.append({f: full[f] for f in fields})
