@@ -233,3 +233,18 @@ async def test_old_stream_entries_still_decode() -> None:
     event = decode_event(old)
     assert event.payload.guilds == 3 and event.payload.props == {}
     assert event.payload.custom_metrics == {"m": 1.0}
+
+
+async def test_drop_props_in_redis_gives_what_the_decoder_expects(redis) -> None:
+    # The append script drops properties over the bot's slots inside Redis, beside the metrics.
+    import msgspec
+
+    from botpulse.schemas.stream import LUA_DROP_METRICS, StatsPayload, StreamEvent, encode_event
+
+    call = LUA_DROP_METRICS + "return drop_props(ARGV[1], {unpack(ARGV, 2)})"
+    payload = StatsPayload(guilds=1, custom_metrics={"m": 2.0}, props={"version": "1", "lang": "en"})
+    event = StreamEvent("e", 1, "b", "a", payload)
+    edited = decode_event(await redis.eval(call, 0, encode_event(event), "lang"))
+    assert edited.payload == msgspec.structs.replace(payload, props={"version": "1"})
+    edited = decode_event(await redis.eval(call, 0, encode_event(event), "lang", "version"))
+    assert edited.payload == msgspec.structs.replace(payload, props={})

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from botpulse.query.listing import FILTER_FIELDS, OUTPUT_FIELDS, TOP_METRICS
+from botpulse.query.leaderboard import metric_sql
+from botpulse.query.listing import FILTER_FIELDS, OUTPUT_FIELDS
 from botpulse.query.stats import AVG_FIELDS as QUERY_AVG
 from botpulse.query.stats import LAST_FIELDS as QUERY_LAST
 from botpulse.schemas.http import StatsBody
@@ -50,7 +51,10 @@ def test_rollups_aggregate_each_field_by_its_kind():
 
 
 def test_stream_payload_and_request_body_spell_the_same_fields():
-    assert list(StatsPayload.__struct_fields__) == [*(f.column for f in STATS_FIELDS), "custom_metrics"]
+    # After the stats: the custom metrics and the extra (non-numeric) properties.
+    assert list(StatsPayload.__struct_fields__) == [
+        *(f.column for f in STATS_FIELDS), "custom_metrics", "props",
+    ]  # fmt: skip
     assert list(StatsBody.__struct_fields__) == [*(f.api for f in STATS_FIELDS), "custom"]
 
 
@@ -73,7 +77,10 @@ def test_worker_rows_fill_each_column_from_its_payload_attribute():
 def test_query_service_reads_the_table():
     assert set(LAST_FIELDS) | set(AVG_FIELDS) == {f.api for f in STATS_FIELDS}
     assert QUERY_LAST == LAST_FIELDS and QUERY_AVG == AVG_FIELDS
-    assert TOP_METRICS == LAST_FIELDS
+    # Leaderboards rank on any field: the newest value of a "last" one, the mean of an "avg" one.
+    for f in STATS_FIELDS:
+        merge = "argMaxMerge" if f.kind == "last" else "avgMerge"
+        assert metric_sql(f.api, "m", "metric") == (f"{merge}({f.column})", {}), f.api
     for api, column in LISTED_FIELDS.items():
         assert FILTER_FIELDS[api] == (column, "number")
         assert api in OUTPUT_FIELDS
