@@ -2,7 +2,8 @@
 
 A bot whose shards post separately has no single post that holds its totals. The gateway keeps
 each shard's latest values in a Redis hash per bot (`shard_state_key`); the script below, run
-once per shard post, checks the backlog and that shard's rate limit, stores the shard's values,
+once per shard post, checks the backlog and that shard's rate limit (the stats limit, per shard,
+kept in the same hash), stores the shard's values,
 appends the shard's events and — at most once per `BOTPULSE_SHARD_TOTAL_INTERVAL_S` — a stats
 event holding the bot's totals at that moment: the sums of every live shard's latest values
 (the mean of their latencies; `shards`: the live shards, or the largest shard count a shard
@@ -23,14 +24,16 @@ import msgspec
 import redis.asyncio as aioredis
 
 from botpulse.ingest.append import Outcome, Result
-from botpulse.schemas.stream import ENTRY_FIELD, SHARD_FORGET_MS, rate_key, shard_state_key, stream_key
+from botpulse.schemas.stream import ENTRY_FIELD, SHARD_FORGET_MS, shard_state_key, stream_key
 
-# KEYS: stream, rate hash, the bot's shard hash.
+# KEYS: stream, the bot's shard hash (fields: `<shard id>` the shard's latest values, `r:<shard
+#       id>` its rate-limit state, `=last` when the totals were last written; it expires with the
+#       bot's last shard post, so it never outlives the shards).
 # ARGV: high_water, interval_ms, burst, total_interval_ms, forget_ms, rate field, shard id,
 #       the shard's values (msgpack map of StatsPayload field names), the totals event template
 #       (a StreamEvent whose payload is an empty StatsPayload), then the events to append.
 _SHARD_BODY = """
-local stream, rates, state = KEYS[1], KEYS[2], KEYS[3]
+local stream, state = KEYS[1], KEYS[2]
 local high_water, interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local total_every, forget = tonumber(ARGV[4]), tonumber(ARGV[5])
 local t = redis.call('TIME')
@@ -39,7 +42,7 @@ if redis.call('XLEN', stream) >= high_water then
   return {2}
 end
 local field = ARGV[6]
-local tat = tonumber(redis.call('HGET', rates, field)) or now
+local tat = tonumber(redis.call('HGET', state, field)) or now
 if tat < now then
   tat = now
 end
@@ -48,7 +51,7 @@ local allow_at = new_tat - interval * burst
 if allow_at > now then
   return {1, math.ceil(allow_at - now)}
 end
-redis.call('HSET', rates, field, string.format('%d', new_tat))
+redis.call('HSET', state, field, string.format('%d', new_tat))
 local values = cmsgpack.unpack(ARGV[8])
 values['ts'] = now
 redis.call('HSET', state, ARGV[7], cmsgpack.pack(values))
@@ -60,7 +63,7 @@ if last == nil or now - last >= total_every then
   local all = redis.call('HGETALL', state)
   local sums, live, reported, pings, ping_n, stale = {}, 0, 0, 0, 0, {}
   for i = 1, #all, 2 do
-    if all[i] ~= '=last' then
+    if string.match(all[i], '^%d+$$') then
       local v = cmsgpack.unpack(all[i + 1])
       if now - v['ts'] > forget then
         stale[#stale + 1] = all[i]
@@ -139,8 +142,8 @@ class ShardAppender:
         totals_template: bytes,
         events: list[bytes],
     ) -> Result:
-        keys = [stream_key(partition), rate_key(partition), shard_state_key(partition, bot_id)]
-        args = [*self._head, f"s:{bot_id}:{shard_id}", str(shard_id), values, totals_template, *events]
+        keys = [stream_key(partition), shard_state_key(partition, bot_id)]
+        args = [*self._head, f"r:{shard_id}", str(shard_id), values, totals_template, *events]
         async with asyncio.timeout(self.timeout_s):
             reply = await self._script(keys=keys, args=args)
         if reply[0] == 1:

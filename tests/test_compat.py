@@ -17,7 +17,7 @@ from botpulse.embedded_worker import with_embedded_worker
 from botpulse.ingest.app import DROPPED_PROPS_HEADER
 from botpulse.query import app as query_app
 from botpulse.registry.catalog import Bot, create_account, now, write_bot
-from botpulse.schemas.stream import decode_event, partition_of
+from botpulse.schemas.stream import SHARD_FORGET_MS, decode_event, partition_of, shard_state_key
 
 BOT = "19019"
 
@@ -158,9 +158,16 @@ async def test_per_shard_posts_dbots_shape_sum_into_totals_and_degrade(make_pipe
     ):
         resp = await p.post(f"/v1/bot/{BOT}", body)
         assert resp.status == 400 and (await resp.json())["field"] == field, body
-    # A shard's own rate limit: 3 in a burst per shard, not per bot.
-    partition = partition_of(BOT, 1)
-    assert await redis.hexists(f"bp:{{p{partition}}}:rl", f"s:{BOT}:0")
+    # Each shard has its own rate limit (shard 2 posted three times, the others once), kept in
+    # the bot's shard hash, which expires with the shards.
+    state = shard_state_key(partition_of(BOT, 1), BOT)
+    assert {await redis.hexists(state, f"r:{i}") for i in range(3)} == {True}
+    assert 0 < await redis.pttl(state) <= SHARD_FORGET_MS
+    for _ in range(3):  # a burst of 3 per shard (shard 0 posted once): the fourth is refused
+        resp = await p.post(f"/v1/bot/{BOT}", {"guilds": 100, "shardId": 0})
+    assert resp.status == 429
+    resp = await p.post(f"/v1/bot/{BOT}", {"guilds": 26, "shardId": 1})
+    assert resp.status == 204
 
 
 async def _shard_ids(p: Pipeline, expected: list[int]) -> bool:
