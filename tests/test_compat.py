@@ -137,6 +137,9 @@ async def test_per_shard_posts_dbots_shape_sum_into_totals_and_degrade(make_pipe
     resp = await p.post(f"/v1/bot/{BOT}", {"guilds": 30, "shardId": 2, "shards": 3, "status": "disconnected"})
     assert resp.status == 204, await resp.text()
     await p.until(lambda: _latest_total(p, (180, 3)), "the summed totals")
+    # The bot's buckets read those totals by the usual rules (one bucket: the newest value).
+    body = await p.bot(returnStats="true", dataPoints="1", start=str(int(time.time() * 1000) - 600_000))
+    assert [(b["guilds"], b["shards"]) for b in body["stats"]] == [(180, 3)]
     # Shard 2 reported itself disconnected: the bot is degraded, still "connected" for clients
     # that know only the two old values.
     await p.until(lambda: _state(p, ("connected", "degraded", 2, 3)), "degraded")
