@@ -229,7 +229,7 @@ MAX_STATUS = 32
 
 
 def _shard_id(value: Any, field: str, limit: int) -> int:
-    if isinstance(value, str) and value.isdigit() and len(value) <= 10:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
         raise BadInput(f"Invalid `{field}`: a shard id is a whole number from 0 to {limit - 1}", field)

@@ -303,7 +303,7 @@ def _shard_ids(raw: str | None, limit: int) -> list[int] | None:
     ids = []
     for part in raw.split(",")[: limit + 1]:
         text = part.strip()
-        if not text.isdigit() or len(text) > 6 or int(text) >= limit:
+        if not (text.isascii() and text.isdigit()) or len(text) > 6 or int(text) >= limit:
             raise BadParam("shards", f"shards must be shard ids from 0 to {limit - 1}, comma-separated")
         ids.append(int(text))
     if len(ids) > limit:

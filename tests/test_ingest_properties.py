@@ -16,13 +16,22 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from ingest_server import GatewayServer
 
-from botpulse.ingest.app import DROPPED_HEADER
+from botpulse.ingest.app import DROPPED_HEADER, DROPPED_PROPS_HEADER
 from botpulse.registry import index
 from botpulse.registry.keys import generate_key, hash_key
+from botpulse.schemas.http import SHARD_ALIASES
 from botpulse.schemas.registry import IndexedBot
-from botpulse.schemas.stream import CustomPayload, StatsPayload, decode_event, partition_of, stream_key
+from botpulse.schemas.stream import (
+    CustomPayload,
+    ShardsPayload,
+    StatsPayload,
+    decode_event,
+    partition_of,
+    stream_key,
+)
 
 BOT = "5005"
+SHARD_LIMIT = 2048  # BOTPULSE_SHARD_LIMIT's default
 MAX = 2**53
 COUNTS = {"guilds", "users", "shards"}
 AMOUNTS = {"apiPing", "ramUsage", "ramTotal", "cpu", "bandwidth"}
@@ -86,21 +95,86 @@ def valid_entry(entry: Any) -> bool:
     return 1 <= len(entry["type"]) <= 64 and all(valid_value(entry.get(f"value{i}")) for i in (1, 2, 3))
 
 
-def expected(body: Any) -> tuple[dict[str, Any], dict[str, float], list[Any]] | None:
-    """The reference model: (standard fields, custom metrics, custom entries), or None if invalid."""
+def is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX
+
+
+def shard_entries(items: list[Any]) -> list[dict[str, Any]] | None:
+    """A `shards` array as the gateway reads it (ingest/bodies.py), or None if invalid."""
+    if len(items) > SHARD_LIMIT:
+        return None
+    seen: dict[int, dict[str, Any]] = {}
+    for i, item in enumerate(items):
+        if is_count(item):
+            seen[i] = {"guilds": item, "latency": None}
+            continue
+        if not isinstance(item, dict):
+            return None
+        values: dict[str, Any] = {}
+        for key, value in item.items():
+            if key in SHARD_ALIASES:
+                values.setdefault(SHARD_ALIASES[key], value)
+        shard = values.get("id", i)
+        if isinstance(shard, str) and shard.isascii() and shard.isdigit() and len(shard) <= 10:
+            shard = int(shard)
+        if ("id" in values and not (is_count(shard) and shard < SHARD_LIMIT)) or shard in seen:
+            return None
+        status = values.get("status")
+        if not (
+            status is None
+            or isinstance(status, bool)
+            or (isinstance(status, int) and 0 <= status <= 8)
+            or (isinstance(status, str) and 1 <= len(status) <= 32)
+        ):
+            return None
+        latency = values.get("latency")
+        if any(values.get(k) is not None and not is_count(values[k]) for k in ("guilds", "users")):
+            return None
+        if latency is not None and not (is_number(latency) and 0 <= latency < MAX):
+            return None
+        seen[shard] = {"guilds": values.get("guilds"), "users": values.get("users"), "latency": latency}
+    return [seen[k] for k in sorted(seen)]
+
+
+Model = tuple[dict[str, Any], dict[str, float], list[Any], dict[str, str], list[dict[str, Any]] | None]
+
+
+def expected(body: Any) -> Model | None:
+    """The reference model: (standard fields, custom metrics, custom entries, extra properties,
+    shard entries), or None if invalid."""
     if not isinstance(body, dict) or not finite_everywhere(body):
         return None
     fields: dict[str, Any] = {}
     metrics: dict[str, float] = {}
+    props: dict[str, str] = {}
+    shards = None
     for name, value in body.items():
         canonical = ALIASES.get(name, name)
-        if canonical in COUNTS | AMOUNTS | {"custom"}:
+        if canonical == "shards" and isinstance(value, list):
+            shards = shard_entries(value)
+            if shards is None:
+                return None
+        elif canonical in COUNTS | AMOUNTS | {"custom"}:
             if canonical not in fields or name == canonical:
                 fields[canonical] = value
         elif is_number(value):
             if not 1 <= len(name) <= 64 or abs(value) > MAX:
                 return None
             metrics[name] = float(value)
+        elif isinstance(value, str | bool):
+            text = ("true" if value else "false") if isinstance(value, bool) else value
+            if not 1 <= len(name) <= 64 or len(text) > 128:
+                return None
+            props[name] = text
+    if shards is not None:
+        # Without a top-level count, the totals are the shards' sums (latency: their mean).
+        for field, key in (("guilds", "guilds"), ("users", "users")):
+            values = [s[key] for s in shards if s.get(key) is not None]
+            if fields.get(field) is None and values:
+                fields[field] = sum(values)
+        pings = [s["latency"] for s in shards if s["latency"] is not None]
+        if fields.get("apiPing") is None and pings:
+            fields["apiPing"] = sum(pings) / len(pings)
     if "guilds" not in fields or fields["guilds"] is None:
         return None
     for name, value in fields.items():
@@ -114,7 +188,7 @@ def expected(body: Any) -> tuple[dict[str, Any], dict[str, float], list[Any]] | 
                 return None
             if name in COUNTS and not isinstance(value, int):
                 return None
-    return fields, metrics, fields.get("custom") or []
+    return fields, metrics, fields.get("custom") or [], props, shards
 
 
 def as_text(value: Any) -> str | None:
@@ -152,8 +226,12 @@ async def test_random_stats_bodies(gateway, redis, body) -> None:  # type: ignor
         assert new == []
         return
     assert resp.status == 204, (raw, await resp.text())
-    fields, metrics, custom = model
-    stats, *customs = new
+    fields, metrics, custom, props, shards = model
+    stats, *rest = new
+    customs = [e for e in rest if isinstance(e.payload, CustomPayload)]
+    assert [len(e.payload.shards) for e in rest if isinstance(e.payload, ShardsPayload)] == (
+        [] if shards is None else [len(shards)]
+    )
     assert isinstance(stats.payload, StatsPayload)
     assert stats.payload.guilds == fields["guilds"]
     assert stats.payload.cpu == (None if fields.get("cpu") is None else float(fields["cpu"]))
@@ -161,6 +239,9 @@ async def test_random_stats_bodies(gateway, redis, body) -> None:  # type: ignor
     kept = stats.payload.custom_metrics
     assert kept.items() <= metrics.items()
     assert len(kept) + len(dropped) == len(metrics)
+    dropped_props = set(resp.headers.get(DROPPED_PROPS_HEADER, "").split(",")) - {""}
+    assert stats.payload.props.items() <= props.items()
+    assert len(stats.payload.props) + len(dropped_props) == len(props)
     assert customs == [
         stats.__class__  # placeholder to keep the list comparison below readable
         for _ in ()
