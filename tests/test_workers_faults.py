@@ -217,11 +217,16 @@ async def test_batch_records_wait_for_the_local_aof_fsync(fast, fast_store, redi
     try:
         events = [stats_event("aof", guilds=i) for i in range(5)]
         await post(redis, events)
-        async with worker_task(fast, fast_store):
-            await drained(redis)
+        with capture_logs() as logs:
+            async with worker_task(fast, fast_store):
+                await drained(redis)
     finally:
         sync.close()
     assert seen and seen[0] >= 1, "an insert ran before any WAITAOF"
+    # The worker says at start what it waits for and with which Redis timeout.
+    (started,) = [e for e in logs if e["event"] == "worker started"]
+    assert started["redis_timeout_ms"] == fast.worker_redis_timeout_ms == 5000
+    assert any(e["event"].endswith("by WAITAOF 1 0 (AOF fsync)") for e in logs)
     assert await _stored_once(fast_store, events)
 
 
