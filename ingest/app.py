@@ -136,6 +136,7 @@ NO_CONTENT = NoContent()
 
 
 UNAUTHORIZED = "Unauthorized"
+NOT_READY: dict[str, object] = {"reason": "registry_not_ready"}
 NOT_FOUND = "Not found"
 STATS_PREFIX = "/v1/bot/"
 
@@ -171,7 +172,7 @@ class Gateway:
         registry = self.app[REGISTRY]
         try:
             if not registry.ready and not await is_ready(self.app[REDIS]):
-                raise Refusal(503, "The registry index is not ready yet", retry_after_s=1)
+                raise Refusal(503, "The registry index is not ready yet", retry_after_s=1, extra=NOT_READY)
             if not key:
                 raise Refusal(401, UNAUTHORIZED)
             account = await registry.account_for_key(key)
@@ -184,8 +185,11 @@ class Gateway:
         except Refusal:
             raise
         except Exception as exc:
-            log.warning("registry lookup failed", error=str(exc))
-            raise Refusal(503, "Storage is unavailable, try again shortly", retry_after_s=1) from None
+            verdict = error_verdict(exc)
+            log.warning("registry lookup failed", reason=verdict.reason, error=str(exc))
+            raise Refusal(
+                503, verdict.message, retry_after_s=verdict.retry_after_s, extra={"reason": verdict.reason}
+            ) from None
         if bot.account_id != account:
             raise Refusal(403, "This API key cannot post for this bot")
         return account, bot
@@ -195,7 +199,7 @@ class Gateway:
         """A miss while the index turned out to be missing (Redis emptied, rebuild pending) is not
         an unknown key or bot: the client should retry, not give up."""
         if not registry.ready:
-            return Refusal(503, "The registry index is not ready yet", retry_after_s=1)
+            return Refusal(503, "The registry index is not ready yet", retry_after_s=1, extra=NOT_READY)
         return Refusal(status, message)
 
     @staticmethod
