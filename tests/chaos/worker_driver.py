@@ -1,4 +1,4 @@
-"""The chaos suite's worker process: the real `Worker` (workers/runner.py), N instances sharing one
+"""The chaos suite's worker process: the real `Worker` (workers/pipeline.py), N instances sharing one
 ClickHouse engine in this process, driven over stdin.
 
     python tests/chaos/worker_driver.py CONTROL_DIR INSTANCES
@@ -39,10 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.health import Health
 from botpulse.runtime.logs import configure_logging, get_logger
 from botpulse.runtime.migrations import migrate
 from botpulse.runtime.settings import load_settings
-from botpulse.workers import runner
+from botpulse.workers.context import consumer_name, worker_redis
+from botpulse.workers.pipeline import Worker
 from botpulse.workers.rows import CUSTOM_TABLE
 
 log = get_logger("chaos-driver")
@@ -75,14 +77,10 @@ class FaultyStore(Store):
 class Instance:
     def __init__(self, index: int, settings, store: Store) -> None:  # type: ignore[no-untyped-def]
         self.index = index
-        name = f"{runner.consumer_name()}-{index}"
-        original = runner.consumer_name
-        runner.consumer_name = lambda: name  # each in-process instance its own consumer
-        try:
-            self.redis = runner.worker_redis(settings)
-            self.worker = runner.Worker(settings, store, self.redis)
-        finally:
-            runner.consumer_name = original
+        name = f"{consumer_name()}-{index}"  # each in-process instance its own consumer
+        self.health = Health()
+        self.redis = worker_redis(settings)
+        self.worker = Worker(settings, store, self.redis, consumer=name, health=self.health)
         self.task = asyncio.create_task(self.worker.run(), name=name)
 
     async def stop(self) -> None:
