@@ -7,8 +7,9 @@ should not: every Redis or ClickHouse fault is retried inside it), the failure i
 the worker restarted with backoff; when it cannot be kept running the process stops and exits
 non-zero with the reason. Its state is `app[WORKER_HEALTH]` (`botpulse.runtime.health.Health`):
 `ready` false, with the reason, while it is starting, backing off on a Redis/ClickHouse error, or
-restarting; the query service's `/readyz` fails with that reason meanwhile. The query service
-never keeps answering "ready" over a dead or stuck worker.
+restarting; the query service's `/readyz` fails with that reason meanwhile, and `botpulse status`
+shows it (runtime/health_reports.py). The query service never keeps answering "ready" over a
+dead or stuck worker.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from aiohttp import web
 
 from botpulse.query.resources import READINESS, SETTINGS, STORE
 from botpulse.runtime.health import WORKER_HEALTH, Health
+from botpulse.runtime.health_reports import report_forever
+from botpulse.runtime.redis import connect
 from botpulse.supervisor import SUPERVISOR, supervisor_of
+from botpulse.workers.context import consumer_name
 from botpulse.workers.lifecycle import run_worker
 
 # A worker that ends this soon after a start did not start.
@@ -61,12 +65,18 @@ async def embedded_worker(app: web.Application) -> AsyncIterator[None]:
 
     launch()
     supervisor.keep("worker", died, start)
+    reports_redis = connect(app[SETTINGS])
+    reporting = asyncio.create_task(report_forever(reports_redis, consumer_name(), health), name="health")
     yield
     await supervisor.stop()
     task = current[0]
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
+    reporting.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await reporting
+    await reports_redis.aclose()
 
 
 def with_embedded_worker(app: web.Application) -> web.Application:

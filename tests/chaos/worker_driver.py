@@ -40,6 +40,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.health import Health
+from botpulse.runtime.health_reports import report_forever
 from botpulse.runtime.logs import configure_logging, get_logger
 from botpulse.runtime.migrations import migrate
 from botpulse.runtime.settings import load_settings
@@ -82,11 +83,16 @@ class Instance:
         self.redis = worker_redis(settings)
         self.worker = Worker(settings, store, self.redis, consumer=name, health=self.health)
         self.task = asyncio.create_task(self.worker.run(), name=name)
+        # As the embedded stack does (botpulse/embedded_worker.py): `botpulse status` shows it.
+        self.reporting = asyncio.create_task(report_forever(self.redis, name, self.health))
 
     async def stop(self) -> None:
         self.worker.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.task, 15)
+        self.reporting.cancel()
+        with contextlib.suppress(BaseException):
+            await self.reporting
         await self.redis.aclose()
 
 
@@ -143,6 +149,7 @@ async def main(control: Path, instances: int) -> None:
                         instance=instance.task.get_name(),
                         error=repr(exc),
                     )
+                    instance.reporting.cancel()
                     running[k] = Instance(instance.index, settings, store)  # no await in this loop
                     closing.add(asyncio.create_task(instance.redis.aclose()))
 
