@@ -40,7 +40,7 @@ from botpulse.runtime.processes import free_port, spawn_child
 from botpulse.schemas.registry import IndexedBot
 from botpulse.schemas.stream import GROUP, batches_key, dead_letter_key, decode_event, stream_key
 
-LONG = os.environ.get("BOTPULSE_CHAOS_LONG") == "1"
+LONG = os.environ.get("BOTPULSE_TEST_CHAOS_LONG") == "1"
 DRIVER = Path(__file__).with_name("worker_driver.py")
 
 # Small batches and a short take-over time, so a killed worker's entries come back within seconds.
@@ -53,7 +53,7 @@ WORKER_ENV = {
 
 
 def span(short: float, long: float) -> float:
-    """A duration of the bounded form (`make test`) or of the long one (BOTPULSE_CHAOS_LONG=1)."""
+    """A duration of the bounded form (`make test`) or of the long one (BOTPULSE_TEST_CHAOS_LONG=1)."""
     return long if LONG else short
 
 

@@ -10,7 +10,7 @@ dead letters. Each prints `[chaos] <scenario>: acknowledged …, stored …, los
 refused …` (`pytest -s` shows it).
 
 Bounded by default (the whole module in about three minutes on two cores); set
-`BOTPULSE_CHAOS_LONG=1` for the long form (kill -9 every 5 s for 60 s, faults held for minutes).
+`BOTPULSE_TEST_CHAOS_LONG=1` for the long form (kill -9 every 5 s for 60 s, faults held for minutes).
 """
 
 from __future__ import annotations
