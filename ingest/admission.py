@@ -127,6 +127,7 @@ class Admission:
         self._lagging: dict[int, Verdict] = {}
         self._task: asyncio.Task[None] | None = None
         self._refusing: str | None = None  # the reason last logged, to log a change once
+        self._stopping = False
 
     def verdict(self, partition: int) -> Verdict | None:
         """Why a post to `partition` is refused now, or None to let it through to the script."""
@@ -182,19 +183,22 @@ class Admission:
             log.warning("admission closed: posts get 503", reason=verdict.reason, detail=verdict.message)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             # Redis unreachable: the appends answer 503 themselves; the sample goes stale.
             with contextlib.suppress(TimeoutError, RedisError, OSError):
                 await self.refresh()
             await asyncio.sleep(SAMPLE_S)
 
     async def start(self) -> None:
+        self._stopping = False
         with contextlib.suppress(TimeoutError, RedisError, OSError):
             await self.refresh()
         self._task = asyncio.create_task(self._run(), name="admission")
 
     async def stop(self) -> None:
+        # The flag too: redis-py can swallow a cancellation that lands inside its timeout
+        # handling (Python 3.11), and shutdown must not wait on a sampler stuck in a frozen Redis.
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=1.0)
