@@ -213,17 +213,16 @@ class Cluster:
         else:
             assert self.drivers[0].command(f"scale {n}")["instances"] == n
 
-    def kill_workers(self) -> None:
-        """SIGKILL every worker process (on chDB: the one holding every instance)."""
-        for driver in self.drivers:
-            driver.kill()
+    def kill_worker(self) -> None:
+        """SIGKILL a worker process: against a server one of several (the others keep going);
+        on chDB the one process holding every instance."""
+        self.drivers.pop(secrets.randbelow(len(self.drivers))).kill()
 
     def restart_workers(self, n: int) -> None:
-        self.drivers = [d for d in self.drivers if d.proc.poll() is None]
+        """Back to `n` instances after a kill (a new process, as an orchestrator would start)."""
         if self.server_mode:
             self.scale(n)
         else:
-            self.drivers = []
             self._spawn(n)
 
     def stop_workers(self) -> None:

@@ -80,7 +80,7 @@ def test_worker_kill9_repeatedly_and_scale_1_4_1(cluster: Cluster) -> None:
     kills = 0
     while kills < 3 or time.monotonic() < end:  # the long form: every 5 s for 60 s
         time.sleep(span(2, 5))
-        cluster.kill_workers()  # on chDB: the process of all three instances
+        cluster.kill_worker()  # on chDB: the process of all three instances
         kills += 1
         cluster.restart_workers(3)
     for n in (1, 4, 1):
