@@ -163,8 +163,8 @@ def load_settings(
         store = os.path.abspath(os.path.join(settings.data_dir, "clickhouse"))
         settings = msgspec.structs.replace(settings, clickhouse_url=f"chdb://{store}")
     _check_urls(settings)
-    check_roles(settings, roles)
     check_settings(settings)
+    check_roles(settings, roles)
     return settings
 
 

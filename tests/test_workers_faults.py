@@ -217,11 +217,16 @@ async def test_batch_records_wait_for_the_local_aof_fsync(fast, fast_store, redi
     try:
         events = [stats_event("aof", guilds=i) for i in range(5)]
         await post(redis, events)
-        async with worker_task(fast, fast_store):
-            await drained(redis)
+        with capture_logs() as logs:
+            async with worker_task(fast, fast_store):
+                await drained(redis)
     finally:
         sync.close()
     assert seen and seen[0] >= 1, "an insert ran before any WAITAOF"
+    # The worker says at start what it waits for and with which Redis timeout.
+    (started,) = [e for e in logs if e["event"] == "worker started"]
+    assert started["redis_timeout_ms"] == fast.worker_redis_timeout_ms == 5000
+    assert any(e["event"].endswith("by WAITAOF 1 0 (AOF fsync)") for e in logs)
     assert await _stored_once(fast_store, events)
 
 
@@ -280,31 +285,33 @@ async def test_one_record_recovered_by_two_workers_at_once_stores_each_entry_onc
     w2_claimed = await redis.xclaim(stream_key(0), GROUP, w2.consumer, 0, ids[:-1])
     w3_claimed = await redis.xclaim(stream_key(0), GROUP, w3.consumer, 0, ids[-1:])
 
-    # W2's first insert of the whole block is rejected; W3 recovers the same record right then.
-    paused, resume = asyncio.Event(), asyncio.Event()
+    # W3 reaches the insert of the whole block (it read the record: no split yet) and stalls
+    # there while W2 recovers the same record: splits it around the rejected entry and stores
+    # the halves. Then the table is fixed and W3 goes on.
+    at_insert, resume = asyncio.Event(), asyncio.Event()
     real = store.insert
 
     async def insert(*args, **kwargs):  # type: ignore[no-untyped-def]
-        try:
-            return await real(*args, **kwargs)
-        except Exception:
-            if asyncio.current_task().get_name() == "w2" and not paused.is_set():  # type: ignore[union-attr]
-                paused.set()
-                await resume.wait()
-            raise
+        if asyncio.current_task().get_name() == "w3" and not at_insert.is_set():  # type: ignore[union-attr]
+            at_insert.set()
+            await resume.wait()
+        return await real(*args, **kwargs)
 
     monkeypatch.setattr(store, "insert", insert)
 
-    async def w3_meanwhile() -> None:
-        await asyncio.wait_for(paused.wait(), 20)
-        broken["on"] = False  # the table is fixed while W3 recovers
-        await w3.adopt(0, w3_claimed, {i: 2 for i, _ in w3_claimed})
+    async def w2_meanwhile() -> None:
+        await asyncio.wait_for(at_insert.wait(), 20)
+        await w2.adopt(0, w2_claimed, {i: 2 for i, _ in w2_claimed})
+        broken["on"] = False
         resume.set()
 
-    async with asyncio.timeout(30), asyncio.TaskGroup() as group:
-        group.create_task(w2.adopt(0, w2_claimed, {i: 2 for i, _ in w2_claimed}), name="w2")
-        group.create_task(w3_meanwhile())
+    async with asyncio.timeout(60), asyncio.TaskGroup() as group:
+        group.create_task(w3.adopt(0, w3_claimed, {i: 2 for i, _ in w3_claimed}), name="w3")
+        group.create_task(w2_meanwhile())
 
+    if await pending(redis):  # the fixable entry, if W2 wrote it as a poison entry of its own
+        await asyncio.sleep(settings.claim_idle_ms / 1000 + 0.05)
+        await w2.take_over_idle()
     assert await _stored_once(store, [*good, fixable])
     assert await pending(redis) == {}
     assert await records(redis) == []
