@@ -39,6 +39,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_partitions: Annotated[int, Meta(ge=1, le=1024)] = 1
     # Pending backlog (entries not yet written) above which the gateway answers 503.
     stream_high_water: Positive = 2_000_000
+    # Redis memory (used_memory, % of maxmemory) at which the gateway answers 503, so the
+    # workers keep room to record, acknowledge and trim. No effect while maxmemory is 0.
+    redis_memory_high_water_pct: Annotated[int, Meta(ge=1, le=100)] = 90
     # --- gateway ------------------------------------------------------------------------------
     gateway_listen: str = "127.0.0.1"
     gateway_port: Port = 8080

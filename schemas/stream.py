@@ -71,6 +71,12 @@ def worker_stats_key(partition: int) -> str:
     return f"bp:{tag(partition)}:workerstats"
 
 
+def worker_health_key() -> str:
+    """Hash of every worker's last health report (consumer name -> JSON `HealthReport`, see
+    runtime/health_reports.py), for `botpulse status`: backing off, and why."""
+    return "bp:workers:health"
+
+
 # --- the message -------------------------------------------------------------------------------
 
 

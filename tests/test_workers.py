@@ -573,7 +573,7 @@ async def test_status_shows_partitions_consumers_and_dead_letters(fast, fast_sto
         await redis.xgroup_createconsumer(stream_key(0), GROUP, "idle-worker")
         monkeypatch.setenv("REDIS_URL", fast.redis_url)
         text = await asyncio.to_thread(_cli, ["status"])
-        (view,) = msgspec.json.decode(await asyncio.to_thread(_cli, ["status", "--json"]))
+        (view,) = msgspec.json.decode(await asyncio.to_thread(_cli, ["status", "--json"]))["partitions"]
     assert "partition 0" in text and "dead letters 1" in text and "consumer idle-worker: pending 0" in text
     assert view["dead_letters"] == 1
     assert view["pending"] == 0
