@@ -24,13 +24,24 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import HttpVersion11, hdrs, web
 
+from botpulse.ingest import metrics, spec
 from botpulse.ingest.append import Appender, Limits, Outcome, Post, Result
 from botpulse.ingest.bodies import BadInput, parse_custom, parse_dbots, parse_statcord, parse_stats
 from botpulse.registry.index import RegistryCache, is_ready
 from botpulse.registry.keys import request_key
 from botpulse.runtime.logs import get_logger
+from botpulse.runtime.metrics import Exposition
+from botpulse.runtime.openapi import Route, api_version
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import Settings
+from botpulse.schemas.http import (
+    DBotsAccepted,
+    Empty,
+    ErrorBody,
+    Health,
+    StatcordAccepted,
+    StatcordError,
+)
 from botpulse.schemas.registry import BOT_ID, IndexedBot
 from botpulse.schemas.stream import CustomPayload, StatsPayload, StreamEvent, encode_event, partition_of
 
@@ -45,8 +56,14 @@ DROPPED_HEADER = "X-Dropped-Custom-Metrics"
 _json = msgspec.json.Encoder()
 
 
+# The refusal reason (a metrics label) of each status, unless the refusal names its own.
+_REASONS = {
+    400: "validation", 401: "auth", 403: "auth", 404: "not_found", 413: "too_large", 429: "rate_limit",
+}  # fmt: skip
+
+
 class Refusal(Exception):
-    """An answer other than success; `extra` goes into the JSON body, `headers` onto the reply."""
+    """An answer other than success (an `ErrorBody`, a `StatcordError` on the Statcord route)."""
 
     def __init__(
         self,
@@ -55,14 +72,14 @@ class Refusal(Exception):
         field: str | None = None,
         *,
         retry_after_s: int | None = None,
-        extra: dict[str, object] | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
         self.retry_after_s = retry_after_s
-        self.extra = extra or {}
+        self.reason = reason or _REASONS.get(status, "unavailable")
 
 
 def reply(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
@@ -72,19 +89,18 @@ def reply(status: int, body: object, headers: dict[str, str] | None = None) -> w
 
 
 def refusal_response(refusal: Refusal, *, statcord: bool = False) -> web.Response:
-    body: dict[str, object] = {"message": refusal.message}
-    if refusal.field is not None:
-        body["field"] = refusal.field
+    metrics.refused(refusal.reason)
     headers = None
     if refusal.retry_after_s is not None:
         headers = {"Retry-After": str(refusal.retry_after_s)}
-        body["retryAfter"] = refusal.retry_after_s
+    body: ErrorBody
     if statcord:
-        # statcord.js reads `error`; statcord.py reads `timeleft` from a 429.
-        body["error"] = True
-        if refusal.status == 429:
-            body["wait"] = body["timeleft"] = refusal.retry_after_s
-    body.update(refusal.extra)
+        wait = refusal.retry_after_s if refusal.status == 429 else None
+        body = StatcordError(
+            refusal.message, refusal.field, refusal.retry_after_s, error=True, timeleft=wait, wait=wait
+        )
+    else:
+        body = ErrorBody(refusal.message, refusal.field, refusal.retry_after_s)
     response = reply(refusal.status, body, headers)
     if refusal.status == 413:
         response.force_close()  # the unread body stays on the connection otherwise
@@ -136,6 +152,10 @@ NO_CONTENT = NoContent()
 UNAUTHORIZED = "Unauthorized"
 NOT_FOUND = "Not found"
 STATS_PREFIX = "/v1/bot/"
+STATS_ROUTE = "/v1/bot/{botId}"
+CUSTOM_ROUTE = "/v1/bot/{botId}/custom"
+DBOTS_ROUTE = "/bots/{botId}/stats"
+STATCORD_ROUTE = "/v3/stats"
 
 
 class Gateway:
@@ -242,7 +262,11 @@ class Gateway:
             seconds = max(1, math.ceil(result.retry_after_ms / 1000))
             raise Refusal(429, f"Too many posts for this bot, retry in {seconds} s", retry_after_s=seconds)
         if result.outcome is Outcome.BACKLOG_FULL:
-            raise Refusal(503, "The ingest backlog is full, try again shortly", retry_after_s=5)
+            raise Refusal(
+                503, "The ingest backlog is full, try again shortly", retry_after_s=5, reason="backlog"
+            )
+        if result.dropped:
+            metrics.DROPPED_METRICS.inc(len(result.dropped))
         return result
 
     # --- routes ----------------------------------------------------------------------------
@@ -261,6 +285,7 @@ class Gateway:
             return refusal_response(refusal)
         except BadInput as bad:
             return refusal_response(Refusal(400, bad.message, bad.field))
+        metrics.appended(STATS_ROUTE)
         if not result.dropped and request.keep_alive and request.version == HttpVersion11:
             return NO_CONTENT  # type: ignore[return-value]
         response = web.Response(status=204, content_type="application/json")
@@ -278,6 +303,8 @@ class Gateway:
         no percent-escape, nothing the route pattern refuses), no `Expect` header (the app answers
         `100 Continue`). Anything else, the app decides as always."""
         stats = self.stats
+        observe = metrics.observe
+        clock = time.perf_counter
 
         async def handle(request: web.BaseRequest) -> web.StreamResponse:
             if request.method == "POST":
@@ -285,7 +312,10 @@ class Gateway:
                 if path.startswith(STATS_PREFIX):
                     bot_id = path[len(STATS_PREFIX) :].partition("?")[0]
                     if BOT_ID.match(bot_id) and hdrs.EXPECT not in request.headers:
-                        return await stats(request, bot_id)
+                        started = clock()
+                        response = await stats(request, bot_id)
+                        observe(STATS_ROUTE, "POST", response.status, clock() - started)
+                        return response
             return await app_handler(request)
 
         return handle
@@ -301,7 +331,8 @@ class Gateway:
             return refusal_response(refusal)
         except BadInput as bad:
             return refusal_response(Refusal(400, bad.message, bad.field))
-        return reply(200, {})
+        metrics.appended(CUSTOM_ROUTE)
+        return reply(200, Empty())
 
     async def post_dbots(self, request: web.Request) -> web.Response:
         """DBots-style `POST /bots/{botId}/stats` -> 200 `{guildCount}`."""
@@ -314,7 +345,8 @@ class Gateway:
             return refusal_response(refusal)
         except BadInput as bad:
             return refusal_response(Refusal(400, bad.message, bad.field))
-        return reply(200, {"guildCount": stats.guilds})
+        metrics.appended(DBOTS_ROUTE)
+        return reply(200, DBotsAccepted(stats.guilds))
 
     async def post_statcord(self, request: web.Request) -> web.Response:
         """Statcord v3 `POST /v3/stats` (`id` and `key` in the body) -> 200 JSON."""
@@ -327,33 +359,30 @@ class Gateway:
             return refusal_response(refusal, statcord=True)
         except BadInput as bad:
             return refusal_response(Refusal(400, bad.message, bad.field), statcord=True)
+        metrics.appended(STATCORD_ROUTE)
         headers = None
         if result.dropped:
             headers = {DROPPED_HEADER: ",".join(quote(n, safe="") for n in result.dropped)}
-        return reply(200, {"error": False, "message": "Stats posted"}, headers)
+        return reply(200, StatcordAccepted(False, "Stats posted"), headers)
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return reply(200, {"status": "ok"})
+        return reply(200, Health("ok"))
 
     async def readyz(self, request: web.Request) -> web.Response:
         try:
             await self.app[REDIS].ping()
         except Exception as exc:
-            return reply(503, {"status": "unavailable", "message": str(exc)}, {"Retry-After": "1"})
-        return reply(200, {"status": "ready"})
+            return reply(503, Health("unavailable", str(exc)), {"Retry-After": "1"})
+        return reply(200, Health("ready"))
 
     @staticmethod
     async def not_found(request: web.Request) -> web.Response:
-        return reply(404, {"message": NOT_FOUND, "field": "path"})
+        return reply(404, ErrorBody(NOT_FOUND, "path"))
 
     @staticmethod
     def not_allowed(allowed: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
-            return reply(
-                405,
-                {"message": f"Method {request.method} not allowed", "field": "method"},
-                {"Allow": allowed},
-            )
+            return reply(405, ErrorBody(f"Method {request.method} not allowed", "method"), {"Allow": allowed})
 
         return handler
 
@@ -389,22 +418,59 @@ class GatewayRunner(web.AppRunner):
         return server
 
 
+OPENAPI_PATH = "/openapi.json"
+EXPOSITION = web.AppKey("exposition", Exposition)
+
+
+@web.middleware
+async def _measured(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Requests the router serves (the hot route is measured in `Gateway.dispatch`)."""
+    started = time.perf_counter()
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else metrics.UNMATCHED
+    if route == "/{tail}":
+        route = metrics.UNMATCHED
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.observe(route, request.method, status, time.perf_counter() - started)
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return reply(200, spec.SPECS.document(version=api_version()))
+
+
 def build_app(settings: Settings) -> web.Application:
     # Bodies are capped by the handlers (413 from Content-Length, or while reading).
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    app[EXPOSITION] = Exposition()
     app.cleanup_ctx.append(_resources)
     gateway = Gateway(app, settings)
     app[GATEWAY] = gateway
-    routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.Response]]]] = [
-        ("POST", "/v1/bot/{botId}", gateway.post_stats),
-        ("POST", "/v1/bot/{botId}/custom", gateway.post_custom),
-        ("POST", "/bots/{botId}/stats", gateway.post_dbots),
-        ("POST", "/v3/stats", gateway.post_statcord),
-        ("GET", "/healthz", gateway.healthz),
-        ("GET", "/readyz", gateway.readyz),
+    routes: list[tuple[Route, Callable[[web.Request], Awaitable[web.Response]]]] = [
+        (spec.STATS, gateway.post_stats),
+        (spec.CUSTOM, gateway.post_custom),
+        (spec.DBOTS, gateway.post_dbots),
+        (spec.STATCORD, gateway.post_statcord),
+        (spec.HEALTHZ, gateway.healthz),
+        (spec.READYZ, gateway.readyz),
     ]
-    for method, path, handler in routes:
+    app.middlewares.append(_measured)
+    # Operator routes: the metrics (unless on a port of their own) and the API description.
+    if not settings.gateway_metrics_port:
+        app.router.add_get(settings.metrics_path, app[EXPOSITION].handle)  # type: ignore[arg-type]
+    app.router.add_get(OPENAPI_PATH, _openapi)
+    for route, handler in routes:
+        method, path = route.method, route.path
         resource = app.router.add_resource(path)
         resource.add_route(method, handler)
         if method == "GET":

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
+from prometheus_client import Histogram
 
 from botpulse.runtime.settings import Settings, SettingsError
 
@@ -48,6 +49,15 @@ def is_data_error(exc: BaseException) -> bool:
         text = str(exc)
         return any(f"Code: {code}." in text or f"code: {code}," in text for code in _DATA_ERROR_CODES)
     return False
+
+
+DURATION = Histogram(
+    "botpulse_clickhouse_request_duration_seconds",
+    "ClickHouse requests of this process (query, insert, command), from the call to the result.",
+    ["operation"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+_QUERY, _INSERT, _COMMAND = (DURATION.labels(op) for op in ("query", "insert", "command"))
 
 
 class Store:
@@ -110,10 +120,12 @@ class Store:
     def query_rows(
         self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
     ) -> list[tuple[Any, ...]]:
-        return self.client().query(sql, parameters=params or {}, settings=settings).result_rows
+        with _QUERY.time():
+            return self.client().query(sql, parameters=params or {}, settings=settings).result_rows
 
     def command_sync(self, sql: str, params: dict[str, Any] | None = None) -> Any:
-        return self.client().command(sql, parameters=params or {})
+        with _COMMAND.time():
+            return self.client().command(sql, parameters=params or {})
 
     def insert_sync(
         self,
@@ -125,9 +137,14 @@ class Store:
     ) -> None:
         """`column_oriented`: `rows` holds one sequence per column (what the worker builds)."""
         if rows and (not column_oriented or len(rows[0])):
-            self.client().insert(
-                table, rows, column_names=list(columns), settings=settings, column_oriented=column_oriented
-            )
+            with _INSERT.time():
+                self.client().insert(
+                    table,
+                    rows,
+                    column_names=list(columns),
+                    settings=settings,
+                    column_oriented=column_oriented,
+                )
 
     # --- async API (services) -----------------------------------------------------------------
     async def query(
