@@ -210,16 +210,16 @@ def undocumented(app: Any, routes: Sequence[Route], ignore: Iterable[str] = ()) 
     return missing
 
 
-def _all_routes(app: Any, prefix: str = "") -> list[tuple[str, str]]:
+def _all_routes(app: Any) -> list[tuple[str, str]]:
     found = []
     for resource in app.router.resources():
         info = resource.get_info()
-        if "app" in info:  # a sub-application mounted under a prefix
-            found += _all_routes(info["app"], prefix + info["prefix"])
+        if "app" in info:  # a sub-application: its resources already carry its prefix
+            found += _all_routes(info["app"])
             continue
         path = info.get("path") or info.get("formatter") or ""
         for route in resource:
-            found.append((route.method, prefix + path))
+            found.append((route.method, path))
     return found
 
 
