@@ -20,7 +20,6 @@ from urllib.parse import urlparse
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
-from prometheus_client import Histogram
 
 from botpulse.runtime.settings import Settings, SettingsError
 
@@ -51,13 +50,31 @@ def is_data_error(exc: BaseException) -> bool:
     return False
 
 
-DURATION = Histogram(
-    "botpulse_clickhouse_request_duration_seconds",
-    "ClickHouse requests of this process (query, insert, command), from the call to the result.",
-    ["operation"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
-)
-_QUERY, _INSERT, _COMMAND = (DURATION.labels(op) for op in ("query", "insert", "command"))
+_timers: dict[str, Any] = {}
+_timers_lock = threading.Lock()
+
+
+def _timer(operation: str) -> Any:
+    """The duration histogram's child for `operation`. Made on first use, not at import: the CLI
+    imports this module before a several-process gateway has set prometheus-client's
+    multiprocess directory (runtime.metrics.use_multiprocess_dir)."""
+    if not _timers:
+        with _timers_lock:
+            if not _timers:
+                _make_timers()
+    return _timers[operation]
+
+
+def _make_timers() -> None:
+    from prometheus_client import Histogram
+
+    histogram = Histogram(
+        "botpulse_clickhouse_request_duration_seconds",
+        "ClickHouse requests of this process (query, insert, command), from the call to the result.",
+        ["operation"],
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    )
+    _timers.update((op, histogram.labels(op)) for op in ("query", "insert", "command"))
 
 
 class Store:
@@ -120,11 +137,11 @@ class Store:
     def query_rows(
         self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
     ) -> list[tuple[Any, ...]]:
-        with _QUERY.time():
+        with _timer("query").time():
             return self.client().query(sql, parameters=params or {}, settings=settings).result_rows
 
     def command_sync(self, sql: str, params: dict[str, Any] | None = None) -> Any:
-        with _COMMAND.time():
+        with _timer("command").time():
             return self.client().command(sql, parameters=params or {})
 
     def insert_sync(
@@ -137,7 +154,7 @@ class Store:
     ) -> None:
         """`column_oriented`: `rows` holds one sequence per column (what the worker builds)."""
         if rows and (not column_oriented or len(rows[0])):
-            with _INSERT.time():
+            with _timer("insert").time():
                 self.client().insert(
                     table,
                     rows,
