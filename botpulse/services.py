@@ -66,7 +66,7 @@ def run_gateway(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from botpulse.workers.runner import serve
+    from botpulse.workers.lifecycle import serve
 
     return serve(_settings(args))
 

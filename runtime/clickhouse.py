@@ -78,6 +78,13 @@ def _make_timers() -> None:
     _timers.update(children)  # one step: no thread sees a partial set
 
 
+def is_view_error(exc: BaseException) -> bool:
+    """True when ClickHouse stored the block in its table and then a materialized view fed by
+    that table failed on it (the server says where: "while pushing to view …"). Whatever the
+    code, the source rows are in: a retry must send the same block with the same token."""
+    return isinstance(exc, DatabaseError) and "while pushing to view" in str(exc)
+
+
 class Store:
     """ClickHouse, reached the same way whether embedded or a server."""
 

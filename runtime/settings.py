@@ -62,6 +62,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_deliveries: Positive = 5
     # A standalone worker has no HTTP port: 0 means no metrics listener.
     worker_metrics_port: Port = 0
+    # Socket timeout of the worker's own Redis client: its commands carry whole batches
+    # (XREADGROUP of 10,000 entries, XACK of as many ids), where the gateway fails fast.
+    worker_redis_timeout_ms: Annotated[int, Meta(ge=100, le=60_000)] = 5000
+    # Replicas that must hold a batch record (WAITAOF / WAIT) before its insert; 0: the local
+    # AOF only (see docs/workers.md, "Redis set-ups").
+    worker_wait_replicas: Annotated[int, Meta(ge=0, le=16)] = 0
     # --- query --------------------------------------------------------------------------------
     query_listen: str = "127.0.0.1"
     query_port: Port = 8081
@@ -151,7 +157,22 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         store = os.path.abspath(os.path.join(settings.data_dir, "clickhouse"))
         settings = msgspec.structs.replace(settings, clickhouse_url=f"chdb://{store}")
     _check_urls(settings)
+    check_settings(settings)
     return settings
+
+
+def check_settings(settings: Settings) -> None:
+    """Rules across fields, checked with the rest at start-up (every process, every setting).
+
+    A live worker's entries must never look idle to the others: XAUTOCLAIM's threshold must
+    exceed everything a healthy batch can take (buffering plus inserting), with margin."""
+    floor = 2 * (settings.batch_ms + int(settings.insert_timeout_s * 1000))
+    if settings.claim_idle_ms < floor:
+        raise SettingsError(
+            f"BOTPULSE_CLAIM_IDLE_MS={settings.claim_idle_ms} is too small: it must be at least "
+            f"2 x (BOTPULSE_BATCH_MS + BOTPULSE_INSERT_TIMEOUT_S in ms) = {floor}, or a batch "
+            "still being written could be taken over by another worker"
+        )
 
 
 def _check_urls(settings: Settings) -> None:

@@ -47,6 +47,12 @@ def batches_key(partition: int) -> str:
     return f"bp:{tag(partition)}:batches"
 
 
+def batch_lease_key(batches: str, token: str) -> str:
+    """The lease of the one worker writing record `token` of `batches` (`batches_key`): the
+    holder's consumer name, with a TTL (see workers/batchlog.py)."""
+    return f"{batches}:lease:{token}"
+
+
 def rate_key(partition: int) -> str:
     """Hash of the rate-limit state (GCRA theoretical arrival time, Unix ms) of the partition's
     bots: field `s:<botId>` for stats posts, `c:<botId>` for custom ones (see ingest/append.py)."""

@@ -50,14 +50,17 @@ RECOVERED = Counter(
 )
 DEAD_LETTERS = Counter(
     "botpulse_worker_dead_letters_total",
-    "Entries this worker moved to the dead-letter stream, by reason.",
-    ["reason"],  # data (ClickHouse refused the rows), undecodable, deliveries (kept coming back)
+    "Entries this worker moved to the dead-letter stream (refused rows, undecodable, delivered too often).",
 )
 RETRIES = Counter(
     "botpulse_worker_retries_total",
     "Backoffs this worker waited before trying again, by cause.",
-    ["cause"],  # redis, clickhouse, timeout
+    ["cause"],  # redis, clickhouse, timeout (a ClickHouse request past BOTPULSE_INSERT_TIMEOUT_S), error
 )
+for _cause in ("redis", "clickhouse", "timeout", "error"):
+    RETRIES.labels(_cause)
+for _source in ("new", "recovered"):
+    ENTRIES_READ.labels(_source)
 LAST_INSERT = Gauge(
     "botpulse_worker_last_insert_timestamp_seconds",
     "Unix time of this worker's last batch that ClickHouse confirmed (0: none yet).",
@@ -69,9 +72,20 @@ def inserted(table: str, rows: int, seconds: float) -> None:
     INSERT_SECONDS.labels(table).observe(seconds)
 
 
-def committed(entries: int) -> None:
+def committed(entries: int, *, recovered: bool) -> None:
     BATCH_ENTRIES.observe(entries)
     LAST_INSERT.set(time.time())
+    if recovered:
+        RECOVERED.inc()
+
+
+def read(source: str, entries: int) -> None:
+    if entries:
+        ENTRIES_READ.labels(source).inc(entries)
+
+
+def retried(cause: str) -> None:
+    RETRIES.labels(cause).inc()
 
 
 class StreamCollector(Collector):
