@@ -27,6 +27,7 @@ Url = Annotated[
     ),
 ]
 Slots = Annotated[int, Meta(ge=0, le=1000)]
+AccountId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="An account's id (`acc_…`).")]
 Millis = Annotated[int, Meta(description="Unix time in milliseconds.")]
 Connection = Literal["connected", "disconnected"]
 
@@ -292,4 +293,10 @@ class Removed(msgspec.Struct):
 
 class Synced(msgspec.Struct):
     bots: int
-    generation: int
+    generation: Annotated[
+        str,
+        Meta(
+            description="`<accounts ms>:<bots ms>`: the newest row versions in ClickHouse.",
+            examples=["1796229531986:1796229532826"],
+        ),
+    ]

@@ -332,7 +332,12 @@ _ADMIN_SHAPES: dict[str, tuple[int, Any, Any, tuple[Param, ...]]] = {
     # operation -> (success status, answer, body, parameters)
     "accounts.create": (201, s.CreatedAccount, s.AccountCreate, ()),
     "accounts.list": (200, s.AccountList, None, ()),
-    "keys.regenerate": (200, s.AccountToken, None, (Param(name="accountId", where="path", type=str),)),
+    "keys.regenerate": (
+        200,
+        s.AccountToken,
+        None,
+        (Param(name="accountId", where="path", type=s.AccountId),),
+    ),
     "bots.list": (
         200,
         s.BotList,

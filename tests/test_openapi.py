@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from ingest_server import GatewayServer
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from botpulse import openapi_cli
@@ -18,6 +19,7 @@ from botpulse.query import shapes
 from botpulse.query.app import build_app as build_query
 from botpulse.query.spec import SPECS as QUERY
 from botpulse.registry import model
+from botpulse.registry.catalog import create_account
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.openapi import prefixed, undocumented
 from botpulse.runtime.settings import Settings
@@ -128,3 +130,29 @@ async def test_query_serves_its_own_document_under_the_prefix(
         doc = await response.json()
     assert set(doc["paths"]) == {prefix + r.path for r in QUERY.routes}
     validate(doc)
+
+
+# --- regressions found by tests/test_schemathesis.py, with the exact input ------------------------
+def answer_validator(status: int, method: str, path: str) -> Draft202012Validator:
+    """The documented schema of an answer, resolvable against the whole document."""
+    doc = openapi_cli.combined()
+    schema = doc["paths"][path][method]["responses"][str(status)]["content"]["application/json"]["schema"]
+    return Draft202012Validator({**schema, "components": doc["components"]})
+
+
+async def test_registry_sync_answer_matches_its_schema(
+    make_settings: Callable[..., Settings], store: Store, redis
+) -> None:  # type: ignore[no-untyped-def]
+    """schemathesis: `POST /v1/admin/registry/sync` (no body, the operator token) answered
+    `{"bots": 1, "generation": "1796229531986:1796229532826"}`, and the document said `generation`
+    was an integer. It is the `<accounts ms>:<bots ms>` text: the document now says so."""
+    settings = make_settings(admin_token="t" * 32)
+    await create_account(store, redis, "sync")
+    async with TestClient(TestServer(build_query(settings, store))) as client:
+        response = await client.post(
+            "/v1/admin/registry/sync", headers={"Authorization": "Bearer " + "t" * 32}
+        )
+        assert response.status == 200
+        body = await response.json()
+    assert isinstance(body["generation"], str) and ":" in body["generation"]
+    answer_validator(200, "post", "/v1/admin/registry/sync").validate(body)
