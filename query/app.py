@@ -15,7 +15,7 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from botpulse.query import accounts_api, datagram, metrics, params
+from botpulse.query import accounts_api, datagram, metrics, params, shapes
 from botpulse.query.listing import (
     TOP_METRICS,
     BadListing,
@@ -40,6 +40,7 @@ from botpulse.runtime.metrics import Exposition, start_listener
 from botpulse.runtime.openapi import api_version, document, prefixed
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import Settings
+from botpulse.schemas.http import Health
 
 log = get_logger(__name__)
 
@@ -229,16 +230,8 @@ async def get_bot_top(request: web.Request) -> web.Response:
         return error(404, "Bot not found")
     totals = await custom_totals(request.app[STORE], bot_id, start, end, limit=limit, type_=type_)
     entry = totals.get(type_, {"count": 0, "top": []})
-    return json_response(
-        {
-            "id": bot_id,
-            "type": type_,
-            "start": start,
-            "end": end,
-            "count": entry["count"],
-            "top": entry["top"],
-        }
-    )
+    top = [shapes.TopValue(t["value"], t["count"]) for t in entry["top"]]
+    return json_response(shapes.BotTop(bot_id, type_, start, end, entry["count"], top))
 
 
 async def get_bot_uptime(request: web.Request) -> web.Response:
@@ -262,15 +255,15 @@ async def get_bot_uptime(request: web.Request) -> web.Response:
     window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
     result = await uptime_with_periods(store, bot_id, start, end, window_ms)
     return json_response(
-        {
-            "id": bot_id,
-            "start": start,
-            "end": end,
-            "uptime": result.uptime_ms,
-            "percentage": round(result.uptime_ms * 100 / (end - start), 4),
-            "offline": [{"from": a, "to": b} for a, b in result.offline],
-            "offlineTruncated": result.offline_truncated,
-        }
+        shapes.BotUptime(
+            id=bot_id,
+            start=start,
+            end=end,
+            uptime=result.uptime_ms,
+            percentage=round(result.uptime_ms * 100 / (end - start), 4),
+            offline=[shapes.Period(a, b) for a, b in result.offline],
+            offlineTruncated=result.offline_truncated,
+        )
     )
 
 
@@ -299,9 +292,8 @@ async def get_bots(request: web.Request) -> web.Response:
         offset=offset,
         count=count,
     )
-    return json_response(
-        {"bots": bots, "count": len(bots), "offset": offset, "total": total, "success": True}
-    )
+    listed = [shapes.ListedBot(**bot) for bot in bots]
+    return json_response(shapes.Listing(listed, len(listed), offset, total, True))
 
 
 async def get_top(request: web.Request) -> web.Response:
@@ -312,18 +304,19 @@ async def get_top(request: web.Request) -> web.Response:
         limit = params.integer("limit", request.query.get("limit"), default=10, lo=1, hi=100)
     except BadParam as exc:
         return error(400, exc.message, exc.field)
-    return json_response({"metric": metric, "bots": await leaderboard(request.app[STORE], metric, limit)})
+    bots = [shapes.Ranked(**entry) for entry in await leaderboard(request.app[STORE], metric, limit)]
+    return json_response(shapes.Leaderboard(metric, bots))
 
 
 # --- serving ----------------------------------------------------------------------------------
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    return json_response(Health("ok"))
 
 
 async def readyz(request: web.Request) -> web.Response:
     if not await request.app[STORE].ping():
-        return json_response({"status": "unavailable", "message": "ClickHouse unreachable"}, status=503)
-    return json_response({"status": "ready"})
+        return json_response(Health("unavailable", "ClickHouse unreachable"), status=503)
+    return json_response(Health("ready"))
 
 
 _CORS = {"Access-Control-Allow-Origin": "*", "Vary": "Origin"}
