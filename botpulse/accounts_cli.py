@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from botpulse.registry import admin
+from botpulse.runtime.redact import redact
 from botpulse.runtime.settings import Settings, load_settings
 from botpulse.stack import read_stack
 
@@ -72,7 +73,7 @@ class HttpBackend:
                 payload = {"message": raw.decode(errors="replace") or f"HTTP {exc.code}"}
             return exc.code, payload if isinstance(payload, dict) else {"message": str(payload)}
         except OSError as exc:
-            raise Failure(0, {"message": f"cannot reach {self.base_url}: {exc}"}) from None
+            raise Failure(0, {"message": redact(f"cannot reach {self.base_url}: {exc}")}) from None
 
 
 class DirectBackend:
@@ -80,7 +81,7 @@ class DirectBackend:
         self.settings = settings
 
     def describe(self) -> str:
-        return f"ClickHouse at {self.settings.clickhouse_url}"
+        return f"ClickHouse at {redact(self.settings.clickhouse_url)}"
 
     def call(self, name: str, params: dict[str, str], body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return asyncio.run(self._call(name, params, body))
@@ -112,7 +113,7 @@ class DirectBackend:
             except RegistryError as exc:
                 return exc.status, exc.body()
             except (RedisError, OSError) as exc:
-                message = f"Redis at {self.settings.redis_url} is unreachable: {exc}"
+                message = redact(f"Redis at {self.settings.redis_url} is unreachable: {exc}")
                 raise Failure(0, {"message": message}) from None
         finally:
             if redis is not None:
@@ -229,9 +230,8 @@ def _runner(build: Callable[[argparse.Namespace], Request]) -> Callable[[argpars
             status, result = exc.status, exc.body
         if not 200 <= status < 300:
             field = f" (field: {result['field']})" if result.get("field") else ""
-            print(
-                f"botpulse: {result.get('message', 'failed')}{field} [{backend.describe()}]", file=sys.stderr
-            )
+            message = redact(f"botpulse: {result.get('message', 'failed')}{field} [{backend.describe()}]")
+            print(message, file=sys.stderr)
             return 1
         if args.json:
             print(msgspec.json.encode(result).decode())

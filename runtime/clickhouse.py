@@ -21,6 +21,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
 
+from botpulse.runtime.redact import redact
 from botpulse.runtime.settings import Settings, SettingsError
 
 # ClickHouse error codes that mean "this data can never be written" rather than "try again".
@@ -72,7 +73,7 @@ class Store:
                 return clickhouse_connect.get_client(dsn=url, database=database)
             except ImportError:
                 raise SettingsError(
-                    f"CLICKHOUSE_URL={url!r} needs the embedded engine: install botpulse[chdb], "
+                    f"CLICKHOUSE_URL={redact(repr(url))} needs the embedded engine: install botpulse[chdb], "
                     "or set CLICKHOUSE_URL=http(s)://host:8123 for a ClickHouse server"
                 ) from None
         parsed = urlparse(url)
