@@ -32,10 +32,12 @@ from botpulse.query.uptime import EPOCH_MS, HOUR_MS, connection_status, now_ms, 
 from botpulse.registry.catalog import Bot, ensure_index, get_bot
 from botpulse.registry.index import VERSION_KEY, RegistryCache
 from botpulse.registry.keys import request_key
+from botpulse.registry.model import MissingScope, RegistryError
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.logs import get_logger
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import Settings
+from botpulse.schemas.registry import INGEST, READ
 
 log = get_logger(__name__)
 
@@ -45,10 +47,19 @@ def _listing_error(message: str) -> web.Response:
 
 
 async def caller_account(request: web.Request) -> str | None:
+    """The account of the request's key, for reading its private bots; None without a key or for
+    an unknown one (then only public bots are visible). An ingest key may not read: 403."""
     key = request_key(request.headers, request.query)
     if not key:
         return None
-    return await request.app[REGISTRY].account_for_key(key)
+    registry = request.app[REGISTRY]
+    found = await registry.credential(key)
+    if found is None:
+        return None
+    if found.scope == INGEST:
+        raise MissingScope(INGEST, READ, "reading")
+    registry.used(found.usage_id)
+    return found.account_id
 
 
 class BotRecords:
@@ -354,6 +365,8 @@ async def backend_errors(
         return await handler(request)
     except web.HTTPException:
         raise
+    except RegistryError as exc:  # a key outside its scope
+        return json_response(exc.body(), status=exc.status)
     except UNAVAILABLE as exc:
         log.warning("backend unavailable", path=request.path, error=str(exc))
         return json_response(
@@ -373,7 +386,7 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     async def resources(app: web.Application):  # type: ignore[no-untyped-def]
         app[REDIS] = connect(settings)
         await ensure_index(store, app[REDIS], settings.stream_partitions)
-        app[REGISTRY] = RegistryCache(app[REDIS], settings.registry_refresh_ms)
+        app[REGISTRY] = RegistryCache(app[REDIS], settings.registry_refresh_ms, settings.key_usage_flush_s)
         await app[REGISTRY].start()
         yield
         await app[REGISTRY].stop()

@@ -26,6 +26,7 @@ from botpulse.query.uptime import (
     uptimes,
 )
 from botpulse.registry.keys import request_key
+from botpulse.schemas.registry import INGEST
 
 TWO_WEEKS_MS = 14 * 24 * HOUR_MS
 MAX_UPTIME_IDS = 100
@@ -43,10 +44,13 @@ async def _datagram_account(request: web.Request) -> str:
     key = request_key(request.headers, request.query, "secret")
     if not key:
         raise _DatagramError(401, "Missing API key (Authorization header or secret parameter)")
-    account = await request.app[REGISTRY].account_for_key(key)
-    if account is None:
+    found = await request.app[REGISTRY].credential(key)
+    if found is None:
         raise _DatagramError(401, "Invalid API key")
-    return account
+    if found.scope == INGEST:
+        raise _DatagramError(403, "This API key has the ingest scope; reading needs the read scope", "scope")
+    request.app[REGISTRY].used(found.usage_id)
+    return found.account_id
 
 
 def _ids(request: web.Request, many: bool) -> list[str]:

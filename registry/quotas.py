@@ -33,6 +33,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "postsPerMin": ("posts_per_min", "account_posts_per_min"),
 }
 MAX_VALUE = 10_000_000
+# Types are bounded like custom metrics: every stats answer holds a total per type.
+MAX_EVENT_TYPES = 1000
 _COLUMNS = [column for column, _ in FIELDS.values()]
 
 
@@ -71,6 +73,8 @@ def parse_overrides(body: dict[str, Any]) -> dict[str, int | None]:
             isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_VALUE
         ):
             raise Invalid(f"{name} must be an integer from 1 to {MAX_VALUE}, or null for the default", name)
+        if name == "customEventTypes" and value is not None and value > MAX_EVENT_TYPES:
+            raise Invalid(f"customEventTypes must be at most {MAX_EVENT_TYPES}", name)
         changes[name] = value
     if not changes:
         raise Invalid(f"Nothing to change; give at least one of: {', '.join(FIELDS)}")

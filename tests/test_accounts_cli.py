@@ -21,7 +21,7 @@ from botpulse.registry import catalog
 from botpulse.registry.index import RegistryCache
 from botpulse.stack import StackInfo, stack_file
 
-ADMIN = "cli-admin-token-0123456789"
+ADMIN = "cli-admin-Hq7Zp2Lw9Xk4Vn6Rb3Ty8Uc1Jm5Fd0Gs"
 _ENV = (
     "BOTPULSE_ADMIN_URL",
     "BOTPULSE_ADMIN_TOKEN",
@@ -150,7 +150,7 @@ async def test_cli_through_the_running_stack(stack, capsys, store, redis, settin
 async def test_cli_admin_url_and_token(stack, capsys, monkeypatch):
     monkeypatch.setenv("BOTPULSE_DATA_DIR", "/nonexistent-botpulse-dir")
     monkeypatch.setenv("BOTPULSE_ADMIN_URL", str(stack.make_url("")))
-    monkeypatch.setenv("BOTPULSE_ADMIN_TOKEN", "wrong")
+    monkeypatch.setenv("BOTPULSE_ADMIN_TOKEN", "wrong-Qa1Ws2Ed3Rf4Tg5Yh6Uj7Ik8Ol9P0zXc")
     code, _, err = await _cli(capsys, "accounts", "list")
     assert code == 1 and "Unauthorized" in err
     monkeypatch.setenv("BOTPULSE_ADMIN_TOKEN", ADMIN)
