@@ -93,9 +93,11 @@ BOT_RECORDS = web.AppKey("bot_records", BotRecords)
 
 
 async def visible_bot(request: web.Request, bot_id: str) -> Bot | None:
-    """The bot, or None when it does not exist or is private to another account (both 404)."""
+    """The bot, or None when it does not exist or is private to another account (both 404). The
+    key is checked first, public bot or not: an ingest key never reads (403)."""
+    account = await caller_account(request)
     bot = await request.app[BOT_RECORDS].get(request.app[STORE], request.app[REDIS], bot_id)
-    if bot is not None and bot.private and await caller_account(request) != bot.account_id:
+    if bot is not None and bot.private and account != bot.account_id:
         return None
     return bot
 
