@@ -23,6 +23,7 @@ from aiohttp import web
 from botpulse.query.resources import REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
 from botpulse.registry import admin, apikeys, audit, catalog, index, model, quotas
 from botpulse.registry.keys import parse_authorization, request_key, same_secret
+from botpulse.runtime.clickhouse import ReadRefused
 from botpulse.runtime.logs import get_logger
 from botpulse.schemas.registry import INGEST, MANAGE, READ, IndexedKey
 
@@ -55,6 +56,8 @@ def guarded(handler: Handler) -> Handler:
                 response.headers["Retry-After"] = str(exc.retry_after_s)
         except web.HTTPRequestEntityTooLarge:
             response = _answer(413, {"message": "Request body too large"})
+        except ReadRefused as exc:
+            response = _answer(503, {"message": exc.message, "limit": exc.limit})
         except UNAVAILABLE as exc:
             log.warning("registry backend unavailable", error=str(exc), path=request.path)
             response = _answer(503, {"message": "Registry temporarily unavailable; retry shortly"})

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from botpulse.query import accounts_api, datagram, params
+from botpulse.query.cache import AnswerCache
 from botpulse.query.listing import (
     TOP_METRICS,
     BadListing,
@@ -25,7 +26,7 @@ from botpulse.query.listing import (
     list_bots,
 )
 from botpulse.query.params import BadParam
-from botpulse.query.resources import REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
+from botpulse.query.resources import ANSWERS, REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
 from botpulse.query.responses import error, json_response
 from botpulse.query.stats import add_custom_names, buckets, custom_totals
 from botpulse.query.uptime import EPOCH_MS, HOUR_MS, connection_status, now_ms, uptime_with_periods
@@ -33,7 +34,7 @@ from botpulse.registry.catalog import Bot, ensure_index, get_bot
 from botpulse.registry.index import VERSION_KEY, RegistryCache
 from botpulse.registry.keys import request_key
 from botpulse.registry.model import MissingScope, RegistryError
-from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.clickhouse import ReadRefused, Store
 from botpulse.runtime.logs import get_logger
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import Settings
@@ -265,7 +266,13 @@ async def get_bot_uptime(request: web.Request) -> web.Response:
     except BadParam as exc:
         return error(400, exc.message, exc.field)
     window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
-    result = await uptime_with_periods(store, bot_id, start, end, window_ms)
+    if request.query.get("start") or request.query.get("end"):
+        result = await uptime_with_periods(store, bot_id, start, end, window_ms)
+    else:  # the whole history: the most expensive read of all, and the same for everyone
+        start, end, result = await request.app[ANSWERS].get(
+            ("uptime", bot_id),
+            lambda: _whole_uptime(store, bot_id, start, end, window_ms),
+        )
     return json_response(
         {
             "id": bot_id,
@@ -277,6 +284,12 @@ async def get_bot_uptime(request: web.Request) -> web.Response:
             "offlineTruncated": result.offline_truncated,
         }
     )
+
+
+async def _whole_uptime(
+    store: Store, bot_id: str, start: int, end: int, window_ms: int
+) -> tuple[int, int, Any]:
+    return start, end, await uptime_with_periods(store, bot_id, start, end, window_ms)
 
 
 # --- listing and leaderboards ---------------------------------------------------------------
@@ -293,16 +306,21 @@ async def get_bots(request: web.Request) -> web.Response:
     except BadParam as exc:
         return _listing_error(exc.message)
     window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
-    bots, total = await list_bots(
-        request.app[STORE],
-        account=await caller_account(request),
-        cutoff_ms=now_ms() - window_ms + 1,
-        where=where,
-        where_params=where_params,
-        order=order,
-        fields=fields,
-        offset=offset,
-        count=count,
+    account = await caller_account(request)
+    key = ("bots", account, where, tuple(sorted(where_params.items())), order, tuple(fields), offset, count)
+    bots, total = await request.app[ANSWERS].get(
+        key,
+        lambda: list_bots(
+            request.app[STORE],
+            account=account,
+            cutoff_ms=now_ms() - window_ms + 1,
+            where=where,
+            where_params=where_params,
+            order=order,
+            fields=fields,
+            offset=offset,
+            count=count,
+        ),
     )
     return json_response(
         {"bots": bots, "count": len(bots), "offset": offset, "total": total, "success": True}
@@ -317,7 +335,10 @@ async def get_top(request: web.Request) -> web.Response:
         limit = params.integer("limit", request.query.get("limit"), default=10, lo=1, hi=100)
     except BadParam as exc:
         return error(400, exc.message, exc.field)
-    return json_response({"metric": metric, "bots": await leaderboard(request.app[STORE], metric, limit)})
+    bots = await request.app[ANSWERS].get(
+        ("top", metric, limit), lambda: leaderboard(request.app[STORE], metric, limit)
+    )
+    return json_response({"metric": metric, "bots": bots})
 
 
 # --- serving ----------------------------------------------------------------------------------
@@ -369,6 +390,11 @@ async def backend_errors(
         raise
     except RegistryError as exc:  # a key outside its scope
         return json_response(exc.body(), status=exc.status)
+    except ReadRefused as exc:  # the read slots are full, or the read hit its time or memory limit
+        log.warning("read refused", path=request.path, limit=exc.limit)
+        return json_response(
+            {"message": exc.message, "limit": exc.limit}, status=503, headers={"Retry-After": "1"}
+        )
     except UNAVAILABLE as exc:
         log.warning("backend unavailable", path=request.path, error=str(exc))
         return json_response(
@@ -384,6 +410,7 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     app[SETTINGS] = settings
     app[STORE] = store
     app[BOT_RECORDS] = BotRecords()
+    app[ANSWERS] = AnswerCache(settings.query_cache_s)
 
     async def resources(app: web.Application):  # type: ignore[no-untyped-def]
         app[REDIS] = connect(settings)

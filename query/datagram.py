@@ -13,7 +13,7 @@ from aiohttp import web
 
 from botpulse.query import params
 from botpulse.query.params import BadParam
-from botpulse.query.resources import REGISTRY, SETTINGS, STORE
+from botpulse.query.resources import ANSWERS, REGISTRY, SETTINGS, STORE
 from botpulse.query.responses import error, json_response
 from botpulse.query.uptime import (
     EPOCH_MS,
@@ -122,9 +122,14 @@ async def _detail_data(request: web.Request, account: str, ids: list[str], owned
     store = request.app[STORE]
     window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
     mine = [i for i in dict.fromkeys(ids) if i in owned]
-    totals, seen = await asyncio.gather(
-        uptimes(store, mine, EPOCH_MS, FAR_FUTURE_MS, window_ms), last_seen(store, mine)
-    )
+
+    async def whole() -> tuple[dict[str, int], dict[str, int]]:
+        return await asyncio.gather(  # type: ignore[return-value]
+            uptimes(store, mine, EPOCH_MS, FAR_FUTURE_MS, window_ms), last_seen(store, mine)
+        )
+
+    # Uptime over the whole history, cached for a few seconds (BOTPULSE_QUERY_CACHE_S).
+    totals, seen = await request.app[ANSWERS].get(("details", tuple(mine)), whole)
     return [
         {
             "connection_status": connection_status(seen.get(i), window_ms),

@@ -38,8 +38,8 @@ OUTPUT_FIELDS = [
 ]  # fmt: skip
 _OPERATORS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 
-# Latest values per bot come from the daily roll-up (argMax states merge to the newest non-null
-# value), so a listing reads one row per bot-day instead of every post.
+# Latest values per bot come from `bot_latest` (argMax states merge to the newest non-null value;
+# one row per bot once merged), so a listing costs per bot, not per bot-day.
 LISTING_BASE = (
     "SELECT b.id AS id, b.username AS username, b.avatar AS avatar, b.private AS private,"
     " toUnixTimestamp64Milli(b.created_at) AS created_at, s.guilds AS guilds, s.users AS users,"
@@ -49,7 +49,7 @@ LISTING_BASE = (
     "   WHERE deleted = 0 AND (private = 0 OR account_id = {account:String})) AS b"
     " LEFT JOIN (SELECT bot_id, argMaxMerge(guilds) AS guilds, argMaxMerge(users) AS users,"
     "   argMaxMerge(shards) AS shards, toUnixTimestamp64Milli(max(last_ts)) AS last_seen"
-    "   FROM bot_stats_1d GROUP BY bot_id) AS s ON s.bot_id = b.id"
+    "   FROM bot_latest GROUP BY bot_id) AS s ON s.bot_id = b.id"
 )
 
 TOP_METRICS = {"guilds": "guilds", "users": "users", "shards": "shards", "ramTotal": "ram_total"}
@@ -219,7 +219,7 @@ async def leaderboard(store: Store, metric: str, limit: int) -> list[dict[str, A
     column = TOP_METRICS[metric]
     rows = await store.query(
         "SELECT b.id, b.username, b.avatar, s.v FROM"
-        f" (SELECT bot_id, argMaxMerge({column}) AS v FROM bot_stats_1d GROUP BY bot_id) AS s"
+        f" (SELECT bot_id, argMaxMerge({column}) AS v FROM bot_latest GROUP BY bot_id) AS s"
         " INNER JOIN (SELECT id, username, avatar FROM bots FINAL WHERE deleted = 0 AND private = 0)"
         " AS b ON b.id = s.bot_id WHERE s.v IS NOT NULL ORDER BY s.v DESC, b.id ASC"
         " LIMIT {limit:UInt32}",

@@ -11,6 +11,7 @@ from aiohttp import web
 from clickhouse_connect.driver.exceptions import OperationalError
 from redis.exceptions import RedisError
 
+from botpulse.query.cache import AnswerCache
 from botpulse.registry.index import RegistryCache
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.settings import Settings
@@ -19,6 +20,7 @@ SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 REDIS = web.AppKey("redis", aioredis.Redis)
 REGISTRY = web.AppKey("registry", RegistryCache)
+ANSWERS = web.AppKey("answers", AnswerCache)
 
 # Failures of the parts behind the service, not of the request: the client should retry.
 UNAVAILABLE = (RedisError, OperationalError, OSError, asyncio.TimeoutError)

@@ -5,14 +5,24 @@ sync client, which is the only client chDB supports, and runs it on a small thre
 event loop never blocks. `chdb:///path` selects the embedded engine (one engine per process:
 only one process may open a path), `http(s)://…` a server. Values are always bound as query
 parameters (`{name:Type}`), never pasted into SQL.
+
+Cost control of the async reads (`query`): each carries `max_execution_time` and
+`max_memory_usage` (BOTPULSE_QUERY_MAX_EXECUTION_S, BOTPULSE_QUERY_MAX_MEMORY_BYTES); at most
+BOTPULSE_QUERY_MAX_CONCURRENT run at once with BOTPULSE_QUERY_MAX_QUEUED waiting, and a read past
+that is refused at once (`Saturated`) instead of queueing without bound; a read whose caller is
+cancelled (its HTTP client went away) is killed in ClickHouse (`KILL QUERY` on a marker comment,
+which works on a server and in chDB alike). Inserts run on their own threads, so reads can never
+take the worker's capacity.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlparse
@@ -38,6 +48,73 @@ _DATA_ERROR_CODES = {
 }
 
 
+class ReadRefused(Exception):
+    """A read the store will not run or finish; the message names the limit (a 503 to clients)."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.limit = limit
+
+
+class Saturated(ReadRefused):
+    """Every read slot is busy and the queue of waiting reads is full."""
+
+
+class QueryLimit(ReadRefused):
+    """ClickHouse stopped the read at its time or memory limit."""
+
+
+_LIMIT_CODES = {
+    159: ("took longer than BOTPULSE_QUERY_MAX_EXECUTION_S", "queryMaxExecutionS"),  # TIMEOUT_EXCEEDED
+    241: ("needed more memory than BOTPULSE_QUERY_MAX_MEMORY_BYTES", "queryMaxMemoryBytes"),
+}
+
+
+class _Gate:
+    """At most `concurrent` reads at once and `queued` waiting; beyond that `Saturated`."""
+
+    def __init__(self, concurrent: int, queued: int) -> None:
+        self.concurrent = concurrent
+        self.queued = queued
+        self._free = concurrent
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._free > 0:
+            self._free -= 1
+        elif len(self._waiters) >= self.queued:
+            raise Saturated(
+                f"The query service is at its limit of {self.concurrent} concurrent ClickHouse reads "
+                f"(BOTPULSE_QUERY_MAX_CONCURRENT) with {self.queued} waiting; retry shortly",
+                "queryMaxConcurrent",
+            )
+        else:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter  # the releasing read hands its slot over
+            except BaseException:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                elif not waiter.cancelled():
+                    self._release()  # handed over just as it was cancelled: pass it on
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
 def is_data_error(exc: BaseException) -> bool:
     """True when ClickHouse refused the rows themselves (retrying cannot help); False when the
     failure is about reaching or waiting for the server."""
@@ -51,10 +128,20 @@ def is_data_error(exc: BaseException) -> bool:
     return False
 
 
+def _limit_error(exc: DatabaseError, settings: Settings) -> Exception:
+    """ClickHouse's refusal at a read limit as a `QueryLimit` naming it; any other error as is."""
+    text = str(exc)
+    for code, (what, limit) in _LIMIT_CODES.items():
+        if f"Code: {code}." in text or f"code: {code}," in text:
+            value = settings.query_max_execution_s if code == 159 else settings.query_max_memory_bytes
+            return QueryLimit(f"The query {what} ({value}); narrow the range or retry later", limit)
+    return exc
+
+
 class Store:
     """ClickHouse, reached the same way whether embedded or a server."""
 
-    def __init__(self, settings: Settings, *, threads: int = 4) -> None:
+    def __init__(self, settings: Settings, *, threads: int | None = None) -> None:
         self.settings = settings
         self.database = settings.clickhouse_database
         self.cluster = settings.clickhouse_cluster
@@ -62,7 +149,16 @@ class Store:
         self._local = threading.local()
         self._clients: list[Client] = []
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clickhouse")
+        reads = threads or settings.query_max_concurrent
+        self._pool = ThreadPoolExecutor(max_workers=reads, thread_name_prefix="clickhouse")
+        # The worker's inserts (and DDL) never wait behind reads; kills never wait behind either.
+        self._writes = ThreadPoolExecutor(max_workers=2, thread_name_prefix="clickhouse-write")
+        self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-kill")
+        self._gate = _Gate(reads, settings.query_max_queued)
+        self._read_limits = {
+            "max_execution_time": max(1, math.ceil(settings.query_max_execution_s)),
+            "max_memory_usage": settings.query_max_memory_bytes,
+        }
         self._ensure_database()
 
     # --- clients ------------------------------------------------------------------------------
@@ -134,12 +230,33 @@ class Store:
     async def query(
         self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
     ) -> list[tuple[Any, ...]]:
+        """A read within the time and memory limits, through the bounded read slots (see the
+        module docstring); cancelling the caller kills the read in ClickHouse."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.query_rows, sql, params, settings)
+        async with self._gate.slot():
+            marker = secrets.token_hex(8)
+            tagged = f"{sql} /* bp:{marker} */"
+            merged = self._read_limits | (settings or {})
+            try:
+                return await loop.run_in_executor(self._pool, self.query_rows, tagged, params, merged)
+            except asyncio.CancelledError:
+                self._control.submit(self._kill, marker)
+                raise
+            except DatabaseError as exc:
+                raise _limit_error(exc, self.settings) from None
+
+    def _kill(self, marker: str) -> None:
+        # Concatenated in SQL, so the KILL statement's own text never matches the marker.
+        with contextlib.suppress(Exception):  # the read may have finished meanwhile
+            self.client().command(
+                f"KILL QUERY{self.on_cluster} "
+                "WHERE position(query, concat('bp:', {m:String}, ' *', '/')) > 0 ASYNC",
+                parameters={"m": marker},
+            )
 
     async def command(self, sql: str, params: dict[str, Any] | None = None) -> Any:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.command_sync, sql, params)
+        return await loop.run_in_executor(self._writes, self.command_sync, sql, params)
 
     async def insert(
         self,
@@ -151,7 +268,7 @@ class Store:
     ) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(
-            self._pool, self.insert_sync, table, rows, columns, settings, column_oriented
+            self._writes, self.insert_sync, table, rows, columns, settings, column_oriented
         )
 
     async def ping(self) -> bool:
@@ -162,7 +279,8 @@ class Store:
         return True
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self._pool, self._writes, self._control):
+            pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             for client in self._clients:
                 with contextlib.suppress(Exception):  # closing is best effort on shutdown

@@ -1,6 +1,6 @@
 """Scoped keys on real parts: named keys of every scope, a bot's own token, revocation seen by
-every process, last-used times, and the BOLA matrix — two accounts × public/private bot × post /
-read / manage × every kind of key — over every route of the gateway and the query service."""
+every process, last-used times, and the BOLA matrix — two accounts x public/private bot x post /
+read / manage x every kind of key — over every route of the gateway and the query service."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ async def _until(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
 
 # --- named keys -----------------------------------------------------------------------------------
 async def test_named_keys_are_shown_once_listed_with_their_scope_and_stored_as_hashes(api, store):
-    account, key = await _account(api, "alpha")
+    _, key = await _account(api, "alpha")
     await api.post("/v1/bots", json={"id": "11", "username": "b"}, headers=_auth(key))
     created = await _key(api, key, name="CI dashboard", scope="read")
     secret = created.pop("key")
@@ -99,7 +99,9 @@ async def test_named_keys_are_shown_once_listed_with_their_scope_and_stored_as_h
     ]
     assert secret not in text and key not in text and ingest["key"] not in text
     # ClickHouse holds the hash and the prefix, never the key.
-    rows = await store.query("SELECT key_hash, key_prefix FROM api_keys WHERE id = {id:String}", {"id": created["id"]})
+    rows = await store.query(
+        "SELECT key_hash, key_prefix FROM api_keys WHERE id = {id:String}", {"id": created["id"]}
+    )
     assert rows == [(hash_key(secret), secret[:7] + "…")]
     dump = await store.query("SELECT * FROM api_keys")
     assert secret not in repr(dump)
@@ -148,7 +150,9 @@ async def test_a_key_outside_its_scope_gets_403_naming_the_scope_it_lacks(api, m
         await gateway.close()
 
 
-async def test_revoking_one_key_leaves_the_others_and_every_process_refuses_it(api, make_settings, store, redis):
+async def test_revoking_one_key_leaves_the_others_and_every_process_refuses_it(
+    api, make_settings, store, redis
+):
     _, key = await _account(api, "alpha")
     await api.post("/v1/bots", json={"id": "13", "username": "b"}, headers=_auth(key))
     doomed = await _key(api, key, name="leaked", scope="ingest")
@@ -156,7 +160,9 @@ async def test_revoking_one_key_leaves_the_others_and_every_process_refuses_it(a
     other = await _client(query_app.build_app(make_settings(**ROOMY), store))
     gateway = await _client(ingest_app.build_app(make_settings(**ROOMY)))
     try:
-        assert (await gateway.post("/v1/bot/13", json={"guilds": 1}, headers=_auth(doomed["key"]))).status == 204
+        assert (
+            await gateway.post("/v1/bot/13", json={"guilds": 1}, headers=_auth(doomed["key"]))
+        ).status == 204
         resp = await api.delete(f"/v1/account/keys/{doomed['id']}", headers=_auth(key))
         assert resp.status == 200 and await resp.json() == {"id": doomed["id"], "revoked": True}
         assert (await api.delete(f"/v1/account/keys/{doomed['id']}", headers=_auth(key))).status == 404
@@ -166,10 +172,16 @@ async def test_revoking_one_key_leaves_the_others_and_every_process_refuses_it(a
             read = await other.get("/v1/account", headers=_auth(doomed["key"]))
             return posted.status == 401 and read.status == 401
 
-        await _until(refused_everywhere, "the revoked key is refused by the gateway and the other query process")
-        assert (await gateway.post("/v1/bot/13", json={"guilds": 1}, headers=_auth(kept["key"]))).status == 204
+        await _until(
+            refused_everywhere, "the revoked key is refused by the gateway and the other query process"
+        )
+        assert (
+            await gateway.post("/v1/bot/13", json={"guilds": 1}, headers=_auth(kept["key"]))
+        ).status == 204
         assert (await gateway.post("/v1/bot/13", json={"guilds": 1}, headers=_auth(key))).status == 204
-        listed = [k["id"] for k in (await (await api.get("/v1/account/keys", headers=_auth(key))).json())["keys"]]
+        listed = [
+            k["id"] for k in (await (await api.get("/v1/account/keys", headers=_auth(key))).json())["keys"]
+        ]
         assert listed == ["account", kept["id"]]
         # A rebuild from ClickHouse does not bring it back.
         await redis.flushall()
@@ -208,8 +220,12 @@ async def test_bot_token_rotation_changes_that_bot_only_and_get_changes_nothing(
             assert (await post("/v1/bot/15", json={"guilds": 1}, headers=_auth(other_key))).status == 204
     finally:
         await gateway.close()
-    tokens = [k for k in (await (await api.get("/v1/account/keys", headers=_auth(key))).json())["keys"] if k["bot"]]
-    assert sorted((k["bot"], k["id"]) for k in tokens) == sorted([("14", second["id"]), ("15", other_bot["id"])])
+    tokens = [
+        k for k in (await (await api.get("/v1/account/keys", headers=_auth(key))).json())["keys"] if k["bot"]
+    ]
+    assert sorted((k["bot"], k["id"]) for k in tokens) == sorted(
+        [("14", second["id"]), ("15", other_bot["id"])]
+    )
 
 
 async def test_last_used_is_kept_in_memory_then_redis_then_clickhouse(api, make_settings, store, redis):
@@ -221,7 +237,9 @@ async def test_last_used_is_kept_in_memory_then_redis_then_clickhouse(api, make_
     try:
         before = int(time.time() * 1000)
         for _ in range(5):
-            assert (await gateway.post("/v1/bot/16", json={"guilds": 1}, headers=_auth(ingest["key"]))).status == 204
+            assert (
+                await gateway.post("/v1/bot/16", json={"guilds": 1}, headers=_auth(ingest["key"]))
+            ).status == 204
         # Nothing is written per post: the times wait in the process until its flush.
         assert await redis.hget(USED_KEY, ingest["id"]) is None
         await gateway.app[ingest_app.REGISTRY].flush_usage()
@@ -229,7 +247,9 @@ async def test_last_used_is_kept_in_memory_then_redis_then_clickhouse(api, make_
     finally:
         await gateway.close()
     await api.app[query_app.REGISTRY].flush_usage()  # the query process's own use of the account key
-    keys = {k["id"]: k for k in (await (await api.get("/v1/account/keys", headers=_auth(key))).json())["keys"]}
+    keys = {
+        k["id"]: k for k in (await (await api.get("/v1/account/keys", headers=_auth(key))).json())["keys"]
+    }
     assert keys[ingest["id"]]["lastUsedAt"] >= before
     assert keys["account"]["lastUsedAt"] >= start
     assert await apikeys.flush_usage(store, redis) >= 2
@@ -275,7 +295,9 @@ async def _world(api: TestClient) -> World:
     return w
 
 
-def _expected(w: World, action: str, holder: str | None, kind: str | None, bot: str, datagram: bool = False) -> int:
+def _expected(
+    w: World, action: str, holder: str | None, kind: str | None, bot: str, datagram: bool = False
+) -> int:
     """The status every (key, bot, action) must get: success is 2xx, written here as 200."""
     owner, private = w.bots[bot]
     if kind in (None, "bogus"):
@@ -351,7 +373,10 @@ async def test_bola_matrix_every_route_every_key_kind(api, make_settings, store)
                              f"/v1/bot/{bot}?returnStats=true"):  # fmt: skip
                     resp = await api.get(path, headers=h)
                     await check(READ, f"GET {path}", resp.status, holder, kind, bot)
-                for path in (f"/api/v1/uptime?partner_node_id={bot}", f"/api/v1/partner/detail?partner_node_id={bot}"):
+                for path in (
+                    f"/api/v1/uptime?partner_node_id={bot}",
+                    f"/api/v1/partner/detail?partner_node_id={bot}",
+                ):
                     resp = await api.get(path, headers=h)
                     await check(READ, f"GET {path}", resp.status, holder, kind, bot, datagram=True)
                 # manage: every per-bot account route (the rotation last: it replaces a token)

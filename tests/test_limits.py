@@ -56,10 +56,14 @@ async def test_bots_and_keys_per_account_with_an_operator_override(api):
     body = await resp.json()
     assert (body["limit"], body["max"]) == ("bots", 2) and "2 of 2 bots" in body["message"]
     # The operator is not bound by the account's quota.
-    resp = await api.post("/v1/admin/bots", json={"id": "3", "account": account, "username": "b"}, headers=OPERATOR)
+    resp = await api.post(
+        "/v1/admin/bots", json={"id": "3", "account": account, "username": "b"}, headers=OPERATOR
+    )
     assert resp.status == 201
 
-    assert (await api.post("/v1/account/keys", json={"name": "a", "scope": "read"}, headers=auth)).status == 201
+    assert (
+        await api.post("/v1/account/keys", json={"name": "a", "scope": "read"}, headers=auth)
+    ).status == 201
     resp = await api.post("/v1/account/keys", json={"name": "b", "scope": "read"}, headers=auth)
     assert resp.status == 403 and (await resp.json())["limit"] == "keys"
     # A bot's own token takes no key slot (there is one per bot at most).
