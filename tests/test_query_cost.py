@@ -5,8 +5,8 @@ and the expensive anonymous answers are cached for a few seconds."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 import contextlib
+import datetime
 import time
 
 import pytest
