@@ -126,3 +126,31 @@ async def test_listing_and_leaderboard_answers_are_cached_for_the_ttl(make_setti
             assert [b["id"] for b in second["bots"]] == ["31"]
     finally:
         await client.close()
+
+
+async def test_a_stats_answer_holds_at_most_the_type_bound(make_settings, store, redis):
+    """Types posted before they took slots (or by the operator's store) cannot grow the answer."""
+    from botpulse.registry.quotas import MAX_EVENT_TYPES
+
+    client = TestClient(
+        TestServer(query_app.build_app(make_settings(admin_token=ADMIN), store), host="127.0.0.1")
+    )
+    await client.start_server()
+    try:
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        account = (await (await client.post("/v1/admin/accounts", json={"name": "a"}, headers=admin)).json())[
+            "id"
+        ]
+        await client.post(
+            "/v1/admin/bots", json={"id": "77", "account": account, "username": "b"}, headers=admin
+        )
+        now = datetime.datetime.now(datetime.UTC)
+        rows = [["77", now, f"e{i}", f"t{i:05d}", "v"] for i in range(MAX_EVENT_TYPES + 50)]
+        rows += [["77", now, "busy", "t99999", "v"]] * 3  # the most used type is always kept
+        await store.insert("custom_events", rows, ["bot_id", "ts", "event_id", "type", "value1"])
+        resp = await client.get("/v1/bot/77", params={"returnStats": "true", "start": "0"})
+        assert resp.status == 200
+        totals = (await resp.json())["customTotals"]
+        assert len(totals) == MAX_EVENT_TYPES and totals["t99999"]["count"] == 3
+    finally:
+        await client.close()
