@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
+import string
 from collections.abc import Sequence
 
 import hiredis
@@ -33,7 +34,14 @@ from hiredis import pack_command
 from redis.exceptions import NoScriptError, ResponseError
 
 from botpulse.runtime.logs import get_logger
-from botpulse.schemas.stream import custom_slots_key, custom_types_key, rate_key, stream_key
+from botpulse.schemas.stream import (
+    ENTRY_FIELD,
+    LUA_DROP_METRICS,
+    custom_slots_key,
+    custom_types_key,
+    rate_key,
+    stream_key,
+)
 
 log = get_logger(__name__)
 
@@ -47,7 +55,9 @@ log = get_logger(__name__)
 #       events), type_1..type_t (the types of those last n_typed events).
 # Returns one reply per post: {0} | {0, n_dropped_names, names..., dropped types...} |
 #       {1, retry_after_ms, 1 (the bot's limit) or 2 (the account's)} | {2}.
-SCRIPT = """
+# The stream contract (the entry's field, the event encoding `drop_metrics` edits) comes from
+# schemas/stream.py: `$field` is filled in once, at import.
+_BODY = """
 local stream, rates = KEYS[1], KEYS[2]
 local high_water = tonumber(ARGV[1])
 local intervals = {s = tonumber(ARGV[2]), c = tonumber(ARGV[4])}
@@ -145,18 +155,10 @@ for p = 1, #starts do
           end
         end
         if i == 1 and #dropped > 0 then
-          local decoded = cmsgpack.unpack(event)
-          local metrics = decoded['payload']['custom_metrics']
-          for _, name in ipairs(dropped) do
-            metrics[name] = nil
-          end
-          if next(metrics) == nil then
-            decoded['payload']['custom_metrics'] = nil
-          end
-          event = cmsgpack.pack(decoded)
+          event = drop_metrics(event, dropped)
         end
         if keep then
-          redis.call('XADD', stream, '*', 'e', event)
+          redis.call('XADD', stream, '*', '$field', event)
           length = length + 1
         end
       end
@@ -187,6 +189,7 @@ if #updates > 0 then
 end
 return replies
 """
+SCRIPT = LUA_DROP_METRICS + string.Template(_BODY).substitute(field=ENTRY_FIELD)
 SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 # Posts per script call: bounds how long one call holds Redis.
 MAX_CALL_POSTS = 128

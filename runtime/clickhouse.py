@@ -6,13 +6,18 @@ event loop never blocks. `chdb:///path` selects the embedded engine (one engine 
 only one process may open a path), `http(s)://…` a server. Values are always bound as query
 parameters (`{name:Type}`), never pasted into SQL.
 
-Cost control of the async reads (`query`): each carries `max_execution_time` and
-`max_memory_usage` (BOTPULSE_QUERY_MAX_EXECUTION_S, BOTPULSE_QUERY_MAX_MEMORY_BYTES); at most
-BOTPULSE_QUERY_MAX_CONCURRENT run at once with BOTPULSE_QUERY_MAX_QUEUED waiting, and a read past
-that is refused at once (`Saturated`) instead of queueing without bound; a read whose caller is
-cancelled (its HTTP client went away) is killed in ClickHouse (`KILL QUERY` on a marker comment,
-which works on a server and in chDB alike). Inserts run on their own threads, so reads can never
-take the worker's capacity.
+Reads (`query`, `query_rows`) and writes (`insert*`, `command*`) have their own timeouts:
+`BOTPULSE_QUERY_TIMEOUT_S` bounds a read (the HTTP client's receive timeout, and ClickHouse's
+`max_execution_time`, so the server, or the embedded engine, stops the work too), while
+`BOTPULSE_INSERT_TIMEOUT_S` bounds an insert or DDL request. Each thread holds one client per
+kind, created on first use.
+
+Cost control of the async reads (`query`): besides the timeout each carries `max_memory_usage`
+(BOTPULSE_QUERY_MAX_MEMORY_BYTES); at most BOTPULSE_QUERY_MAX_CONCURRENT run at once with
+BOTPULSE_QUERY_MAX_QUEUED waiting, and a read past that is refused at once (`Saturated`) instead
+of queueing without bound; a read whose caller is cancelled (its HTTP client went away) is killed
+in ClickHouse (`KILL QUERY` on a marker comment, which works on a server and in chDB alike).
+Inserts and DDL run on their own threads, so reads can never take the worker's capacity.
 """
 
 from __future__ import annotations
@@ -65,10 +70,7 @@ class QueryLimit(ReadRefused):
     """ClickHouse stopped the read at its time or memory limit."""
 
 
-_LIMIT_CODES = {
-    159: ("took longer than BOTPULSE_QUERY_MAX_EXECUTION_S", "queryMaxExecutionS"),  # TIMEOUT_EXCEEDED
-    241: ("needed more memory than BOTPULSE_QUERY_MAX_MEMORY_BYTES", "queryMaxMemoryBytes"),
-}
+_MEMORY_LIMIT_EXCEEDED = 241
 
 
 class _Gate:
@@ -128,13 +130,28 @@ def is_data_error(exc: BaseException) -> bool:
     return False
 
 
+_TIMEOUT_EXCEEDED = 159
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """True when a read ran past `max_execution_time` (BOTPULSE_QUERY_TIMEOUT_S) on the server or
+    the embedded engine. A client-side timeout is an `OperationalError` (unreachable)."""
+    if isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError):
+        text = str(exc)
+        return f"Code: {_TIMEOUT_EXCEEDED}." in text or f"code: {_TIMEOUT_EXCEEDED}," in text
+    return False
+
+
 def _limit_error(exc: DatabaseError, settings: Settings) -> Exception:
-    """ClickHouse's refusal at a read limit as a `QueryLimit` naming it; any other error as is."""
+    """ClickHouse's refusal at the memory limit as a `QueryLimit` naming it; any other error as is
+    (a timeout stays a `DatabaseError`: see `is_timeout`)."""
     text = str(exc)
-    for code, (what, limit) in _LIMIT_CODES.items():
-        if f"Code: {code}." in text or f"code: {code}," in text:
-            value = settings.query_max_execution_s if code == 159 else settings.query_max_memory_bytes
-            return QueryLimit(f"The query {what} ({value}); narrow the range or retry later", limit)
+    if f"Code: {_MEMORY_LIMIT_EXCEEDED}." in text or f"code: {_MEMORY_LIMIT_EXCEEDED}," in text:
+        return QueryLimit(
+            f"The query needed more memory than BOTPULSE_QUERY_MAX_MEMORY_BYTES "
+            f"({settings.query_max_memory_bytes}); narrow the range or retry later",
+            "queryMaxMemoryBytes",
+        )
     return exc
 
 
@@ -155,14 +172,14 @@ class Store:
         self._writes = ThreadPoolExecutor(max_workers=2, thread_name_prefix="clickhouse-write")
         self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-kill")
         self._gate = _Gate(reads, settings.query_max_queued)
-        self._read_limits = {
-            "max_execution_time": max(1, math.ceil(settings.query_max_execution_s)),
+        self._read_settings = {
+            "max_execution_time": settings.query_timeout_s,
             "max_memory_usage": settings.query_max_memory_bytes,
         }
         self._ensure_database()
 
     # --- clients ------------------------------------------------------------------------------
-    def _new_client(self, database: str | None) -> Client:
+    def _new_client(self, database: str | None, timeout_s: float) -> Client:
         url = self.settings.clickhouse_url
         if self.embedded:
             try:
@@ -173,30 +190,44 @@ class Store:
                     "or set CLICKHOUSE_URL=http(s)://host:8123 for a ClickHouse server"
                 ) from None
         parsed = urlparse(url)
+        # The client takes whole seconds (it truncates, and 0 would fail every request): rounded
+        # up here; a read's exact bound is `max_execution_time`.
+        whole_s = math.ceil(timeout_s)
         return clickhouse_connect.get_client(
             dsn=url,
             database=database or "default",
-            connect_timeout=min(10, self.settings.insert_timeout_s),
-            send_receive_timeout=self.settings.insert_timeout_s,
+            connect_timeout=min(10, whole_s),
+            send_receive_timeout=whole_s,
             autogenerate_session_id=False,
             secure=parsed.scheme == "https",
         )
 
     def _ensure_database(self) -> None:
-        boot = self._new_client(None)
+        boot = self._new_client(None, self.settings.insert_timeout_s)
         try:
             boot.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`{self.on_cluster}")
         finally:
             boot.close()
 
     def client(self) -> Client:
-        """This thread's client (each thread owns one: clients hold per-session state)."""
+        """This thread's client for inserts and DDL (each thread owns its clients: they hold
+        per-session state)."""
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._new_client(self.database)
-            self._local.client = client
-            with self._lock:
-                self._clients.append(client)
+            client = self._local.client = self._add_client(self.settings.insert_timeout_s)
+        return client
+
+    def reader(self) -> Client:
+        """This thread's client for reads, with the query timeout."""
+        client = getattr(self._local, "reader", None)
+        if client is None:
+            client = self._local.reader = self._add_client(self.settings.query_timeout_s)
+        return client
+
+    def _add_client(self, timeout_s: float) -> Client:
+        client = self._new_client(self.database, timeout_s)
+        with self._lock:
+            self._clients.append(client)
         return client
 
     @property
@@ -207,7 +238,8 @@ class Store:
     def query_rows(
         self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
     ) -> list[tuple[Any, ...]]:
-        return self.client().query(sql, parameters=params or {}, settings=settings).result_rows
+        limits = {**self._read_settings, **settings} if settings else self._read_settings
+        return self.reader().query(sql, parameters=params or {}, settings=limits).result_rows
 
     def command_sync(self, sql: str, params: dict[str, Any] | None = None) -> Any:
         return self.client().command(sql, parameters=params or {})
@@ -236,9 +268,8 @@ class Store:
         async with self._gate.slot():
             marker = secrets.token_hex(8)
             tagged = f"{sql} /* bp:{marker} */"
-            merged = self._read_limits | (settings or {})
             try:
-                return await loop.run_in_executor(self._pool, self.query_rows, tagged, params, merged)
+                return await loop.run_in_executor(self._pool, self.query_rows, tagged, params, settings)
             except asyncio.CancelledError:
                 self._control.submit(self._kill, marker)
                 raise
