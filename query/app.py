@@ -26,7 +26,7 @@ from botpulse.query.listing import (
     list_bots,
 )
 from botpulse.query.params import BadParam
-from botpulse.query.resources import ANSWERS, REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
+from botpulse.query.resources import ANSWERS, READINESS, REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
 from botpulse.query.responses import error, json_response
 from botpulse.query.stats import add_custom_names, buckets, custom_totals
 from botpulse.query.uptime import EPOCH_MS, HOUR_MS, connection_status, now_ms, uptime_with_periods
@@ -347,8 +347,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    problems = [p for check in request.app[READINESS] if (p := check()) is not None]
     if not await request.app[STORE].ping():
-        return json_response({"status": "unavailable", "message": "ClickHouse unreachable"}, status=503)
+        problems.insert(0, "ClickHouse unreachable")
+    if problems:
+        return json_response(
+            {"status": "unavailable", "message": "; ".join(problems), "problems": problems},
+            status=503,
+            headers={"Retry-After": "1"},
+        )
     return json_response({"status": "ready"})
 
 
@@ -418,6 +425,7 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     app[STORE] = store
     app[BOT_RECORDS] = BotRecords()
     app[ANSWERS] = AnswerCache(settings.query_cache_s)
+    app[READINESS] = readiness = []
 
     async def resources(app: web.Application):  # type: ignore[no-untyped-def]
         app[REDIS] = connect(settings)
@@ -446,5 +454,6 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     root = web.Application(middlewares=[cors, backend_errors])
     root[SETTINGS] = settings
     root[STORE] = store
+    root[READINESS] = readiness
     root.add_subapp(settings.query_prefix, app)
     return root

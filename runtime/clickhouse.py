@@ -130,6 +130,13 @@ def is_data_error(exc: BaseException) -> bool:
     return False
 
 
+def is_view_error(exc: BaseException) -> bool:
+    """True when ClickHouse stored the block in its table and then a materialized view fed by
+    that table failed on it (the server says where: "while pushing to view …"). Whatever the
+    code, the source rows are in: a retry must send the same block with the same token."""
+    return isinstance(exc, DatabaseError) and "while pushing to view" in str(exc)
+
+
 _TIMEOUT_EXCEEDED = 159
 
 

@@ -41,6 +41,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_partitions: Annotated[int, Meta(ge=1, le=1024)] = 1
     # Pending backlog (entries not yet written) above which the gateway answers 503.
     stream_high_water: Positive = 2_000_000
+    # Redis memory (used_memory, % of maxmemory) at which the gateway answers 503, so the
+    # workers keep room to record, acknowledge and trim. No effect while maxmemory is 0.
+    redis_memory_high_water_pct: Annotated[int, Meta(ge=1, le=100)] = 90
     # --- gateway ------------------------------------------------------------------------------
     gateway_listen: str = "127.0.0.1"
     gateway_port: Port = 8080
@@ -57,6 +60,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     insert_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 10.0
     claim_idle_ms: Positive = 30_000
     max_deliveries: Positive = 5
+    # Socket timeout of the worker's own Redis client: its commands carry whole batches
+    # (XREADGROUP of 10,000 entries, XACK of as many ids), where the gateway fails fast.
+    worker_redis_timeout_ms: Annotated[int, Meta(ge=100, le=60_000)] = 5000
+    # Replicas that must hold a batch record (WAITAOF / WAIT) before its insert; 0: the local
+    # AOF only (see docs/workers.md, "Redis set-ups").
+    worker_wait_replicas: Annotated[int, Meta(ge=0, le=16)] = 0
     # --- query --------------------------------------------------------------------------------
     query_listen: str = "127.0.0.1"
     query_port: Port = 8081
@@ -172,6 +181,7 @@ def load_settings(
         settings = msgspec.structs.replace(settings, clickhouse_url=f"chdb://{store}")
     _check_urls(settings)
     _check_admin_token(settings.admin_token)
+    check_settings(settings)
     check_roles(settings, roles)
     return settings
 
@@ -198,6 +208,20 @@ def _check_admin_token(token: str | None) -> None:
         )
     if len(set(token)) < 12:
         raise SettingsError(f"BOTPULSE_ADMIN_TOKEN repeats a few characters, it is not random: {fix}")
+
+
+def check_settings(settings: Settings) -> None:
+    """Rules across fields, checked with the rest at start-up (every process, every setting).
+
+    A live worker's entries must never look idle to the others: XAUTOCLAIM's threshold must
+    exceed everything a healthy batch can take (buffering plus inserting), with margin."""
+    floor = 2 * (settings.batch_ms + int(settings.insert_timeout_s * 1000))
+    if settings.claim_idle_ms < floor:
+        raise SettingsError(
+            f"BOTPULSE_CLAIM_IDLE_MS={settings.claim_idle_ms} is too small: it must be at least "
+            f"2 x (BOTPULSE_BATCH_MS + BOTPULSE_INSERT_TIMEOUT_S in ms) = {floor}, or a batch "
+            "still being written could be taken over by another worker"
+        )
 
 
 def _check_urls(settings: Settings) -> None:

@@ -49,6 +49,12 @@ def batches_key(partition: int) -> str:
     return f"bp:{tag(partition)}:batches"
 
 
+def batch_lease_key(batches: str, token: str) -> str:
+    """The lease of the one worker writing record `token` of `batches` (`batches_key`): the
+    holder's consumer name, with a TTL (see workers/batchlog.py)."""
+    return f"{batches}:lease:{token}"
+
+
 def rate_key(partition: int) -> str:
     """Hash of the rate-limit state (GCRA theoretical arrival time, Unix ms) of the partition's
     bots: field `s:<botId>` for stats posts, `c:<botId>` for custom ones (see ingest/append.py)."""
@@ -68,6 +74,12 @@ def custom_types_key(partition: int, bot_id: str) -> str:
 def worker_stats_key(partition: int) -> str:
     """Hash of last insert time and recent rows/s, for `botpulse status`."""
     return f"bp:{tag(partition)}:workerstats"
+
+
+def worker_health_key() -> str:
+    """Hash of every worker's last health report (consumer name -> JSON `HealthReport`, see
+    runtime/health_reports.py), for `botpulse status`: backing off, and why."""
+    return "bp:workers:health"
 
 
 # --- the message -------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from aiohttp.test_utils import make_mocked_request
 from botpulse.cli import build_parser
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.settings import Settings, SettingsError, env_name, load_settings
-from botpulse.workers.runner import check_settings as check_worker_settings
+from botpulse.runtime.settings import check_settings as check_worker_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -174,6 +174,28 @@ def test_cli_and_log_lines_redact_url_credentials(monkeypatch, capsys, caplog):
         structlog.reset_defaults()
 
 
+@pytest.mark.parametrize("command", [["gateway"], ["query", "--with-worker"], ["worker"], ["migrate"]])
+def test_cross_field_rule_stops_every_process_at_start(command, monkeypatch, capsys, tmp_path):
+    """BOTPULSE_CLAIM_IDLE_MS below 2 x (batch ms + insert timeout) is refused by the settings
+    loader itself: every process exits 2 with one line before opening anything (embedded, it
+    used to show only when the background worker started)."""
+    from botpulse.cli import main
+
+    monkeypatch.setenv("BOTPULSE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BOTPULSE_CLAIM_IDLE_MS", "1000")
+    monkeypatch.setenv("BOTPULSE_INSERT_TIMEOUT_S", "10")
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert "BOTPULSE_CLAIM_IDLE_MS=1000 is too small" in err and "\n" not in err
+    assert not (tmp_path / "clickhouse").exists()
+
+
+def test_worker_redis_timeout_is_a_setting():
+    settings = load_settings({"BOTPULSE_WORKER_REDIS_TIMEOUT_MS": "7000"})
+    assert settings.worker_redis_timeout_ms == 7000
+    assert load_settings({}).worker_redis_timeout_ms == 5000
+    with pytest.raises(SettingsError, match="BOTPULSE_WORKER_REDIS_TIMEOUT_MS='50' is invalid"):
+        load_settings({"BOTPULSE_WORKER_REDIS_TIMEOUT_MS": "50"})
 def test_query_and_insert_timeouts_are_separate_settings():
     settings = load_settings({"BOTPULSE_INSERT_TIMEOUT_S": "7", "BOTPULSE_QUERY_TIMEOUT_S": "2.5"})
     assert (settings.insert_timeout_s, settings.query_timeout_s) == (7.0, 2.5)
