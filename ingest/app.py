@@ -26,7 +26,7 @@ from aiohttp import HttpVersion11, hdrs, web
 
 from botpulse.ingest import metrics, spec
 from botpulse.ingest.admission import Admission, error_verdict
-from botpulse.ingest.append import Appender, Limits, Outcome, Post, Result
+from botpulse.ingest.append import APPENDED, Appender, Limits, Outcome, Post, Result
 from botpulse.ingest.bodies import BadInput, parse_custom, parse_dbots, parse_statcord, parse_stats
 from botpulse.registry.index import RegistryCache, is_ready
 from botpulse.registry.keys import request_key
@@ -43,7 +43,7 @@ from botpulse.schemas.http import (
     StatcordAccepted,
     StatcordError,
 )
-from botpulse.schemas.registry import BOT_ID, IndexedBot
+from botpulse.schemas.registry import BOT_ID, INGEST, READ, IndexedAccount, IndexedBot
 from botpulse.schemas.stream import CustomPayload, StatsPayload, StreamEvent, encode_event, partition_of
 
 log = get_logger(__name__)
@@ -55,6 +55,7 @@ APPENDER = web.AppKey("appender", Appender)
 ADMISSION = web.AppKey("admission", Admission)
 
 DROPPED_HEADER = "X-Dropped-Custom-Metrics"
+DROPPED_TYPES_HEADER = "X-Dropped-Custom-Types"
 _json = msgspec.json.Encoder()
 
 
@@ -65,6 +66,26 @@ _REASONS = {
 
 
 NOT_READY = "The registry index is not ready yet"
+
+
+class Poster(msgspec.Struct, frozen=True):
+    """Who posts, with the account's limits as the admission script applies them."""
+
+    account_id: str
+    posts_per_min: int
+    interval_ms: int
+    burst: int
+    type_limit: int
+
+
+def dropped_headers(result: Result) -> dict[str, str] | None:
+    """The custom metrics and custom-event types of a post that found no free slot."""
+    headers = {}
+    if result.dropped:
+        headers[DROPPED_HEADER] = ",".join(quote(n, safe="") for n in result.dropped)
+    if result.dropped_types:
+        headers[DROPPED_TYPES_HEADER] = ",".join(quote(n, safe="") for n in result.dropped_types)
+    return headers or None
 
 
 class Refusal(Exception):
@@ -181,6 +202,7 @@ class Gateway:
         # post (every process draws its own prefix) without a getrandom() call per post.
         self._id_prefix = secrets.token_hex(8)
         self._id_counter = itertools.count()
+        self._posters: dict[tuple[str, IndexedAccount], Poster] = {}
 
     def next_event_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):016x}"
@@ -198,20 +220,21 @@ class Gateway:
         except web.HTTPRequestEntityTooLarge:
             raise Refusal(413, f"The body is over {self.settings.max_body_bytes} bytes") from None
 
-    async def authorize(self, key: str | None, bot_id: str) -> tuple[str, IndexedBot]:
+    async def authorize(self, key: str | None, bot_id: str) -> tuple[Poster, IndexedBot]:
         registry = self.app[REGISTRY]
         try:
             if not registry.ready and not await is_ready(self.app[REDIS]):
                 raise Refusal(503, NOT_READY, retry_after_s=1, reason="registry_not_ready")
             if not key:
                 raise Refusal(401, UNAUTHORIZED)
-            account = await registry.account_for_key(key)
-            if account is None:
+            credential = await registry.credential(key)
+            if credential is None:
                 raise self._unknown(registry, 401, UNAUTHORIZED)
             # Ids that cannot exist are refused before a lookup (and never fill the cache).
             bot = await registry.bot(bot_id) if BOT_ID.match(bot_id) else None
             if bot is None:
                 raise self._unknown(registry, 404, NOT_FOUND)
+            limits = await registry.limits(credential.account_id)
         except Refusal:
             raise
         except Exception as exc:
@@ -220,9 +243,44 @@ class Gateway:
             raise Refusal(
                 503, verdict.message, retry_after_s=verdict.retry_after_s, reason=verdict.reason
             ) from None
-        if bot.account_id != account:
+        if credential.scope == READ:
+            raise Refusal(
+                403,
+                "This API key has the read scope; posting needs the ingest scope",
+                extra={"scope": READ, "missingScope": INGEST},
+            )
+        if bot.account_id != credential.account_id:
             raise Refusal(403, "This API key cannot post for this bot")
-        return account, bot
+        if not credential.may_post(bot.id):
+            raise Refusal(
+                403,
+                f"This ingest key is limited to other bots; it cannot post for bot {bot.id}",
+                extra={"scope": INGEST, "bots": list(credential.bots)},
+            )
+        registry.used(credential.usage_id)
+        return self._poster(credential.account_id, limits), bot
+
+    def _poster(self, account_id: str, limits: IndexedAccount) -> Poster:
+        """The account's rate in this partition's share, and its custom-event type slots."""
+        cached = self._posters.get((account_id, limits))
+        if cached is not None:
+            return cached
+        if len(self._posters) >= 50_000:
+            self._posters.clear()
+        poster = self._posters[(account_id, limits)] = self._new_poster(account_id, limits)
+        return poster
+
+    def _new_poster(self, account_id: str, limits: IndexedAccount) -> Poster:
+        settings = self.settings
+        per_min = limits.posts_per_min or settings.account_posts_per_min
+        parts = settings.stream_partitions
+        return Poster(
+            account_id=account_id,
+            posts_per_min=per_min,
+            interval_ms=max(1, round(60_000 * parts / per_min)),
+            burst=max(1, math.ceil(per_min / parts)),
+            type_limit=limits.custom_event_types or settings.custom_event_types,
+        )
 
     @staticmethod
     def _unknown(registry: RegistryCache, status: int, message: str) -> Refusal:
@@ -239,7 +297,7 @@ class Gateway:
     async def append(
         self,
         bot: IndexedBot,
-        account: str,
+        poster: Poster,
         payloads: list[StatsPayload | CustomPayload],
         *,
         stats: bool,
@@ -253,7 +311,7 @@ class Gateway:
                     event_id=base if i == 0 else f"{base}-{i}",
                     received_ms=received,
                     bot_id=bot.id,
-                    account_id=account,
+                    account_id=poster.account_id,
                     payload=payload,
                 )
             )
@@ -267,6 +325,8 @@ class Gateway:
             )
         first = payloads[0]
         names = list(first.custom_metrics) if isinstance(first, StatsPayload) else []
+        # Custom entries always come after the stats payload (if any): the script's "last n" events.
+        types = [p.type for p in payloads if isinstance(p, CustomPayload)]
         post = Post(
             partition=partition,
             bot_id=bot.id,
@@ -274,6 +334,11 @@ class Gateway:
             slot_limit=bot.custom_slots,
             metric_names=names,
             events=events,
+            account_id=poster.account_id,
+            account_interval_ms=poster.interval_ms,
+            account_burst=poster.burst,
+            type_limit=poster.type_limit,
+            types=types,
         )
         try:
             result = await self.app[APPENDER].append(post)
@@ -286,7 +351,23 @@ class Gateway:
             ) from None
         if result.outcome is Outcome.RATE_LIMITED:
             seconds = max(1, math.ceil(result.retry_after_ms / 1000))
+            if result.account_limited:
+                raise Refusal(
+                    429,
+                    f"Too many posts for this account: at most {poster.posts_per_min} per minute over all "
+                    f"its bots, retry in {seconds} s",
+                    retry_after_s=seconds,
+                    extra={"limit": "postsPerMin", "max": poster.posts_per_min},
+                )
             raise Refusal(429, f"Too many posts for this bot, retry in {seconds} s", retry_after_s=seconds)
+        if result.dropped_types and len(result.dropped_types) == len(types) and not stats:
+            raise Refusal(
+                403,
+                f"Custom-event type {result.dropped_types[0]!r} has no free slot: this bot may post "
+                f"{poster.type_limit} distinct types",
+                "type",
+                extra={"limit": "customEventTypes", "max": poster.type_limit},
+            )
         if result.outcome is Outcome.BACKLOG_FULL:
             raise Refusal(
                 503,
@@ -307,20 +388,17 @@ class Gateway:
         """DisStat `POST /v1/bot/{botId}` -> 204, dropped custom metrics in a header."""
         try:
             self.check_size(request)
-            account, bot = await self.authorize(self.key_of(request), bot_id)
+            poster, bot = await self.authorize(self.key_of(request), bot_id)
             stats, entries = parse_stats(await self.read(request))
-            result = await self.append(bot, account, [stats, *entries], stats=True)
+            result = await self.append(bot, poster, [stats, *entries], stats=True)
         except Refusal as refusal:
             return refusal_response(refusal)
         except BadInput as bad:
             return refusal_response(Refusal(400, bad.message, bad.field))
         metrics.appended(STATS_ROUTE)
-        if not result.dropped and request.keep_alive and request.version == HttpVersion11:
+        if result is APPENDED and request.keep_alive and request.version == HttpVersion11:
             return NO_CONTENT  # type: ignore[return-value]
-        response = web.Response(status=204, content_type="application/json")
-        if result.dropped:
-            response.headers[DROPPED_HEADER] = ",".join(quote(n, safe="") for n in result.dropped)
-        return response
+        return web.Response(status=204, content_type="application/json", headers=dropped_headers(result))
 
     def dispatch(
         self, app_handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -353,9 +431,9 @@ class Gateway:
         """DisStat `POST /v1/bot/{botId}/custom` -> 200 `{}`."""
         try:
             self.check_size(request)
-            account, bot = await self.authorize(self.key_of(request), request.match_info["botId"])
+            poster, bot = await self.authorize(self.key_of(request), request.match_info["botId"])
             entry = parse_custom(await self.read(request))
-            await self.append(bot, account, [entry], stats=False)
+            await self.append(bot, poster, [entry], stats=False)
         except Refusal as refusal:
             return refusal_response(refusal)
         except BadInput as bad:
@@ -367,9 +445,9 @@ class Gateway:
         """DBots-style `POST /bots/{botId}/stats` -> 200 `{guildCount}`."""
         try:
             self.check_size(request)
-            account, bot = await self.authorize(self.key_of(request), request.match_info["botId"])
+            poster, bot = await self.authorize(self.key_of(request), request.match_info["botId"])
             stats = parse_dbots(await self.read(request))
-            await self.append(bot, account, [stats], stats=True)
+            await self.append(bot, poster, [stats], stats=True)
         except Refusal as refusal:
             return refusal_response(refusal)
         except BadInput as bad:
@@ -382,17 +460,14 @@ class Gateway:
         try:
             self.check_size(request)
             post = parse_statcord(await self.read(request))
-            account, bot = await self.authorize(post.key, post.bot_id)
-            result = await self.append(bot, account, [post.stats, *post.entries], stats=True)
+            poster, bot = await self.authorize(post.key, post.bot_id)
+            result = await self.append(bot, poster, [post.stats, *post.entries], stats=True)
         except Refusal as refusal:
             return refusal_response(refusal, statcord=True)
         except BadInput as bad:
             return refusal_response(Refusal(400, bad.message, bad.field), statcord=True)
         metrics.appended(STATCORD_ROUTE)
-        headers = None
-        if result.dropped:
-            headers = {DROPPED_HEADER: ",".join(quote(n, safe="") for n in result.dropped)}
-        return reply(200, StatcordAccepted(False, "Stats posted"), headers)
+        return reply(200, StatcordAccepted(False, "Stats posted"), dropped_headers(result))
 
     async def healthz(self, request: web.Request) -> web.Response:
         return reply(200, Health("ok"))
@@ -419,7 +494,7 @@ class Gateway:
 async def _resources(app: web.Application):  # type: ignore[no-untyped-def]
     settings = app[SETTINGS]
     app[REDIS] = connect(settings)
-    app[REGISTRY] = RegistryCache(app[REDIS], settings.registry_refresh_ms)
+    app[REGISTRY] = RegistryCache(app[REDIS], settings.registry_refresh_ms, settings.key_usage_flush_s)
     limits = Limits(
         stats_interval_ms=max(1, round(settings.stats_rate_interval_s * 1000)),
         stats_burst=settings.stats_rate_burst,

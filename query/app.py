@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from botpulse.query import accounts_api, datagram, metrics, params, shapes
+from botpulse.query.cache import AnswerCache
 from botpulse.query.listing import (
     TOP_METRICS,
     BadListing,
@@ -26,7 +27,7 @@ from botpulse.query.listing import (
     list_bots,
 )
 from botpulse.query.params import BadParam
-from botpulse.query.resources import READINESS, REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
+from botpulse.query.resources import ANSWERS, READINESS, REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
 from botpulse.query.responses import error, json_response
 from botpulse.query.spec import SPECS
 from botpulse.query.stats import add_custom_names, buckets, custom_totals
@@ -34,13 +35,15 @@ from botpulse.query.uptime import EPOCH_MS, HOUR_MS, connection_status, now_ms, 
 from botpulse.registry.catalog import Bot, ensure_index, get_bot
 from botpulse.registry.index import VERSION_KEY, RegistryCache
 from botpulse.registry.keys import request_key
-from botpulse.runtime.clickhouse import Store, is_timeout
+from botpulse.registry.model import MissingScope, RegistryError
+from botpulse.runtime.clickhouse import ReadRefused, Store, is_timeout
 from botpulse.runtime.logs import get_logger
 from botpulse.runtime.metrics import Exposition, start_listener
 from botpulse.runtime.openapi import api_version, document, prefixed
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import Settings
 from botpulse.schemas.http import Health
+from botpulse.schemas.registry import INGEST, READ
 
 log = get_logger(__name__)
 
@@ -50,10 +53,19 @@ def _listing_error(message: str) -> web.Response:
 
 
 async def caller_account(request: web.Request) -> str | None:
+    """The account of the request's key, for reading its private bots; None without a key or for
+    an unknown one (then only public bots are visible). An ingest key may not read: 403."""
     key = request_key(request.headers, request.query)
     if not key:
         return None
-    return await request.app[REGISTRY].account_for_key(key)
+    registry = request.app[REGISTRY]
+    found = await registry.credential(key)
+    if found is None:
+        return None
+    if found.scope == INGEST:
+        raise MissingScope(INGEST, READ, "reading")
+    registry.used(found.usage_id)
+    return found.account_id
 
 
 class BotRecords:
@@ -91,9 +103,11 @@ _HIT, _MISS = metrics.CACHE.labels("bot_records", "hit"), metrics.CACHE.labels("
 
 
 async def visible_bot(request: web.Request, bot_id: str) -> Bot | None:
-    """The bot, or None when it does not exist or is private to another account (both 404)."""
+    """The bot, or None when it does not exist or is private to another account (both 404). The
+    key is checked first, public bot or not: an ingest key never reads (403)."""
+    account = await caller_account(request)
     bot = await request.app[BOT_RECORDS].get(request.app[STORE], request.app[REDIS], bot_id)
-    if bot is not None and bot.private and await caller_account(request) != bot.account_id:
+    if bot is not None and bot.private and account != bot.account_id:
         return None
     return bot
 
@@ -253,7 +267,13 @@ async def get_bot_uptime(request: web.Request) -> web.Response:
     except BadParam as exc:
         return error(400, exc.message, exc.field)
     window_ms = request.app[SETTINGS].heartbeat_window_ms
-    result = await uptime_with_periods(store, bot_id, start, end, window_ms)
+    if request.query.get("start") or request.query.get("end"):
+        result = await uptime_with_periods(store, bot_id, start, end, window_ms)
+    else:  # the whole history: the most expensive read of all, and the same for everyone
+        start, end, result = await request.app[ANSWERS].get(
+            ("uptime", bot_id),
+            lambda: _whole_uptime(store, bot_id, start, end, window_ms),
+        )
     return json_response(
         shapes.BotUptime(
             id=bot_id,
@@ -265,6 +285,12 @@ async def get_bot_uptime(request: web.Request) -> web.Response:
             offlineTruncated=result.offline_truncated,
         )
     )
+
+
+async def _whole_uptime(
+    store: Store, bot_id: str, start: int, end: int, window_ms: int
+) -> tuple[int, int, Any]:
+    return start, end, await uptime_with_periods(store, bot_id, start, end, window_ms)
 
 
 # --- listing and leaderboards ---------------------------------------------------------------
@@ -281,16 +307,21 @@ async def get_bots(request: web.Request) -> web.Response:
     except BadParam as exc:
         return _listing_error(exc.message)
     window_ms = request.app[SETTINGS].heartbeat_window_ms
-    bots, total = await list_bots(
-        request.app[STORE],
-        account=await caller_account(request),
-        cutoff_ms=now_ms() - window_ms + 1,
-        where=where,
-        where_params=where_params,
-        order=order,
-        fields=fields,
-        offset=offset,
-        count=count,
+    account = await caller_account(request)
+    key = ("bots", account, where, tuple(sorted(where_params.items())), order, tuple(fields), offset, count)
+    bots, total = await request.app[ANSWERS].get(
+        key,
+        lambda: list_bots(
+            request.app[STORE],
+            account=account,
+            cutoff_ms=now_ms() - window_ms + 1,
+            where=where,
+            where_params=where_params,
+            order=order,
+            fields=fields,
+            offset=offset,
+            count=count,
+        ),
     )
     listed = [shapes.ListedBot(**bot) for bot in bots]
     return json_response(shapes.Listing(listed, len(listed), offset, total, True))
@@ -304,8 +335,10 @@ async def get_top(request: web.Request) -> web.Response:
         limit = params.integer("limit", request.query.get("limit"), default=10, lo=1, hi=100)
     except BadParam as exc:
         return error(400, exc.message, exc.field)
-    bots = [shapes.Ranked(**entry) for entry in await leaderboard(request.app[STORE], metric, limit)]
-    return json_response(shapes.Leaderboard(metric, bots))
+    entries = await request.app[ANSWERS].get(
+        ("top", metric, limit), lambda: leaderboard(request.app[STORE], metric, limit)
+    )
+    return json_response(shapes.Leaderboard(metric, [shapes.Ranked(**entry) for entry in entries]))
 
 
 # --- serving ----------------------------------------------------------------------------------
@@ -383,6 +416,13 @@ async def backend_errors(
         return await handler(request)
     except web.HTTPException:
         raise
+    except RegistryError as exc:  # a key outside its scope
+        return json_response(exc.body(), status=exc.status)
+    except ReadRefused as exc:  # the read slots are full, or the read hit its time or memory limit
+        log.warning("read refused", path=request.path, limit=exc.limit)
+        return json_response(
+            {"message": exc.message, "limit": exc.limit}, status=503, headers={"Retry-After": "1"}
+        )
     except UNAVAILABLE as exc:
         log.warning("backend unavailable", path=request.path, error=str(exc))
         return json_response(
@@ -405,12 +445,13 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     app[SETTINGS] = settings
     app[STORE] = store
     app[BOT_RECORDS] = BotRecords()
+    app[ANSWERS] = AnswerCache(settings.query_cache_s)
     app[READINESS] = readiness = []
 
     async def resources(app: web.Application):  # type: ignore[no-untyped-def]
         app[REDIS] = connect(settings)
         await ensure_index(store, app[REDIS], settings.stream_partitions)
-        app[REGISTRY] = RegistryCache(app[REDIS], settings.registry_refresh_ms)
+        app[REGISTRY] = RegistryCache(app[REDIS], settings.registry_refresh_ms, settings.key_usage_flush_s)
         await app[REGISTRY].start()
         yield
         await app[REGISTRY].stop()
