@@ -300,3 +300,56 @@ class Synced(msgspec.Struct):
             examples=["1796229531986:1796229532826"],
         ),
     ]
+
+
+# --- named keys and limits (registry/apikeys.py, registry/quotas.py) ----------------------------------
+class KeyView(msgspec.Struct):
+    """A key as listed: never the key itself, only its first characters."""
+
+    id: str
+    name: str
+    scope: Literal["ingest", "read", "manage"]
+    bots: list[str]
+    bot: str | None
+    keyPrefix: str
+    createdAt: int | None
+    lastUsedAt: int | None
+
+
+class CreatedKey(KeyView):
+    key: Annotated[str, Meta(description="The new key, shown this once.")]
+
+
+class KeyList(msgspec.Struct):
+    keys: list[KeyView]
+
+
+class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=100)]
+    scope: Literal["ingest", "read", "manage"]
+    bots: list[str] | None = None
+
+
+class Revoked(msgspec.Struct):
+    id: str
+    revoked: bool
+
+
+class BotToken(msgspec.Struct):
+    token: Annotated[str, Meta(description="The bot's new ingest token, shown this once.")]
+    id: str
+    scope: Literal["ingest"]
+    bots: list[str]
+
+
+class AccountLimits(msgspec.Struct):
+    account: str
+    limits: dict[str, Any]
+
+
+class LimitsPatch(msgspec.Struct, forbid_unknown_fields=True):
+    bots: int | None = None
+    keys: int | None = None
+    customEventTypes: int | None = None
+    registryWritesPerMin: int | None = None
+    postsPerMin: int | None = None

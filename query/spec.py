@@ -294,14 +294,54 @@ _account(
     errors=_MANAGED,
 )
 _account(
-    "GET",
+    "POST",
     "/bots/{botId}/keys/regen",
-    "regenerateKeyViaBot",
-    "Replace the account's API key (DBots)",
-    (200, Reply(description="The new key.", body=s.Token)),
+    "regenerateBotToken",
+    "Rotate this bot's own ingest token (DBots); the account key and other keys stay valid",
+    (200, Reply(description="The bot's new token.", body=s.BotToken)),
     params=(BOT,),
     tags=("dbots", "accounts"),
-    errors=_MANAGED,
+    errors={**_MANAGED, 429: error_reply("Too many registry changes this minute.", retry=True)},
+)
+_account(
+    "GET",
+    "/bots/{botId}/keys/regen",
+    "regenerateBotTokenByGet",
+    "Refused: rotating a token changes state, use POST",
+    (405, error_reply("Use POST; `Allow: POST`.")),
+    params=(BOT,),
+    tags=("dbots", "accounts"),
+)
+_KEY_ERRORS = {
+    403: error_reply("The key lacks the manage scope, or the account has as many keys as it may."),
+    429: error_reply("Too many registry changes this minute.", retry=True),
+}
+_account(
+    "GET",
+    "/v1/account/keys",
+    "listKeys",
+    "The account's keys (never the keys themselves)",
+    (200, Reply(description="The keys, the account key first.", body=s.KeyList)),
+    errors=_KEY_ERRORS,
+)
+_account(
+    "POST",
+    "/v1/account/keys",
+    "createKey",
+    "Create a named key with a scope (ingest, read or manage)",
+    (201, Reply(description="The key, shown this once.", body=s.CreatedKey)),
+    body=s.KeyCreate,
+    example={"name": "bot config", "scope": "ingest"},
+    errors={**_KEY_ERRORS, 404: error_reply("No such bot among the account's.")},
+)
+_account(
+    "DELETE",
+    "/v1/account/keys/{keyId}",
+    "revokeKey",
+    "Revoke one key; the others keep working",
+    (200, Reply(description="Revoked.", body=s.Revoked)),
+    params=(Param(name="keyId", where="path", type=str),),
+    errors={**_KEY_ERRORS, 404: error_reply("No such key.")},
 )
 _account(
     "GET",
@@ -336,6 +376,23 @@ _ADMIN_SHAPES: dict[str, tuple[int, Any, Any, tuple[Param, ...]]] = {
         200,
         s.AccountToken,
         None,
+        (Param(name="accountId", where="path", type=s.AccountId),),
+    ),
+    "keys.list": (200, s.KeyList, None, (Param(name="accountId", where="path", type=s.AccountId),)),
+    "keys.revoke": (
+        200,
+        s.Revoked,
+        None,
+        (
+            Param(name="accountId", where="path", type=s.AccountId),
+            Param(name="keyId", where="path", type=str),
+        ),
+    ),
+    "limits.get": (200, s.AccountLimits, None, (Param(name="accountId", where="path", type=s.AccountId),)),
+    "limits.set": (
+        200,
+        s.AccountLimits,
+        s.LimitsPatch,
         (Param(name="accountId", where="path", type=s.AccountId),),
     ),
     "bots.list": (

@@ -74,7 +74,7 @@ def test_bodies_and_answers_come_from_the_structs() -> None:
     assert set(schemas["StatsBody"]["properties"]) == set(StatsBody.__struct_fields__)
     assert schemas["StatsBody"]["required"] == ["guilds"]
     assert schemas["ErrorBody"]["required"] == ["message"]
-    assert set(schemas["ErrorBody"]["properties"]) == {"message", "field", "retryAfter"}
+    assert set(schemas["ErrorBody"]["properties"]) == {"message", "field", "retryAfter", "reason"}
 
 
 def test_gateway_routes_are_all_documented(settings: Settings) -> None:
