@@ -99,6 +99,7 @@ class Refusal(Exception):
         *,
         retry_after_s: int | None = None,
         reason: str | None = None,
+        extra: dict[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -108,6 +109,8 @@ class Refusal(Exception):
         # The metrics label; a reason given here is also said in the body (why a 503).
         self.reason = reason or _REASONS.get(status, "unavailable")
         self.stated_reason = reason
+        # More the body says (the scope a key lacks, the limit reached).
+        self.extra = extra or {}
 
 
 def reply(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
@@ -135,7 +138,9 @@ def refusal_response(refusal: Refusal, *, statcord: bool = False) -> web.Respons
         )
     else:
         body = ErrorBody(refusal.message, refusal.field, refusal.retry_after_s, refusal.stated_reason)
-    response = reply(refusal.status, body, headers)
+    response = reply(
+        refusal.status, msgspec.to_builtins(body) | refusal.extra if refusal.extra else body, headers
+    )
     if refusal.status == 413:
         response.force_close()  # the unread body stays on the connection otherwise
     return response
