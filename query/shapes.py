@@ -303,6 +303,9 @@ class Synced(msgspec.Struct):
 
 
 # --- named keys and limits (registry/apikeys.py, registry/quotas.py) ----------------------------------
+KeyId = Annotated[str, Meta(pattern=r"^key_[0-9a-f]{16}$", description="A named key's id.")]
+
+
 class KeyView(msgspec.Struct):
     """A key as listed: never the key itself, only its first characters."""
 

@@ -340,7 +340,7 @@ _account(
     "revokeKey",
     "Revoke one key; the others keep working",
     (200, Reply(description="Revoked.", body=s.Revoked)),
-    params=(Param(name="keyId", where="path", type=str),),
+    params=(Param(name="keyId", where="path", type=s.KeyId),),
     errors={**_KEY_ERRORS, 404: error_reply("No such key.")},
 )
 _account(
@@ -385,7 +385,7 @@ _ADMIN_SHAPES: dict[str, tuple[int, Any, Any, tuple[Param, ...]]] = {
         None,
         (
             Param(name="accountId", where="path", type=s.AccountId),
-            Param(name="keyId", where="path", type=str),
+            Param(name="keyId", where="path", type=s.KeyId),
         ),
     ),
     "limits.get": (200, s.AccountLimits, None, (Param(name="accountId", where="path", type=s.AccountId),)),
