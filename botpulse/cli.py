@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "botpulse.dev",  # dev
     "botpulse.worker_cli",  # status, dead-letters
     "botpulse.accounts_cli",  # accounts, bots, keys, registry
+    "botpulse.openapi_cli",  # openapi
     "botpulse.bench.cli",  # bench
 ]
 

@@ -24,14 +24,25 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import HttpVersion11, hdrs, web
 
+from botpulse.ingest import metrics, spec
 from botpulse.ingest.admission import Admission, error_verdict
 from botpulse.ingest.append import Appender, Limits, Outcome, Post, Result
 from botpulse.ingest.bodies import BadInput, parse_custom, parse_dbots, parse_statcord, parse_stats
 from botpulse.registry.index import RegistryCache, is_ready
 from botpulse.registry.keys import request_key
 from botpulse.runtime.logs import get_logger
+from botpulse.runtime.metrics import Exposition
+from botpulse.runtime.openapi import Route, api_version
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import Settings
+from botpulse.schemas.http import (
+    DBotsAccepted,
+    Empty,
+    ErrorBody,
+    Health,
+    StatcordAccepted,
+    StatcordError,
+)
 from botpulse.schemas.registry import BOT_ID, IndexedBot
 from botpulse.schemas.stream import CustomPayload, StatsPayload, StreamEvent, encode_event, partition_of
 
@@ -47,8 +58,17 @@ DROPPED_HEADER = "X-Dropped-Custom-Metrics"
 _json = msgspec.json.Encoder()
 
 
+# The refusal reason (a metrics label) of each status, unless the refusal names its own.
+_REASONS = {
+    400: "validation", 401: "auth", 403: "auth", 404: "not_found", 413: "too_large", 429: "rate_limit",
+}  # fmt: skip
+
+
+NOT_READY = "The registry index is not ready yet"
+
+
 class Refusal(Exception):
-    """An answer other than success; `extra` goes into the JSON body, `headers` onto the reply."""
+    """An answer other than success (an `ErrorBody`, a `StatcordError` on the Statcord route)."""
 
     def __init__(
         self,
@@ -57,14 +77,16 @@ class Refusal(Exception):
         field: str | None = None,
         *,
         retry_after_s: int | None = None,
-        extra: dict[str, object] | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
         self.retry_after_s = retry_after_s
-        self.extra = extra or {}
+        # The metrics label; a reason given here is also said in the body (why a 503).
+        self.reason = reason or _REASONS.get(status, "unavailable")
+        self.stated_reason = reason
 
 
 def reply(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
@@ -74,19 +96,24 @@ def reply(status: int, body: object, headers: dict[str, str] | None = None) -> w
 
 
 def refusal_response(refusal: Refusal, *, statcord: bool = False) -> web.Response:
-    body: dict[str, object] = {"message": refusal.message}
-    if refusal.field is not None:
-        body["field"] = refusal.field
+    metrics.refused(refusal.reason)
     headers = None
     if refusal.retry_after_s is not None:
         headers = {"Retry-After": str(refusal.retry_after_s)}
-        body["retryAfter"] = refusal.retry_after_s
+    body: ErrorBody
     if statcord:
-        # statcord.js reads `error`; statcord.py reads `timeleft` from a 429.
-        body["error"] = True
-        if refusal.status == 429:
-            body["wait"] = body["timeleft"] = refusal.retry_after_s
-    body.update(refusal.extra)
+        wait = refusal.retry_after_s if refusal.status == 429 else None
+        body = StatcordError(
+            refusal.message,
+            refusal.field,
+            refusal.retry_after_s,
+            refusal.stated_reason,
+            error=True,
+            timeleft=wait,
+            wait=wait,
+        )
+    else:
+        body = ErrorBody(refusal.message, refusal.field, refusal.retry_after_s, refusal.stated_reason)
     response = reply(refusal.status, body, headers)
     if refusal.status == 413:
         response.force_close()  # the unread body stays on the connection otherwise
@@ -136,9 +163,12 @@ NO_CONTENT = NoContent()
 
 
 UNAUTHORIZED = "Unauthorized"
-NOT_READY: dict[str, object] = {"reason": "registry_not_ready"}
 NOT_FOUND = "Not found"
 STATS_PREFIX = "/v1/bot/"
+STATS_ROUTE = "/v1/bot/{botId}"
+CUSTOM_ROUTE = "/v1/bot/{botId}/custom"
+DBOTS_ROUTE = "/bots/{botId}/stats"
+STATCORD_ROUTE = "/v3/stats"
 
 
 class Gateway:
@@ -172,7 +202,7 @@ class Gateway:
         registry = self.app[REGISTRY]
         try:
             if not registry.ready and not await is_ready(self.app[REDIS]):
-                raise Refusal(503, "The registry index is not ready yet", retry_after_s=1, extra=NOT_READY)
+                raise Refusal(503, NOT_READY, retry_after_s=1, reason="registry_not_ready")
             if not key:
                 raise Refusal(401, UNAUTHORIZED)
             account = await registry.account_for_key(key)
@@ -188,7 +218,7 @@ class Gateway:
             verdict = error_verdict(exc)
             log.warning("registry lookup failed", reason=verdict.reason, error=str(exc))
             raise Refusal(
-                503, verdict.message, retry_after_s=verdict.retry_after_s, extra={"reason": verdict.reason}
+                503, verdict.message, retry_after_s=verdict.retry_after_s, reason=verdict.reason
             ) from None
         if bot.account_id != account:
             raise Refusal(403, "This API key cannot post for this bot")
@@ -199,7 +229,7 @@ class Gateway:
         """A miss while the index turned out to be missing (Redis emptied, rebuild pending) is not
         an unknown key or bot: the client should retry, not give up."""
         if not registry.ready:
-            return Refusal(503, "The registry index is not ready yet", retry_after_s=1, extra=NOT_READY)
+            return Refusal(503, NOT_READY, retry_after_s=1, reason="registry_not_ready")
         return Refusal(status, message)
 
     @staticmethod
@@ -233,7 +263,7 @@ class Gateway:
         admission = self.app[ADMISSION]
         if (verdict := admission.verdict(partition)) is not None:
             raise Refusal(
-                503, verdict.message, retry_after_s=verdict.retry_after_s, extra={"reason": verdict.reason}
+                503, verdict.message, retry_after_s=verdict.retry_after_s, reason=verdict.reason
             )
         first = payloads[0]
         names = list(first.custom_metrics) if isinstance(first, StatsPayload) else []
@@ -252,7 +282,7 @@ class Gateway:
             admission.note_error(verdict)
             log.warning("append failed", reason=verdict.reason, error=repr(exc))
             raise Refusal(
-                503, verdict.message, retry_after_s=verdict.retry_after_s, extra={"reason": verdict.reason}
+                503, verdict.message, retry_after_s=verdict.retry_after_s, reason=verdict.reason
             ) from None
         if result.outcome is Outcome.RATE_LIMITED:
             seconds = max(1, math.ceil(result.retry_after_ms / 1000))
@@ -262,8 +292,10 @@ class Gateway:
                 503,
                 f"The ingest backlog is full ({self.settings.stream_high_water} entries), try again shortly",
                 retry_after_s=5,
-                extra={"reason": "backlog_full"},
+                reason="backlog_full",
             )
+        if result.dropped:
+            metrics.DROPPED_METRICS.inc(len(result.dropped))
         return result
 
     # --- routes ----------------------------------------------------------------------------
@@ -282,6 +314,7 @@ class Gateway:
             return refusal_response(refusal)
         except BadInput as bad:
             return refusal_response(Refusal(400, bad.message, bad.field))
+        metrics.appended(STATS_ROUTE)
         if not result.dropped and request.keep_alive and request.version == HttpVersion11:
             return NO_CONTENT  # type: ignore[return-value]
         response = web.Response(status=204, content_type="application/json")
@@ -299,6 +332,8 @@ class Gateway:
         no percent-escape, nothing the route pattern refuses), no `Expect` header (the app answers
         `100 Continue`). Anything else, the app decides as always."""
         stats = self.stats
+        observe = metrics.observe
+        clock = time.perf_counter
 
         async def handle(request: web.BaseRequest) -> web.StreamResponse:
             if request.method == "POST":
@@ -306,7 +341,10 @@ class Gateway:
                 if path.startswith(STATS_PREFIX):
                     bot_id = path[len(STATS_PREFIX) :].partition("?")[0]
                     if BOT_ID.match(bot_id) and hdrs.EXPECT not in request.headers:
-                        return await stats(request, bot_id)
+                        started = clock()
+                        response = await stats(request, bot_id)
+                        observe(STATS_ROUTE, "POST", response.status, clock() - started)
+                        return response
             return await app_handler(request)
 
         return handle
@@ -322,7 +360,8 @@ class Gateway:
             return refusal_response(refusal)
         except BadInput as bad:
             return refusal_response(Refusal(400, bad.message, bad.field))
-        return reply(200, {})
+        metrics.appended(CUSTOM_ROUTE)
+        return reply(200, Empty())
 
     async def post_dbots(self, request: web.Request) -> web.Response:
         """DBots-style `POST /bots/{botId}/stats` -> 200 `{guildCount}`."""
@@ -335,7 +374,8 @@ class Gateway:
             return refusal_response(refusal)
         except BadInput as bad:
             return refusal_response(Refusal(400, bad.message, bad.field))
-        return reply(200, {"guildCount": stats.guilds})
+        metrics.appended(DBOTS_ROUTE)
+        return reply(200, DBotsAccepted(stats.guilds))
 
     async def post_statcord(self, request: web.Request) -> web.Response:
         """Statcord v3 `POST /v3/stats` (`id` and `key` in the body) -> 200 JSON."""
@@ -348,33 +388,30 @@ class Gateway:
             return refusal_response(refusal, statcord=True)
         except BadInput as bad:
             return refusal_response(Refusal(400, bad.message, bad.field), statcord=True)
+        metrics.appended(STATCORD_ROUTE)
         headers = None
         if result.dropped:
             headers = {DROPPED_HEADER: ",".join(quote(n, safe="") for n in result.dropped)}
-        return reply(200, {"error": False, "message": "Stats posted"}, headers)
+        return reply(200, StatcordAccepted(False, "Stats posted"), headers)
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return reply(200, {"status": "ok"})
+        return reply(200, Health("ok"))
 
     async def readyz(self, request: web.Request) -> web.Response:
         try:
             await self.app[REDIS].ping()
         except Exception as exc:
-            return reply(503, {"status": "unavailable", "message": str(exc)}, {"Retry-After": "1"})
-        return reply(200, {"status": "ready"})
+            return reply(503, Health("unavailable", str(exc)), {"Retry-After": "1"})
+        return reply(200, Health("ready"))
 
     @staticmethod
     async def not_found(request: web.Request) -> web.Response:
-        return reply(404, {"message": NOT_FOUND, "field": "path"})
+        return reply(404, ErrorBody(NOT_FOUND, "path"))
 
     @staticmethod
     def not_allowed(allowed: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
-            return reply(
-                405,
-                {"message": f"Method {request.method} not allowed", "field": "method"},
-                {"Allow": allowed},
-            )
+            return reply(405, ErrorBody(f"Method {request.method} not allowed", "method"), {"Allow": allowed})
 
         return handler
 
@@ -413,22 +450,59 @@ class GatewayRunner(web.AppRunner):
         return server
 
 
+OPENAPI_PATH = "/openapi.json"
+EXPOSITION = web.AppKey("exposition", Exposition)
+
+
+@web.middleware
+async def _measured(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Requests the router serves (the hot route is measured in `Gateway.dispatch`)."""
+    started = time.perf_counter()
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else metrics.UNMATCHED
+    if route == "/{tail}":
+        route = metrics.UNMATCHED
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.observe(route, request.method, status, time.perf_counter() - started)
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return reply(200, spec.SPECS.document(version=api_version()))
+
+
 def build_app(settings: Settings) -> web.Application:
     # Bodies are capped by the handlers (413 from Content-Length, or while reading).
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    app[EXPOSITION] = Exposition()
     app.cleanup_ctx.append(_resources)
     gateway = Gateway(app, settings)
     app[GATEWAY] = gateway
-    routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.Response]]]] = [
-        ("POST", "/v1/bot/{botId}", gateway.post_stats),
-        ("POST", "/v1/bot/{botId}/custom", gateway.post_custom),
-        ("POST", "/bots/{botId}/stats", gateway.post_dbots),
-        ("POST", "/v3/stats", gateway.post_statcord),
-        ("GET", "/healthz", gateway.healthz),
-        ("GET", "/readyz", gateway.readyz),
+    routes: list[tuple[Route, Callable[[web.Request], Awaitable[web.Response]]]] = [
+        (spec.STATS, gateway.post_stats),
+        (spec.CUSTOM, gateway.post_custom),
+        (spec.DBOTS, gateway.post_dbots),
+        (spec.STATCORD, gateway.post_statcord),
+        (spec.HEALTHZ, gateway.healthz),
+        (spec.READYZ, gateway.readyz),
     ]
-    for method, path, handler in routes:
+    app.middlewares.append(_measured)
+    # Operator routes: the metrics (unless on a port of their own) and the API description.
+    if not settings.gateway_metrics_port:
+        app.router.add_get(settings.metrics_path, app[EXPOSITION].handle)  # type: ignore[arg-type]
+    app.router.add_get(OPENAPI_PATH, _openapi)
+    for route, handler in routes:
+        method, path = route.method, route.path
         resource = app.router.add_resource(path)
         resource.add_route(method, handler)
         if method == "GET":

@@ -23,6 +23,7 @@ import asyncio
 import enum
 import hashlib
 import string
+import time
 from collections.abc import Sequence
 
 import hiredis
@@ -31,6 +32,7 @@ import redis.asyncio as aioredis
 from hiredis import pack_command
 from redis.exceptions import NoScriptError, ResponseError
 
+from botpulse.ingest.metrics import REDIS_DURATION
 from botpulse.runtime.logs import get_logger
 from botpulse.schemas.stream import (
     ENTRY_FIELD,
@@ -337,9 +339,11 @@ class Appender:
             asyncio.get_running_loop().call_soon(self._flush)
 
     async def _run(self, batch: list[tuple[Post, asyncio.Future[Result]]], deadline: float) -> None:
+        started = time.perf_counter()
         try:
             async with asyncio.timeout_at(deadline):
                 replies = await self._execute([p for p, _ in batch])
+            REDIS_DURATION.observe(time.perf_counter() - started)
         except BaseException as exc:
             failure = exc if isinstance(exc, Exception) else ConnectionError("append cancelled")
             waiting, self._pending = self._pending, []

@@ -7,6 +7,7 @@ mounted under `BOTPULSE_QUERY_PREFIX`; GET answers carry CORS headers; every err
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from botpulse.query import accounts_api, datagram, params
+from botpulse.query import accounts_api, datagram, metrics, params, shapes
 from botpulse.query.listing import (
     TOP_METRICS,
     BadListing,
@@ -27,6 +28,7 @@ from botpulse.query.listing import (
 from botpulse.query.params import BadParam
 from botpulse.query.resources import READINESS, REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
 from botpulse.query.responses import error, json_response
+from botpulse.query.spec import SPECS
 from botpulse.query.stats import add_custom_names, buckets, custom_totals
 from botpulse.query.uptime import EPOCH_MS, HOUR_MS, connection_status, now_ms, uptime_with_periods
 from botpulse.registry.catalog import Bot, ensure_index, get_bot
@@ -34,8 +36,11 @@ from botpulse.registry.index import VERSION_KEY, RegistryCache
 from botpulse.registry.keys import request_key
 from botpulse.runtime.clickhouse import Store, is_timeout
 from botpulse.runtime.logs import get_logger
+from botpulse.runtime.metrics import Exposition, start_listener
+from botpulse.runtime.openapi import api_version, document, prefixed
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import Settings
+from botpulse.schemas.http import Health
 
 log = get_logger(__name__)
 
@@ -71,14 +76,18 @@ class BotRecords:
             self._bots.clear()
             self._version = version
         if bot_id not in self._bots:
+            _MISS.inc()
             bot = await get_bot(store, bot_id)
             if version is None:
                 return bot
             self._bots[bot_id] = bot
+        else:
+            _HIT.inc()
         return self._bots[bot_id]
 
 
 BOT_RECORDS = web.AppKey("bot_records", BotRecords)
+_HIT, _MISS = metrics.CACHE.labels("bot_records", "hit"), metrics.CACHE.labels("bot_records", "miss")
 
 
 async def visible_bot(request: web.Request, bot_id: str) -> Bot | None:
@@ -221,16 +230,8 @@ async def get_bot_top(request: web.Request) -> web.Response:
         return error(404, "Bot not found")
     totals = await custom_totals(request.app[STORE], bot_id, start, end, limit=limit, type_=type_)
     entry = totals.get(type_, {"count": 0, "top": []})
-    return json_response(
-        {
-            "id": bot_id,
-            "type": type_,
-            "start": start,
-            "end": end,
-            "count": entry["count"],
-            "top": entry["top"],
-        }
-    )
+    top = [shapes.TopValue(t["value"], t["count"]) for t in entry["top"]]
+    return json_response(shapes.BotTop(bot_id, type_, start, end, entry["count"], top))
 
 
 async def get_bot_uptime(request: web.Request) -> web.Response:
@@ -254,15 +255,15 @@ async def get_bot_uptime(request: web.Request) -> web.Response:
     window_ms = request.app[SETTINGS].heartbeat_window_ms
     result = await uptime_with_periods(store, bot_id, start, end, window_ms)
     return json_response(
-        {
-            "id": bot_id,
-            "start": start,
-            "end": end,
-            "uptime": result.uptime_ms,
-            "percentage": round(result.uptime_ms * 100 / (end - start), 4),
-            "offline": [{"from": a, "to": b} for a, b in result.offline],
-            "offlineTruncated": result.offline_truncated,
-        }
+        shapes.BotUptime(
+            id=bot_id,
+            start=start,
+            end=end,
+            uptime=result.uptime_ms,
+            percentage=round(result.uptime_ms * 100 / (end - start), 4),
+            offline=[shapes.Period(a, b) for a, b in result.offline],
+            offlineTruncated=result.offline_truncated,
+        )
     )
 
 
@@ -291,9 +292,8 @@ async def get_bots(request: web.Request) -> web.Response:
         offset=offset,
         count=count,
     )
-    return json_response(
-        {"bots": bots, "count": len(bots), "offset": offset, "total": total, "success": True}
-    )
+    listed = [shapes.ListedBot(**bot) for bot in bots]
+    return json_response(shapes.Listing(listed, len(listed), offset, total, True))
 
 
 async def get_top(request: web.Request) -> web.Response:
@@ -304,12 +304,13 @@ async def get_top(request: web.Request) -> web.Response:
         limit = params.integer("limit", request.query.get("limit"), default=10, lo=1, hi=100)
     except BadParam as exc:
         return error(400, exc.message, exc.field)
-    return json_response({"metric": metric, "bots": await leaderboard(request.app[STORE], metric, limit)})
+    bots = [shapes.Ranked(**entry) for entry in await leaderboard(request.app[STORE], metric, limit)]
+    return json_response(shapes.Leaderboard(metric, bots))
 
 
 # --- serving ----------------------------------------------------------------------------------
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    return json_response(Health("ok"))
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -318,11 +319,9 @@ async def readyz(request: web.Request) -> web.Response:
         problems.insert(0, "ClickHouse unreachable")
     if problems:
         return json_response(
-            {"status": "unavailable", "message": "; ".join(problems), "problems": problems},
-            status=503,
-            headers={"Retry-After": "1"},
+            Health("unavailable", "; ".join(problems), problems), status=503, headers={"Retry-After": "1"}
         )
-    return json_response({"status": "ready"})
+    return json_response(Health("ready"))
 
 
 _CORS = {"Access-Control-Allow-Origin": "*", "Vary": "Origin"}
@@ -350,6 +349,29 @@ async def cors(
     if request.method in ("GET", "HEAD"):
         response.headers.update(_CORS)
     return response
+
+
+@web.middleware
+async def measured(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Requests by route template and status class (outermost: it sees the final status)."""
+    started = time.perf_counter()
+    resource = request.match_info.route.resource
+    route = metrics.UNMATCHED if resource is None else resource.canonical
+    prefix = request.app[SETTINGS].query_prefix
+    if prefix and route.startswith(prefix + "/"):
+        route = route[len(prefix) :]
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.observe(route, request.method, status, time.perf_counter() - started)
 
 
 @web.middleware
@@ -404,14 +426,43 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     accounts_api.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get(OPENAPI_PATH, openapi)
     if not settings.query_prefix:
-        app.middlewares.extend([cors, backend_errors])
-        return app
-    # Mounted as a sub-application so the accounts routes land under the prefix too; the keys are
-    # also set on the root so code holding the returned app still finds them.
-    root = web.Application(middlewares=[cors, backend_errors])
-    root[SETTINGS] = settings
-    root[STORE] = store
-    root[READINESS] = readiness
-    root.add_subapp(settings.query_prefix, app)
+        root = app
+        app.middlewares.extend([measured, cors, backend_errors])
+    else:
+        # Mounted as a sub-application so the accounts routes land under the prefix too; the keys
+        # are also set on the root so code holding the returned app still finds them.
+        root = web.Application(middlewares=[measured, cors, backend_errors])
+        root[SETTINGS] = settings
+        root[STORE] = store
+        root[READINESS] = readiness
+        root.add_subapp(settings.query_prefix, app)
+    exposition = root[EXPOSITION] = app[EXPOSITION] = Exposition()
+    if settings.query_metrics_port:
+        root.cleanup_ctx.append(_metrics_listener)
+    else:
+        # At the root, never under the prefix: an operator's path, not the API's.
+        root.router.add_get(settings.metrics_path, exposition.handle)  # type: ignore[arg-type]
     return root
+
+
+OPENAPI_PATH = "/openapi.json"
+EXPOSITION = web.AppKey("exposition", Exposition)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    prefix = request.app[SETTINGS].query_prefix
+    return json_response(
+        document(SPECS.title, SPECS.description, api_version(), prefixed(SPECS.routes, prefix))
+    )
+
+
+async def _metrics_listener(app: web.Application):  # type: ignore[no-untyped-def]
+    """The metrics on a port of their own (BOTPULSE_QUERY_METRICS_PORT), not on the API's."""
+    settings = app[SETTINGS]
+    stop = await start_listener(
+        app[EXPOSITION], settings.metrics_listen, settings.query_metrics_port, settings.metrics_path
+    )
+    yield
+    await stop()

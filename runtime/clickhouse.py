@@ -57,6 +57,34 @@ def is_data_error(exc: BaseException) -> bool:
     return False
 
 
+_timers: dict[str, Any] = {}
+_timers_lock = threading.Lock()
+
+
+def _timer(operation: str) -> Any:
+    """The duration histogram's child for `operation`. Made on first use, not at import: the CLI
+    imports this module before a several-process gateway has set prometheus-client's
+    multiprocess directory (runtime.metrics.use_multiprocess_dir)."""
+    if not _timers:
+        with _timers_lock:
+            if not _timers:
+                _make_timers()
+    return _timers[operation]
+
+
+def _make_timers() -> None:
+    from prometheus_client import Histogram
+
+    histogram = Histogram(
+        "botpulse_clickhouse_request_duration_seconds",
+        "ClickHouse requests of this process (query, insert, command), from the call to the result.",
+        ["operation"],
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    )
+    children = {op: histogram.labels(op) for op in ("query", "insert", "command")}
+    _timers.update(children)  # one step: no thread sees a partial set
+
+
 def is_view_error(exc: BaseException) -> bool:
     """True when ClickHouse stored the block in its table and then a materialized view fed by
     that table failed on it (the server says where: "while pushing to view …"). Whatever the
@@ -152,10 +180,12 @@ class Store:
         self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
     ) -> list[tuple[Any, ...]]:
         limits = {**self._read_settings, **settings} if settings else self._read_settings
-        return self.reader().query(sql, parameters=params or {}, settings=limits).result_rows
+        with _timer("query").time():
+            return self.reader().query(sql, parameters=params or {}, settings=limits).result_rows
 
     def command_sync(self, sql: str, params: dict[str, Any] | None = None) -> Any:
-        return self.client().command(sql, parameters=params or {})
+        with _timer("command").time():
+            return self.client().command(sql, parameters=params or {})
 
     def insert_sync(
         self,
@@ -167,9 +197,14 @@ class Store:
     ) -> None:
         """`column_oriented`: `rows` holds one sequence per column (what the worker builds)."""
         if rows and (not column_oriented or len(rows[0])):
-            self.client().insert(
-                table, rows, column_names=list(columns), settings=settings, column_oriented=column_oriented
-            )
+            with _timer("insert").time():
+                self.client().insert(
+                    table,
+                    rows,
+                    column_names=list(columns),
+                    settings=settings,
+                    column_oriented=column_oriented,
+                )
 
     # --- async API (services) -----------------------------------------------------------------
     async def query(

@@ -35,6 +35,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Days of raw and rolled-up time series kept (ClickHouse TTL).
     retention_days: Positive = 400
+    # Path of the Prometheus endpoint. On a service's own port unless its `*_metrics_port` is set:
+    # then only there, and not on the public port.
+    metrics_path: Annotated[str, Meta(pattern=r"^(/[A-Za-z0-9._~-]+)+$")] = "/metrics"
+    metrics_listen: str = "127.0.0.1"
     # --- stream contract ----------------------------------------------------------------------
     stream_partitions: Annotated[int, Meta(ge=1, le=1024)] = 1
     # Pending backlog (entries not yet written) above which the gateway answers 503.
@@ -52,12 +56,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     custom_rate_per_min: Positive = 600
     registry_refresh_ms: Annotated[int, Meta(ge=50, le=1000)] = 250
     redis_timeout_ms: Annotated[int, Meta(ge=10, le=10_000)] = 800
+    gateway_metrics_port: Port = 0
     # --- workers ------------------------------------------------------------------------------
     batch_rows: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
     batch_ms: Annotated[int, Meta(ge=1, le=60_000)] = 500
     insert_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 10.0
     claim_idle_ms: Positive = 30_000
     max_deliveries: Positive = 5
+    # A standalone worker has no HTTP port: 0 means no metrics listener.
+    worker_metrics_port: Port = 0
     # Socket timeout of the worker's own Redis client: its commands carry whole batches
     # (XREADGROUP of 10,000 entries, XACK of as many ids), where the gateway fails fast.
     worker_redis_timeout_ms: Annotated[int, Meta(ge=100, le=60_000)] = 5000
@@ -72,6 +79,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Bound of one read of the query service (client timeout and ClickHouse `max_execution_time`);
     # inserts and DDL have `insert_timeout_s`.
     query_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 10.0
+    query_metrics_port: Port = 0
     # --- accounts -----------------------------------------------------------------------------
     admin_token: str | None = None
     default_custom_slots: Annotated[int, Meta(ge=0, le=1000)] = 10

@@ -13,12 +13,15 @@ import asyncio
 import contextlib
 import gc
 import signal
+from collections.abc import Awaitable, Callable
 
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.health import Health
 from botpulse.runtime.logs import get_logger
+from botpulse.runtime.metrics import Exposition, start_listener
 from botpulse.runtime.settings import Settings
 from botpulse.workers.context import worker_redis
+from botpulse.workers.metrics import stream_refresher
 from botpulse.workers.pipeline import Worker
 
 log = get_logger("botpulse.workers")
@@ -81,6 +84,18 @@ async def run_worker(settings: Settings, store: Store, health: Health | None = N
         await life.finish()
 
 
+async def _metrics_listener(settings: Settings, life: Lifecycle) -> Callable[[], Awaitable[None]] | None:
+    """BOTPULSE_WORKER_METRICS_PORT: this worker's counts and the stream's state (read from
+    Redis at each scrape, as `botpulse status` reads it)."""
+    if not settings.worker_metrics_port:
+        return None
+    exposition = Exposition()
+    exposition.refreshers.append(stream_refresher(life.redis, settings.stream_partitions))
+    return await start_listener(
+        exposition, settings.metrics_listen, settings.worker_metrics_port, settings.metrics_path
+    )
+
+
 def serve(settings: Settings) -> int:
     """`botpulse worker`: SIGTERM/SIGINT stop reading, flush, ack and exit within 10 s."""
     from botpulse.runtime.migrations import migrate
@@ -105,11 +120,14 @@ def serve(settings: Settings) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
         signalled = asyncio.create_task(life.worker.stopped())
+        stop_metrics = await _metrics_listener(settings, life)
         try:
             await asyncio.wait({task, signalled}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             signalled.cancel()
             await life.finish()
+            if stop_metrics is not None:
+                await stop_metrics()
 
     try:
         asyncio.run(main())
