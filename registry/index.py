@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import TypeVar
 
 import redis.asyncio as aioredis
@@ -187,16 +188,7 @@ class RegistryCache:
     async def credential(self, key: str) -> IndexedKey | None:
         """Whose key this is and what it may do; None for an unknown key — or, when `ready` is
         now False, because the index is missing (callers answer 503 then, not 401)."""
-        key_hash = hash_key(key)
-        try:
-            return self._keys[key_hash]
-        except KeyError:
-            pass
-        raw, cacheable = await self._fetch(key_entry(key_hash))
-        found = decode_key(raw) if raw is not None else None
-        if cacheable:
-            _remember(self._keys, key_hash, found)
-        return found
+        return await self._lookup(self._keys, hash_key(key), key_entry, decode_key, None)
 
     async def account_for_key(self, key: str) -> str | None:
         """The account the key belongs to, whatever its scope (see `credential`)."""
@@ -205,26 +197,30 @@ class RegistryCache:
 
     async def limits(self, account_id: str) -> IndexedAccount:
         """The account's overrides the gateway applies (`NO_LIMITS`: the settings' defaults)."""
-        try:
-            return self._limits[account_id]
-        except KeyError:
-            pass
-        raw, cacheable = await self._fetch(account_entry(account_id))
-        found = decode_account(raw) if raw is not None else NO_LIMITS
-        if cacheable:
-            _remember(self._limits, account_id, found)
-        return found
+        return await self._lookup(self._limits, account_id, account_entry, decode_account, NO_LIMITS)
 
     async def bot(self, bot_id: str) -> IndexedBot | None:
+        return await self._lookup(self._bots, bot_id, bot_entry, decode_bot, None)
+
+    async def _lookup(
+        self,
+        cache: dict[str, V],
+        key: str,
+        entry: Callable[[str], str],
+        decode: Callable[[bytes], V],
+        absent: V,
+    ) -> V:
+        """One cached read of the index: the cache, else Redis (`absent` when the entry is not
+        there), remembered only when `_fetch` says the answer is current."""
         try:
-            return self._bots[bot_id]
+            return cache[key]
         except KeyError:
             pass
-        raw, cacheable = await self._fetch(bot_entry(bot_id))
-        bot = decode_bot(raw) if raw is not None else None
+        raw, cacheable = await self._fetch(entry(key))
+        found = decode(raw) if raw is not None else absent
         if cacheable:
-            _remember(self._bots, bot_id, bot)
-        return bot
+            _remember(cache, key, found)
+        return found
 
 
 # Misses are cached too (unknown keys and bot ids cost no round trip once seen), so anyone can
