@@ -35,8 +35,9 @@ class History(msgspec.Struct):
     name: str
     bots: int
     days: int
-    # Each bot also posts per shard: this many shards, one post per shard per minute (in
-    # `shard_stats`; its 1-minute `bot_stats` rows are then the totals the gateway writes).
+    every_min: int = 1  # minutes between two posts
+    # Each bot also posts per shard: this many shards, one post per shard per step (in
+    # `shard_stats`; its `bot_stats` rows are then the totals the gateway writes).
     shards: int = 0
 
 
@@ -78,7 +79,8 @@ _SYNTHETIC = {
 }
 _HISTORY_SQL = (
     f"INSERT INTO bot_stats ({', '.join(STATS_COLUMNS)}) "
-    "SELECT {bot:String}, fromUnixTimestamp64Milli(toInt64({start:Int64} + number * 60000), 'UTC'), "
+    "SELECT {bot:String}, "
+    "fromUnixTimestamp64Milli(toInt64({start:Int64} + number * {step:Int64}), 'UTC'), "
     "concat({bot:String}, '-', toString(number)), "
     + "".join(f"{_SYNTHETIC[f.column]}, " for f in STATS_FIELDS)
     + "CAST(map(), 'Map(String, Float64)') "
@@ -86,12 +88,12 @@ _HISTORY_SQL = (
 )
 
 
-# Shard k of the bot posts at second k * 60 / shards of every minute.
+# Shard k of the bot posts at k / shards of every step.
 _SHARDS_SQL = (
     f"INSERT INTO shard_stats ({', '.join(SHARDS_COLUMNS)}) "
     "SELECT {bot:String}, toUInt32(number % {shards:UInt32}), "
-    "fromUnixTimestamp64Milli(toInt64({start:Int64} + intDiv(number, {shards:UInt32}) * 60000"
-    " + (number % {shards:UInt32}) * intDiv(60000, {shards:UInt32})), 'UTC'), "
+    "fromUnixTimestamp64Milli(toInt64({start:Int64} + intDiv(number, {shards:UInt32}) * {step:Int64}"
+    " + (number % {shards:UInt32}) * intDiv({step:Int64}, {shards:UInt32})), 'UTC'), "
     "concat({bot:String}, '-s', toString(number)), 1, 'ready', 1 + number % 97, NULL, 40 + number % 50 "
     "FROM numbers({n:UInt64})"
 )
@@ -131,17 +133,24 @@ async def seed(spec: Spec) -> Seeded:
             used += h.bots
             if len(ids) < h.bots:
                 raise SystemExit(f"seed: history {h.name!r} needs {h.bots} bots beyond the others")
-            points = h.days * DAY_MS // MINUTE_MS
+            step = h.every_min * MINUTE_MS
+            points = h.days * DAY_MS // step
             for bid in ids:
                 store.command_sync(
-                    _HISTORY_SQL, {"bot": bid, "start": end_ms - points * MINUTE_MS, "n": points}
+                    _HISTORY_SQL, {"bot": bid, "start": end_ms - points * step, "n": points, "step": step}
                 )
                 rows += points
                 if h.shards:
                     n = points * h.shards
                     store.command_sync(
                         _SHARDS_SQL,
-                        {"bot": bid, "start": end_ms - points * MINUTE_MS, "shards": h.shards, "n": n},
+                        {
+                            "bot": bid,
+                            "start": end_ms - points * step,
+                            "shards": h.shards,
+                            "n": n,
+                            "step": step,
+                        },
                     )
                     rows += n
             history[h.name] = ids

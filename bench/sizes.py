@@ -31,6 +31,9 @@ class Sizes(msgspec.Struct, frozen=True, kw_only=True):
     query_requests: int
     # One more bot with query_days of history posted by this many shards, once a minute each.
     query_shards: int
+    # the listing's scaling figure: (bots, days) of a small and a large registry, posts hourly
+    listing_small: tuple[int, int] = (100, 30)
+    listing_large: tuple[int, int] = (1000, 365)
 
 
 FULL = Sizes(
@@ -70,6 +73,8 @@ QUICK = Sizes(
     query_long_days=90,
     query_requests=30,
     query_shards=1000,
+    listing_small=(20, 30),
+    listing_large=(200, 365),
 )
 
 TINY = Sizes(
@@ -91,6 +96,8 @@ TINY = Sizes(
     query_long_days=7,
     query_requests=5,
     query_shards=10,
+    listing_small=(2, 3),
+    listing_large=(6, 20),
 )
 
 BY_NAME = {s.mode: s for s in (FULL, QUICK, TINY)}

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from botpulse.runtime.logs import configure_logging, get_logger
 from botpulse.runtime.settings import Role, Settings, load_settings
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 def _settings(args: argparse.Namespace, *roles: Role) -> Settings:
@@ -54,13 +58,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_gateway(args: argparse.Namespace) -> int:
+    settings = _settings(args, "gateway")
+    if settings.gateway_workers > 1 or args.reuseport:
+        # Before prometheus-client is imported (by the gateway's modules): every process of the
+        # run writes its values to the run's directory, and a scrape of any sums them all.
+        from botpulse.runtime.metrics import release_multiprocess_dir, use_multiprocess_dir
+
+        use_multiprocess_dir()
+        try:
+            from botpulse.ingest.server import serve
+
+            return serve(settings, reuseport=args.reuseport)
+        finally:
+            release_multiprocess_dir()  # only the parent made it, so only the parent removes it
     from botpulse.ingest.server import serve
 
-    return serve(_settings(args, "gateway"), reuseport=args.reuseport)
+    return serve(settings, reuseport=args.reuseport)
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from botpulse.workers.runner import serve
+    from botpulse.workers.lifecycle import serve
 
     return serve(_settings(args, "worker"))
 
@@ -70,9 +87,23 @@ def run_query(args: argparse.Namespace) -> int:
 
     if not args.with_worker:
         return serve(_settings(args, "query"))
-    from botpulse.embedded_worker import with_embedded_worker
+    import sys
 
-    return serve(_settings(args, "query", "worker"), compose=with_embedded_worker)
+    from botpulse.embedded_worker import with_embedded_worker
+    from botpulse.supervisor import SUPERVISOR
+
+    composed: list[web.Application] = []
+
+    def compose(app: web.Application) -> web.Application:
+        composed.append(with_embedded_worker(app))
+        return app
+
+    code = serve(_settings(args, "query", "worker"), compose=compose)
+    failure = composed[0][SUPERVISOR].failure if composed else None
+    if failure is not None:
+        print(f"botpulse: the query service stopped: {failure}", file=sys.stderr)
+        return 1
+    return code
 
 
 def run_migrate(args: argparse.Namespace) -> int:

@@ -5,17 +5,23 @@ partition's hash tag (so it runs on Redis Cluster too). Once per call: the time 
 stream length (`XLEN`, counted on as the call appends) and every post's rate-limit state (one
 `HMGET` on the partition's rate hash). For each post of the call, in order:
   1. backlog check: the stream length against the high-water mark;
-  2. rate limit: GCRA on the bot's field of the rate hash (the time comes from Redis, so every
-     gateway process agrees on it);
+  2. rate limits: GCRA on the bot's field of the rate hash and on its account's field (the
+     account's posts per minute, split evenly over the partitions; the time comes from Redis, so
+     every gateway process agrees on it);
   3. custom-metric slots: names already in the bot's slot set pass, new names take a free slot,
      the rest are dropped (and removed from the stats event before it is written); the same for
-     extra properties and the bot's property slots;
+     extra properties and the bot's property slots; custom-event types the same way in the
+     bot's type set, an entry whose type has no slot is not written;
   4. XADD of every event of the post.
 Then one `HSET` stores the rate state of every post that passed. A post is written only if every
 check passed, so a refused post leaves no trace. Posts of the same partition share one call:
 Redis runs one script instead of one per post, and the gateway parses one reply. Per post that
 is one `XADD` (plus the slot commands when it carries custom metrics): the rate limit costs a
 field in two commands per call, not a `GET` and a `SET` per post.
+
+The rate-limit and slot steps are `LUA_ADMIT`, which the shard script (ingest/shards.py) runs
+too, so a post made by one shard is admitted exactly like any other; both scripts answer in the
+reply shape `result_of` reads.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import asyncio
 import enum
 import hashlib
 import string
+import time
 from collections.abc import Sequence
 
 import hiredis
@@ -32,11 +39,13 @@ import redis.asyncio as aioredis
 from hiredis import pack_command
 from redis.exceptions import NoScriptError, ResponseError
 
+from botpulse.ingest.metrics import REDIS_DURATION
 from botpulse.runtime.logs import get_logger
 from botpulse.schemas.stream import (
     ENTRY_FIELD,
     LUA_DROP_METRICS,
     custom_slots_key,
+    custom_types_key,
     prop_slots_key,
     rate_key,
     stream_key,
@@ -44,40 +53,26 @@ from botpulse.schemas.stream import (
 
 log = get_logger(__name__)
 
-# KEYS: the stream, the rate hash, then per post the slot-set key when it has metric names and
-#       the property-slot key when it has property names.
-# ARGV: high_water, stats interval_ms, stats burst, custom interval_ms, custom burst; then per
-#       post: its rate field (`s:<bot>` or `c:<bot>`: stats or custom limit), n_names, n_props,
-#       n_events, slot_limit when n_names > 0, prop_limit when n_props > 0, name_1..name_n,
-#       prop_1..prop_p, event_1..event_m (the first event carries the metrics and properties).
-# Returns one reply per post: {0} | {0, n_dropped_metrics, dropped metric names...,
-#       dropped property names...} | {1, retry_after_ms} | {2}.
-# The stream contract (the entry's field, the event encoding `drop_metrics` edits) comes from
-# schemas/stream.py: `$field` is filled in once, at import.
-_BODY = """
-local stream, rates = KEYS[1], KEYS[2]
-local high_water = tonumber(ARGV[1])
-local intervals = {s = tonumber(ARGV[2]), c = tonumber(ARGV[4])}
-local bursts = {s = tonumber(ARGV[3]), c = tonumber(ARGV[5])}
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local length = redis.call('XLEN', stream)
-local fields, starts = {}, {}
-local a = 6
-while a <= #ARGV do
-  local n, np, m = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  fields[#fields + 1] = ARGV[a]
-  starts[#starts + 1] = a
-  a = a + 4 + (n > 0 and 1 or 0) + (np > 0 and 1 or 0) + n + np + m
+# The admission steps every post script shares (Lua functions, prepended to each script).
+# `gcra`: one post against a GCRA limit (one per `interval` ms, bursts of `burst`) -> the new
+# theoretical arrival time to store and the time the post is allowed at (refused while > now).
+# `take_slots`: the names of ARGV[from..to) that hold or take a slot of set `key` (at most
+# `limit` members) pass; the others are returned, to be dropped. A name seen twice counts once.
+# `reply_with`: the success reply, naming what was dropped: {0} | {0, n_metrics, n_props,
+# metric names..., property names..., custom-event types...}.
+LUA_ADMIT = """
+local function gcra(tat, now, interval, burst)
+  if tat < now then
+    tat = now
+  end
+  local new_tat = tat + interval
+  return new_tat, new_tat - interval * burst
 end
-local stored = redis.call('HMGET', rates, unpack(fields))
-local tats, updates = {}, {}
-local replies = {}
-local k = 3
--- The names of ARGV[from..to) that take or hold a slot of set `key` (at most `limit`): the
--- others are returned, to be dropped.
 local function take_slots(key, limit, from, to)
   local dropped = {}
+  if from >= to then
+    return dropped
+  end
   local used = redis.call('SCARD', key)
   for i = from, to - 1 do
     if redis.call('SISMEMBER', key, ARGV[i]) == 0 then
@@ -91,74 +86,135 @@ local function take_slots(key, limit, from, to)
   end
   return dropped
 end
-for p = 1, #fields do
-  local field = fields[p]
+local function reply_with(dropped, dropped_props, dropped_types)
+  if #dropped == 0 and #dropped_props == 0 and #dropped_types == 0 then
+    return {0}
+  end
+  local reply = {0, #dropped, #dropped_props}
+  for _, list in ipairs({dropped, dropped_props, dropped_types}) do
+    for _, name in ipairs(list) do
+      reply[#reply + 1] = name
+    end
+  end
+  return reply
+end
+"""
+
+# KEYS: the stream, the rate hash, then per post: its slot-set key if it has metric names, its
+#       property-slot key if it has property names, its type-set key if it has custom events.
+# ARGV: high_water, stats interval_ms, stats burst, custom interval_ms, custom burst; then per
+#       post: its rate field (`s:<bot>` or `c:<bot>`: stats or custom limit), its account's rate
+#       field (`a:<account>`), the account's interval_ms and burst, n_names, n_props, n_events,
+#       n_typed, slot_limit when n_names > 0, prop_limit when n_props > 0, type_limit when
+#       n_typed > 0, name_1..name_n, prop_1..prop_p, event_1..event_m (the first carries the
+#       custom metrics and properties; the last n_typed are custom events), type_1..type_t (the
+#       types of those last n_typed events).
+# Returns one reply per post: `reply_with`'s | {1, retry_after_ms, 1 (the bot's limit) or 2 (the
+#       account's)} | {2}.
+# The stream contract (the entry's field, the event encoding `drop_metrics` edits) comes from
+# schemas/stream.py: `$field` is filled in once, at import.
+_BODY = """
+local stream, rates = KEYS[1], KEYS[2]
+local high_water = tonumber(ARGV[1])
+local intervals = {s = tonumber(ARGV[2]), c = tonumber(ARGV[4])}
+local bursts = {s = tonumber(ARGV[3]), c = tonumber(ARGV[5])}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local length = redis.call('XLEN', stream)
+local fields, starts = {}, {}
+local a = 6
+while a <= #ARGV do
+  local n, np = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local m, ty = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
+  fields[#fields + 1] = ARGV[a]
+  fields[#fields + 1] = ARGV[a + 1]
+  starts[#starts + 1] = a
+  a = a + 8 + (n > 0 and 1 or 0) + (np > 0 and 1 or 0) + (ty > 0 and 1 or 0) + n + np + m + ty
+end
+local stored = redis.call('HMGET', rates, unpack(fields))
+local tats, updates = {}, {}
+local replies = {}
+local k = 3
+local function limited(field, stored_tat, interval, burst)
+  return gcra(tats[field] or tonumber(stored_tat) or now, now, interval, burst)
+end
+local function remember(field, tat)
+  if tats[field] == nil then
+    updates[#updates + 1] = field
+  end
+  tats[field] = tat
+end
+for p = 1, #starts do
   a = starts[p]
-  local n, np, m = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local limit, prop_limit, names = 0, 0, a + 4
+  local field, account = ARGV[a], ARGV[a + 1]
+  local n, np = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local m, ty = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
+  local at = a + 8
+  local limit, prop_limit, type_limit = 0, 0, 0
   if n > 0 then
-    limit, names = tonumber(ARGV[names]), names + 1
+    limit, at = tonumber(ARGV[at]), at + 1
   end
   if np > 0 then
-    prop_limit, names = tonumber(ARGV[names]), names + 1
+    prop_limit, at = tonumber(ARGV[at]), at + 1
   end
+  if ty > 0 then
+    type_limit, at = tonumber(ARGV[at]), at + 1
+  end
+  local names = at
   local props = names + n
   local first = props + np
-  local slots_key, props_key = nil, nil
+  local types = first + m
+  local slots_key, props_key, types_key
   if n > 0 then
     slots_key, k = KEYS[k], k + 1
   end
   if np > 0 then
     props_key, k = KEYS[k], k + 1
   end
+  if ty > 0 then
+    types_key, k = KEYS[k], k + 1
+  end
   if length >= high_water then
     replies[p] = {2}
   else
     local kind = string.sub(field, 1, 1)
-    local interval = intervals[kind]
-    local tat = tats[field] or tonumber(stored[p]) or now
-    if tat < now then
-      tat = now
-    end
-    local new_tat = tat + interval
-    local allow_at = new_tat - interval * bursts[kind]
+    local new_tat, allow_at = limited(field, stored[2 * p - 1], intervals[kind], bursts[kind])
+    local acct_tat, acct_allow = limited(account, stored[2 * p], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]))
     if allow_at > now then
-      replies[p] = {1, math.ceil(allow_at - now)}
+      replies[p] = {1, math.ceil(allow_at - now), 1}
+    elseif acct_allow > now then
+      replies[p] = {1, math.ceil(acct_allow - now), 2}
     else
-      local dropped, dropped_props = {}, {}
+      local dropped, dropped_props, dropped_types = {}, {}, {}
       if n > 0 then
         dropped = take_slots(slots_key, limit, names, props)
       end
       if np > 0 then
         dropped_props = take_slots(props_key, prop_limit, props, first)
       end
-      local event = ARGV[first]
-      if #dropped > 0 then
-        event = drop_metrics(event, dropped)
-      end
-      if #dropped_props > 0 then
-        event = drop_props(event, dropped_props)
-      end
-      redis.call('XADD', stream, '*', '$field', event)
-      for i = first + 1, first + m - 1 do
-        redis.call('XADD', stream, '*', '$field', ARGV[i])
-      end
-      length = length + m
-      if tats[field] == nil then
-        updates[#updates + 1] = field
-      end
-      tats[field] = new_tat
-      local reply = {0}
-      if #dropped > 0 or #dropped_props > 0 then
-        reply[2] = #dropped
-        for _, name in ipairs(dropped) do
-          reply[#reply + 1] = name
-        end
-        for _, name in ipairs(dropped_props) do
-          reply[#reply + 1] = name
+      local no_slot = {}
+      if ty > 0 then
+        dropped_types = take_slots(types_key, type_limit, types, types + ty)
+        for _, name in ipairs(dropped_types) do
+          no_slot[name] = true
         end
       end
-      replies[p] = reply
+      for i = 1, m do
+        local event = ARGV[first + i - 1]
+        if i == 1 and #dropped > 0 then
+          event = drop_metrics(event, dropped)
+        end
+        if i == 1 and #dropped_props > 0 then
+          event = drop_props(event, dropped_props)
+        end
+        if i <= m - ty or not no_slot[ARGV[types + i - 1 - (m - ty)]] then
+          redis.call('XADD', stream, '*', '$field', event)
+          length = length + 1
+        end
+      end
+      remember(field, new_tat)
+      remember(account, acct_tat)
+      replies[p] = reply_with(dropped, dropped_props, dropped_types)
     end
   end
 end
@@ -172,7 +228,7 @@ if #updates > 0 then
 end
 return replies
 """
-SCRIPT = LUA_DROP_METRICS + string.Template(_BODY).substitute(field=ENTRY_FIELD)
+SCRIPT = LUA_DROP_METRICS + LUA_ADMIT + string.Template(_BODY).substitute(field=ENTRY_FIELD)
 SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 # Posts per script call: bounds how long one call holds Redis.
 MAX_CALL_POSTS = 128
@@ -187,8 +243,10 @@ class Outcome(enum.Enum):
 class Result(msgspec.Struct, frozen=True):
     outcome: Outcome
     retry_after_ms: int = 0
-    dropped: tuple[str, ...] = ()  # custom metrics over the bot's slots
+    dropped: tuple[str, ...] = ()  # custom metric names without a slot
     dropped_props: tuple[str, ...] = ()  # extra properties over the bot's property slots
+    dropped_types: tuple[str, ...] = ()  # custom-event types without a slot (their events dropped)
+    account_limited: bool = False  # RATE_LIMITED by the account's rate, not the bot's
 
 
 class Limits(msgspec.Struct, frozen=True):
@@ -209,6 +267,12 @@ class Post(msgspec.Struct, frozen=True):
     slot_limit: int
     metric_names: Sequence[str]
     events: Sequence[bytes]  # the first carries the custom metrics and properties
+    account_id: str = ""
+    # The account's rate (GCRA) in this partition: its share of the account's posts per minute.
+    account_interval_ms: int = 1
+    account_burst: int = 1_000_000
+    type_limit: int = 0
+    types: Sequence[str] = ()  # the types of the last len(types) events (custom entries)
     prop_limit: int = 0
     prop_names: Sequence[str] = ()
 
@@ -225,35 +289,50 @@ def script_call(verb: str, script: str, posts: Sequence[Post], high_water: int, 
         limits.custom_burst,
     ]
     for post in posts:
-        names, props = post.metric_names, post.prop_names
+        names, props, types = post.metric_names, post.prop_names, post.types
         field = ("s:" if post.stats else "c:") + post.bot_id
-        if not names and not props:
-            args += (field, 0, 0, len(post.events), *post.events)
-            continue
-        args += (field, len(names), len(props), len(post.events))
+        args += (field, "a:" + post.account_id, post.account_interval_ms, post.account_burst,
+                 len(names), len(props), len(post.events), len(types))  # fmt: skip
         if names:
             keys.append(custom_slots_key(partition, post.bot_id))
             args.append(post.slot_limit)
         if props:
             keys.append(prop_slots_key(partition, post.bot_id))
             args.append(post.prop_limit)
-        args += (*names, *props, *post.events)
+        if types:
+            keys.append(custom_types_key(partition, post.bot_id))
+            args.append(post.type_limit)
+        args += (*names, *props, *post.events, *types)
     return pack_command((verb, script, len(keys), *keys, *args))
 
 
 APPENDED = Result(Outcome.APPENDED)
 
 
-def _result(reply: list[object]) -> Result:
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def result_of(reply: list[object]) -> Result:
+    """A post script's reply (the append's or the shard script's) as a `Result`."""
     code = reply[0]
     if code == 0:
         if len(reply) == 1:
             return APPENDED  # the common case: nothing dropped, nothing to build
-        split = int(reply[1])  # type: ignore[call-overload]
-        names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in reply[2:])
-        return Result(Outcome.APPENDED, dropped=names[:split], dropped_props=names[split:])
+        n_metrics, n_props = int(reply[1]), int(reply[2])  # type: ignore[call-overload]
+        names = tuple(_text(n) for n in reply[3:])
+        return Result(
+            Outcome.APPENDED,
+            dropped=names[:n_metrics],
+            dropped_props=names[n_metrics : n_metrics + n_props],
+            dropped_types=names[n_metrics + n_props :],
+        )
     if code == 1:
-        return Result(Outcome.RATE_LIMITED, retry_after_ms=int(reply[1]))  # type: ignore[call-overload]
+        return Result(
+            Outcome.RATE_LIMITED,
+            retry_after_ms=int(reply[1]),  # type: ignore[call-overload]
+            account_limited=int(reply[2]) == 2,  # type: ignore[call-overload]
+        )
     return Result(Outcome.BACKLOG_FULL)
 
 
@@ -377,9 +456,11 @@ class Appender:
             asyncio.get_running_loop().call_soon(self._flush)
 
     async def _run(self, batch: list[tuple[Post, asyncio.Future[Result]]], deadline: float) -> None:
+        started = time.perf_counter()
         try:
             async with asyncio.timeout_at(deadline):
                 replies = await self._execute([p for p, _ in batch])
+            REDIS_DURATION.observe(time.perf_counter() - started)
         except BaseException as exc:
             failure = exc if isinstance(exc, Exception) else ConnectionError("append cancelled")
             waiting, self._pending = self._pending, []
@@ -395,7 +476,7 @@ class Appender:
             if isinstance(reply, Exception):
                 future.set_exception(reply)
             else:
-                future.set_result(_result(reply))  # type: ignore[arg-type]
+                future.set_result(result_of(reply))  # type: ignore[arg-type]
 
     async def _execute(self, posts: list[Post]) -> list[object]:
         """Each post's reply (or the error of its call), in the order of `posts`."""

@@ -2,61 +2,89 @@
 
 A bot whose shards post separately has no single post that holds its totals. The gateway keeps
 each shard's latest values in a Redis hash per bot (`shard_state_key`); the script below, run
-once per shard post, checks the backlog and that shard's rate limit (the stats limit, per shard,
-kept in the same hash), stores the shard's values,
-appends the shard's events and — at most once per `BOTPULSE_SHARD_TOTAL_INTERVAL_S` — a stats
-event holding the bot's totals at that moment: the sums of every live shard's latest values
-(the mean of their latencies; `shards`: the live shards, or the largest shard count a shard
-reported). Those totals are ordinary `bot_stats` rows, so bucketing, roll-ups and uptime read
-them as before, and a bot with 1,000 shards stores one total row per interval, not 1,000. A
-shard silent for `SHARD_FORGET_MS` drops out of the totals (it was removed by resharding).
+once per shard post, admits the post as the append script does (`LUA_ADMIT`: the backlog, that
+shard's rate limit — the stats limit, per shard, kept in the same hash — the account's rate in
+the partition's rate hash, and the custom-event type slots of the post's entries), stores the
+shard's values, appends the shard's events and — at most once per
+`BOTPULSE_SHARD_TOTAL_INTERVAL_S` — a stats event holding the bot's totals at that moment: the
+sums of every live shard's latest values (the mean of their latencies; `shards`: the live
+shards, or the largest shard count a shard reported). Those totals are ordinary `bot_stats`
+rows, so bucketing, roll-ups and uptime read them as before, and a bot with 1,000 shards stores
+one total row per interval, not 1,000. A shard silent for `SHARD_FORGET_MS` drops out of the
+totals (it was removed by resharding).
 
 Everything happens in one script on keys of the bot's partition, so a refused post leaves no
-trace and an accepted one is appended once.
+trace and an accepted one is appended once. Its reply has the append script's shape, read by
+the same `result_of`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import string
+import time
 
 import msgspec
 import redis.asyncio as aioredis
 
-from botpulse.ingest.append import Outcome, Result
-from botpulse.schemas.stream import ENTRY_FIELD, SHARD_FORGET_MS, shard_state_key, stream_key
+from botpulse.ingest.append import LUA_ADMIT, Result, result_of
+from botpulse.ingest.metrics import REDIS_DURATION
+from botpulse.schemas.stream import (
+    ENTRY_FIELD,
+    SHARD_FORGET_MS,
+    custom_types_key,
+    rate_key,
+    shard_state_key,
+    stream_key,
+)
 
 # KEYS: stream, the bot's shard hash (fields: `<shard id>` the shard's latest values, `r:<shard
 #       id>` its rate-limit state, `=last` when the totals were last written; it expires with the
-#       bot's last shard post, so it never outlives the shards).
+#       bot's last shard post, so it never outlives the shards), the partition's rate hash (the
+#       account's field), then the bot's type-set key when the post has custom entries.
 # ARGV: high_water, interval_ms, burst, total_interval_ms, forget_ms, rate field, shard id,
 #       the shard's values (msgpack map of StatsPayload field names), the totals event template
-#       (a StreamEvent whose payload is an empty StatsPayload), then the events to append.
+#       (a StreamEvent whose payload is an empty StatsPayload), the account's rate field, its
+#       interval_ms and burst, n_typed, type_limit, then the events to append (the last n_typed
+#       are custom entries), then the types of those n_typed entries.
 _SHARD_BODY = """
-local stream, state = KEYS[1], KEYS[2]
+local stream, state, rates = KEYS[1], KEYS[2], KEYS[3]
 local high_water, interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local total_every, forget = tonumber(ARGV[4]), tonumber(ARGV[5])
+local account, typed, type_limit = ARGV[10], tonumber(ARGV[13]), tonumber(ARGV[14])
+local first, types = 15, #ARGV - typed + 1
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('XLEN', stream) >= high_water then
   return {2}
 end
 local field = ARGV[6]
-local tat = tonumber(redis.call('HGET', state, field)) or now
-if tat < now then
-  tat = now
-end
-local new_tat = tat + interval
-local allow_at = new_tat - interval * burst
+local new_tat, allow_at = gcra(tonumber(redis.call('HGET', state, field)) or now, now, interval, burst)
 if allow_at > now then
-  return {1, math.ceil(allow_at - now)}
+  return {1, math.ceil(allow_at - now), 1}
+end
+local acct_tat, acct_allow = gcra(
+  tonumber(redis.call('HGET', rates, account)) or now, now, tonumber(ARGV[11]), tonumber(ARGV[12]))
+if acct_allow > now then
+  return {1, math.ceil(acct_allow - now), 2}
+end
+local dropped_types, no_slot = {}, {}
+if typed > 0 then
+  dropped_types = take_slots(KEYS[4], type_limit, types, types + typed)
+  for _, name in ipairs(dropped_types) do
+    no_slot[name] = true
+  end
 end
 redis.call('HSET', state, field, string.format('%d', new_tat))
+redis.call('HSET', rates, account, string.format('%d', acct_tat))
 local values = cmsgpack.unpack(ARGV[8])
 values['ts'] = now
 redis.call('HSET', state, ARGV[7], cmsgpack.pack(values))
-for i = 10, #ARGV do
-  redis.call('XADD', stream, '*', '$field', ARGV[i])
+local untyped = types - first - typed
+for i = first, types - 1 do
+  if i - first < untyped or not no_slot[ARGV[i + typed]] then
+    redis.call('XADD', stream, '*', '$field', ARGV[i])
+  end
 end
 local last = tonumber(redis.call('HGET', state, '=last'))
 if last == nil or now - last >= total_every then
@@ -100,10 +128,10 @@ if last == nil or now - last >= total_every then
   redis.call('HSET', state, '=last', string.format('%d', now))
 end
 redis.call('PEXPIRE', state, forget)
-return {0}
+return reply_with({}, {}, dropped_types)
 """
 # The entry's field comes from the stream contract, filled in once at import (as in append.py).
-SHARD_SCRIPT = string.Template(_SHARD_BODY).substitute(field=ENTRY_FIELD)
+SHARD_SCRIPT = LUA_ADMIT + string.Template(_SHARD_BODY).substitute(field=ENTRY_FIELD)
 
 # The values a shard contributes to the bot's totals, by StatsPayload field name.
 SUMMED = ("guilds", "users", "ram_usage", "ram_total", "cpu", "bandwidth")
@@ -141,13 +169,24 @@ class ShardAppender:
         values: bytes,
         totals_template: bytes,
         events: list[bytes],
+        account_id: str,
+        account_interval_ms: int,
+        account_burst: int,
+        type_limit: int,
+        types: list[str],
     ) -> Result:
-        keys = [stream_key(partition), shard_state_key(partition, bot_id)]
-        args = [*self._head, f"r:{shard_id}", str(shard_id), values, totals_template, *events]
+        """`events`: the shard's event, then its custom entries (the last len(types) of them,
+        of those types). The account's rate and the type slots are `Post`'s (ingest/append.py)."""
+        keys = [stream_key(partition), shard_state_key(partition, bot_id), rate_key(partition)]
+        if types:
+            keys.append(custom_types_key(partition, bot_id))
+        args = [
+            *self._head, f"r:{shard_id}", str(shard_id), values, totals_template,
+            "a:" + account_id, account_interval_ms, account_burst, len(types), type_limit,
+            *events, *types,
+        ]  # fmt: skip
+        started = time.perf_counter()
         async with asyncio.timeout(self.timeout_s):
             reply = await self._script(keys=keys, args=args)
-        if reply[0] == 1:
-            return Result(Outcome.RATE_LIMITED, retry_after_ms=int(reply[1]))
-        if reply[0] == 2:
-            return Result(Outcome.BACKLOG_FULL)
-        return Result(Outcome.APPENDED)
+        REDIS_DURATION.observe(time.perf_counter() - started)
+        return result_of(reply)

@@ -5,7 +5,9 @@ within the period), an averaged field (`apiPing`, `ramUsage`, `cpu`, `bandwidth`
 the period's posts) or a custom metric by name (the mean over the period's posts that carried
 it). With `per`, the value is `metric / per`, for bots where both exist and `per` is not 0
 (DCSServerBot's `topkdr`: `metric=kills&per=deaths`). Periods read the roll-ups: `hour`, `day`
-and `week` the hourly one (whole hours back from now), `month` and `all` the daily one.
+and `week` the hourly one (whole hours back from now), `month` and `all` the daily one — except
+`all` over "last" fields only (the default leaderboard), which reads `bot_latest`: one row per
+bot, not per bot-day.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ async def leaderboard(
     store: Store, metric: str, per: str | None, period: str, limit: int, ascending: bool
 ) -> list[dict[str, Any]]:
     table, hours = PERIODS[period]
+    if period == "all" and metric in LAST_FIELDS and (per is None or per in LAST_FIELDS):
+        table = "bot_latest"  # the same argMax states, merged per bot already
     value, params = metric_sql(metric, "m", "metric")
     if per is not None:
         divisor, more = metric_sql(per, "d", "per")

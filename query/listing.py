@@ -52,8 +52,8 @@ MAX_OR = 20
 MAX_DEPTH = 4
 MAX_REGEX = 64
 
-# Latest values per bot come from the daily roll-up (argMax states merge to the newest non-null
-# value), so a listing reads one row per bot-day instead of every post.
+# Latest values per bot come from `bot_latest` (argMax states merge to the newest non-null value;
+# one row per bot once merged), so a listing costs per bot, not per bot-day.
 _LISTED = list(LISTED_FIELDS.values())
 LISTING_BASE = (
     "SELECT b.id AS id, b.username AS username, b.avatar AS avatar, b.private AS private,"
@@ -68,7 +68,7 @@ LISTING_BASE = (
     " LEFT JOIN (SELECT bot_id, "
     + "".join(f"argMaxMerge({c}) AS {c}, " for c in _LISTED)
     + "toUnixTimestamp64Milli(max(last_ts)) AS last_seen"
-    "   FROM bot_stats_1d GROUP BY bot_id) AS s ON s.bot_id = b.id"
+    "   FROM bot_latest GROUP BY bot_id) AS s ON s.bot_id = b.id"
     " LEFT JOIN (SELECT bot_id, argMax(value, ts) AS version FROM bot_props WHERE name = 'version'"
     "   GROUP BY bot_id) AS v ON v.bot_id = b.id"
 )
