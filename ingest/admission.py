@@ -60,20 +60,23 @@ def memory_verdict(used: int, limit: int, high_water_pct: int) -> Verdict | None
     )
 
 
+_BUSY = Verdict("redis_busy", "The ingest buffer is busy or loading, try again shortly", 1)
+
+
 def error_verdict(exc: BaseException) -> Verdict:
     """What a failed append tells the poster: Redis's error replies by their code, anything else
     (connection refused or lost, timeout) as storage unavailable. The code is the reply's first
     word as hiredis hands it over (the appender's wire), or the class redis-py made of it (a
     script run through redis-py, e.g. the shard script: its text has lost the code)."""
     text = str(exc)
+    if isinstance(exc, BusyLoadingError):  # redis-py's LOADING reply (a ConnectionError there)
+        return _BUSY
     if isinstance(exc, ResponseError):
         code = text.split(" ", 1)[0].upper()
         if isinstance(exc, OutOfMemoryError):
             code = "OOM"
         elif isinstance(exc, ReadOnlyError):
             code = "READONLY"
-        elif isinstance(exc, BusyLoadingError):
-            code = "LOADING"
         if code == "OOM" or "OOM command not allowed" in text:
             return Verdict(
                 "redis_oom",
@@ -94,7 +97,7 @@ def error_verdict(exc: BaseException) -> Verdict:
                 10,
             )
         if code in ("BUSY", "LOADING") or text.startswith(("BUSY", "LOADING")):
-            return Verdict("redis_busy", "The ingest buffer is busy or loading, try again shortly", 1)
+            return _BUSY
     return Verdict("redis_unavailable", "Storage is unavailable, try again shortly", 1)
 
 

@@ -203,3 +203,23 @@ async def test_shard_posts_get_503_naming_the_redis_reply_or_outage_never_500(ma
         assert body["reason"] in ("redis_unavailable", "registry_not_ready"), body
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        ("OOM command not allowed when used memory > 'maxmemory'.", "redis_oom"),
+        ("READONLY You can't write against a read only replica.", "redis_readonly"),
+        ("LOADING Redis is loading the dataset in memory", "redis_busy"),
+        ("BUSY Redis is busy running a script.", "redis_busy"),
+        ("MISCONF Redis is configured to save RDB snapshots, but it's unable to persist", "redis_misconf"),
+    ],
+)
+def test_error_replies_parsed_by_redis_py_keep_their_reason(reply: str, reason: str) -> None:
+    """The shard script runs through redis-py, whose parser turns `OOM …` into an
+    OutOfMemoryError without the code in its text; the verdict still names it."""
+    from redis._parsers.base import BaseParser
+
+    from botpulse.ingest.admission import error_verdict
+
+    assert error_verdict(BaseParser.parse_error(reply)).reason == reason
