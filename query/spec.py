@@ -221,6 +221,8 @@ def _account(
         503: error_reply("The registry is busy or unreachable; try again (`Retry-After`).", retry=True),
         **(errors or {}),
     }
+    if method != "GET":  # every account write counts against registryWritesPerMin
+        replies.setdefault(429, error_reply("Too many registry changes this minute.", retry=True))
     if body is not None:
         replies[413] = error_reply("The body is too large.")
     extra = {"body_example": example} if example is not None else {}
