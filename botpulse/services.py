@@ -1,11 +1,15 @@
-"""`botpulse gateway|worker|query|migrate`: one long-running service (or the migrations) each."""
+"""`botpulse gateway|worker|query|alerts|migrate`: one long-running service (or the migrations) each."""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from botpulse.runtime.logs import configure_logging, get_logger
 from botpulse.runtime.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -35,7 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also run a stream worker in this process (embedded chDB allows one engine per process)",
     )
+    p.add_argument(
+        "--with-alerts",
+        action="store_true",
+        help="also run the alert evaluator in this process (like --with-worker, for embedded chDB)",
+    )
     p.set_defaults(func=run_query)
+
+    p = sub.add_parser("alerts", help="run the alert evaluator (rules -> Discord and webhook notifications)")
+    p.set_defaults(func=run_alerts)
 
     p = sub.add_parser("migrate", help="apply the ClickHouse schema migrations (idempotent)")
     p.add_argument(
@@ -59,13 +71,27 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def run_query(args: argparse.Namespace) -> int:
+    from botpulse.embedded_alerts import with_embedded_alerts
+    from botpulse.embedded_worker import with_embedded_worker
     from botpulse.query.server import serve
 
-    if not args.with_worker:
+    composers = [c for c, on in ((with_embedded_worker, args.with_worker),
+                                 (with_embedded_alerts, args.with_alerts)) if on]  # fmt: skip
+    if not composers:
         return serve(_settings(args))
-    from botpulse.embedded_worker import with_embedded_worker
 
-    return serve(_settings(args), compose=with_embedded_worker)
+    def compose(app: web.Application) -> web.Application:
+        for composer in composers:
+            app = composer(app)
+        return app
+
+    return serve(_settings(args), compose=compose)
+
+
+def run_alerts(args: argparse.Namespace) -> int:
+    from botpulse.alerts.server import serve
+
+    return serve(_settings(args))
 
 
 def run_migrate(args: argparse.Namespace) -> int:
