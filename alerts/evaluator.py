@@ -227,9 +227,12 @@ class Evaluator:
             if verdict is None:
                 continue
             firing = status == b"firing"
+            # An offline incident ends with the first post after it began, even if the bot
+            # fell silent again before this round (that is the next incident).
+            came_back = rule.kind == "offline" and firing and verdict.since > int(since or 0)
             if not firing and verdict.firing:
                 await self._open_incident(rule, verdict, now)
-            elif firing and not verdict.holding and incident is not None:
+            elif firing and (not verdict.holding or came_back) and incident is not None:
                 await self._close_incident(rule, verdict, incident.decode(), int(since or 0), now)
 
     def _jobs(self, rule: Rule, incident: str, event: str, since: int, until: int | None,
