@@ -31,7 +31,7 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 
 SETTING_ENV = {env_name(f) for f in Settings.__struct_fields__}
-BOTPULSE_ROLES = {"gateway", "worker", "query", "migrate"}
+BOTPULSE_ROLES = {"gateway", "worker", "query", "alerts", "migrate"}
 
 
 def _is_setting_like(name: str) -> bool:
@@ -296,7 +296,7 @@ def test_kustomization_lists_every_manifest() -> None:
 
 def test_k8s_has_every_piece(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
     kinds = set(manifests)
-    for role in ("gateway", "worker", "query"):
+    for role in ("gateway", "worker", "query", "alerts"):
         assert ("Deployment", f"botpulse-{role}") in kinds
     assert ("Job", "botpulse-migrate") in kinds
     assert ("Service", "botpulse-gateway") in kinds and ("Service", "botpulse-query") in kinds
@@ -352,7 +352,7 @@ def test_k8s_containers_run_real_commands_with_real_settings(
 def test_k8s_graceful_termination(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
     config = manifests[("ConfigMap", "botpulse-config")]["data"]
     settings = load_settings(config)
-    for role in ("gateway", "worker", "query"):
+    for role in ("gateway", "worker", "query", "alerts"):
         grace = manifests[("Deployment", f"botpulse-{role}")]["spec"]["template"]["spec"][
             "terminationGracePeriodSeconds"
         ]

@@ -1,0 +1,164 @@
+"""The alerts routes of the account API: rules and destinations per account, validation with
+the field named, cross-account refusals, secrets shown once, tokens redacted."""
+
+from __future__ import annotations
+
+import pytest
+from alerts_fixtures import account, alert_settings, api_client, bot, destination
+
+BOT = "200000000000000001"
+
+
+@pytest.fixture
+async def env(make_settings, store, redis):
+    settings = alert_settings(make_settings)
+    api = await api_client(settings, store)
+    acc, key = await account(api, "one")
+    other_acc, other_key = await account(api, "two")
+    await bot(store, redis, acc, BOT)
+    await bot(store, redis, other_acc, "999")
+    hook = await destination(api, key, "webhook", "http://127.0.0.1:9/hook")
+    yield {"api": api, "key": key, "other": other_key, "hook": hook}
+    await api.close()
+
+
+def _h(key: str) -> dict[str, str]:
+    return {"Authorization": key}
+
+
+async def test_rule_lifecycle(env):
+    api, key = env["api"], env["key"]
+    body = {"name": "down", "bot": BOT, "kind": "offline", "destinations": [env["hook"]["id"]]}
+    resp = await api.post("/v1/alerts/rules", json=body, headers=_h(key))
+    assert resp.status == 201, await resp.text()
+    created = await resp.json()
+    assert created["minutes"] == 3  # the heartbeat window, 180 s
+    assert created["state"] == {"status": "ok", "incident": None, "since": None, "detail": None}
+    assert "account" not in created
+    rid = created["id"]
+
+    resp = await api.patch(
+        f"/v1/alerts/rules/{rid}", json={"name": "renamed", "mutedUntil": 5}, headers=_h(key)
+    )
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["name"] == "renamed"
+    listed = (await (await api.get(f"/v1/alerts/rules?bot={BOT}", headers=_h(key))).json())["rules"]
+    assert [(r["id"], r["name"], r["mutedUntil"]) for r in listed] == [(rid, "renamed", 5)]
+    assert (await (await api.get("/v1/alerts/rules", headers=_h(env["other"]))).json())["rules"] == []
+
+    deliveries = await api.get(f"/v1/alerts/rules/{rid}/deliveries", headers=_h(key))
+    assert deliveries.status == 200 and (await deliveries.json())["deliveries"] == []
+
+    resp = await api.delete(f"/v1/alerts/destinations/{env['hook']['id']}", headers=_h(key))
+    assert resp.status == 409  # still used
+    assert (await api.delete(f"/v1/alerts/rules/{rid}", headers=_h(key))).status == 204
+    assert (await api.get(f"/v1/alerts/rules/{rid}", headers=_h(key))).status == 404
+    assert (await api.delete(f"/v1/alerts/destinations/{env['hook']['id']}", headers=_h(key))).status == 204
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"bot": BOT, "kind": "offline"}, "name"),
+        ({"name": "x", "bot": BOT, "kind": "sometimes"}, "kind"),
+        ({"name": "x", "bot": BOT, "kind": "offline", "minutes": 0}, "minutes"),
+        ({"name": "x", "bot": BOT, "kind": "offline", "metric": "guilds"}, "metric"),
+        ({"name": "x", "bot": BOT, "kind": "threshold", "op": "above", "value": 1}, "metric"),
+        (
+            {"name": "x", "bot": BOT, "kind": "threshold", "metric": "ping", "op": "above", "value": 1},
+            "metric",
+        ),
+        ({"name": "x", "bot": BOT, "kind": "threshold", "metric": "apiPing", "op": "drop", "value": 1}, "op"),
+        (
+            {"name": "x", "bot": BOT, "kind": "threshold", "metric": "custom.a b", "op": "above", "value": 1},
+            "metric",
+        ),
+        ({"name": "x", "bot": BOT, "kind": "change", "metric": "guilds", "op": "drop"}, "percent"),
+        (
+            {"name": "x", "bot": BOT, "kind": "change", "metric": "guilds", "op": "drop", "percent": 500},
+            "percent",
+        ),
+        (
+            {"name": "x", "bot": BOT, "kind": "offline", "quietHours": {"start": "25:00", "end": "07:00"}},
+            "quietHours.start",
+        ),
+        (
+            {
+                "name": "x",
+                "bot": BOT,
+                "kind": "offline",
+                "quietHours": {"start": "22:00", "end": "07:00", "timezone": "Mars/Olympus"},
+            },
+            "quietHours.timezone",
+        ),
+        ({"name": "x", "bot": BOT, "kind": "offline", "muted": "yes"}, "muted"),
+        ({"name": "x", "bot": BOT, "kind": "offline", "surprise": 1}, "surprise"),
+        ({"name": "x", "bot": "bad id!", "kind": "offline"}, "bot"),
+    ],
+)
+async def test_bad_rules_are_400_naming_the_field(env, body, field):
+    body = {"destinations": [env["hook"]["id"]]} | body
+    resp = await env["api"].post("/v1/alerts/rules", json=body, headers=_h(env["key"]))
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json())["field"] == field
+
+
+async def test_refusals_across_accounts(env):
+    api, key, other = env["api"], env["key"], env["other"]
+    # A bot the account does not manage, a destination it does not own.
+    resp = await api.post(
+        "/v1/alerts/rules",
+        json={"name": "x", "bot": "999", "kind": "offline", "destinations": [env["hook"]["id"]]},
+        headers=_h(key),
+    )
+    assert resp.status == 400 and (await resp.json())["message"] == "Bot not manageable"
+    resp = await api.post(
+        "/v1/alerts/rules",
+        json={"name": "x", "bot": "999", "kind": "offline", "destinations": [env["hook"]["id"]]},
+        headers=_h(other),
+    )
+    assert resp.status == 400 and (await resp.json())["field"] == "destinations[0]"
+    rid = (
+        await (
+            await api.post(
+                "/v1/alerts/rules",
+                json={"name": "x", "bot": BOT, "kind": "offline", "destinations": [env["hook"]["id"]]},
+                headers=_h(key),
+            )
+        ).json()
+    )["id"]
+    for method, path in (
+        ("GET", f"/v1/alerts/rules/{rid}"),
+        ("PATCH", f"/v1/alerts/rules/{rid}"),
+        ("DELETE", f"/v1/alerts/rules/{rid}"),
+        ("GET", f"/v1/alerts/rules/{rid}/deliveries"),
+        ("DELETE", f"/v1/alerts/destinations/{env['hook']['id']}"),
+    ):
+        resp = await api.request(method, path, json={"name": "stolen"}, headers=_h(other))
+        assert resp.status == 404, (method, path)
+    for method, path in (
+        ("GET", "/v1/alerts/rules"),
+        ("POST", "/v1/alerts/rules"),
+        ("GET", "/v1/alerts/destinations"),
+        ("POST", "/v1/alerts/destinations"),
+    ):
+        assert (await api.request(method, path, json={})).status == 401
+        assert (await api.request(method, path, json={}, headers=_h("DS-wrong"))).status == 401
+
+
+async def test_secrets_shown_once_and_discord_tokens_redacted(env):
+    api, key = env["api"], env["key"]
+    assert env["hook"]["secret"].startswith("whsec_")
+    discord = await destination(api, key, "discord", "http://127.0.0.1:9/api/webhooks/42/very-secret-token")
+    assert "secret" not in discord
+    listed = (await (await api.get("/v1/alerts/destinations", headers=_h(key))).json())["destinations"]
+    assert {d["id"] for d in listed} == {env["hook"]["id"], discord["id"]}
+    text = str(listed)
+    assert "whsec_" not in text and "very-secret-token" not in text
+    assert next(d for d in listed if d["type"] == "discord")["url"] == "http://127.0.0.1:9/api/webhooks/42/…"
+    resp = await api.post(
+        "/v1/alerts/destinations",
+        json={"name": "d", "type": "discord", "url": "http://127.0.0.1:9/not-a-webhook"},
+        headers=_h(key),
+    )
+    assert resp.status == 400 and (await resp.json())["field"] == "url"
