@@ -121,7 +121,8 @@ class Deliverer:
         job = _job_decoder.decode(raw[b"data"])
         attempt = int(raw.get(b"attempts", b"0")) + 1
         first = int(raw.get(b"first", b"0")) or self.clock()
-        rule = rules.get(job.rule)
+        # A rule created since this instance last loaded them is read directly.
+        rule = rules.get(job.rule) or await rules_db.rule_by_id(self.store, job.rule)
         found = await rules_db.list_destinations(self.store, ids=[job.destination])
         if rule is None or not found:
             # The rule or the destination was deleted since: nothing to tell anyone.
@@ -141,6 +142,8 @@ class Deliverer:
             await self._finish(job, destination, "delivered", attempt, answer.status, None, answer.latency_ms)
             return
         error = answer.error or f"HTTP {answer.status}: {answer.body[:200].decode('utf-8', 'replace')}"
+        # A Discord URL holds its token; whatever an error quotes of it, the log shows it redacted.
+        error = error.replace(destination.url, rules_db.redacted_url(destination))
         now = self.clock()
         delay = max(backoff_ms(attempt), _retry_after_ms(answer))
         within = now + delay - first <= self.settings.alerts_retry_for_s * 1000

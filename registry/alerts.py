@@ -189,6 +189,8 @@ def _check_kind(spec: dict[str, Any], heartbeat_window_s: int) -> None:
                 raise Invalid(f"{field} is required for a threshold rule", field)
         if spec["op"] not in ("above", "below"):
             raise Invalid("op must be above or below for a threshold rule", "op")
+        if spec["minutes"] > 1440:
+            raise Invalid("minutes must be at most 1440 (a day) for a threshold rule", "minutes")
         if spec.get("ofMetric") is not None and not 0 <= spec["value"] <= 1000:
             raise Invalid("value is a percentage of ofMetric here: from 0 to 1000", "value")
         extra = given & {"percent", "hours"}
@@ -349,6 +351,13 @@ async def get_rule(store: Store, rule_id: str, account: str) -> Rule:
     if not rows:
         raise NotFound("Rule not found")
     return _rule_decoder.decode(rows[0][0])
+
+
+async def rule_by_id(store: Store, rule_id: str) -> Rule | None:
+    rows = await store.query(
+        "SELECT spec FROM alert_rules FINAL WHERE id = {id:String} AND deleted = 0", {"id": rule_id}
+    )
+    return _rule_decoder.decode(rows[0][0]) if rows else None
 
 
 async def list_destinations(

@@ -671,3 +671,22 @@ def test_discord_payload_bounds_hold_for_long_names():
     body = payloads.discord_body(rule_, job, payloads.BotInfo("1", "@everyone " * 40, None, "https://x"))
     body["embeds"][0].setdefault("thumbnail", {})
     _check_discord(body)
+
+
+async def test_bot_latest_holds_the_newest_post_per_bot_and_is_backfilled(store):
+    from botpulse.runtime.migrations import available, render
+
+    await post(store, "a", T0)
+    await post(store, "a", T0 + 5_000)
+    await post(store, "a", T0 - 60_000)  # late, older: does not move it back
+    await post(store, "b", T0 + 1_000)
+    sql = "SELECT bot_id, toUnixTimestamp64Milli(max(last_ts)) FROM bot_latest GROUP BY bot_id ORDER BY 1"
+    assert await store.query(sql) == [("a", T0 + 5_000), ("b", T0 + 1_000)]
+    # An install that had posts before 0034: its back-fill statement fills the table from the roll-up.
+    await store.command("TRUNCATE TABLE bot_latest")
+    (migration,) = [m for m in available() if m.version == "0034_alerts"]
+    statements = render(migration.sql, cluster=None, database=store.database, ttl_days=400)
+    backfill = [s for s in statements if s.startswith("INSERT")]
+    assert len(backfill) == 1
+    await store.command(backfill[0])
+    assert await store.query(sql) == [("a", T0 + 5_000), ("b", T0 + 1_000)]
