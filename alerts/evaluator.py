@@ -25,7 +25,7 @@ import socket
 import time
 import zlib
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import redis.asyncio as aioredis
@@ -171,7 +171,6 @@ class Evaluator:
         self._rules_version: bytes | None = None
         self._rules_loaded = 0.0
         self._stopping = asyncio.Event()
-        self._redis_ok = True
 
     # --- one round ------------------------------------------------------------------------------
     async def acquire(self, *, stopping: bool = False) -> set[int]:
@@ -193,12 +192,10 @@ class Evaluator:
         return self._rules
 
     async def tick(self) -> None:
-        """One round: renew leases, judge the held rules, then deliver what is due."""
-        await self.acquire()
-        rules = await self.rules()
-        await self.evaluate([r for r in rules.values() if slot_of(r.bot) in self.slots])
-        while await self.deliverer.run_due(rules) and not self._stopping.is_set():
-            pass
+        """One round, in order: renew leases, judge the held rules, deliver what is due
+        (`run` runs the two halves side by side)."""
+        await self._judge()
+        await self._deliver()
 
     async def evaluate(self, rules: list[Rule]) -> None:
         if not rules:
@@ -302,28 +299,44 @@ class Evaluator:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Rounds until `stop()`; then the slots are given back so the others take over at once
-        (a crash instead leaves them to expire)."""
+        """Rounds until `stop()`: judging and delivering run side by side, so a slow receiver
+        never delays the lease renewals or the next judgement. On stop the slots are given back
+        so the others take over at once (a crash instead leaves them to expire)."""
         log.info(
             "alert evaluator started", instance=self.instance, interval_s=self.settings.alerts_interval_s
         )
         try:
-            while not self._stopping.is_set():
-                started = time.monotonic()
-                try:
-                    await self.tick()
-                    if not self._redis_ok:
-                        log.info("alert evaluator recovered")
-                    self._redis_ok = True
-                except Exception as exc:  # Redis or ClickHouse away: the next round tries again
-                    if self._redis_ok:
-                        log.warning("alert round failed; retrying next round", error=str(exc)[:300])
-                    self._redis_ok = False
-                pause = max(0.0, self.settings.alerts_interval_s - (time.monotonic() - started))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), pause)
+            await asyncio.gather(self._every_round(self._judge), self._every_round(self._deliver))
         finally:
             with contextlib.suppress(Exception):
                 await self.acquire(stopping=True)
             await self.deliverer.close()
             log.info("alert evaluator stopped", instance=self.instance)
+
+    async def _judge(self) -> None:
+        await self.acquire()
+        rules = await self.rules()
+        await self.evaluate([r for r in rules.values() if slot_of(r.bot) in self.slots])
+
+    async def _deliver(self) -> None:
+        rules = await self.rules()
+        while await self.deliverer.run_due(rules) and not self._stopping.is_set():
+            pass
+
+    async def _every_round(self, step: Callable[[], Awaitable[None]]) -> None:
+        failing = False
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            try:
+                await step()
+                if failing:
+                    log.info("alert evaluator recovered", step=step.__name__)
+                failing = False
+            except Exception as exc:  # Redis or ClickHouse away: the next round tries again
+                if not failing:
+                    log.warning("alert round failed; retrying next round", step=step.__name__,
+                                error=str(exc)[:300])  # fmt: skip
+                failing = True
+            pause = max(0.0, self.settings.alerts_interval_s - (time.monotonic() - started))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), pause)

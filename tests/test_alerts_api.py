@@ -56,51 +56,54 @@ async def test_rule_lifecycle(env):
     assert (await api.delete(f"/v1/alerts/destinations/{env['hook']['id']}", headers=_h(key))).status == 204
 
 
-@pytest.mark.parametrize(
-    ("body", "field"),
-    [
-        ({"bot": BOT, "kind": "offline"}, "name"),
-        ({"name": "x", "bot": BOT, "kind": "sometimes"}, "kind"),
-        ({"name": "x", "bot": BOT, "kind": "offline", "minutes": 0}, "minutes"),
-        ({"name": "x", "bot": BOT, "kind": "offline", "metric": "guilds"}, "metric"),
-        ({"name": "x", "bot": BOT, "kind": "threshold", "op": "above", "value": 1}, "metric"),
-        (
-            {"name": "x", "bot": BOT, "kind": "threshold", "metric": "ping", "op": "above", "value": 1},
-            "metric",
-        ),
-        ({"name": "x", "bot": BOT, "kind": "threshold", "metric": "apiPing", "op": "drop", "value": 1}, "op"),
-        (
-            {"name": "x", "bot": BOT, "kind": "threshold", "metric": "custom.a b", "op": "above", "value": 1},
-            "metric",
-        ),
-        ({"name": "x", "bot": BOT, "kind": "change", "metric": "guilds", "op": "drop"}, "percent"),
-        (
-            {"name": "x", "bot": BOT, "kind": "change", "metric": "guilds", "op": "drop", "percent": 500},
-            "percent",
-        ),
-        (
-            {"name": "x", "bot": BOT, "kind": "offline", "quietHours": {"start": "25:00", "end": "07:00"}},
-            "quietHours.start",
-        ),
-        (
-            {
-                "name": "x",
-                "bot": BOT,
-                "kind": "offline",
-                "quietHours": {"start": "22:00", "end": "07:00", "timezone": "Mars/Olympus"},
-            },
-            "quietHours.timezone",
-        ),
-        ({"name": "x", "bot": BOT, "kind": "offline", "muted": "yes"}, "muted"),
-        ({"name": "x", "bot": BOT, "kind": "offline", "surprise": 1}, "surprise"),
-        ({"name": "x", "bot": "bad id!", "kind": "offline"}, "bot"),
-    ],
-)
-async def test_bad_rules_are_400_naming_the_field(env, body, field):
-    body = {"destinations": [env["hook"]["id"]]} | body
-    resp = await env["api"].post("/v1/alerts/rules", json=body, headers=_h(env["key"]))
-    assert resp.status == 400, await resp.text()
-    assert (await resp.json())["field"] == field
+BAD_RULES = [
+    ({"bot": BOT, "kind": "offline"}, "name"),
+    ({"name": "x", "bot": BOT, "kind": "sometimes"}, "kind"),
+    ({"name": "x", "bot": BOT, "kind": "offline", "minutes": 0}, "minutes"),
+    ({"name": "x", "bot": BOT, "kind": "offline", "metric": "guilds"}, "metric"),
+    ({"name": "x", "bot": BOT, "kind": "threshold", "op": "above", "value": 1}, "metric"),
+    (
+        {"name": "x", "bot": BOT, "kind": "threshold", "metric": "ping", "op": "above", "value": 1},
+        "metric",
+    ),
+    ({"name": "x", "bot": BOT, "kind": "threshold", "metric": "apiPing", "op": "drop", "value": 1}, "op"),
+    (
+        {"name": "x", "bot": BOT, "kind": "threshold", "metric": "custom.a b", "op": "above", "value": 1},
+        "metric",
+    ),
+    ({"name": "x", "bot": BOT, "kind": "change", "metric": "guilds", "op": "drop"}, "percent"),
+    (
+        {"name": "x", "bot": BOT, "kind": "change", "metric": "guilds", "op": "drop", "percent": 500},
+        "percent",
+    ),
+    (
+        {"name": "x", "bot": BOT, "kind": "offline", "quietHours": {"start": "25:00", "end": "07:00"}},
+        "quietHours.start",
+    ),
+    (
+        {
+            "name": "x",
+            "bot": BOT,
+            "kind": "offline",
+            "quietHours": {"start": "22:00", "end": "07:00", "timezone": "Mars/Olympus"},
+        },
+        "quietHours.timezone",
+    ),
+    ({"name": "x", "bot": BOT, "kind": "offline", "muted": "yes"}, "muted"),
+    ({"name": "x", "bot": BOT, "kind": "offline", "surprise": 1}, "surprise"),
+    ({"name": "x", "bot": "bad id!", "kind": "offline"}, "bot"),
+]
+
+
+async def test_bad_rules_are_400_naming_the_field(env):
+    for body, field in BAD_RULES:
+        resp = await env["api"].post(
+            "/v1/alerts/rules", json={"destinations": [env["hook"]["id"]]} | body, headers=_h(env["key"])
+        )
+        assert resp.status == 400, (body, await resp.text())
+        assert (await resp.json())["field"] == field, body
+    listed = await env["api"].get("/v1/alerts/rules", headers=_h(env["key"]))
+    assert (await listed.json())["rules"] == []
 
 
 async def test_refusals_across_accounts(env):

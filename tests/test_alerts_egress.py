@@ -72,31 +72,33 @@ async def strict(make_settings, store, redis):
     await api.close()
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "https://127.0.0.1/hook",
-        "https://10.0.0.7/hook",
-        "https://169.254.169.254/latest/meta-data/",
-        "https://[::1]/hook",
-        "https://[::ffff:127.0.0.1]/hook",
-        "https://0.0.0.0/hook",
-        "https://localhost/hook",  # a name that resolves to loopback
-        "http://example.com/hook",  # http without the operator's permission
-        "https://user:pw@example.com/hook",
-        "ftp://example.com/hook",
-    ],
-)
-async def test_creation_refuses_with_a_400_naming_url(strict, url):
+REFUSED_AT_CREATION = [
+    "https://127.0.0.1/hook",
+    "https://10.0.0.7/hook",
+    "https://169.254.169.254/latest/meta-data/",
+    "https://[::1]/hook",
+    "https://[::ffff:127.0.0.1]/hook",
+    "https://0.0.0.0/hook",
+    "https://localhost/hook",  # a name that resolves to loopback
+    "http://example.com/hook",  # http without the operator's permission
+    "https://user:pw@example.com/hook",
+    "ftp://example.com/hook",
+]
+
+
+async def test_creation_refuses_with_a_400_naming_url(strict):
     api, key = strict
-    resp = await api.post(
-        "/v1/alerts/destinations",
-        json={"name": "x", "type": "webhook", "url": url},
-        headers={"Authorization": key},
-    )
-    assert resp.status == 400, await resp.text()
-    body = await resp.json()
-    assert body["field"] == "url" and body["message"].startswith("url ")
+    for url in REFUSED_AT_CREATION:
+        resp = await api.post(
+            "/v1/alerts/destinations",
+            json={"name": "x", "type": "webhook", "url": url},
+            headers={"Authorization": key},
+        )
+        assert resp.status == 400, (url, await resp.text())
+        body = await resp.json()
+        assert body["field"] == "url" and body["message"].startswith("url "), url
+    listed = await api.get("/v1/alerts/destinations", headers={"Authorization": key})
+    assert (await listed.json())["destinations"] == []
 
 
 async def test_every_resolved_address_must_pass(make_settings):
@@ -193,7 +195,7 @@ async def test_response_body_is_capped_and_slow_receivers_time_out(make_settings
         return web.Response(body=b"x" * 5_000_000)
 
     async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(5)
+        await asyncio.sleep(1.5)
         return web.Response(text="late")
 
     settings = alert_settings(make_settings, alerts_max_response_bytes=1000, alerts_timeout_s=0.5)
