@@ -202,6 +202,16 @@ class Evaluator:
             return
         now = self.clock()
         bots = sorted({r.bot for r in rules})
+        # A rule speaks only for a bot its account still manages (bots can change hands).
+        owners = dict(
+            await self.store.query(
+                "SELECT id, account_id FROM bots FINAL WHERE id IN {ids:Array(String)} AND deleted = 0",
+                {"ids": bots},
+            )
+        )
+        rules = [r for r in rules if owners.get(r.bot) == r.account]
+        if not rules:
+            return
         rows = await self.store.query(
             "SELECT bot_id, toUnixTimestamp64Milli(max(last_ts)) FROM bot_latest "
             "WHERE bot_id IN {ids:Array(String)} GROUP BY bot_id",

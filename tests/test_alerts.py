@@ -690,3 +690,23 @@ async def test_bot_latest_holds_the_newest_post_per_bot_and_is_backfilled(store)
     assert len(backfill) == 1
     await store.command(backfill[0])
     assert await store.query(sql) == [("a", T0 + 5_000), ("b", T0 + 1_000)]
+
+
+async def test_a_rule_stays_quiet_once_its_bot_changed_hands(env, store, redis, receiver):
+    clock = Clock()
+    await post(store, BOT, clock.now)
+    await rule(
+        env["api"],
+        env["key"],
+        {"name": "down", "bot": BOT, "kind": "offline", "minutes": 1, "destinations": [env["webhook"]["id"]]},
+    )
+    other, _ = await account(env["api"], "new owner")
+    await bot(store, redis, other, BOT)  # the operator moved the bot to another account
+    ev, client = _evaluator(env["settings"], store, clock, "solo")
+    try:
+        clock.advance(minutes=5)
+        await ev.tick()
+        assert receiver.received == []
+    finally:
+        await ev.deliverer.close()
+        await client.aclose()
