@@ -158,7 +158,9 @@ def _fields(body: dict[str, Any], base: dict[str, Any], heartbeat_window_s: int)
         spec["muted"] = body["muted"]
     if "mutedUntil" in body:
         until = body["mutedUntil"]
-        if until is not None and (isinstance(until, bool) or not isinstance(until, int) or until < 0):
+        if until is not None and (
+            isinstance(until, bool) or not isinstance(until, int) or not 0 <= until < 10**14
+        ):
             raise Invalid("mutedUntil must be a time in ms since the epoch, or null", "mutedUntil")
         spec["mutedUntil"] = until
     if "quietHours" in body:
@@ -227,7 +229,10 @@ def rule_from_body(
         "createdAt": current.created_at if current else at,
         "updatedAt": at,
     }
-    return msgspec.convert(spec, Rule)
+    try:
+        return msgspec.convert(spec, Rule)
+    except msgspec.ValidationError as exc:  # a value the checks above let through by mistake
+        raise Invalid(f"Invalid rule: {exc}") from None
 
 
 def destination_from_body(body: dict[str, Any], *, account: str) -> Destination:

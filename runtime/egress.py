@@ -207,8 +207,10 @@ class Egress:
         started = time.monotonic()
         try:
             async with self._client().post(url, data=body, headers=headers, allow_redirects=False) as resp:
-                data = await resp.content.read(cap)
-                return Answer(resp.status, data, _ms_since(started), None, dict(resp.headers))
+                data = bytearray()
+                while len(data) < cap and (chunk := await resp.content.read(cap - len(data))):
+                    data += chunk
+                return Answer(resp.status, bytes(data), _ms_since(started), None, dict(resp.headers))
         except Refused:
             raise
         except aiohttp.ClientConnectorError as exc:

@@ -90,6 +90,19 @@ BAD_RULES = [
         "quietHours.timezone",
     ),
     ({"name": "x", "bot": BOT, "kind": "offline", "muted": "yes"}, "muted"),
+    ({"name": "x", "bot": BOT, "kind": "offline", "mutedUntil": 10**20}, "mutedUntil"),
+    (
+        {
+            "name": "x",
+            "bot": BOT,
+            "kind": "threshold",
+            "metric": "apiPing",
+            "op": "above",
+            "value": 1,
+            "minutes": 2000,
+        },
+        "minutes",
+    ),
     ({"name": "x", "bot": BOT, "kind": "offline", "surprise": 1}, "surprise"),
     ({"name": "x", "bot": "bad id!", "kind": "offline"}, "bot"),
 ]
