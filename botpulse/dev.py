@@ -104,7 +104,7 @@ def run_dev(args: argparse.Namespace) -> int:
     from botpulse.runtime.migrations import migrate
 
     env_defaults = {"env": "dev"} if not os.environ.get("BOTPULSE_ENV") else {}
-    settings = load_settings(**env_defaults)
+    settings = load_settings(roles=("dev",), **env_defaults)
     configure_logging(settings)
     log = get_logger("dev")
     data_dir = Path(settings.data_dir).resolve()

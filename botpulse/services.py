@@ -6,15 +6,16 @@ import argparse
 from typing import TYPE_CHECKING
 
 from botpulse.runtime.logs import configure_logging, get_logger
-from botpulse.runtime.settings import Settings, load_settings
+from botpulse.runtime.settings import Role, Settings, load_settings
 
 if TYPE_CHECKING:
     from aiohttp import web
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, *roles: Role) -> Settings:
+    """Every setting, checked for what `roles` require, before anything opens or listens."""
     overrides = {k: getattr(args, k, None) for k in ("gateway_port", "query_port", "gateway_workers")}
-    settings = load_settings(**overrides)
+    settings = load_settings(roles=roles, **overrides)
     configure_logging(settings)
     return settings
 
@@ -61,13 +62,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_gateway(args: argparse.Namespace) -> int:
     from botpulse.ingest.server import serve
 
-    return serve(_settings(args), reuseport=args.reuseport)
+    return serve(_settings(args, "gateway"), reuseport=args.reuseport)
 
 
 def run_worker(args: argparse.Namespace) -> int:
     from botpulse.workers.runner import serve
 
-    return serve(_settings(args))
+    return serve(_settings(args, "worker"))
 
 
 def run_query(args: argparse.Namespace) -> int:
@@ -77,21 +78,24 @@ def run_query(args: argparse.Namespace) -> int:
 
     composers = [c for c, on in ((with_embedded_worker, args.with_worker),
                                  (with_embedded_alerts, args.with_alerts)) if on]  # fmt: skip
+    roles: list[Role] = ["query"]
+    roles += ["worker"] if args.with_worker else []
+    roles += ["alerts"] if args.with_alerts else []
     if not composers:
-        return serve(_settings(args))
+        return serve(_settings(args, *roles))
 
     def compose(app: web.Application) -> web.Application:
         for composer in composers:
             app = composer(app)
         return app
 
-    return serve(_settings(args), compose=compose)
+    return serve(_settings(args, *roles), compose=compose)
 
 
 def run_alerts(args: argparse.Namespace) -> int:
     from botpulse.alerts.server import serve
 
-    return serve(_settings(args))
+    return serve(_settings(args, "alerts"))
 
 
 def run_migrate(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Literal
 
 import msgspec
@@ -61,6 +61,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     query_port: Port = 8081
     query_prefix: Annotated[str, Meta(pattern=r"^(/[A-Za-z0-9._~-]+)*$")] = ""
     heartbeat_window_s: Positive = 180
+    # Bound of one read of the query service (client timeout and ClickHouse `max_execution_time`);
+    # inserts and DDL have `insert_timeout_s`.
+    query_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 10.0
     # --- accounts -----------------------------------------------------------------------------
     admin_token: str | None = None
     default_custom_slots: Annotated[int, Meta(ge=0, le=1000)] = 10
@@ -85,6 +88,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def embedded_clickhouse(self) -> bool:
         return self.clickhouse_url.startswith("chdb:")
+
+    @property
+    def heartbeat_window_ms(self) -> int:
+        """How long a post keeps its bot up and "connected" (uptime and connection status)."""
+        return self.heartbeat_window_s * 1000
 
 
 class SettingsError(Exception):
@@ -134,8 +142,11 @@ def _bounds(ge: float | None, le: float | None, gt: float | None, lt: float | No
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-    """Read every setting from the environment; `overrides` (already typed) win over it."""
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, roles: Sequence[Role] = (), **overrides: object
+) -> Settings:
+    """Read every setting from the environment; `overrides` (already typed) win over it.
+    `roles`: the services this process runs; what they require is checked too (`check_roles`)."""
     environ = os.environ if environ is None else environ
     raw: dict[str, object] = {}
     for field in Settings.__struct_fields__:
@@ -156,6 +167,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         store = os.path.abspath(os.path.join(settings.data_dir, "clickhouse"))
         settings = msgspec.structs.replace(settings, clickhouse_url=f"chdb://{store}")
     _check_urls(settings)
+    check_roles(settings, roles)
     return settings
 
 
@@ -183,3 +195,45 @@ def _check_networks(text: str) -> None:
                 f"BOTPULSE_ALERTS_ALLOW_NETWORKS={text!r} is invalid: expected comma-separated "
                 f"networks such as 10.0.0.0/8 or ::1/128 ({part!r} is not one)"
             ) from None
+
+
+# --- what each service requires ---------------------------------------------------------------
+# The processes a command runs: `botpulse gateway|worker|query|alerts` one each, `botpulse dev` the
+# whole stack (it starts its own Redis, so it requires none).
+Role = Literal["gateway", "worker", "query", "alerts", "dev"]
+
+# Settings a service cannot start without (they have no usable default).
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "gateway": ("redis_url",),
+    "worker": ("redis_url",),
+    "query": ("redis_url",),
+    "alerts": ("redis_url",),
+}
+_HINTS = {"redis_url": "redis://host:6379/0; `botpulse dev` runs the stack with an embedded Redis"}
+
+
+def check_roles(settings: Settings, roles: Sequence[Role]) -> None:
+    """The per-service rules: required settings are set, and settings that must agree do."""
+    for role in roles:
+        for field in REQUIRED.get(role, ()):
+            if getattr(settings, field) in (None, ""):
+                hint = f" (e.g. {_HINTS[field]})" if field in _HINTS else ""
+                raise SettingsError(f"{env_name(field)} is not set: `botpulse {role}` needs it{hint}")
+    if "dev" in roles:
+        same_address = settings.gateway_listen == settings.query_listen
+        if same_address and settings.gateway_port == settings.query_port != 0:
+            raise SettingsError(
+                f"BOTPULSE_GATEWAY_PORT and BOTPULSE_QUERY_PORT are both {settings.gateway_port}: "
+                "`botpulse dev` serves both on one address, give them different ports"
+            )
+
+
+def cannot_listen(role: Literal["gateway", "query"], settings: Settings, exc: OSError) -> SettingsError:
+    """The one line for a listen address or port that cannot be bound (taken, not local, not
+    resolvable): it names the two variables that choose it."""
+    listen, port = f"{role}_listen", f"{role}_port"
+    reason = " ".join((exc.strerror or str(exc)).split())
+    return SettingsError(
+        f"{env_name(listen)}={getattr(settings, listen)!r} {env_name(port)}={getattr(settings, port)}: "
+        f"cannot listen there ({reason})"
+    )
