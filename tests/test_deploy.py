@@ -412,7 +412,7 @@ async def test_k8s_probes_hit_real_routes(
 def test_every_deployed_service_has_the_settings_its_command_requires(
     compose: dict[str, Any], manifests: dict[tuple[str, str], dict[str, Any]]
 ) -> None:
-    """What `botpulse gateway|worker|query` check at start-up (`load_settings(roles=…)`: REDIS_URL
+    """What `botpulse gateway|worker|query|alerts` check at start-up (`load_settings(roles=…)`: REDIS_URL
     and the other per-service rules) holds for every compose service and Kubernetes container."""
     image_env = dockerfile_env()
     deployed: list[tuple[str, list[str], dict[str, str]]] = [
@@ -427,7 +427,7 @@ def test_every_deployed_service_has_the_settings_its_command_requires(
         role = _check_command(where, argv if isinstance(argv, list) else shlex.split(argv))
         roles.add(role)
         try:
-            load_settings(env, roles=(role,) if role in ("gateway", "worker", "query") else ())
+            load_settings(env, roles=(role,) if role in ("gateway", "worker", "query", "alerts") else ())
         except SettingsError as exc:
             pytest.fail(f"{where}: {exc}")
-    assert {"gateway", "worker", "query"} <= roles
+    assert {"gateway", "worker", "query", "alerts"} <= roles
