@@ -710,3 +710,35 @@ async def test_a_rule_stays_quiet_once_its_bot_changed_hands(env, store, redis, 
     finally:
         await ev.deliverer.close()
         await client.aclose()
+
+
+async def test_a_delivery_claimed_by_an_evaluator_that_died_is_sent_by_another(env, store, redis, receiver):
+    from botpulse.schemas.alerts import JOBS_KEY, claim_key
+
+    clock = Clock()
+    await post(store, BOT, clock.now)
+    await rule(
+        env["api"],
+        env["key"],
+        {"name": "down", "bot": BOT, "kind": "offline", "minutes": 1, "destinations": [env["webhook"]["id"]]},
+    )
+    a, ca = _evaluator(env["settings"], store, clock, "a")
+    b, cb = _evaluator(env["settings"], store, clock, "b")
+    try:
+        clock.advance(minutes=2)
+        await a.acquire()
+        await a.evaluate(list((await a.rules()).values()))
+        # a claims the due notification with the real claim script, then dies before sending.
+        claimed = await a.deliverer._claim(keys=[JOBS_KEY], args=[clock(), 20, 300, "a", claim_key("")])
+        assert len(claimed) == 1
+        await b.tick()
+        assert receiver.received == []  # still a's
+        await asyncio.sleep(0.4)  # the claim lapses (real time: it is a Redis TTL)
+        await b.tick()
+        assert _events(receiver) == ["alert.opened"]
+        await b.tick()
+        assert len(receiver.received) == 1
+    finally:
+        for ev, client in ((a, ca), (b, cb)):
+            await ev.deliverer.close()
+            await client.aclose()

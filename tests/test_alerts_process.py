@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import redis.asyncio as aioredis
+
 from botpulse.runtime.processes import spawn_child
 from botpulse.schemas.alerts import ALERT_SLOTS, MEMBERS_KEY, slot_key
 
@@ -49,3 +51,73 @@ async def test_alerts_process_holds_the_slots_and_hands_them_over_on_sigterm(set
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+async def test_a_killed_evaluator_s_share_is_taken_over_within_the_lease(
+    make_settings, store, redis, tmp_path
+):
+    """A real `botpulse alerts` holds half the slots; SIGKILL (no clean-up runs); the evaluator
+    left takes its slots within BOTPULSE_ALERTS_LEASE_S and judges the bot that lived there."""
+    from alerts_fixtures import (
+        Clock,
+        Receiver,
+        alert_settings,
+        api_client,
+        destination,
+        owner_with_bot,
+        post,
+        rule,
+    )
+
+    from botpulse.alerts.evaluator import Evaluator, slot_of
+
+    settings = alert_settings(make_settings, alerts_lease_s=2.0)
+    env = dict(
+        os.environ,
+        REDIS_URL=settings.redis_url,
+        CLICKHOUSE_URL=f"chdb://{tmp_path / 'clickhouse'}",
+        BOTPULSE_DATA_DIR=str(tmp_path),
+        BOTPULSE_ALERTS_INTERVAL_S="0.2",
+        BOTPULSE_ALERTS_LEASE_S="2",
+        BOTPULSE_LOG_LEVEL="warning",
+    )
+    receiver = await Receiver().start()
+    client = aioredis.Redis.from_url(settings.redis_url)
+    clock = Clock()
+    ev = Evaluator(settings, store, client, clock=clock, instance="survivor")
+    proc = spawn_child([sys.executable, "-m", "botpulse", "alerts"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(ev.slots) != ALERT_SLOTS // 2:
+            await ev.acquire()
+            await asyncio.sleep(0.2)
+        assert len(ev.slots) == ALERT_SLOTS // 2, "the process did not take its half"
+        theirs = set(range(ALERT_SLOTS)) - ev.slots
+        bot_id = next(f"4000{i}" for i in range(10_000) if slot_of(f"4000{i}") in theirs)
+        api = await api_client(settings, store)
+        _, key = await owner_with_bot(store, redis, bot_id)
+        hook = await destination(api, key, "webhook", f"{receiver.url}/hook")
+        await post(store, bot_id, clock.now)
+        body = {"name": "down", "bot": bot_id, "kind": "offline", "minutes": 1, "destinations": [hook["id"]]}
+        await rule(api, key, body)
+        await api.close()
+        clock.advance(minutes=2)
+        await ev.tick()
+        assert receiver.received == []  # its slot is still leased to the other process
+
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        killed = time.monotonic()
+        while not receiver.received:
+            assert time.monotonic() - killed < settings.alerts_lease_s + 5, "no take-over"
+            await asyncio.sleep(settings.alerts_interval_s)
+            await ev.tick()
+        assert len(ev.slots) == ALERT_SLOTS
+        assert receiver.received[0].json()["bot"]["id"] == bot_id
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        await ev.deliverer.close()
+        await client.aclose()
+        await receiver.stop()
