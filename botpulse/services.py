@@ -60,36 +60,60 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_gateway(args: argparse.Namespace) -> int:
+    settings = _settings(args, "gateway")
+    if settings.gateway_workers > 1 or args.reuseport:
+        # Before prometheus-client is imported (by the gateway's modules): every process of the
+        # run writes its values to the run's directory, and a scrape of any sums them all.
+        from botpulse.runtime.metrics import release_multiprocess_dir, use_multiprocess_dir
+
+        use_multiprocess_dir()
+        try:
+            from botpulse.ingest.server import serve
+
+            return serve(settings, reuseport=args.reuseport)
+        finally:
+            release_multiprocess_dir()  # only the parent made it, so only the parent removes it
     from botpulse.ingest.server import serve
 
-    return serve(_settings(args, "gateway"), reuseport=args.reuseport)
+    return serve(settings, reuseport=args.reuseport)
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from botpulse.workers.runner import serve
+    from botpulse.workers.lifecycle import serve
 
     return serve(_settings(args, "worker"))
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from botpulse.embedded_alerts import with_embedded_alerts
-    from botpulse.embedded_worker import with_embedded_worker
     from botpulse.query.server import serve
 
-    composers = [c for c, on in ((with_embedded_worker, args.with_worker),
-                                 (with_embedded_alerts, args.with_alerts)) if on]  # fmt: skip
     roles: list[Role] = ["query"]
     roles += ["worker"] if args.with_worker else []
     roles += ["alerts"] if args.with_alerts else []
-    if not composers:
+    if len(roles) == 1:
         return serve(_settings(args, *roles))
+    import sys
+
+    from botpulse.embedded_alerts import with_embedded_alerts
+    from botpulse.embedded_worker import with_embedded_worker
+    from botpulse.supervisor import SUPERVISOR
+
+    composed: list[web.Application] = []
 
     def compose(app: web.Application) -> web.Application:
-        for composer in composers:
-            app = composer(app)
+        if args.with_worker:
+            app = with_embedded_worker(app)
+        if args.with_alerts:
+            app = with_embedded_alerts(app)
+        composed.append(app)
         return app
 
-    return serve(_settings(args, *roles), compose=compose)
+    code = serve(_settings(args, *roles), compose=compose)
+    failure = composed[0][SUPERVISOR].failure if composed and SUPERVISOR in composed[0] else None
+    if failure is not None:
+        print(f"botpulse: the query service stopped: {failure}", file=sys.stderr)
+        return 1
+    return code
 
 
 def run_alerts(args: argparse.Namespace) -> int:

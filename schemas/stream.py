@@ -3,7 +3,7 @@ the gateway appends and the workers consume.
 
 Streams are partitioned by bot id. Every key that belongs to a partition carries the hash tag
 `{p<N>}` so a partition's stream, its dead letters, its batch records, its rate-limit hash and
-its bots' custom-slot sets live in one Redis Cluster slot (one Lua script can touch them
+its bots' custom-slot and type sets live in one Redis Cluster slot (one Lua script can touch them
 together) while partitions spread over the cluster.
 
 One Redis stream entry holds one field, `e` (`ENTRY_FIELD`), whose value is a msgpack-encoded
@@ -49,6 +49,12 @@ def batches_key(partition: int) -> str:
     return f"bp:{tag(partition)}:batches"
 
 
+def batch_lease_key(batches: str, token: str) -> str:
+    """The lease of the one worker writing record `token` of `batches` (`batches_key`): the
+    holder's consumer name, with a TTL (see workers/batchlog.py)."""
+    return f"{batches}:lease:{token}"
+
+
 def rate_key(partition: int) -> str:
     """Hash of the rate-limit state (GCRA theoretical arrival time, Unix ms) of the partition's
     bots: field `s:<botId>` for stats posts, `c:<botId>` for custom ones (see ingest/append.py)."""
@@ -60,9 +66,20 @@ def custom_slots_key(partition: int, bot_id: str) -> str:
     return f"bp:{tag(partition)}:slots:{bot_id}"
 
 
+def custom_types_key(partition: int, bot_id: str) -> str:
+    """Set of custom-event types holding one of the bot's custom-event type slots."""
+    return f"bp:{tag(partition)}:types:{bot_id}"
+
+
 def worker_stats_key(partition: int) -> str:
     """Hash of last insert time and recent rows/s, for `botpulse status`."""
     return f"bp:{tag(partition)}:workerstats"
+
+
+def worker_health_key() -> str:
+    """Hash of every worker's last health report (consumer name -> JSON `HealthReport`, see
+    runtime/health_reports.py), for `botpulse status`: backing off, and why."""
+    return "bp:workers:health"
 
 
 # --- the message -------------------------------------------------------------------------------

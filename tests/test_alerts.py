@@ -673,7 +673,7 @@ def test_discord_payload_bounds_hold_for_long_names():
     _check_discord(body)
 
 
-async def test_bot_latest_holds_the_newest_post_per_bot_and_is_backfilled(store):
+async def test_bot_latest_gives_the_evaluator_each_bots_newest_post_and_is_backfilled(store):
     from botpulse.runtime.migrations import available, render
 
     await post(store, "a", T0)
@@ -682,9 +682,10 @@ async def test_bot_latest_holds_the_newest_post_per_bot_and_is_backfilled(store)
     await post(store, "b", T0 + 1_000)
     sql = "SELECT bot_id, toUnixTimestamp64Milli(max(last_ts)) FROM bot_latest GROUP BY bot_id ORDER BY 1"
     assert await store.query(sql) == [("a", T0 + 5_000), ("b", T0 + 1_000)]
-    # An install that had posts before 0034: its back-fill statement fills the table from the roll-up.
+    # The evaluator reads main's bot_latest (0033): an install that had posts before it gets
+    # last_ts from 0033's back-fill of the roll-up, so its offline rules judge the true silence.
     await store.command("TRUNCATE TABLE bot_latest")
-    (migration,) = [m for m in available() if m.version == "0034_alerts"]
+    (migration,) = [m for m in available() if m.version == "0033_keys_limits"]
     statements = render(migration.sql, cluster=None, database=store.database, ttl_days=400)
     backfill = [s for s in statements if s.startswith("INSERT")]
     assert len(backfill) == 1

@@ -121,3 +121,53 @@ async def test_a_killed_evaluator_s_share_is_taken_over_within_the_lease(
         await ev.deliverer.close()
         await client.aclose()
         await receiver.stop()
+
+
+async def test_the_embedded_evaluator_is_supervised_and_readyz_names_it_while_down(
+    make_settings, store, redis
+):
+    """`botpulse dev` / `query --with-alerts`: the evaluator's task ending (here: cancelled from
+    outside, as no Redis or ClickHouse fault ends it) is seen by the stack's supervisor, reported
+    by `/readyz` meanwhile, and the evaluator is started again and takes the slots back."""
+    from aiohttp.test_utils import TestClient, TestServer
+    from alerts_fixtures import alert_settings
+
+    from botpulse.embedded_alerts import with_embedded_alerts
+    from botpulse.query.app import build_app
+    from botpulse.supervisor import SUPERVISOR
+
+    app = with_embedded_alerts(build_app(alert_settings(make_settings), store))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+
+        def evaluators() -> list[asyncio.Task[None]]:
+            return [t for t in asyncio.all_tasks() if t.get_name() == "alerts" and not t.done()]
+
+        async def until(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
+            deadline = time.monotonic() + 20.0  # a bound on waiting, never a speed assertion
+            while not await predicate():
+                assert time.monotonic() < deadline, what
+                await asyncio.sleep(0.05)
+
+        async def slots_held() -> bool:
+            return len(await _held(redis)) == 1
+
+        await until(slots_held, "the embedded evaluator takes the slots")
+        (first,) = evaluators()
+        first.cancel()
+
+        async def reported() -> bool:
+            resp = await client.get("/readyz")
+            return resp.status == 503 and "alerts is down" in (await resp.text())
+
+        await until(reported, "/readyz names the evaluator while it is down")
+
+        async def back() -> bool:
+            supervisor = app[SUPERVISOR]
+            return supervisor.restarts.get("alerts") == 1 and "alerts" not in supervisor.down
+
+        await until(back, "the supervisor restarts the evaluator")
+        (second,) = evaluators()
+        assert second is not first
+        await redis.delete(*[slot_key(s) for s in range(ALERT_SLOTS)], MEMBERS_KEY)
+        await until(slots_held, "the restarted evaluator takes the slots again")
+        assert (await client.get("/readyz")).status == 200

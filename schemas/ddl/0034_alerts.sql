@@ -1,5 +1,5 @@
--- Alerts (docs/alerts.md): the rules and destinations accounts manage through the account API,
--- and the per-bot latest-post table the evaluator reads every few seconds.
+-- Alerts (docs/alerts.md): the rules and destinations accounts manage through the account API.
+-- The evaluator reads when each bot last posted from bot_latest (0033), not a table of its own.
 
 -- Rules and destinations are versions like the registry's rows: the newest (by updated_at) wins,
 -- read with FINAL. `spec` holds the rule or destination as validated JSON (schemas/alerts.py);
@@ -33,24 +33,3 @@ CREATE TABLE IF NOT EXISTS ${LOCAL:alert_destinations}${ON_CLUSTER}
 ENGINE = ${REPLICATED}ReplacingMergeTree(updated_at)
 ORDER BY id;
 -- distribute: alert_destinations cityHash64(id)
-
--- The newest post per bot, so "when did every bot last post" is one small read instead of a
--- scan of bot_stats: parts hold at most one row per bot and merge down to one.
-CREATE TABLE IF NOT EXISTS ${LOCAL:bot_latest}${ON_CLUSTER}
-(
-    bot_id   LowCardinality(String),
-    last_ts  SimpleAggregateFunction(max, DateTime64(3, 'UTC'))
-)
-ENGINE = ${REPLICATED}AggregatingMergeTree
-ORDER BY bot_id;
--- distribute: bot_latest cityHash64(bot_id)
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS bot_latest_mv${ON_CLUSTER} TO ${LOCAL:bot_latest}
-AS SELECT bot_id, max(ts) AS last_ts
-FROM ${LOCAL:bot_stats}
-GROUP BY bot_id;
-
--- Bots that posted before this version: their newest post from the daily roll-up (max() makes
--- a post the view also saw harmless). On a cluster this reads the shard of the node that runs
--- the migration; the other shards' bots get their row with their next post.
-INSERT INTO ${LOCAL:bot_latest} SELECT bot_id, max(last_ts) FROM ${LOCAL:bot_stats_1d} GROUP BY bot_id;
