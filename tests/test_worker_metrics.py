@@ -30,6 +30,7 @@ from test_workers import (
 
 from botpulse.embedded_worker import with_embedded_worker
 from botpulse.query.app import build_app as build_query
+from botpulse.runtime.health_reports import read_reports
 from botpulse.runtime.metrics import Exposition
 from botpulse.runtime.processes import spawn_child
 from botpulse.schemas.stream import FIELD, stream_key
@@ -140,10 +141,17 @@ async def test_botpulse_worker_serves_metrics_on_its_port(fast, redis, tmp_path)
         samples = await asyncio.to_thread(_scrape_url, url)
         assert value(samples, "botpulse_stream_rows_total", partition="0") == 4
         assert value(samples, "botpulse_stream_lag_entries", partition="0") == 0
+
+        # Its health reaches Redis, where `botpulse status` reads it (issue #13).
+        async def reported() -> bool:
+            return any(r.ready for r in await read_reports(redis))
+
+        await until(reported, limit_s=30, what="the worker's health report in Redis")
     finally:
         process.terminate()
         process.wait(20)
     assert process.returncode == 0
+    assert await read_reports(redis) == [], "a worker that stops cleanly removes its report"
 
 
 async def test_query_service_serves_its_embedded_workers_metrics(fast, fast_store, redis) -> None:  # type: ignore[no-untyped-def]

@@ -17,8 +17,10 @@ from collections.abc import Awaitable, Callable
 
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.health import Health
+from botpulse.runtime.health_reports import report_forever
 from botpulse.runtime.logs import get_logger
 from botpulse.runtime.metrics import Exposition, start_listener
+from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import Settings
 from botpulse.workers.context import worker_redis
 from botpulse.workers.metrics import stream_refresher
@@ -121,13 +123,26 @@ def serve(settings: Settings) -> int:
             loop.add_signal_handler(sig, on_signal)
         signalled = asyncio.create_task(life.worker.stopped())
         stop_metrics = await _metrics_listener(settings, life)
+        # Its own client with the short timeout: a report must not wait behind a batch's command,
+        # and `botpulse status` shows the report's age when Redis cannot take it.
+        reports_redis = connect(settings)
+        reporting = asyncio.create_task(
+            report_forever(reports_redis, life.worker.consumer, life.health), name="health"
+        )
         try:
             await asyncio.wait({task, signalled}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             signalled.cancel()
-            await life.finish()
-            if stop_metrics is not None:
-                await stop_metrics()
+            try:
+                await life.finish()
+            finally:
+                # After the drain, so the report says "worker stopped" until it is removed.
+                reporting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporting
+                await reports_redis.aclose()
+                if stop_metrics is not None:
+                    await stop_metrics()
 
     try:
         asyncio.run(main())
