@@ -114,7 +114,7 @@ async def caller(request: web.Request, needs: str = MANAGE) -> str:
     return found.account_id
 
 
-async def _charge(request: web.Request, account: str) -> quotas.Limits:
+async def charge(request: web.Request, account: str) -> quotas.Limits:
     """Count a registry write against the account's writes per minute; its limits in force."""
     app = request.app
     limits = await quotas.limits_for(app[STORE], app[SETTINGS], account)
@@ -134,7 +134,7 @@ def _path_bot(request: web.Request) -> str:
 async def create_bot(request: web.Request) -> web.Response:
     account = await caller(request)
     bot_id, fields = model.new_bot(await _body(request), model.OWNER_CREATE)
-    limits = await _charge(request, account)
+    limits = await charge(request, account)
     ctx = _context(request)
     bot = await catalog.create_bot(
         ctx.store,
@@ -154,7 +154,7 @@ async def patch_bot(request: web.Request) -> web.Response:
     account = await caller(request)
     bot_id = _path_bot(request)
     fields = model.bot_changes(await _body(request), model.OWNER_PATCH)
-    await _charge(request, account)
+    await charge(request, account)
     ctx = _context(request)
     bot = await catalog.update_bot(ctx.store, ctx.redis, bot_id, fields, by=account, owner=account)
     return _answer(200, await admin.bot_view(ctx.store, bot))
@@ -179,7 +179,7 @@ async def get_account(request: web.Request) -> web.Response:
 @guarded
 async def regenerate_key(request: web.Request) -> web.Response:
     account = await caller(request)
-    await _charge(request, account)
+    await charge(request, account)
     ctx = _context(request)
     _, key = await catalog.regenerate_key(ctx.store, ctx.redis, account, by=account)
     return _answer(200, {"token": key})
@@ -197,7 +197,7 @@ async def list_keys(request: web.Request) -> web.Response:
 async def create_key(request: web.Request) -> web.Response:
     account = await caller(request)
     name, scope, bots = apikeys.parse_new_key(await _body(request))
-    limits = await _charge(request, account)
+    limits = await charge(request, account)
     ctx = _context(request)
     key, secret = await apikeys.create_key(
         ctx.store, ctx.redis, account, name, scope, bots, by=account, max_keys=limits.values["keys"]
@@ -208,7 +208,7 @@ async def create_key(request: web.Request) -> web.Response:
 @guarded
 async def revoke_key(request: web.Request) -> web.Response:
     account = await caller(request)
-    await _charge(request, account)
+    await charge(request, account)
     ctx = _context(request)
     key = await apikeys.revoke_key(ctx.store, ctx.redis, account, request.match_info["keyId"], by=account)
     return _answer(200, {"id": key.id, "revoked": True})
@@ -249,7 +249,7 @@ async def regen_via_bot(request: web.Request) -> web.Response:
     account = await caller(request)
     ctx = _context(request)
     bot = await catalog.managed_bot(ctx.store, _path_bot(request), account)
-    await _charge(request, account)
+    await charge(request, account)
     key, token = await apikeys.rotate_bot_token(ctx.store, ctx.redis, account, bot.id, by=account)
     return _answer(200, {"token": token, "id": key.id, "scope": INGEST, "bots": [bot.id]})
 
@@ -290,7 +290,7 @@ async def patch_api(request: web.Request) -> web.Response:
     bot_id = _path_bot(request)
     body = await _body(request)
     fields = model.bot_fields(body, model.WEBHOOK_PATCH, required=model.WEBHOOK_PATCH)
-    await _charge(request, account)
+    await charge(request, account)
     ctx = _context(request)
     bot = await catalog.update_bot(ctx.store, ctx.redis, bot_id, fields, by=account, owner=account)
     return _answer(200, await _api_view(request, bot, account))

@@ -15,7 +15,7 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from botpulse.query import accounts_api, datagram, metrics, params, shapes
+from botpulse.query import accounts_api, alerts_api, datagram, metrics, params, shapes
 from botpulse.query.cache import AnswerCache
 from botpulse.query.leaderboard import PERIODS, BadMetric, default_period, leaderboard
 from botpulse.query.listing import (
@@ -648,6 +648,7 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     app.router.add_get("/v1/top", get_top)
     datagram.add_routes(app)
     accounts_api.add_routes(app)
+    alerts_api.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get(OPENAPI_PATH, openapi)
