@@ -128,6 +128,7 @@ async def test_per_shard_posts_dbots_shape_sum_into_totals_and_degrade(make_pipe
         )
         assert resp.status == 200, await resp.text()
     await p.until(lambda: _shard_ids(p, [0, 1, 2]), "three shards")
+    await p.until(lambda: _shards_total(p, 3), "three shards in the bot's answer")
     body = await p.bot()
     assert (body["connectionStatus"], body["connectionState"]) == ("connected", "connected")
     assert (body["shardsUp"], body["shardsTotal"]) == (3, 3)
@@ -180,6 +181,13 @@ async def _shard_ids(p: Pipeline, expected: list[int]) -> bool:
     return [r[0] for r in rows] == expected
 
 
+async def _shards_total(p: Pipeline, expected: int) -> bool:
+    """The bot's answer reads `shard_latest`, which its view fills a moment after `shard_stats`
+    shows the rows (ClickHouse commits a table and its views' targets one after the other): a
+    wait on `shard_stats` alone is not enough."""
+    return (await p.bot())["shardsTotal"] == expected
+
+
 async def _latest_total(p: Pipeline, expected: tuple[int, int]) -> bool:
     rows = await p.rows(
         "SELECT guilds, shards FROM bot_stats WHERE bot_id = {id:String} ORDER BY ts DESC LIMIT 1"
@@ -205,6 +213,7 @@ async def test_shards_array_in_one_post_keeps_totals_and_fills_the_grid(make_pip
     resp = await p.post(f"/v1/bot/{BOT}", {"users": 900, "shards": shards})
     assert resp.status == 204, await resp.text()
     await p.until(lambda: _shard_ids(p, [0, 1, 2]), "three shards")
+    await p.until(lambda: _shards_total(p, 3), "three shards in the bot's answer")
     assert await p.rows(
         "SELECT guilds, users, shards, api_ping FROM bot_stats WHERE bot_id = {id:String}"
     ) == [(35, 900, 3, 50.0)]
