@@ -14,7 +14,8 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from botpulse.query import accounts_api, datagram, params
+from botpulse.query import accounts_api, dashboard, datagram, params
+from botpulse.query.dashboard.sessions import session_account
 from botpulse.query.listing import (
     TOP_METRICS,
     BadListing,
@@ -46,8 +47,8 @@ def _listing_error(message: str) -> web.Response:
 
 async def caller_account(request: web.Request) -> str | None:
     key = request_key(request.headers, request.query)
-    if not key:
-        return None
+    if not key:  # a signed-in dashboard session reads like its account's key (GET routes only)
+        return await session_account(request)
     return await request.app[REGISTRY].account_for_key(key)
 
 
@@ -387,6 +388,7 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     app.router.add_get("/v1/top", get_top)
     datagram.add_routes(app)
     accounts_api.add_routes(app)
+    dashboard.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if not settings.query_prefix:

@@ -127,7 +127,11 @@ class RegistryCache:
     async def account_for_key(self, key: str) -> str | None:
         """The account the key belongs to; None for an unknown key — or, when `ready` is now
         False, because the index is missing (callers answer 503 then, not 401)."""
-        key_hash = hash_key(key)
+        return await self.account_for_hash(hash_key(key))
+
+    async def account_for_hash(self, key_hash: str) -> str | None:
+        """`account_for_key` by the key's hash (what a dashboard session keeps instead of the key,
+        so regenerating the key ends the session)."""
         try:
             return self._accounts[key_hash]
         except KeyError:

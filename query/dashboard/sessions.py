@@ -1,0 +1,202 @@
+"""Dashboard sign-in sessions, kept in Redis; the browser holds only a random token.
+
+`bp:sess:<sha256(token)>` holds the account, the hash of the key the session was opened with,
+the session's CSRF token and its start time. A session ends when it is idle for
+BOTPULSE_SESSION_IDLE_S (the entry's TTL, renewed on use), BOTPULSE_SESSION_MAX_S after it
+started whatever its use, on sign-out, and as soon as the account key it was opened with stops
+being the account's key (regenerated through the dashboard, the API or the operator CLI): every
+use checks that hash against the registry index, so no list of sessions per account is needed.
+
+The query service takes the session cookie as a credential on its GET routes (`caller`), so the
+dashboard's pages read an owner's private bots through the same public API as everyone else.
+The cookie is `SameSite=Strict` (other sites' requests never carry it) and writes never accept
+it: they need the key itself, or a dashboard form with the session's CSRF token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+
+import msgspec
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from botpulse.query.resources import REDIS, REGISTRY, SETTINGS
+from botpulse.runtime.settings import Settings
+
+COOKIE = "bp_session"
+# The sign-in form's own CSRF token (double submit: the cookie and the form field must agree).
+SIGNIN_COOKIE = "bp_signin"
+_TOKEN_MAX = 128
+_LOADED = "bp_dashboard_session"
+
+
+class Session(msgspec.Struct):
+    account: str
+    key_hash: str
+    csrf: str
+    started: float
+
+
+_decoder = msgspec.msgpack.Decoder(Session)
+
+
+def _entry(token: str) -> str:
+    return "bp:sess:" + hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _fail_entry(address: str) -> str:
+    return "bp:signin:fail:" + hashlib.sha256(address.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def is_https(request: web.Request) -> bool:
+    """The request reached us over https; `X-Forwarded-Proto` counts only with
+    BOTPULSE_TRUST_PROXY (anyone can send the header to a service reached directly)."""
+    if request.scheme == "https":
+        return True
+    if request.app[SETTINGS].trust_proxy:
+        proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+        return proto == "https"
+    return False
+
+
+def client_address(request: web.Request) -> str:
+    """Who is signing in, for the wrong-key limit: the peer, or behind a trusted proxy the
+    address that proxy appended to `X-Forwarded-For` (the last one; earlier ones are the
+    client's own claims)."""
+    if request.app[SETTINGS].trust_proxy:
+        forwarded = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",") if a.strip()]
+        if forwarded:
+            return forwarded[-1]
+    return request.remote or "unknown"
+
+
+def cookie_path(settings: Settings) -> str:
+    return (settings.query_prefix or "") + "/"
+
+
+def set_cookie(
+    request: web.Request, response: web.StreamResponse, name: str, value: str, max_age: int
+) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path=cookie_path(request.app[SETTINGS]),
+        httponly=True,
+        samesite="Strict",
+        secure=is_https(request),
+    )
+
+
+def clear_cookie(request: web.Request, response: web.StreamResponse, name: str) -> None:
+    response.del_cookie(name, path=cookie_path(request.app[SETTINGS]))
+
+
+async def open_session(request: web.Request, account: str, key_hash: str) -> tuple[str, Session]:
+    """A new session for the account; returns the cookie token (never stored) and the session."""
+    settings = request.app[SETTINGS]
+    token = secrets.token_urlsafe(32)
+    session = Session(account, key_hash, secrets.token_urlsafe(24), time.time())
+    await request.app[REDIS].set(
+        _entry(token),
+        msgspec.msgpack.encode(session),
+        ex=min(settings.session_idle_s, settings.session_max_s),
+    )
+    request[_LOADED] = session
+    return token, session
+
+
+async def rebind(request: web.Request, key_hash: str) -> None:
+    """Keep the current session after its own owner regenerated the key (every other session
+    of the account ends, since it holds the old key's hash)."""
+    token = request.cookies.get(COOKIE, "")
+    session = await current(request)
+    if session is None:
+        return
+    session.key_hash = key_hash
+    redis: aioredis.Redis = request.app[REDIS]
+    await redis.set(_entry(token), msgspec.msgpack.encode(session), keepttl=True)
+
+
+async def current(request: web.Request) -> Session | None:
+    """The request's live session (looked up once per request), or None."""
+    if _LOADED in request:
+        return request[_LOADED]  # type: ignore[no-any-return]
+    request[_LOADED] = session = await _load(request)
+    return session
+
+
+async def _load(request: web.Request) -> Session | None:
+    token = request.cookies.get(COOKIE)
+    if not token or len(token) > _TOKEN_MAX:
+        return None
+    app = request.app
+    settings, redis, registry = app[SETTINGS], app[REDIS], app[REGISTRY]
+    entry = _entry(token)
+    raw = await redis.get(entry)
+    if raw is None:
+        return None
+    try:
+        session = _decoder.decode(raw)
+    except msgspec.DecodeError:
+        await redis.delete(entry)
+        return None
+    left = settings.session_max_s - (time.time() - session.started)
+    if left <= 0:
+        await redis.delete(entry)
+        return None
+    if await registry.account_for_hash(session.key_hash) != session.account:
+        if registry.ready:  # the key changed; with the index missing, nothing is known yet
+            await redis.delete(entry)
+        return None
+    await redis.expire(entry, max(1, int(min(settings.session_idle_s, left))))
+    return session
+
+
+async def close_session(request: web.Request) -> None:
+    token = request.cookies.get(COOKIE)
+    if token and len(token) <= _TOKEN_MAX:
+        await request.app[REDIS].delete(_entry(token))
+    request[_LOADED] = None
+
+
+async def session_account(request: web.Request) -> str | None:
+    """The signed-in account, for the query service's GET routes (`query.app.caller_account`)."""
+    if COOKIE not in request.cookies:
+        return None
+    session = await current(request)
+    return session.account if session else None
+
+
+def csrf_ok(expected: str | None, given: str | None) -> bool:
+    return bool(expected) and bool(given) and hmac.compare_digest(str(expected), str(given))
+
+
+# --- wrong keys ----------------------------------------------------------------------------------
+async def signin_blocked_for(request: web.Request) -> int:
+    """Seconds until this client may try another key (0: it may now)."""
+    settings, redis = request.app[SETTINGS], request.app[REDIS]
+    entry = _fail_entry(client_address(request))
+    failures, ttl = await redis.pipeline(transaction=False).get(entry).ttl(entry).execute()
+    if failures is not None and int(failures) >= settings.signin_max_failures:
+        return max(1, int(ttl))
+    return 0
+
+
+async def signin_failed(request: web.Request) -> None:
+    settings, redis = request.app[SETTINGS], request.app[REDIS]
+    entry = _fail_entry(client_address(request))
+    await (
+        redis.pipeline(transaction=False)
+        .incr(entry)
+        .expire(entry, settings.signin_window_s, nx=True)
+        .execute()
+    )
+
+
+async def signin_succeeded(request: web.Request) -> None:
+    await request.app[REDIS].delete(_fail_entry(client_address(request)))
