@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -31,7 +32,6 @@ COOKIE = "bp_session"
 # The sign-in form's own CSRF token (double submit: the cookie and the form field must agree).
 SIGNIN_COOKIE = "bp_signin"
 _TOKEN_MAX = 128
-_LOADED = "bp_dashboard_session"
 
 
 class Session(msgspec.Struct):
@@ -42,6 +42,10 @@ class Session(msgspec.Struct):
 
 
 _decoder = msgspec.msgpack.Decoder(Session)
+# The request's session, looked up once (aiohttp >= 3.12 types request storage by key).
+_LOADED: Any = (
+    web.RequestKey("dashboard_session", Session) if hasattr(web, "RequestKey") else "dashboard_session"
+)
 
 
 def _entry(token: str) -> str:
