@@ -9,7 +9,6 @@ import io
 import json
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -45,7 +44,9 @@ async def _world(make_settings, store, redis, **overrides: Any) -> World:  # typ
     await write_bot(store, redis, Bot("100", acc.id, "Public Bot", None, False, 10, None, created))
     await write_bot(store, redis, Bot("200", acc.id, "Secret Bot", None, True, 10, None, created))
     await write_bot(
-        store, redis, Bot("300", acc.id, HOSTILE, 'https://x.test/a.png" onerror="alert(2)', False, 10, None, created)
+        store,
+        redis,
+        Bot("300", acc.id, HOSTILE, 'https://x.test/a.png" onerror="alert(2)', False, 10, None, created),
     )
     client = TestClient(TestServer(build_app(settings, store), host="127.0.0.1"))
     await client.start_server()
@@ -384,7 +385,9 @@ async def test_status_page_is_opt_in_public_only_and_its_slug_is_unique(world):
     resp = await _save_status(world, world.key, slug="acme-bots", title="Acme", bots=["100", "200"])
     assert resp.status == 303
     assert (await c.get("/status/acme-bots")).status == 404  # saved, but not turned on
-    resp = await _save_status(world, world.key, slug="acme-bots", title="Acme", bots=["100", "200"], enabled="on")
+    resp = await _save_status(
+        world, world.key, slug="acme-bots", title="Acme", bots=["100", "200"], enabled="on"
+    )
     assert resp.status == 303
     c.session.cookie_jar.clear()
     resp = await c.get("/status/acme-bots")
@@ -395,7 +398,9 @@ async def test_status_page_is_opt_in_public_only_and_its_slug_is_unique(world):
     assert resp.status == 409 and 'data-error-for="slug"' in await resp.text()
     resp = await _save_status(world, world.other_key, slug="x", title="Mine", enabled="on")
     assert resp.status == 400 and 'data-error-for="slug"' in await resp.text()
-    resp = await _save_status(world, world.other_key, slug="two-bots", title="Mine", bots=["100"], enabled="on")
+    resp = await _save_status(
+        world, world.other_key, slug="two-bots", title="Mine", bots=["100"], enabled="on"
+    )
     assert resp.status == 400 and 'data-error-for="bots"' in await resp.text()
 
 
@@ -407,5 +412,3 @@ def test_uplot_is_vendored_pinned_and_licensed() -> None:
     assert js.startswith("/*! https://github.com/leeoniya/uPlot (v1.6.32) */")
     assert "MIT License" in (vendor / "uPlot.LICENSE").read_text()
     assert "1.6.32" in (vendor / "README.md").read_text()
-
-
