@@ -37,9 +37,11 @@ browser:
 		fi; \
 	fi
 
-# Regenerates docs/dashboard-bot-page.png (the screenshot docs/dashboard.md shows).
+# Regenerates docs/dashboard-bot-page.png (the screenshot docs/dashboard.md shows) from the
+# bot-page browser test's seeded stack.
 screenshot: $(STAMP) browser
-	$(BIN)/python -m botpulse.query.dashboard.screenshot docs/dashboard-bot-page.png
+	DASHBOARD_SCREENSHOT=$(CURDIR)/docs/dashboard-bot-page.png $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_dashboard_browser.py -k charts_match
 
 # import-linter reads a package from its directory, and the repository keeps botpulse's
 # subpackages at the top (pyproject's package-dir), so the contracts are checked against the

@@ -12,20 +12,30 @@
   function localTime(ms) { return localFmt.format(new Date(ms)); }
   function utcTime(ms) { return new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC"); }
   function fmtNum(v) { return v == null ? "—" : numFmt.format(v); }
-  function fmtCompact(v) {
+  function fmtCompact(v, digits) {
     if (v == null) return "—";
-    const a = Math.abs(v);
+    const a = Math.abs(v), d = digits == null ? 1 : digits;
     for (const [size, unit] of [[1e12, "T"], [1e9, "B"], [1e6, "M"], [1e3, "k"]]) {
-      if (a >= size) return (v / size).toFixed(1).replace(/\.0$/, "") + unit;
+      if (a >= size) return (v / size).toFixed(d).replace(/\.?0+$/, "") + unit;
     }
     return numFmt.format(Math.round(v * 100) / 100);
   }
-  function fmtBytes(v) {
+  function fmtBytes(v, digits) {
     if (v == null) return "—";
     const units = ["B", "KB", "MB", "GB", "TB", "PB"];
     let i = 0, x = Math.abs(v);
     while (x >= 1000 && i < units.length - 1) { x /= 1000; i++; }
-    return (v < 0 ? "-" : "") + (i === 0 ? String(Math.round(x)) : x.toFixed(1)) + " " + units[i];
+    return (v < 0 ? "-" : "") + (i === 0 ? String(Math.round(x)) : x.toFixed(digits == null ? 1 : digits)) + " " + units[i];
+  }
+  // Axis ticks: as short as the numbers allow, more digits when short ones would repeat.
+  function ticks(fmt) {
+    return (u, vals) => {
+      for (const d of [1, 2, 3]) {
+        const out = vals.map((v) => fmt(v, d));
+        if (new Set(out).size === out.length) return out;
+      }
+      return vals.map((v) => fmt(v, 3));
+    };
   }
   function fmtDuration(ms) {
     const m = Math.round(ms / MIN);
@@ -179,7 +189,7 @@
         ],
         axes: [
           { stroke: fg, grid: { stroke: grid }, ticks: { stroke: grid } },
-          { stroke: fg, grid: { stroke: grid }, ticks: { stroke: grid }, size: 64, values: (u, vals) => vals.map((v) => def.fmt(v)) },
+          { stroke: fg, grid: { stroke: grid }, ticks: { stroke: grid }, size: 80, values: ticks(def.fmt) },
         ],
       };
       const u = new uPlot(opts, [xs, ...ys], box);
