@@ -5,6 +5,7 @@ browser flows are in test_dashboard_browser.py."""
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import re
@@ -412,3 +413,15 @@ def test_uplot_is_vendored_pinned_and_licensed() -> None:
     assert js.startswith("/*! https://github.com/leeoniya/uPlot (v1.6.32) */")
     assert "MIT License" in (vendor / "uPlot.LICENSE").read_text()
     assert "1.6.32" in (vendor / "README.md").read_text()
+
+
+async def test_the_bot_page_weighs_under_150_kb_compressed(world):
+    html = await (await world.client.get("/dashboard/bot/100")).text()
+    total = len(gzip.compress(html.encode()))
+    urls = re.findall(r'(?:src|href)="(/dashboard/assets/[^"]+)"', html)
+    assert any("uPlot" in u for u in urls)
+    for url in urls:
+        resp = await world.client.get(url, headers={"Accept-Encoding": "gzip"})
+        assert resp.headers["Content-Encoding"] == "gzip"
+        total += int(resp.headers["Content-Length"])
+    assert total < 150_000
