@@ -24,7 +24,7 @@ from botpulse.runtime.logs import configure_logging
 from botpulse.runtime.migrations import migrate
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import load_settings
-from botpulse.workers.rows import STATS_COLUMNS
+from botpulse.schemas.stats import STATS_COLUMNS, STATS_FIELDS
 
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
@@ -60,13 +60,24 @@ def bot_id(index: int) -> str:
     return str(300_000_000_000_000_000 + index)
 
 
+# The synthetic value of each stats column for the `number`-th minute (every column of
+# schemas/stats.py needs one: a new stat fails here, not silently as NULL history).
+_SYNTHETIC = {
+    "guilds": "1000 + number % 977",
+    "users": "50000 + number % 10007",
+    "shards": "1 + number % 4",
+    "api_ping": "40 + number % 50",
+    "ram_usage": "5e7 + (number % 1000) * 1e4",
+    "ram_total": "1073741824",
+    "cpu": "(number % 100) / 2",
+    "bandwidth": "1000 * (number % 60)",
+}
 _HISTORY_SQL = (
     f"INSERT INTO bot_stats ({', '.join(STATS_COLUMNS)}) "
     "SELECT {bot:String}, fromUnixTimestamp64Milli(toInt64({start:Int64} + number * 60000), 'UTC'), "
     "concat({bot:String}, '-', toString(number)), "
-    "1000 + number % 977, 50000 + number % 10007, 1 + number % 4, "
-    "40 + number % 50, 5e7 + (number % 1000) * 1e4, 1073741824, (number % 100) / 2, "
-    "1000 * (number % 60), CAST(map(), 'Map(String, Float64)') "
+    + "".join(f"{_SYNTHETIC[f.column]}, " for f in STATS_FIELDS)
+    + "CAST(map(), 'Map(String, Float64)') "
     "FROM numbers({n:UInt64})"
 )
 

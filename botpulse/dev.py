@@ -28,6 +28,7 @@ from botpulse.runtime.logs import configure_logging, get_logger
 from botpulse.runtime.processes import spawn_child
 from botpulse.runtime.settings import Settings, load_settings
 from botpulse.stack import StackInfo, read_stack, remove_stack, write_stack
+from botpulse.supervisor import process_exit, supervisor_of
 
 DEMO_BOT_ID = "100000000000000001"
 ANNOUNCE = web.AppKey("announce", asyncio.Task)
@@ -83,7 +84,7 @@ async def _ensure_demo(settings: Settings, store, redis_url: str, data_dir: Path
         await redis.aclose()
 
 
-def _wait_http(url: str, timeout: float = 20.0) -> bool:
+def _wait_http(url: str, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -103,7 +104,7 @@ def run_dev(args: argparse.Namespace) -> int:
     from botpulse.runtime.migrations import migrate
 
     env_defaults = {"env": "dev"} if not os.environ.get("BOTPULSE_ENV") else {}
-    settings = load_settings(**env_defaults)
+    settings = load_settings(roles=("dev",), **env_defaults)
     configure_logging(settings)
     log = get_logger("dev")
     data_dir = Path(settings.data_dir).resolve()
@@ -138,7 +139,39 @@ def run_dev(args: argparse.Namespace) -> int:
         gateway_url = f"http://{settings.gateway_listen}:{settings.gateway_port}"
         query_url = f"http://{settings.query_listen}:{settings.query_port}{settings.query_prefix}"
         write_stack(settings, StackInfo(os.getpid(), gateway_url, query_url, redis_url, admin_token))
-        app = with_embedded_worker(build_app(settings, store))
+        app = build_app(settings, store)
+        supervisor = supervisor_of(app)
+        app = with_embedded_worker(app)
+
+        async def gateway_died() -> str:
+            assert gateway is not None
+            return await process_exit(gateway)
+
+        async def gateway_start() -> None:
+            nonlocal gateway
+            # Started from the event loop's thread (the main thread): the child's PDEATHSIG is
+            # tied to the thread that forked it.
+            gateway = spawn_child([sys.executable, "-m", "botpulse", "gateway"], env=child_env)
+            loop = asyncio.get_running_loop()
+            if not await loop.run_in_executor(None, _wait_http, f"{gateway_url}/healthz"):
+                gateway.kill()
+                raise RuntimeError(f"the gateway did not answer {gateway_url}/healthz")
+
+        async def redis_died() -> str:
+            assert redis is not None and redis.proc is not None
+            return await process_exit(redis.proc)
+
+        async def redis_start() -> None:
+            assert redis is not None
+            redis.launch()  # the same port and directory: it loads its AOF again
+            await asyncio.get_running_loop().run_in_executor(None, redis.wait_ready, 30.0)
+
+        async def supervise(app: web.Application) -> None:
+            if redis is not None:
+                supervisor.keep("redis", redis_died, redis_start)
+            supervisor.keep("gateway", gateway_died, gateway_start)
+
+        app.on_startup.append(supervise)
 
         async def announce() -> None:
             loop = asyncio.get_running_loop()
@@ -153,6 +186,9 @@ def run_dev(args: argparse.Namespace) -> int:
 
         app.on_startup.append(on_startup)
         run(app, settings)
+        if supervisor.failure is not None:
+            print(f"botpulse: the dev stack stopped: {supervisor.failure}", file=sys.stderr)
+            return 1
     finally:
         remove_stack(settings)
         if gateway is not None and gateway.poll() is None:

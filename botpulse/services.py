@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from botpulse.runtime.logs import configure_logging, get_logger
-from botpulse.runtime.settings import Settings, load_settings
+from botpulse.runtime.settings import Role, Settings, load_settings
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, *roles: Role) -> Settings:
+    """Every setting, checked for what `roles` require, before anything opens or listens."""
     overrides = {k: getattr(args, k, None) for k in ("gateway_port", "query_port", "gateway_workers")}
-    settings = load_settings(**overrides)
+    settings = load_settings(roles=roles, **overrides)
     configure_logging(settings)
     return settings
 
@@ -49,23 +54,37 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_gateway(args: argparse.Namespace) -> int:
     from botpulse.ingest.server import serve
 
-    return serve(_settings(args), reuseport=args.reuseport)
+    return serve(_settings(args, "gateway"), reuseport=args.reuseport)
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from botpulse.workers.runner import serve
+    from botpulse.workers.lifecycle import serve
 
-    return serve(_settings(args))
+    return serve(_settings(args, "worker"))
 
 
 def run_query(args: argparse.Namespace) -> int:
     from botpulse.query.server import serve
 
     if not args.with_worker:
-        return serve(_settings(args))
-    from botpulse.embedded_worker import with_embedded_worker
+        return serve(_settings(args, "query"))
+    import sys
 
-    return serve(_settings(args), compose=with_embedded_worker)
+    from botpulse.embedded_worker import with_embedded_worker
+    from botpulse.supervisor import SUPERVISOR
+
+    composed: list[web.Application] = []
+
+    def compose(app: web.Application) -> web.Application:
+        composed.append(with_embedded_worker(app))
+        return app
+
+    code = serve(_settings(args, "query", "worker"), compose=compose)
+    failure = composed[0][SUPERVISOR].failure if composed else None
+    if failure is not None:
+        print(f"botpulse: the query service stopped: {failure}", file=sys.stderr)
+        return 1
+    return code
 
 
 def run_migrate(args: argparse.Namespace) -> int:

@@ -12,18 +12,25 @@ import asyncio
 import datetime as dt
 import json
 import sys
+import time
 
+import msgspec
 import redis.asyncio as aioredis
 
+from botpulse.runtime.health_reports import HealthReport, describe, read_reports
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import Settings, load_settings
 from botpulse.stack import read_stack
 from botpulse.workers.deadletters import DeadLetter, list_dead_letters, replay
-from botpulse.workers.status import partition_view, render
+from botpulse.workers.status import PartitionView, partition_view, render
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="stream partitions: length, pending per consumer, dead letters, rows/s")
+    p = sub.add_parser(
+        "status",
+        help="Redis memory, each worker's health (backing off, and why), stream partitions: length, "
+        "pending per consumer, dead letters, rows/s",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_status)
 
@@ -67,15 +74,61 @@ def _with_redis(action):  # type: ignore[no-untyped-def]
     return asyncio.run(main())
 
 
+class RedisMemory(msgspec.Struct):
+    used_bytes: int
+    max_bytes: int  # 0: no limit
+    policy: str
+    high_water_pct: int  # where the gateway starts answering 503 (BOTPULSE_REDIS_MEMORY_HIGH_WATER_PCT)
+
+
+class Status(msgspec.Struct):
+    redis: RedisMemory
+    workers: list[HealthReport]
+    partitions: list[PartitionView]
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _render_memory(memory: RedisMemory) -> str:
+    if not memory.max_bytes:
+        return (
+            f"redis memory: {_size(memory.used_bytes)} used, no maxmemory set (policy {memory.policy}): "
+            "admission cannot judge memory; set maxmemory"
+        )
+    pct = memory.used_bytes * 100 / memory.max_bytes
+    line = (
+        f"redis memory: {_size(memory.used_bytes)} of {_size(memory.max_bytes)} ({pct:.0f}%), "
+        f"policy {memory.policy}"
+    )
+    if pct >= memory.high_water_pct:
+        line += f"; over {memory.high_water_pct}%: the gateway refuses posts (503) until the workers drain it"
+    return line
+
+
 def run_status(args: argparse.Namespace) -> int:
     async def action(settings: Settings, redis: aioredis.Redis) -> int:
+        info = await redis.info("memory")
+        memory = RedisMemory(
+            used_bytes=int(info.get("used_memory", 0)),
+            max_bytes=int(info.get("maxmemory", 0)),
+            policy=str(info.get("maxmemory_policy", "?")),
+            high_water_pct=settings.redis_memory_high_water_pct,
+        )
+        workers = await read_reports(redis)
         views = [await partition_view(redis, p) for p in range(settings.stream_partitions)]
         if args.json:
-            import msgspec
-
-            print(msgspec.json.encode(views).decode())
-        else:
-            print(render(views))
+            print(msgspec.json.encode(Status(memory, workers, views)).decode())
+            return 0
+        now_ms = int(time.time() * 1000)
+        lines = [_render_memory(memory)]
+        lines += [describe(r, now_ms) for r in workers] or ["no worker reports its health (none running?)"]
+        print("\n".join([*lines, render(views)]))
         return 0
 
     return _with_redis(action)

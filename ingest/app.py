@@ -24,6 +24,7 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import HttpVersion11, hdrs, web
 
+from botpulse.ingest.admission import Admission, error_verdict
 from botpulse.ingest.append import Appender, Limits, Outcome, Post, Result
 from botpulse.ingest.bodies import BadInput, parse_custom, parse_dbots, parse_statcord, parse_stats
 from botpulse.registry.index import RegistryCache, is_ready
@@ -40,6 +41,7 @@ SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", aioredis.Redis)
 REGISTRY = web.AppKey("registry", RegistryCache)
 APPENDER = web.AppKey("appender", Appender)
+ADMISSION = web.AppKey("admission", Admission)
 
 DROPPED_HEADER = "X-Dropped-Custom-Metrics"
 _json = msgspec.json.Encoder()
@@ -134,6 +136,7 @@ NO_CONTENT = NoContent()
 
 
 UNAUTHORIZED = "Unauthorized"
+NOT_READY: dict[str, object] = {"reason": "registry_not_ready"}
 NOT_FOUND = "Not found"
 STATS_PREFIX = "/v1/bot/"
 
@@ -169,7 +172,7 @@ class Gateway:
         registry = self.app[REGISTRY]
         try:
             if not registry.ready and not await is_ready(self.app[REDIS]):
-                raise Refusal(503, "The registry index is not ready yet", retry_after_s=1)
+                raise Refusal(503, "The registry index is not ready yet", retry_after_s=1, extra=NOT_READY)
             if not key:
                 raise Refusal(401, UNAUTHORIZED)
             account = await registry.account_for_key(key)
@@ -182,8 +185,11 @@ class Gateway:
         except Refusal:
             raise
         except Exception as exc:
-            log.warning("registry lookup failed", error=str(exc))
-            raise Refusal(503, "Storage is unavailable, try again shortly", retry_after_s=1) from None
+            verdict = error_verdict(exc)
+            log.warning("registry lookup failed", reason=verdict.reason, error=str(exc))
+            raise Refusal(
+                503, verdict.message, retry_after_s=verdict.retry_after_s, extra={"reason": verdict.reason}
+            ) from None
         if bot.account_id != account:
             raise Refusal(403, "This API key cannot post for this bot")
         return account, bot
@@ -193,7 +199,7 @@ class Gateway:
         """A miss while the index turned out to be missing (Redis emptied, rebuild pending) is not
         an unknown key or bot: the client should retry, not give up."""
         if not registry.ready:
-            return Refusal(503, "The registry index is not ready yet", retry_after_s=1)
+            return Refusal(503, "The registry index is not ready yet", retry_after_s=1, extra=NOT_READY)
         return Refusal(status, message)
 
     @staticmethod
@@ -223,10 +229,16 @@ class Gateway:
             )
             for i, payload in enumerate(payloads)
         ]
+        partition = partition_of(bot.id, self.settings.stream_partitions)
+        admission = self.app[ADMISSION]
+        if (verdict := admission.verdict(partition)) is not None:
+            raise Refusal(
+                503, verdict.message, retry_after_s=verdict.retry_after_s, extra={"reason": verdict.reason}
+            )
         first = payloads[0]
         names = list(first.custom_metrics) if isinstance(first, StatsPayload) else []
         post = Post(
-            partition=partition_of(bot.id, self.settings.stream_partitions),
+            partition=partition,
             bot_id=bot.id,
             stats=stats,
             slot_limit=bot.custom_slots,
@@ -236,13 +248,22 @@ class Gateway:
         try:
             result = await self.app[APPENDER].append(post)
         except Exception as exc:
-            log.warning("append failed", error=repr(exc))
-            raise Refusal(503, "Storage is unavailable, try again shortly", retry_after_s=1) from None
+            verdict = error_verdict(exc)
+            admission.note_error(verdict)
+            log.warning("append failed", reason=verdict.reason, error=repr(exc))
+            raise Refusal(
+                503, verdict.message, retry_after_s=verdict.retry_after_s, extra={"reason": verdict.reason}
+            ) from None
         if result.outcome is Outcome.RATE_LIMITED:
             seconds = max(1, math.ceil(result.retry_after_ms / 1000))
             raise Refusal(429, f"Too many posts for this bot, retry in {seconds} s", retry_after_s=seconds)
         if result.outcome is Outcome.BACKLOG_FULL:
-            raise Refusal(503, "The ingest backlog is full, try again shortly", retry_after_s=5)
+            raise Refusal(
+                503,
+                f"The ingest backlog is full ({self.settings.stream_high_water} entries), try again shortly",
+                retry_after_s=5,
+                extra={"reason": "backlog_full"},
+            )
         return result
 
     # --- routes ----------------------------------------------------------------------------
@@ -369,8 +390,11 @@ async def _resources(app: web.Application):  # type: ignore[no-untyped-def]
         custom_burst=settings.custom_rate_per_min,
     )
     app[APPENDER] = Appender(app[REDIS], settings.stream_high_water, limits, settings.redis_timeout_ms / 1000)
+    app[ADMISSION] = Admission(app[REDIS], settings)
     await app[REGISTRY].start()
+    await app[ADMISSION].start()
     yield
+    await app[ADMISSION].stop()
     await app[APPENDER].close()
     await app[REGISTRY].stop()
     await app[REDIS].aclose()

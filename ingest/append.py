@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
+import string
 from collections.abc import Sequence
 
 import hiredis
@@ -31,7 +32,13 @@ from hiredis import pack_command
 from redis.exceptions import NoScriptError, ResponseError
 
 from botpulse.runtime.logs import get_logger
-from botpulse.schemas.stream import custom_slots_key, rate_key, stream_key
+from botpulse.schemas.stream import (
+    ENTRY_FIELD,
+    LUA_DROP_METRICS,
+    custom_slots_key,
+    rate_key,
+    stream_key,
+)
 
 log = get_logger(__name__)
 
@@ -41,7 +48,9 @@ log = get_logger(__name__)
 #       slot_limit when n_names > 0, name_1..name_n, event_1..event_m (the first event carries
 #       the custom metrics).
 # Returns one reply per post: {0, dropped names...} | {1, retry_after_ms} | {2}.
-SCRIPT = """
+# The stream contract (the entry's field, the event encoding `drop_metrics` edits) comes from
+# schemas/stream.py: `$field` is filled in once, at import.
+_BODY = """
 local stream, rates = KEYS[1], KEYS[2]
 local high_water = tonumber(ARGV[1])
 local intervals = {s = tonumber(ARGV[2]), c = tonumber(ARGV[4])}
@@ -101,19 +110,11 @@ for p = 1, #fields do
       end
       local event = ARGV[first]
       if #dropped > 0 then
-        local decoded = cmsgpack.unpack(event)
-        local metrics = decoded['payload']['custom_metrics']
-        for _, name in ipairs(dropped) do
-          metrics[name] = nil
-        end
-        if next(metrics) == nil then
-          decoded['payload']['custom_metrics'] = nil
-        end
-        event = cmsgpack.pack(decoded)
+        event = drop_metrics(event, dropped)
       end
-      redis.call('XADD', stream, '*', 'e', event)
+      redis.call('XADD', stream, '*', '$field', event)
       for i = first + 1, first + m - 1 do
-        redis.call('XADD', stream, '*', 'e', ARGV[i])
+        redis.call('XADD', stream, '*', '$field', ARGV[i])
       end
       length = length + m
       if tats[field] == nil then
@@ -141,6 +142,7 @@ if #updates > 0 then
 end
 return replies
 """
+SCRIPT = LUA_DROP_METRICS + string.Template(_BODY).substitute(field=ENTRY_FIELD)
 SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 # Posts per script call: bounds how long one call holds Redis.
 MAX_CALL_POSTS = 128

@@ -20,7 +20,7 @@ from aiohttp import web
 from botpulse.ingest.app import GatewayRunner, build_app
 from botpulse.runtime.logs import get_logger
 from botpulse.runtime.processes import spawn_child
-from botpulse.runtime.settings import Settings
+from botpulse.runtime.settings import Settings, cannot_listen
 
 log = get_logger(__name__)
 
@@ -40,7 +40,11 @@ def _socket(settings: Settings, reuseport: bool) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuseport:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((settings.gateway_listen, settings.gateway_port))
+    try:
+        sock.bind((settings.gateway_listen, settings.gateway_port))
+    except OSError as exc:
+        sock.close()
+        raise cannot_listen("gateway", settings, exc) from None
     sock.set_inheritable(False)
     return sock
 
@@ -90,9 +94,10 @@ def serve(settings: Settings, *, reuseport: bool = False) -> int:
 
 def _quiet_gc() -> None:
     """Keep the collector off the latency tail: a full collection walked every object of start-up
-    (≈ 65,000: aiohttp, redis-py, msgspec, the settings) and stalled the loop ~25 ms a few times a
-    minute. Frozen, they are never walked again; the young generation is collected less often
-    (a post leaves almost no cycles behind, so there is little to find)."""
+    (aiohttp, redis-py, msgspec, the settings) and stalled the loop long enough to show in the p99
+    (figures and how to re-run them: docs/benchmarks.md, "Figures behind choices in the code").
+    Frozen, they are never walked again; the young generation is collected less often (a post
+    leaves almost no cycles behind, so there is little to find)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG, 20, 100)

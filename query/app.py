@@ -26,14 +26,14 @@ from botpulse.query.listing import (
     list_bots,
 )
 from botpulse.query.params import BadParam
-from botpulse.query.resources import REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
+from botpulse.query.resources import READINESS, REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
 from botpulse.query.responses import error, json_response
 from botpulse.query.stats import add_custom_names, buckets, custom_totals
 from botpulse.query.uptime import EPOCH_MS, HOUR_MS, connection_status, now_ms, uptime_with_periods
 from botpulse.registry.catalog import Bot, ensure_index, get_bot
 from botpulse.registry.index import VERSION_KEY, RegistryCache
 from botpulse.registry.keys import request_key
-from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.clickhouse import Store, is_timeout
 from botpulse.runtime.logs import get_logger
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import Settings
@@ -175,7 +175,7 @@ async def get_bot_info(request: web.Request) -> web.Response:
     else:
         seen = await _seen(store, bot_id)
     last, names = seen.last, seen.custom_names
-    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
+    window_ms = request.app[SETTINGS].heartbeat_window_ms
     body: dict[str, Any] = {
         "id": bot.id,
         "username": bot.username,
@@ -252,7 +252,7 @@ async def get_bot_uptime(request: web.Request) -> web.Response:
         start, end = _range(request, first if first is not None else int(bot.created_at.timestamp() * 1000))
     except BadParam as exc:
         return error(400, exc.message, exc.field)
-    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
+    window_ms = request.app[SETTINGS].heartbeat_window_ms
     result = await uptime_with_periods(store, bot_id, start, end, window_ms)
     return json_response(
         {
@@ -280,7 +280,7 @@ async def get_bots(request: web.Request) -> web.Response:
         return _listing_error(str(exc))
     except BadParam as exc:
         return _listing_error(exc.message)
-    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
+    window_ms = request.app[SETTINGS].heartbeat_window_ms
     bots, total = await list_bots(
         request.app[STORE],
         account=await caller_account(request),
@@ -314,8 +314,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    problems = [p for check in request.app[READINESS] if (p := check()) is not None]
     if not await request.app[STORE].ping():
-        return json_response({"status": "unavailable", "message": "ClickHouse unreachable"}, status=503)
+        problems.insert(0, "ClickHouse unreachable")
+    if problems:
+        return json_response(
+            {"status": "unavailable", "message": "; ".join(problems), "problems": problems},
+            status=503,
+            headers={"Retry-After": "1"},
+        )
     return json_response({"status": "ready"})
 
 
@@ -360,7 +367,14 @@ async def backend_errors(
         return json_response(
             {"message": "Storage is unavailable, try again shortly"}, status=503, headers={"Retry-After": "1"}
         )
-    except Exception:
+    except Exception as exc:
+        if is_timeout(exc):  # past BOTPULSE_QUERY_TIMEOUT_S: as unavailable as no answer at all
+            log.warning("query timed out", path=request.path, error=str(exc).splitlines()[0][:300])
+            return json_response(
+                {"message": "Storage did not answer in time, try again shortly"},
+                status=503,
+                headers={"Retry-After": "1"},
+            )
         log.exception("request failed", path=request.path)
         return json_response({"message": "Internal error"}, status=500)
 
@@ -370,6 +384,7 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     app[SETTINGS] = settings
     app[STORE] = store
     app[BOT_RECORDS] = BotRecords()
+    app[READINESS] = readiness = []
 
     async def resources(app: web.Application):  # type: ignore[no-untyped-def]
         app[REDIS] = connect(settings)
@@ -399,5 +414,6 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     root = web.Application(middlewares=[cors, backend_errors])
     root[SETTINGS] = settings
     root[STORE] = store
+    root[READINESS] = readiness
     root.add_subapp(settings.query_prefix, app)
     return root

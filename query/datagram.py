@@ -105,7 +105,7 @@ _NOT_FOUND = {"message": "Bot not found"}
 
 async def _uptime_data(request: web.Request, account: str, ids: list[str], owned: set[str]) -> Any:
     start, end = _hour_range(request)
-    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
+    window_ms = request.app[SETTINGS].heartbeat_window_ms
     values = await uptimes(request.app[STORE], [i for i in ids if i in owned], start, end, window_ms)
     return [
         {"uptime": values[i], "partner_node_id": i} if i in owned
@@ -116,7 +116,7 @@ async def _uptime_data(request: web.Request, account: str, ids: list[str], owned
 
 async def _detail_data(request: web.Request, account: str, ids: list[str], owned: set[str]) -> Any:
     store = request.app[STORE]
-    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
+    window_ms = request.app[SETTINGS].heartbeat_window_ms
     mine = [i for i in dict.fromkeys(ids) if i in owned]
     totals, seen = await asyncio.gather(
         uptimes(store, mine, EPOCH_MS, FAR_FUTURE_MS, window_ms), last_seen(store, mine)

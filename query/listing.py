@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from botpulse.runtime.clickhouse import Store
+from botpulse.schemas.stats import LAST_FIELDS, LISTED_FIELDS
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 MAX_IN_VALUES = 100
@@ -26,33 +27,39 @@ FILTER_FIELDS: dict[str, tuple[str, str]] = {
     "id": ("id", "string"),
     "username": ("username", "string"),
     "private": ("private", "bool"),
-    "guilds": ("guilds", "number"),
-    "users": ("users", "number"),
-    "shards": ("shards", "number"),
+    **{api: (column, "number") for api, column in LISTED_FIELDS.items()},
     "lastSeen": ("last_seen", "number"),
     "connectionStatus": ("connection_status", "string"),
 }
 OUTPUT_FIELDS = [
     "id", "username", "avatar", "private", "createdAt", "lastSeen", "connectionStatus",
-    "guilds", "users", "shards",
+    *LISTED_FIELDS,
 ]  # fmt: skip
 _OPERATORS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 
 # Latest values per bot come from the daily roll-up (argMax states merge to the newest non-null
 # value), so a listing reads one row per bot-day instead of every post.
+_LISTED = list(LISTED_FIELDS.values())
 LISTING_BASE = (
     "SELECT b.id AS id, b.username AS username, b.avatar AS avatar, b.private AS private,"
-    " toUnixTimestamp64Milli(b.created_at) AS created_at, s.guilds AS guilds, s.users AS users,"
-    " s.shards AS shards, s.last_seen AS last_seen,"
+    " toUnixTimestamp64Milli(b.created_at) AS created_at, "
+    + "".join(f"s.{c} AS {c}, " for c in _LISTED)
+    + "s.last_seen AS last_seen,"
     " if(s.last_seen >= {cutoff:Int64}, 'connected', 'disconnected') AS connection_status"
     " FROM (SELECT id, username, avatar, private, created_at FROM bots FINAL"
     "   WHERE deleted = 0 AND (private = 0 OR account_id = {account:String})) AS b"
-    " LEFT JOIN (SELECT bot_id, argMaxMerge(guilds) AS guilds, argMaxMerge(users) AS users,"
-    "   argMaxMerge(shards) AS shards, toUnixTimestamp64Milli(max(last_ts)) AS last_seen"
+    " LEFT JOIN (SELECT bot_id, "
+    + "".join(f"argMaxMerge({c}) AS {c}, " for c in _LISTED)
+    + "toUnixTimestamp64Milli(max(last_ts)) AS last_seen"
     "   FROM bot_stats_1d GROUP BY bot_id) AS s ON s.bot_id = b.id"
 )
+# The columns of a listing row, in OUTPUT_FIELDS order.
+_OUTPUT_COLUMNS = [
+    "id", "username", "avatar", "private", "created_at", "last_seen", "connection_status", *_LISTED,
+]  # fmt: skip
 
-TOP_METRICS = {"guilds": "guilds", "users": "users", "shards": "shards", "ramTotal": "ram_total"}
+# Leaderboards rank bots by the newest value of a "last" field.
+TOP_METRICS = LAST_FIELDS
 
 
 def _load(name: str, raw: str | None) -> Any:
@@ -194,22 +201,22 @@ async def list_bots(
         **where_params, "account": account or "", "cutoff": cutoff_ms, "offset": offset, "count": count,
     }  # fmt: skip
     settings = {"join_use_nulls": 1}
+    width = len(OUTPUT_FIELDS)
     rows = await store.query(
-        f"SELECT id, username, avatar, private, created_at, last_seen, connection_status,"
-        f" guilds, users, shards, count() OVER () AS total FROM ({LISTING_BASE}) WHERE {where}"
+        f"SELECT {', '.join(_OUTPUT_COLUMNS)}, count() OVER () AS total FROM ({LISTING_BASE}) WHERE {where}"
         f" ORDER BY {order} LIMIT {{count:UInt32}} OFFSET {{offset:UInt64}}",
         params,
         settings,
     )
     if rows:
-        total = int(rows[0][10])
+        total = int(rows[0][width])
     else:
         total = int(
             (await store.query(f"SELECT count() FROM ({LISTING_BASE}) WHERE {where}", params, settings))[0][0]
         )
     bots = []
     for r in rows:
-        full = dict(zip(OUTPUT_FIELDS, r[:10], strict=True))
+        full = dict(zip(OUTPUT_FIELDS, r[:width], strict=True))
         full["private"] = bool(full["private"])
         bots.append({f: full[f] for f in fields})
     return bots, total

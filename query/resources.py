@@ -5,6 +5,7 @@ keys up; its handlers and `query.accounts_api`'s read them from `request.app`.""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -19,6 +20,9 @@ SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 REDIS = web.AppKey("redis", aioredis.Redis)
 REGISTRY = web.AppKey("registry", RegistryCache)
+# Parts composed into this process or stack (the embedded worker, `botpulse dev`'s Redis and
+# gateway): each check returns why its part is down, or None. `/readyz` fails while any says so.
+READINESS = web.AppKey("readiness", list[Callable[[], str | None]])
 
 # Failures of the parts behind the service, not of the request: the client should retry.
 UNAVAILABLE = (RedisError, OperationalError, OSError, asyncio.TimeoutError)

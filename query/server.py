@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Callable
 
 from aiohttp import web
@@ -10,9 +12,11 @@ from botpulse.query.app import build_app
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.logs import get_logger
 from botpulse.runtime.migrations import migrate
-from botpulse.runtime.settings import Settings
+from botpulse.runtime.settings import Settings, cannot_listen
 
 log = get_logger(__name__)
+
+_BIND_ERRORS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
 
 
 def serve(settings: Settings, *, compose: Callable[[web.Application], web.Application] | None = None) -> int:
@@ -34,11 +38,17 @@ def serve(settings: Settings, *, compose: Callable[[web.Application], web.Applic
 def run(app: web.Application, settings: Settings) -> None:
     """Serve the query app until SIGTERM/SIGINT; the in-process worker (if any) gets 10 s to
     flush and acknowledge while aiohttp shuts down."""
-    web.run_app(
-        app,
-        host=settings.query_listen,
-        port=settings.query_port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=10,
-    )
+    try:
+        web.run_app(
+            app,
+            host=settings.query_listen,
+            port=settings.query_port,
+            print=None,
+            access_log=None,
+            shutdown_timeout=10,
+        )
+    except OSError as exc:
+        # Only the bind: a request's failures never leave the app (`backend_errors`).
+        if isinstance(exc, socket.gaierror) or exc.errno in _BIND_ERRORS:
+            raise cannot_listen("query", settings, exc) from None
+        raise

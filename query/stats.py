@@ -23,9 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from botpulse.runtime.clickhouse import Store
-
-LAST_FIELDS = {"guilds": "guilds", "users": "users", "shards": "shards", "ramTotal": "ram_total"}
-AVG_FIELDS = {"apiPing": "api_ping", "ramUsage": "ram_usage", "cpu": "cpu", "bandwidth": "bandwidth"}
+from botpulse.schemas.stats import AVG_FIELDS, LAST_FIELDS
 
 _HOUR = 3_600_000
 
@@ -78,9 +76,9 @@ RAW_BUCKETS_SQL = (
     "AND ts < fromUnixTimestamp64Milli({end:Int64}, 'UTC') GROUP BY i ORDER BY i"
 )
 
-# Ranges up to this many hours are read raw (see RAW_BUCKETS_SQL). Measured on embedded chDB with
-# 1-minute posts: 30 days raw ~13 ms against ~25 ms for the two-level plan; the two cost the same
-# near 45 days.
+# Ranges up to this many hours (40 days) are read raw (see RAW_BUCKETS_SQL): up to there, reading
+# every post costs less than the two-level plan's fixed costs, with a margin below where the two
+# meet (`python -m botpulse.bench.plans` compares them; docs/benchmarks.md has the figures).
 RAW_MAX_HOURS = 960
 
 BUCKETS_SQL = (
@@ -101,6 +99,12 @@ CUSTOM_TOTALS_SQL = (
     " {type_filter} GROUP BY type, value1)"
     " ORDER BY type, isNull(value1), c DESC, value1 LIMIT {limit:UInt32} BY type"
 )
+
+
+# A bucket row: index, posts, the "last" fields, the averaged fields, custom sums, custom counts.
+_STAT_NAMES = [*LAST_FIELDS, *AVG_FIELDS]
+_SUMS = 2 + len(_STAT_NAMES)
+_COUNTS = _SUMS + 1
 
 
 def bucket_time(start: int, span: int, n: int, i: int) -> int:
@@ -129,20 +133,16 @@ async def buckets(
     by_index = {int(r[0]): r for r in rows}
     names = set(custom_names)
     for r in rows:
-        names.update(r[11].keys())
+        names.update(r[_COUNTS].keys())
     ordered_names = sorted(names)
     out: list[dict[str, Any]] = []
-    last = list(LAST_FIELDS)
-    avg = list(AVG_FIELDS)
     for i in range(n):
         bucket: dict[str, Any] = {"time": bucket_time(start, span, n, i)}
         r = by_index.get(i)
-        for k, name in enumerate(last):
+        for k, name in enumerate(_STAT_NAMES):
             bucket[name] = None if r is None else r[2 + k]
-        for k, name in enumerate(avg):
-            bucket[name] = None if r is None else r[6 + k]
-        sums: dict[str, float] = r[10] if r is not None else {}
-        counts: dict[str, int] = r[11] if r is not None else {}
+        sums: dict[str, float] = r[_SUMS] if r is not None else {}
+        counts: dict[str, int] = r[_COUNTS] if r is not None else {}
         bucket["custom"] = {
             name: (sums.get(name, 0.0) / counts[name]) if counts.get(name) else None for name in ordered_names
         }

@@ -5,12 +5,19 @@ sync client, which is the only client chDB supports, and runs it on a small thre
 event loop never blocks. `chdb:///path` selects the embedded engine (one engine per process:
 only one process may open a path), `http(s)://…` a server. Values are always bound as query
 parameters (`{name:Type}`), never pasted into SQL.
+
+Reads (`query`, `query_rows`) and writes (`insert*`, `command*`) have their own timeouts:
+`BOTPULSE_QUERY_TIMEOUT_S` bounds a read (the HTTP client's receive timeout, and ClickHouse's
+`max_execution_time`, so the server, or the embedded engine, stops the work too), while
+`BOTPULSE_INSERT_TIMEOUT_S` bounds an insert or DDL request. Each thread holds one client per
+kind, created on first use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +57,25 @@ def is_data_error(exc: BaseException) -> bool:
     return False
 
 
+def is_view_error(exc: BaseException) -> bool:
+    """True when ClickHouse stored the block in its table and then a materialized view fed by
+    that table failed on it (the server says where: "while pushing to view …"). Whatever the
+    code, the source rows are in: a retry must send the same block with the same token."""
+    return isinstance(exc, DatabaseError) and "while pushing to view" in str(exc)
+
+
+_TIMEOUT_EXCEEDED = 159
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """True when a read ran past `max_execution_time` (BOTPULSE_QUERY_TIMEOUT_S) on the server or
+    the embedded engine. A client-side timeout is an `OperationalError` (unreachable)."""
+    if isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError):
+        text = str(exc)
+        return f"Code: {_TIMEOUT_EXCEEDED}." in text or f"code: {_TIMEOUT_EXCEEDED}," in text
+    return False
+
+
 class Store:
     """ClickHouse, reached the same way whether embedded or a server."""
 
@@ -62,10 +88,11 @@ class Store:
         self._clients: list[Client] = []
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clickhouse")
+        self._read_settings = {"max_execution_time": settings.query_timeout_s}
         self._ensure_database()
 
     # --- clients ------------------------------------------------------------------------------
-    def _new_client(self, database: str | None) -> Client:
+    def _new_client(self, database: str | None, timeout_s: float) -> Client:
         url = self.settings.clickhouse_url
         if self.embedded:
             try:
@@ -76,30 +103,44 @@ class Store:
                     "or set CLICKHOUSE_URL=http(s)://host:8123 for a ClickHouse server"
                 ) from None
         parsed = urlparse(url)
+        # The client takes whole seconds (it truncates, and 0 would fail every request): rounded
+        # up here; a read's exact bound is `max_execution_time`.
+        whole_s = math.ceil(timeout_s)
         return clickhouse_connect.get_client(
             dsn=url,
             database=database or "default",
-            connect_timeout=min(10, self.settings.insert_timeout_s),
-            send_receive_timeout=self.settings.insert_timeout_s,
+            connect_timeout=min(10, whole_s),
+            send_receive_timeout=whole_s,
             autogenerate_session_id=False,
             secure=parsed.scheme == "https",
         )
 
     def _ensure_database(self) -> None:
-        boot = self._new_client(None)
+        boot = self._new_client(None, self.settings.insert_timeout_s)
         try:
             boot.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`{self.on_cluster}")
         finally:
             boot.close()
 
     def client(self) -> Client:
-        """This thread's client (each thread owns one: clients hold per-session state)."""
+        """This thread's client for inserts and DDL (each thread owns its clients: they hold
+        per-session state)."""
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._new_client(self.database)
-            self._local.client = client
-            with self._lock:
-                self._clients.append(client)
+            client = self._local.client = self._add_client(self.settings.insert_timeout_s)
+        return client
+
+    def reader(self) -> Client:
+        """This thread's client for reads, with the query timeout."""
+        client = getattr(self._local, "reader", None)
+        if client is None:
+            client = self._local.reader = self._add_client(self.settings.query_timeout_s)
+        return client
+
+    def _add_client(self, timeout_s: float) -> Client:
+        client = self._new_client(self.database, timeout_s)
+        with self._lock:
+            self._clients.append(client)
         return client
 
     @property
@@ -110,7 +151,8 @@ class Store:
     def query_rows(
         self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
     ) -> list[tuple[Any, ...]]:
-        return self.client().query(sql, parameters=params or {}, settings=settings).result_rows
+        limits = {**self._read_settings, **settings} if settings else self._read_settings
+        return self.reader().query(sql, parameters=params or {}, settings=limits).result_rows
 
     def command_sync(self, sql: str, params: dict[str, Any] | None = None) -> Any:
         return self.client().command(sql, parameters=params or {})

@@ -30,6 +30,14 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 15.0) -> EmbeddedRedis:
+        self.launch()
+        self.wait_ready(timeout)
+        return self
+
+    def launch(self) -> None:
+        """Start the server process (same port and directory every time: a restart finds its AOF).
+        Call it from a thread that outlives the server: the child's PDEATHSIG fires when the
+        thread that started it exits."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "redis.log", "ab")  # noqa: SIM115 - the child owns it
         args = [
@@ -49,14 +57,19 @@ class EmbeddedRedis:
         self.proc = spawn_child(args, stdout=log, stderr=log, start_new_session=True)
         log.close()
         (self.data_dir / "valkey.pid").write_text(str(self.proc.pid))
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        """Until the server answers PING (it has loaded its AOF); raises if it exits or times out."""
+        proc = self.proc
+        assert proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 raise RuntimeError(
-                    f"embedded redis exited with {self.proc.returncode}; see {self.data_dir / 'redis.log'}"
+                    f"embedded redis exited with {proc.returncode}; see {self.data_dir / 'redis.log'}"
                 )
             if self._ping():
-                return self
+                return
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"embedded redis did not answer on port {self.port} within {timeout}s")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Literal
 
 import msgspec
@@ -39,6 +39,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_partitions: Annotated[int, Meta(ge=1, le=1024)] = 1
     # Pending backlog (entries not yet written) above which the gateway answers 503.
     stream_high_water: Positive = 2_000_000
+    # Redis memory (used_memory, % of maxmemory) at which the gateway answers 503, so the
+    # workers keep room to record, acknowledge and trim. No effect while maxmemory is 0.
+    redis_memory_high_water_pct: Annotated[int, Meta(ge=1, le=100)] = 90
     # --- gateway ------------------------------------------------------------------------------
     gateway_listen: str = "127.0.0.1"
     gateway_port: Port = 8080
@@ -55,11 +58,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     insert_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 10.0
     claim_idle_ms: Positive = 30_000
     max_deliveries: Positive = 5
+    # Socket timeout of the worker's own Redis client: its commands carry whole batches
+    # (XREADGROUP of 10,000 entries, XACK of as many ids), where the gateway fails fast.
+    worker_redis_timeout_ms: Annotated[int, Meta(ge=100, le=60_000)] = 5000
+    # Replicas that must hold a batch record (WAITAOF / WAIT) before its insert; 0: the local
+    # AOF only (see docs/workers.md, "Redis set-ups").
+    worker_wait_replicas: Annotated[int, Meta(ge=0, le=16)] = 0
     # --- query --------------------------------------------------------------------------------
     query_listen: str = "127.0.0.1"
     query_port: Port = 8081
     query_prefix: Annotated[str, Meta(pattern=r"^(/[A-Za-z0-9._~-]+)*$")] = ""
     heartbeat_window_s: Positive = 180
+    # Bound of one read of the query service (client timeout and ClickHouse `max_execution_time`);
+    # inserts and DDL have `insert_timeout_s`.
+    query_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 10.0
     # --- dashboard ----------------------------------------------------------------------------
     # Believe X-Forwarded-Proto / X-Forwarded-For: only behind a proxy that sets them itself.
     trust_proxy: bool = False
@@ -84,6 +96,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def embedded_clickhouse(self) -> bool:
         return self.clickhouse_url.startswith("chdb:")
+
+    @property
+    def heartbeat_window_ms(self) -> int:
+        """How long a post keeps its bot up and "connected" (uptime and connection status)."""
+        return self.heartbeat_window_s * 1000
 
 
 class SettingsError(Exception):
@@ -133,8 +150,11 @@ def _bounds(ge: float | None, le: float | None, gt: float | None, lt: float | No
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-    """Read every setting from the environment; `overrides` (already typed) win over it."""
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, roles: Sequence[Role] = (), **overrides: object
+) -> Settings:
+    """Read every setting from the environment; `overrides` (already typed) win over it.
+    `roles`: the services this process runs; what they require is checked too (`check_roles`)."""
     environ = os.environ if environ is None else environ
     raw: dict[str, object] = {}
     for field in Settings.__struct_fields__:
@@ -155,7 +175,23 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         store = os.path.abspath(os.path.join(settings.data_dir, "clickhouse"))
         settings = msgspec.structs.replace(settings, clickhouse_url=f"chdb://{store}")
     _check_urls(settings)
+    check_settings(settings)
+    check_roles(settings, roles)
     return settings
+
+
+def check_settings(settings: Settings) -> None:
+    """Rules across fields, checked with the rest at start-up (every process, every setting).
+
+    A live worker's entries must never look idle to the others: XAUTOCLAIM's threshold must
+    exceed everything a healthy batch can take (buffering plus inserting), with margin."""
+    floor = 2 * (settings.batch_ms + int(settings.insert_timeout_s * 1000))
+    if settings.claim_idle_ms < floor:
+        raise SettingsError(
+            f"BOTPULSE_CLAIM_IDLE_MS={settings.claim_idle_ms} is too small: it must be at least "
+            f"2 x (BOTPULSE_BATCH_MS + BOTPULSE_INSERT_TIMEOUT_S in ms) = {floor}, or a batch "
+            "still being written could be taken over by another worker"
+        )
 
 
 def _check_urls(settings: Settings) -> None:
@@ -168,3 +204,44 @@ def _check_urls(settings: Settings) -> None:
         raise SettingsError(
             f"REDIS_URL={settings.redis_url!r} is invalid: expected redis://host:port[/db] or rediss://…"
         )
+
+
+# --- what each service requires ---------------------------------------------------------------
+# The processes a command runs: `botpulse gateway|worker|query` one each, `botpulse dev` the
+# whole stack (it starts its own Redis, so it requires none).
+Role = Literal["gateway", "worker", "query", "dev"]
+
+# Settings a service cannot start without (they have no usable default).
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "gateway": ("redis_url",),
+    "worker": ("redis_url",),
+    "query": ("redis_url",),
+}
+_HINTS = {"redis_url": "redis://host:6379/0; `botpulse dev` runs the stack with an embedded Redis"}
+
+
+def check_roles(settings: Settings, roles: Sequence[Role]) -> None:
+    """The per-service rules: required settings are set, and settings that must agree do."""
+    for role in roles:
+        for field in REQUIRED.get(role, ()):
+            if getattr(settings, field) in (None, ""):
+                hint = f" (e.g. {_HINTS[field]})" if field in _HINTS else ""
+                raise SettingsError(f"{env_name(field)} is not set: `botpulse {role}` needs it{hint}")
+    if "dev" in roles:
+        same_address = settings.gateway_listen == settings.query_listen
+        if same_address and settings.gateway_port == settings.query_port != 0:
+            raise SettingsError(
+                f"BOTPULSE_GATEWAY_PORT and BOTPULSE_QUERY_PORT are both {settings.gateway_port}: "
+                "`botpulse dev` serves both on one address, give them different ports"
+            )
+
+
+def cannot_listen(role: Literal["gateway", "query"], settings: Settings, exc: OSError) -> SettingsError:
+    """The one line for a listen address or port that cannot be bound (taken, not local, not
+    resolvable): it names the two variables that choose it."""
+    listen, port = f"{role}_listen", f"{role}_port"
+    reason = " ".join((exc.strerror or str(exc)).split())
+    return SettingsError(
+        f"{env_name(listen)}={getattr(settings, listen)!r} {env_name(port)}={getattr(settings, port)}: "
+        f"cannot listen there ({reason})"
+    )

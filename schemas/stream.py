@@ -6,13 +6,15 @@ Streams are partitioned by bot id. Every key that belongs to a partition carries
 its bots' custom-slot sets live in one Redis Cluster slot (one Lua script can touch them
 together) while partitions spread over the cluster.
 
-One Redis stream entry holds one field, `e`, whose value is a msgpack-encoded `StreamEvent`.
-The payload is a tagged union; its tag is the event's kind.
+One Redis stream entry holds one field, `e` (`ENTRY_FIELD`), whose value is a msgpack-encoded
+`StreamEvent`. The payload is a tagged union; its tag is the event's kind. The gateway's append
+script edits encoded stats events inside Redis with `LUA_DROP_METRICS`, defined here beside the
+encoding it relies on (tests/test_stream_contract.py runs it against the encoder).
 
 The three message structs are `gc=False`: they hold only scalars and a str -> float dict, so they
 can never be part of a reference cycle, and a worker keeps 10,000 of them alive per batch; left to
-the cyclic GC, which walks every tracked object it holds, decoding cost 3-5 us an event instead
-of ~1.2 us.
+the cyclic GC, which walks every tracked object on each collection, decoding cost several times
+as much (docs/benchmarks.md, "Figures behind choices in the code").
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ def batches_key(partition: int) -> str:
     return f"bp:{tag(partition)}:batches"
 
 
+def batch_lease_key(batches: str, token: str) -> str:
+    """The lease of the one worker writing record `token` of `batches` (`batches_key`): the
+    holder's consumer name, with a TTL (see workers/batchlog.py)."""
+    return f"{batches}:lease:{token}"
+
+
 def rate_key(partition: int) -> str:
     """Hash of the rate-limit state (GCRA theoretical arrival time, Unix ms) of the partition's
     bots: field `s:<botId>` for stats posts, `c:<botId>` for custom ones (see ingest/append.py)."""
@@ -61,6 +69,12 @@ def custom_slots_key(partition: int, bot_id: str) -> str:
 def worker_stats_key(partition: int) -> str:
     """Hash of last insert time and recent rows/s, for `botpulse status`."""
     return f"bp:{tag(partition)}:workerstats"
+
+
+def worker_health_key() -> str:
+    """Hash of every worker's last health report (consumer name -> JSON `HealthReport`, see
+    runtime/health_reports.py), for `botpulse status`: backing off, and why."""
+    return "bp:workers:health"
 
 
 # --- the message -------------------------------------------------------------------------------
@@ -112,7 +126,8 @@ class StreamEvent(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=Fals
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(StreamEvent)
 
-FIELD = b"e"
+ENTRY_FIELD = "e"
+FIELD = ENTRY_FIELD.encode()
 
 
 def encode_event(event: StreamEvent) -> bytes:
@@ -122,3 +137,30 @@ def encode_event(event: StreamEvent) -> bytes:
 def decode_event(data: bytes) -> StreamEvent:
     """Raises msgspec.DecodeError / ValidationError for a poison entry."""
     return _decoder.decode(data)
+
+
+# --- editing an encoded event in Redis ---------------------------------------------------------
+# A post's custom metrics that find no free slot are dropped inside the append script, in the same
+# atomic call that takes the slots, so the stream never holds a name over the limit. The script
+# cannot run the Python encoder; it relies on what `encode_event` writes: a msgpack map (the
+# structs are not array_like) keyed by the attribute names (no rename), the payload a map too, and
+# an empty `custom_metrics` left out (omit_defaults), which the function mirrors. Redis's cmsgpack
+# packs an integral float as an int; the decoder reads it back as a float.
+PAYLOAD_KEY = "payload"
+CUSTOM_METRICS_KEY = "custom_metrics"
+
+# Lua: `drop_metrics(event, names)` -> the event without those custom metrics. Concatenated in
+# front of a script (ingest/append.py) and called only when something is dropped.
+LUA_DROP_METRICS = f"""
+local function drop_metrics(event, dropped)
+  local decoded = cmsgpack.unpack(event)
+  local metrics = decoded['{PAYLOAD_KEY}']['{CUSTOM_METRICS_KEY}']
+  for _, name in ipairs(dropped) do
+    metrics[name] = nil
+  end
+  if next(metrics) == nil then
+    decoded['{PAYLOAD_KEY}']['{CUSTOM_METRICS_KEY}'] = nil
+  end
+  return cmsgpack.pack(decoded)
+end
+"""

@@ -4,6 +4,7 @@ By default both are embedded: the bundled valkey-server on a free 127.0.0.1 port
 in a temporary directory (one engine path per process, so every test gets its own database in
 it instead). `BOTPULSE_TEST_REDIS_URL` / `BOTPULSE_TEST_CLICKHOUSE_URL` point the same tests at
 real servers; with neither set and a Docker engine reachable, testcontainers starts them.
+`BOTPULSE_TEST_CHAOS_LONG=1` runs the chaos suite (tests/chaos/) in its long form.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from aiohttp.test_utils import make_mocked_request
 from botpulse.cli import build_parser
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.settings import Settings, SettingsError, env_name, load_settings
-from botpulse.workers.runner import check_settings as check_worker_settings
+from botpulse.runtime.settings import check_settings as check_worker_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -407,3 +407,27 @@ async def test_k8s_probes_hit_real_routes(
                 await _assert_route(f"{role} {kind}", app, probe["path"])
                 probed.add((role, kind))
     assert len(probed) == 4
+
+
+def test_every_deployed_service_has_the_settings_its_command_requires(
+    compose: dict[str, Any], manifests: dict[tuple[str, str], dict[str, Any]]
+) -> None:
+    """What `botpulse gateway|worker|query` check at start-up (`load_settings(roles=…)`: REDIS_URL
+    and the other per-service rules) holds for every compose service and Kubernetes container."""
+    image_env = dockerfile_env()
+    deployed: list[tuple[str, list[str], dict[str, str]]] = [
+        (f"compose service {name}", svc["command"], {**image_env, **_env_dict(svc.get("environment"))})
+        for name, svc in _botpulse_services(compose)
+    ]
+    for where, spec in _pod_specs(manifests):
+        for container in spec["containers"]:
+            deployed.append((where, container["args"], {**image_env, **_container_env(manifests, container)}))
+    roles = set()
+    for where, argv, env in deployed:
+        role = _check_command(where, argv if isinstance(argv, list) else shlex.split(argv))
+        roles.add(role)
+        try:
+            load_settings(env, roles=(role,) if role in ("gateway", "worker", "query") else ())
+        except SettingsError as exc:
+            pytest.fail(f"{where}: {exc}")
+    assert {"gateway", "worker", "query"} <= roles

@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 
 from botpulse.cli import main as cli_main
 from botpulse.runtime.clickhouse import Store
-from botpulse.runtime.settings import Settings, SettingsError
+from botpulse.runtime.settings import Settings, SettingsError, check_settings
 from botpulse.schemas.stream import (
     FIELD,
     GROUP,
@@ -37,7 +37,9 @@ from botpulse.schemas.stream import (
     worker_stats_key,
 )
 from botpulse.workers import batchlog as rec
-from botpulse.workers.runner import Batch, Entry, Worker, check_settings, run_worker
+from botpulse.workers.batch import Batch, Entry
+from botpulse.workers.lifecycle import run_worker
+from botpulse.workers.pipeline import Worker
 from botpulse.workers.upkeep import Upkeep
 
 FAST = {"batch_ms": 40, "insert_timeout_s": 0.1, "claim_idle_ms": 300}
@@ -155,9 +157,9 @@ async def test_retried_batch_is_stored_once_and_rollups_count_it_once(fast, fast
     await worker.ensure_groups()
     await redis.xreadgroup(GROUP, worker.consumer, {stream_key(0): ">"})
     entries = [Entry(i, encode_event(e), e) for i, e in zip(ids, events, strict=True)]
-    batch = await worker._new_batch(0, entries)
+    batch = await worker.open_batch(0, entries)
     assert batch is not None
-    await worker._write_batch(batch)
+    await worker.process(batch)
 
     async def snapshot() -> list[tuple]:
         out = []
@@ -169,7 +171,7 @@ async def test_retried_batch_is_stored_once_and_rollups_count_it_once(fast, fast
 
     first = await snapshot()
     assert [row[0] for row in first] == [20, 20, 20]
-    await worker._write_batch(batch)  # same ids, same token: deduplicated
+    await worker.process(batch)  # same ids, same token: deduplicated
     assert await fast_store.query("SELECT count() FROM bot_stats WHERE bot_id = 'r1'") == [(20,)]
     assert await snapshot() == first
 
@@ -180,19 +182,17 @@ async def test_taken_over_batch_keeps_its_boundaries_and_token(fast, fast_store,
     though more entries arrived meanwhile."""
     events = [stats_event("t1", guilds=i) for i in range(10)]
     ids = await post(redis, events)
-    dead = Worker(fast, fast_store, redis)
-    dead.consumer = "dead-host-1"
-    dead.records = rec.Records(redis, dead.consumer)
+    dead = Worker(fast, fast_store, redis, consumer="dead-host-1")
     await dead.ensure_groups()
     await redis.xreadgroup(GROUP, dead.consumer, {stream_key(0): ">"})
-    batch = await dead._new_batch(0, [Entry(i, encode_event(e), e) for i, e in zip(ids, events, strict=True)])
+    batch = await dead.open_batch(0, [Entry(i, encode_event(e), e) for i, e in zip(ids, events, strict=True)])
     assert batch is not None
     for table in ("bot_stats",):
         rows_ids = [(e.id, e.event) for e in batch.entries]
         from botpulse.workers.rows import rows_by_table
 
         rows, _ = rows_by_table(rows_ids)[table]
-        await dead._insert(batch, table, rows, f"{batch.record.token}:{table}")
+        await dead.writer.insert(batch, table, rows, f"{batch.record.token}:{table}")
     # ... and it dies here: no ack. More posts arrive.
     later = [stats_event("t1", guilds=100 + i) for i in range(5)]
     await post(redis, later)
@@ -240,7 +240,7 @@ async def test_clickhouse_outage_keeps_entries_pending_and_drains_after(fast, fa
         return real(*args, **kwargs)
 
     monkeypatch.setattr(fast_store, "insert_sync", flaky)
-    monkeypatch.setattr("botpulse.workers.runner._BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr("botpulse.workers.context._BACKOFF_BASE_S", 0.01)
     events = [stats_event("o1", guilds=i) for i in range(25)]
     await post(redis, events)
     with capture_logs() as logs:
@@ -259,9 +259,9 @@ async def test_clickhouse_outage_keeps_entries_pending_and_drains_after(fast, fa
 async def test_unexpected_failure_leaves_entries_pending_and_they_are_recovered(
     fast, fast_store, redis, monkeypatch
 ):
-    from botpulse.workers import runner as workers_runner
+    from botpulse.workers import writer as workers_writer
 
-    real = workers_runner.rows_by_table
+    real = workers_writer.rows_by_table
     calls = {"n": 0}
 
     def broken_once(pairs):  # type: ignore[no-untyped-def]
@@ -270,7 +270,7 @@ async def test_unexpected_failure_leaves_entries_pending_and_they_are_recovered(
             raise RuntimeError("injected bug")
         return real(pairs)
 
-    monkeypatch.setattr(workers_runner, "rows_by_table", broken_once)
+    monkeypatch.setattr(workers_writer, "rows_by_table", broken_once)
     events = [stats_event("u1", guilds=i) for i in range(6)]
     await post(redis, events)
     with capture_logs() as logs:
@@ -454,7 +454,7 @@ async def test_entries_taken_over_while_buffered_are_not_written_twice(fast, fas
     await redis.xreadgroup(GROUP, worker.consumer, {stream_key(0): ">"})
     await redis.xclaim(stream_key(0), GROUP, "other-1", 0, ids[:2])  # taken over meanwhile
     entries = [Entry(i, encode_event(e), e) for i, e in zip(ids, events, strict=True)]
-    batch = await worker._new_batch(0, entries)
+    batch = await worker.open_batch(0, entries)
     assert isinstance(batch, Batch)
     assert batch.record.ids == [i.decode() for i in ids[2:]]
     assert list((await redis.hgetall(batches_key(0))).keys()) == [batch.record.token.encode()]
@@ -470,8 +470,8 @@ async def test_read_entries_taken_over_after_the_fresh_window_are_left_to_their_
     ids = await post(redis, events)
     worker = Worker(fast, fast_store, redis)
     await worker.ensure_groups()
-    await worker._read()
-    assert worker._delivered_since[0] is not None
+    await worker.intake.read()
+    assert worker.intake.buffers[0].delivered_since is not None
     await asyncio.sleep(fast.claim_idle_ms / 1000)  # past the window (claim_idle_ms / 2)
     await redis.xclaim(stream_key(0), GROUP, "other-2", 0, ids[1:3])
     await worker.flush()
@@ -496,12 +496,12 @@ async def test_a_buffer_mixing_taken_over_and_fresh_entries_is_checked_id_by_id(
     reply = await redis.xreadgroup(GROUP, worker.consumer, {stream_key(0): ">"}, count=2)
     taken = [(entry_id, fields) for _, entries in reply for entry_id, fields in entries]
     if taken_first:
-        await worker._accept(0, taken)
-        await worker._read()
+        worker.intake.accept(0, taken)
+        await worker.intake.read()
     else:
-        await worker._read()
-        await worker._accept(0, taken)
-    assert sorted(e.id for e in worker._buffers[0]) == sorted(ids)
+        await worker.intake.read()
+        worker.intake.accept(0, taken)
+    assert sorted(e.id for e in worker.intake.buffers[0].entries) == sorted(ids)
     await redis.xclaim(stream_key(0), GROUP, "other-3", 0, [ids[2]])
     await worker.flush()
     assert await stored_ids(fast_store) == sorted(events[i].event_id for i in (0, 1, 3))
@@ -536,10 +536,10 @@ async def test_group_moved_back_while_buffered_stores_each_entry_once(fast, fast
     ids = await post(redis, events)
     worker = Worker(fast, fast_store, redis)
     await worker.ensure_groups()
-    await worker._read()
+    await worker.intake.read()
     await redis.xgroup_setid(stream_key(0), GROUP, "0")
-    await worker._read()
-    assert [e.id for e in worker._buffers[0]] == ids + ids
+    await worker.intake.read()
+    assert [e.id for e in worker.intake.buffers[0].entries] == ids + ids
     await worker.flush()
     assert await stored_ids(fast_store) == sorted(e.event_id for e in events)
     assert (await redis.xpending(stream_key(0), GROUP))["pending"] == 0
@@ -573,7 +573,7 @@ async def test_status_shows_partitions_consumers_and_dead_letters(fast, fast_sto
         await redis.xgroup_createconsumer(stream_key(0), GROUP, "idle-worker")
         monkeypatch.setenv("REDIS_URL", fast.redis_url)
         text = await asyncio.to_thread(_cli, ["status"])
-        (view,) = msgspec.json.decode(await asyncio.to_thread(_cli, ["status", "--json"]))
+        (view,) = msgspec.json.decode(await asyncio.to_thread(_cli, ["status", "--json"]))["partitions"]
     assert "partition 0" in text and "dead letters 1" in text and "consumer idle-worker: pending 0" in text
     assert view["dead_letters"] == 1
     assert view["pending"] == 0

@@ -31,10 +31,10 @@ from botpulse.schemas.stream import (
     stream_key,
     worker_stats_key,
 )
+from botpulse.workers import batch as workers_batch
 from botpulse.workers import batchlog as rec
-from botpulse.workers import runner as workers_runner
+from botpulse.workers.pipeline import Worker
 from botpulse.workers.rows import rows_by_table
-from botpulse.workers.runner import Worker
 from tests.test_workers import FAST, _cli, drained, post, stats_event, worker_task
 
 N = 3  # deliveries before the dead letters: small, so the tests wait few take-over periods
@@ -94,7 +94,7 @@ async def test_rejected_entry_is_retried_on_each_delivery_and_dead_lettered_at_t
     ids = await post(redis, [*good[:4], bad, *good[4:]])
     bad_id = ids[4]
 
-    await worker._read()
+    await worker.intake.read()
     await worker.flush()
     # The rest of the batch is stored and acknowledged; the poison entry is not: it stays
     # pending, delivered once, under a record of its own.
@@ -109,7 +109,7 @@ async def test_rejected_entry_is_retried_on_each_delivery_and_dead_lettered_at_t
     # It does not stall the stream: later posts are read, stored and acked meanwhile.
     later = [stats_event("p1", guilds=100 + i) for i in range(3)]
     await post(redis, later)
-    await worker._read()
+    await worker.intake.read()
     await worker.flush()
     assert await stored_counts(store) == {e.event_id: 1 for e in good + later}
     assert await pending(redis) == {bad_id: 1}
@@ -141,7 +141,7 @@ async def test_rejected_entry_that_becomes_acceptable_is_stored_once(worker, sto
     reject_while(store, monkeypatch, fixable, broken)
     ids = await post(redis, [*good[:3], fixable, *good[3:]])
 
-    await worker._read()
+    await worker.intake.read()
     await worker.flush()
     await deliver_again(worker)
     assert await pending(redis) == {ids[3]: 2}
@@ -164,7 +164,7 @@ async def test_retried_entry_stored_by_a_worker_that_died_before_the_ack_is_not_
     broken = {"on": True}
     reject_while(store, monkeypatch, fixable, broken)
     (entry_id,) = await post(redis, [fixable])
-    await worker._read()
+    await worker.intake.read()
     await worker.flush()
     (waiting,) = (await redis.hgetall(batches_key(0))).values()
     record = rec.decode(waiting)
@@ -174,14 +174,12 @@ async def test_retried_entry_stored_by_a_worker_that_died_before_the_ack_is_not_
     # This worker takes it over, stores it (same record, same token), and dies before the ack.
     await asyncio.sleep(poison_settings.claim_idle_ms / 1000 + 0.05)
     await redis.xclaim(stream_key(0), GROUP, worker.consumer, 0, [entry_id])
-    batch = await worker._load_batch(0, record, {})
+    batch = await worker.recovery.load_batch(0, record, {})
     block, _ = rows_by_table([(e.id, e.event) for e in batch.entries])["bot_stats"]
-    await worker._insert(batch, "bot_stats", block, f"{record.token}:bot_stats")
+    await worker.writer.insert(batch, "bot_stats", block, f"{record.token}:bot_stats")
     assert await stored_counts(store) == {fixable.event_id: 1}
 
-    other = Worker(poison_settings, store, redis)
-    other.consumer = "other-host-1"
-    other.records = rec.Records(redis, other.consumer)
+    other = Worker(poison_settings, store, redis, consumer="other-host-1")
     await deliver_again(other)
     assert await pending(redis) == {}
     assert await records(redis) == []
@@ -195,7 +193,7 @@ async def test_undecodable_entry_waits_for_n_deliveries_too(worker, store, redis
     junk_id = await redis.xadd(stream_key(0), {FIELD: b"\xc1 not msgpack"})
     await post(redis, good[2:])
 
-    await worker._read()
+    await worker.intake.read()
     await worker.flush()
     assert await stored_counts(store) == {e.event_id: 1 for e in good}
     assert await pending(redis) == {junk_id: 1}
@@ -217,7 +215,7 @@ async def test_undecodable_entry_a_later_reader_decodes_is_stored_once(worker, s
     pending, and stored when a delivery finds a reader that decodes it."""
     event = stats_event("v1", guilds=11)
     data = encode_event(event)
-    real = workers_runner.decode_event
+    real = workers_batch.decode_event
     old_reader = {"on": True}
 
     def decode(raw: bytes) -> StreamEvent:
@@ -225,10 +223,10 @@ async def test_undecodable_entry_a_later_reader_decodes_is_stored_once(worker, s
             raise msgspec.ValidationError("unknown field (injected: older reader)")
         return real(raw)
 
-    monkeypatch.setattr(workers_runner, "decode_event", decode)
+    monkeypatch.setattr(workers_batch, "decode_event", decode)
     other = stats_event("v1", guilds=1)
     ids = await post(redis, [event, other])
-    await worker._read()
+    await worker.intake.read()
     await worker.flush()
     assert await pending(redis) == {ids[0]: 1}
     assert await stored_counts(store) == {other.event_id: 1}
@@ -286,8 +284,8 @@ async def test_split_batch_recovered_after_its_poison_became_acceptable_stores_e
     async def die(*_: object) -> None:
         raise Crash
 
-    monkeypatch.setattr(worker, "_commit", die)
-    await worker._read()
+    monkeypatch.setattr(worker.committer, "commit", die)
+    await worker.intake.read()
     with pytest.raises(Crash):
         await worker.flush()
     assert await stored_counts(store) == {e.event_id: 1 for e in good}
@@ -295,9 +293,7 @@ async def test_split_batch_recovered_after_its_poison_became_acceptable_stores_e
     assert record.ids == [i.decode() for i in ids]
 
     broken["on"] = False
-    other = Worker(poison_settings, store, redis)
-    other.consumer = "other-host-2"
-    other.records = rec.Records(redis, other.consumer)
+    other = Worker(poison_settings, store, redis, consumer="other-host-2")
     await deliver_again(other)
     assert await pending(redis) == {} and await records(redis) == [] and await letters(redis) == []
     assert await stored_counts(store) == {e.event_id: 1 for e in [*good, fixable]}
@@ -325,7 +321,7 @@ async def test_poison_entry_taken_over_while_its_batch_was_written_is_left_to_it
 
     monkeypatch.setattr(store, "insert_sync", insert_sync)
     try:
-        await worker._read()
+        await worker.intake.read()
         await worker.flush()
     finally:
         other.close()

@@ -2,7 +2,7 @@
 step-by-step tests in `test_workers_poison.py` do not cover (two workers on one record, a take-over
 while a batch is committed, a MULTI whose reply is lost), on real parts (valkey, chDB).
 
-Each test failed before the fix it is named after (workers/runner.py: a recovered batch
+Each test failed before the fix it is named after (workers/writer.py, workers/recovery.py: a recovered batch
 re-reads its record before inserting a block whole; entries gone from the stream and from the
 pending list count as settled, not lost; a commit whose reply was lost is not run twice).
 """
@@ -20,7 +20,7 @@ from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.settings import Settings
 from botpulse.schemas.stream import GROUP, batches_key, dead_letter_key, stream_key, worker_stats_key
 from botpulse.workers import batchlog as rec
-from botpulse.workers.runner import Worker
+from botpulse.workers.pipeline import Worker
 from tests.test_workers import FAST, post, stats_event
 from tests.test_workers_poison import letters, pending, records, reject_while, stored_counts
 
@@ -33,9 +33,7 @@ def review_settings(make_settings) -> Settings:  # type: ignore[no-untyped-def]
 
 
 async def named_worker(settings: Settings, store: Store, redis: aioredis.Redis, name: str) -> Worker:
-    w = Worker(settings, store, redis)
-    w.consumer = name
-    w.records = rec.Records(redis, name)
+    w = Worker(settings, store, redis, consumer=name)
     await w.ensure_groups()
     return w
 
@@ -64,9 +62,9 @@ async def test_two_workers_recovering_one_split_record_store_each_entry_once(
 
     # W1 reads the entries, writes its batch record, and dies before inserting anything.
     w1 = await named_worker(review_settings, store, redis, "w1-host-1")
-    await w1._read()
-    entries = w1._buffers[0]
-    assert await w1._new_batch(0, entries, in_order=True) is not None
+    await w1.intake.read()
+    entries = w1.intake.buffers[0].entries
+    assert await w1.open_batch(0, entries, in_order=True) is not None
 
     # Both W2 and W3 take entries of that batch over (W3 the last one, W2 the others, as their
     # idle times allow) and read the records: the same record, split=[] for both.
@@ -83,7 +81,7 @@ async def test_two_workers_recovering_one_split_record_store_each_entry_once(
 
     broken["on"] = False  # the table is fixed (or the "data" error was a passing one)
     counts = {i: 2 for i, _ in w3_claimed}
-    await w3._take(0, w3_claimed, deliveries=counts)
+    await w3.adopt(0, w3_claimed, deliveries=counts)
     # W3 finds the record committed meanwhile (in Redis, not in its copy): it writes nothing.
     assert await stored_counts(store) == {e.event_id: 1 for e in good}
 
@@ -115,7 +113,7 @@ async def test_poison_taken_over_mid_batch_counts_nothing_as_lost(review_setting
 
     monkeypatch.setattr(store, "insert_sync", insert_sync)
     try:
-        await w1._read()
+        await w1.intake.read()
         await w1.flush()  # commits, then trims below the oldest pending entry (now W2's)
     finally:
         sync.close()
@@ -125,7 +123,7 @@ async def test_poison_taken_over_mid_batch_counts_nothing_as_lost(review_setting
 
     records_read_earlier(monkeypatch, w2, taken["records"])  # type: ignore[arg-type]
     claimed = [(i, {k: v for k, v in f.items()}) for i, f in taken["claimed"]]  # type: ignore[union-attr]
-    await w2._take(0, claimed, deliveries={i: 2 for i, _ in claimed})
+    await w2.adopt(0, claimed, deliveries={i: 2 for i, _ in claimed})
 
     assert await stored_counts(store) == {good.event_id: 1}
     assert await pending(redis) == {bad_id: 2}
@@ -152,7 +150,7 @@ async def test_commit_retried_after_a_lost_reply_dead_letters_once(make_settings
         return result
 
     monkeypatch.setattr(aioredis.client.Pipeline, "execute", execute)
-    await w._read()
+    await w.intake.read()
     await w.flush()
     assert lost["left"] == 0  # the lost reply did happen
     assert await pending(redis) == {}

@@ -11,7 +11,7 @@
         rows as JSON on stdout.
 
 Settings come from the environment like any service. The kill points wrap the real Worker's
-methods here, in the test driver: production code has no test hooks.
+stages here, in the test driver: production code has no test hooks.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from botpulse.runtime.migrations import migrate
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import load_settings
 from botpulse.schemas.stream import GROUP, batches_key, stream_key
+from botpulse.workers.batch import Batch
+from botpulse.workers.pipeline import Worker
 from botpulse.workers.rows import CUSTOM_TABLE, Row
-from botpulse.workers.runner import Batch, Worker
 
 
 def die() -> None:
@@ -46,22 +47,26 @@ class KillingWorker(Worker):
         self.point = point
         self.at_batch = at_batch
         self.batches = 0
+        insert, commit = self.writer.insert, self.committer.commit
 
-    async def _write_batch(self, batch: Batch) -> None:
+        async def killing_insert(batch: Batch, table: str, rows: list[Row], token: str) -> None:
+            if self.point == "during" and self.batches == self.at_batch and table == CUSTOM_TABLE:
+                die()
+            await insert(batch, table, rows, token)
+
+        async def killing_commit(batch, settlement):  # type: ignore[no-untyped-def]
+            if self.point == "after" and self.batches == self.at_batch:
+                die()
+            await commit(batch, settlement)
+
+        self.writer.insert = killing_insert  # type: ignore[method-assign]
+        self.committer.commit = killing_commit  # type: ignore[method-assign]
+
+    async def process(self, batch: Batch) -> None:
         self.batches += 1
         if self.point == "before" and self.batches == self.at_batch:
             die()
-        await super()._write_batch(batch)
-
-    async def _insert(self, batch: Batch, table: str, rows: list[Row], token: str) -> None:
-        if self.point == "during" and self.batches == self.at_batch and table == CUSTOM_TABLE:
-            die()
-        await super()._insert(batch, table, rows, token)
-
-    async def _commit(self, batch, dead, deliveries):  # type: ignore[no-untyped-def]
-        if self.point == "after" and self.batches == self.at_batch:
-            die()
-        await super()._commit(batch, dead, deliveries)
+        await super().process(batch)
 
 
 async def drained(worker: Worker) -> bool:

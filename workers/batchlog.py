@@ -13,6 +13,15 @@ Invariants (see docs/workers.md for the full argument):
   their own in that MULTI; those another consumer took over are its to settle (it read this
   record when it took them). Pending entries stay in the stream: trimming stops below the
   oldest one.
+- A record's recovery is exclusive: a worker that comes to own entries of a record takes its
+  lease (`schemas.stream.batch_lease_key`: the holder's consumer name, with a TTL of
+  `BOTPULSE_CLAIM_IDLE_MS`) before writing it, renews it while it writes (each split renews
+  it), and deletes it with the record in the commit. A recovery that finds the lease held
+  leaves the batch to its holder, whose commit acknowledges every id of the record, whoever
+  owns it by then. The record's first writer takes the lease when it first splits a block
+  (a split is what a concurrent whole-block insert would double).
+- The record's `split` list only grows (a script appends one token; no copy overwrites it).
+- The record is confirmed durable (`workers.durability`) before any insert uses its token.
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ from collections.abc import Iterable, Sequence
 import msgspec
 import redis.asyncio as aioredis
 
-from botpulse.schemas.stream import GROUP
+from botpulse.schemas.stream import GROUP, batch_lease_key
+from botpulse.workers.durability import Durability, Script
 
 
 class BatchRecord(msgspec.Struct, array_like=True):
@@ -33,7 +43,7 @@ class BatchRecord(msgspec.Struct, array_like=True):
     consumer: str
     created_ms: int
     ids: list[str]
-    # Insert tokens of the blocks ClickHouse rejected and the worker split (workers.runner):
+    # Insert tokens of the blocks ClickHouse rejected and the worker split (workers.writer):
     # parts of them may be stored under their own tokens, so they are never inserted whole again.
     split: list[str] = []
 
@@ -94,20 +104,20 @@ def decode(data: bytes) -> BatchRecord:
 # id, so one comparison of the joined ids settles it; the per-id check (a Lua table of 10,000 ids
 # costs Redis ~15 ms a batch) runs only when the two differ.
 _WRITE_IF_OWNED = """
+local function write()
+  redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
+  return {}
+end
 if ARGV[9] ~= '' then
   local t = redis.call('TIME')
   if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[9]) < tonumber(ARGV[10]) then
-    redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
-    return {}
+    return write()
   end
 end
 local rows = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[4], tonumber(ARGV[8]), ARGV[2])
 local pending = {}
 for i, r in ipairs(rows) do pending[i] = r[1] end
-if table.concat(pending, ',') == ARGV[7] then
-  redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
-  return {}
-end
+if table.concat(pending, ',') == ARGV[7] then return write() end
 local owned = {}
 for _, id in ipairs(pending) do owned[id] = true end
 local missing = {}
@@ -115,15 +125,45 @@ for id in string.gmatch(ARGV[7], '[^,]+') do
   if not owned[id] then missing[#missing + 1] = id end
 end
 if #missing > 0 then return missing end
-redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
-return {}
+return write()
 """
 
 
-# Rewrites record ARGV[1] only if it still exists (gone: its batch was committed meanwhile).
-_UPDATE = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+# Appends split token ARGV[2] to record ARGV[1] (its 5th field; msgpack, array-like) if the
+# record still exists (0: committed meanwhile) and lease KEYS[2] is ARGV[3]'s or free (-1:
+# another worker took it), renewing the lease for ARGV[4] ms. Append-only: whatever another copy
+# of the record holds is kept.
+_ADD_SPLIT = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[3] then return -1 end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+local record = cmsgpack.unpack(raw)
+local split = record[5] or {}
+for _, t in ipairs(split) do if t == ARGV[2] then return 1 end end
+split[#split + 1] = ARGV[2]
+record[5] = split
+redis.call('HSET', KEYS[1], ARGV[1], cmsgpack.pack(record))
+return 1
+"""
+
+# Takes lease KEYS[2] of record ARGV[1] (hash KEYS[1]) for ARGV[2], for ARGV[3] ms, if it is
+# free or already ARGV[2]'s. 1: taken; 0: another worker holds it; -1: the record is gone.
+_LEASE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+# Renews lease KEYS[1] for ARGV[2] ms if ARGV[1] holds it, or takes it again if it expired
+# meanwhile with no one else taking it. 1: held, 0: another worker holds it.
+_RENEW = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
@@ -131,11 +171,14 @@ return 1
 class Records:
     """The batch records of one worker (all partitions)."""
 
-    def __init__(self, redis: aioredis.Redis, consumer: str) -> None:
+    def __init__(self, redis: aioredis.Redis, consumer: str, durability: Durability | None = None) -> None:
         self.redis = redis
         self.consumer = consumer
-        self._write = redis.register_script(_WRITE_IF_OWNED)
-        self._update = redis.register_script(_UPDATE)
+        self.durability = durability or Durability(redis)
+        self._write = Script(redis, self.durability, _WRITE_IF_OWNED)
+        self._add_split = Script(redis, self.durability, _ADD_SPLIT)
+        self._lease = Script(redis, self.durability, _LEASE)
+        self._renew = Script(redis, self.durability, _RENEW)
 
     async def write_if_owned(
         self,
@@ -146,31 +189,54 @@ class Records:
         delivered_since_ms: int | None = None,
         fresh_for_ms: int = 0,
     ) -> list[bytes]:
-        """Write `record`; returns [] on success, else the ids this consumer no longer owns.
-        `delivered_since_ms`: Redis's clock (ms) before the reads that delivered every id to this
-        consumer; within `fresh_for_ms` of it (less than XAUTOCLAIM's idle threshold) ownership
-        is certain and not checked id by id."""
-        missing = await self._write(
-            keys=[stream, batches],
-            args=[
-                GROUP,
-                self.consumer,
-                record.ids[0],
-                record.ids[-1],
-                record.token,
-                encode(record),
-                ",".join(record.ids),
-                # Other entries of ours may sit inside the id range (taken over earlier).
-                len(record.ids) + 1_000_000,
-                "" if delivered_since_ms is None else delivered_since_ms,
-                fresh_for_ms,
-            ],
-        )
-        return [m if isinstance(m, bytes) else str(m).encode() for m in missing]
+        """Write `record`; returns [] on success, else the ids this consumer
+        no longer owns. `delivered_since_ms`: Redis's clock (ms) before the reads that delivered
+        every id to this consumer; within `fresh_for_ms` of it (less than XAUTOCLAIM's idle
+        threshold) ownership is certain and not checked id by id. Raises `NotDurable` when the server
+        could not confirm the record durable (see `workers.durability`)."""
+        await self.durability.probe()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._write(
+                keys=[stream, batches],
+                args=[
+                    GROUP,
+                    self.consumer,
+                    record.ids[0],
+                    record.ids[-1],
+                    record.token,
+                    encode(record),
+                    ",".join(record.ids),
+                    # Other entries of ours may sit inside the id range (taken over earlier).
+                    len(record.ids) + 1_000_000,
+                    "" if delivered_since_ms is None else delivered_since_ms,
+                    fresh_for_ms,
+                ],
+                client=pipe,
+            )
+            waits = self.durability.queue_wait(pipe)
+            replies = await pipe.execute(raise_on_error=False)
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        missing = [m if isinstance(m, bytes) else str(m).encode() for m in replies[0]]
+        if waits and not missing:
+            self.durability.check(replies[1])
+        return missing
 
-    async def update(self, batches: str, record: BatchRecord) -> bool:
-        """Store the record's new state; False if it no longer exists."""
-        return bool(await self._update(keys=[batches], args=[record.token, encode(record)]))
+    async def add_split(self, batches: str, token: str, split_token: str, lease_ms: int) -> int:
+        """Append `split_token` to record `token`'s split list, renewing the lease. 1: done;
+        0: the record is gone (committed meanwhile); -1: another worker holds its lease."""
+        keys = [batches, batch_lease_key(batches, token)]
+        args = [token, split_token, self.consumer, lease_ms]
+        return int(await self._add_split(keys=keys, args=args))  # type: ignore[call-overload]
+
+    async def lease(self, batches: str, token: str, ms: int) -> int:
+        """Take record `token`'s lease. 1: taken; 0: another worker holds it; -1: record gone."""
+        keys = [batches, batch_lease_key(batches, token)]
+        return int(await self._lease(keys=keys, args=[token, self.consumer, ms]))  # type: ignore[call-overload]
+
+    async def renew(self, batches: str, token: str, ms: int) -> bool:
+        """Extend this worker's lease of record `token`; False if it no longer holds it."""
+        return bool(await self._renew(keys=[batch_lease_key(batches, token)], args=[self.consumer, ms]))
 
     async def get(self, batches: str, token: str) -> BatchRecord | None:
         raw = await self.redis.hget(batches, token)

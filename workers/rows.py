@@ -1,19 +1,16 @@
-"""Stream events -> table rows. Pure functions: the one place that knows column order."""
+"""Stream events -> table rows. Pure functions; the stats columns and their order come from
+schemas/stats.py (`rows_by_table` fills them in that order, tests/test_stats_columns.py checks)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from botpulse.schemas.stats import STATS_COLUMNS, STATS_TABLE
 from botpulse.schemas.stream import CustomPayload, StatsPayload, StreamEvent
 
-STATS_TABLE = "bot_stats"
 CUSTOM_TABLE = "custom_events"
 NAMES_TABLE = "custom_metric_names"
 
-STATS_COLUMNS = [
-    "bot_id", "ts", "event_id", "guilds", "users", "shards",
-    "api_ping", "ram_usage", "ram_total", "cpu", "bandwidth", "custom",
-]  # fmt: skip
 CUSTOM_COLUMNS = [
     "bot_id", "ts", "event_id", "type", "value1", "value2", "value3",
     "value1_num", "value2_num", "value3_num",

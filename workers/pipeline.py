@@ -1,0 +1,322 @@
+"""The worker: the four stages chained, one pass of the loop at a time.
+
+A pass does exactly one of: finish the batches in flight (records written, not yet committed),
+flush a due buffer, take over idle entries (and upkeep), or read. Never two at once, so memory
+stays bounded by one batch per partition. A batch goes intake → recovery (`open_batch`) →
+writer → commit, and `process` is the only path from a written record to its commit.
+
+Faults: any Redis error (an error reply or a lost connection) in any stage is logged once,
+backed off (bounded) and the same pass retried: the buffer and the batches in flight stay in
+memory (a batch is retried with its record and token, so a repeat is deduplicated), their entries
+are kept from looking idle, and no delivery is counted against them. Anything else (a bug) is
+logged with its traceback and what is in memory is dropped: the entries are still pending (with
+their record if one was written) and are recovered after `BOTPULSE_CLAIM_IDLE_MS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.health import Health
+from botpulse.runtime.logs import get_logger
+from botpulse.runtime.settings import Settings
+from botpulse.schemas.stream import GROUP, stream_key
+from botpulse.workers import batchlog as rec
+from botpulse.workers.batch import Batch, Entry, Poison
+from botpulse.workers.commit import Committer
+from botpulse.workers.context import REDIS_ERRORS, Context, Faults, backoff, consumer_name
+from botpulse.workers.durability import Durability
+from botpulse.workers.intake import Intake
+from botpulse.workers.recovery import Adopted, Recovery
+from botpulse.workers.status import PartitionStats
+from botpulse.workers.upkeep import Upkeep
+from botpulse.workers.writer import Abandoned, Superseded, Writer
+
+log = get_logger("botpulse.workers")
+
+_TRIM_EVERY_S = 1.0
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        redis: aioredis.Redis,
+        *,
+        consumer: str | None = None,
+        health: Health | None = None,
+    ) -> None:
+        name = consumer or consumer_name()
+        durability = Durability(
+            redis, replicas=settings.worker_wait_replicas, timeout_ms=settings.worker_redis_timeout_ms // 2
+        )
+        self.ctx = Context(
+            settings,
+            store,
+            redis,
+            name,
+            rec.Records(redis, name, durability),
+            Upkeep(redis),
+            Faults(health or Health()),
+        )
+        self.intake = Intake(self.ctx)
+        self.recovery = Recovery(self.ctx)
+        self.writer = Writer(self.ctx)
+        self.committer = Committer(self.ctx, self.recovery)
+        # Batches whose record is written and that are not committed yet, oldest first.
+        self.inflight: deque[Batch] = deque()
+        self._last_trim: dict[int, float] = {}
+
+    # --- what the stages share ----------------------------------------------------------------
+    @property
+    def settings(self) -> Settings:
+        return self.ctx.settings
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self.ctx.redis
+
+    @property
+    def consumer(self) -> str:
+        return self.ctx.consumer
+
+    @property
+    def records(self) -> rec.Records:
+        return self.ctx.records
+
+    @property
+    def upkeep(self) -> Upkeep:
+        return self.ctx.upkeep
+
+    @property
+    def partitions(self) -> list[int]:
+        return self.ctx.partitions
+
+    def stop(self) -> None:
+        self.ctx.stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self.ctx.stopping.is_set()
+
+    async def stopped(self) -> None:
+        await self.ctx.stopping.wait()
+
+    # --- the loop -----------------------------------------------------------------------------
+    async def ensure_groups(self) -> None:
+        for p in self.partitions:
+            with contextlib.suppress(redis.exceptions.ResponseError):  # BUSYGROUP: exists already
+                await self.redis.xgroup_create(stream_key(p), GROUP, id="0", mkstream=True)
+
+    async def run(self) -> None:
+        """Read, batch and write until `stop()`; then drain what is in hand and leave."""
+        await self._until_redis(self.ensure_groups)
+        await self._until_redis(self.recover_own)
+        claim_every = max(0.05, self.settings.claim_idle_ms / 2000)
+        next_claim = time.monotonic() + claim_every
+        failures = 0
+        while not self.stopping:
+            try:
+                if self.inflight:
+                    await self._process_inflight()
+                elif self.intake.due():
+                    await self.flush()
+                elif time.monotonic() >= next_claim:
+                    await self.take_over_idle()
+                    next_claim = time.monotonic() + claim_every
+                else:
+                    await self.intake.read()
+                self.ctx.faults.redis(ok=True)
+                failures = 0
+            except Abandoned:
+                break
+            except REDIS_ERRORS as exc:
+                if _group_missing(exc):
+                    log.warning("consumer group missing (stream deleted?); creating it again")
+                    await self._until_redis(self.ensure_groups)
+                    continue
+                self.ctx.faults.redis(ok=False, exc=exc)
+                failures += 1
+                await self._keep_fresh()
+                await self.ctx.sleep(backoff(failures))
+            except Exception:
+                log.exception("worker step failed; entries stay pending and will be recovered")
+                self.intake.reset()
+                self.inflight.clear()
+                await self.ctx.sleep(backoff(3))
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Finish the batches in flight and everything buffered, then retire this consumer if
+        it owns nothing (a consumer with pending entries is never removed)."""
+        self.stop()
+        try:
+            await self._process_inflight()
+            await self.flush()
+            for p in self.partitions:
+                if await self.upkeep.retire(stream_key(p), GROUP, self.consumer):
+                    log.info("consumer retired", partition=p, consumer=self.consumer)
+        except (Abandoned, *REDIS_ERRORS) as exc:
+            log.warning("stopping with entries pending; another worker will take them over", error=str(exc))
+
+    # --- intake → recovery → writer → commit --------------------------------------------------
+    async def flush(self) -> None:
+        for p in self.partitions:
+            buffer = self.intake.buffers[p]
+            if not buffer.holding:
+                continue
+            batch = await self.open_batch(
+                p,
+                buffer.entries,
+                in_order=buffer.in_order,
+                poison=buffer.undecodable,
+                delivered_since_ms=buffer.delivered_since if buffer.in_order else None,
+            )
+            # Only now: a Redis error before the record was written leaves the buffer to retry.
+            self.intake.take(p)
+            if batch is not None:
+                self.inflight.append(batch)
+                await self._process_inflight()
+        await self.trim()
+
+    async def open_batch(
+        self,
+        partition: int,
+        entries: list[Entry],
+        *,
+        in_order: bool = False,
+        poison: Sequence[Poison] = (),
+        delivered_since_ms: int | None = None,
+    ) -> Batch | None:
+        return await self.recovery.open_batch(
+            partition, entries, in_order=in_order, poison=poison, delivered_since_ms=delivered_since_ms
+        )
+
+    async def _process_inflight(self) -> None:
+        while self.inflight:
+            await self.process(self.inflight[0])
+            self.inflight.popleft()
+
+    async def process(self, batch: Batch) -> None:
+        """Write the batch, settle its poison entries, commit: in this order, nothing else."""
+        started = time.monotonic()
+        try:
+            rejected = await self.writer.write(batch)
+        except Superseded:
+            log.warning("batch committed by another worker meanwhile", token=batch.record.token[:12])
+            return
+        insert_ms = (time.monotonic() - started) * 1000
+        poison = batch.poison
+        if rejected:
+            poison = [(e.id, e.data, rejected[e.id]) for e in batch.entries if e.id in rejected] + poison
+        settlement = await self.committer.settle(batch, poison)
+        await self.committer.commit(batch, settlement)
+        now_ms = time.time() * 1000
+        oldest = min((e.event.received_ms for e in batch.entries), default=int(now_ms))
+        rows = len(batch.entries) - len(rejected)
+        log.info(
+            "batch written",
+            partition=batch.partition,
+            rows=rows,
+            bytes=sum(len(e.data) for e in batch.entries),
+            insert_ms=round(insert_ms, 1),
+            lag_ms=round(now_ms - oldest, 1),
+            dead_lettered=len(settlement.dead),
+            poison_waiting=len(settlement.waiting),
+            recovered=batch.recovered,
+            token=batch.record.token[:12],
+        )
+        try:  # operator figures only: a full or failing Redis may refuse them
+            await PartitionStats.record_batch(
+                self.redis, batch.partition, rows=rows, recovered=batch.recovered
+            )
+        except REDIS_ERRORS as exc:
+            log.debug("worker stats not updated", error=str(exc))
+
+    # --- recovery -----------------------------------------------------------------------------
+    async def recover_own(self) -> None:
+        async for adopted in self.recovery.own_pending():
+            await self._adopt(adopted)
+
+    async def take_over_idle(self) -> None:
+        held = {p: self._held(p) for p in self.partitions}
+        async for adopted in self.recovery.idle(held):
+            await self._adopt(adopted)
+        await self.recovery.sweep_records()
+        await self.recovery.sweep_consumers()
+        await self.trim()
+
+    async def adopt(
+        self,
+        partition: int,
+        entries: Sequence[tuple[bytes, object]],
+        deliveries: dict[bytes, int] | None = None,
+    ) -> None:
+        """Entries now owned by this consumer (claimed): written as their record's batch, or
+        dead-lettered, or buffered like freshly read ones."""
+        await self._adopt(await self.recovery.adopt(partition, entries, deliveries))
+
+    async def _adopt(self, adopted: Adopted) -> None:
+        p = adopted.partition
+        self.inflight.extend(adopted.batches)
+        await self._process_inflight()
+        for batch, deliveries in adopted.given_up:
+            await self.committer.give_up(batch, deliveries)
+        if adopted.tired:
+            await self.committer.dead_letter_free(p, adopted.tired, adopted.tired_deliveries)
+        buffered = set(self.intake.held_ids(p))
+        self.intake.accept(p, [(i, f) for i, f in adopted.free if i not in buffered])
+        if self.intake.buffered() >= self.settings.batch_rows:
+            await self.flush()
+
+    # --- upkeep and faults --------------------------------------------------------------------
+    async def sweep_records(self) -> None:
+        await self.recovery.sweep_records()
+
+    async def trim(self) -> None:
+        for p in self.partitions:
+            if time.monotonic() - self._last_trim.get(p, 0.0) >= _TRIM_EVERY_S:
+                self._last_trim[p] = time.monotonic()
+                trimmed = await self.upkeep.trim(stream_key(p))
+                if trimmed:
+                    log.debug("stream trimmed", partition=p, entries=trimmed)
+
+    def _held(self, partition: int) -> list[bytes]:
+        inflight = [e.id for b in self.inflight if b.partition == partition for e in b.entries]
+        return self.intake.held_ids(partition) + inflight
+
+    async def _keep_fresh(self) -> None:
+        """While Redis refuses a step, keep what this worker holds from looking idle to the
+        others (a take-over would count a delivery against entries that did nothing wrong)."""
+        with contextlib.suppress(*REDIS_ERRORS):
+            for p in self.partitions:
+                if held := self._held(p):
+                    await self.upkeep.touch_own(stream_key(p), GROUP, self.consumer, held)
+
+    async def _until_redis(self, step) -> None:  # type: ignore[no-untyped-def]
+        attempt = 0
+        while True:
+            try:
+                await step()
+                self.ctx.faults.redis(ok=True)
+                return
+            except REDIS_ERRORS as exc:
+                self.ctx.faults.redis(ok=False, exc=exc)
+                if self.stopping:
+                    raise
+                attempt += 1
+                await self.ctx.sleep(backoff(attempt))
+
+
+def _group_missing(exc: BaseException) -> bool:
+    # Redis 7 answers a read blocked on a stream that is deleted with UNBLOCKED, valkey (and a
+    # read that was not blocked) with NOGROUP: the same repair.
+    return "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc)
