@@ -32,6 +32,8 @@ RAISED_LIMITS = {
     "BOTPULSE_STATS_RATE_BURST": "1000000000",
     "BOTPULSE_CUSTOM_RATE_PER_MIN": "1000000000",
     "BOTPULSE_STREAM_HIGH_WATER": "1000000000",
+    "BOTPULSE_ACCOUNT_POSTS_PER_MIN": "10000000",
+    "BOTPULSE_CUSTOM_EVENT_TYPES": "1000",
 }
 
 # Fixed-rate runs: enough connections that the rate holds even when answers take ~60 ms.

@@ -74,7 +74,8 @@ def run(b: Bench) -> None:
     s = b.sizes
     redis = b.redis(PHASE)
     try:
-        env = b.env(PHASE, redis.url)
+        # The answer cache off: each request's own cost is measured, not the cache's.
+        env = b.env(PHASE, redis.url, BOTPULSE_QUERY_CACHE_S="0")
         spec = Spec(
             accounts=min(5, s.query_bots),
             bots=s.query_bots + 1 + 25,  # 25 more without history fill the listing's first page
@@ -153,6 +154,57 @@ def run(b: Bench) -> None:
             _profile(b, env, cases)
     finally:
         b.stop_redis(redis, "redis (query phase)")
+    _listing(b)
+
+
+# The listing sorted by a latest value: every bot's latest row is read, whatever the page.
+LISTING_URL = '/v1/bots?sort={"guilds":-1}&count=25'
+
+
+def _listing(b: Bench) -> None:
+    """`GET /v1/bots` on a small and a large registry (bots x days of hourly posts), the answer
+    cache off: the large one must cost within 2x of the small one (it reads a per-bot summary,
+    not the bot-days)."""
+    s = b.sizes
+    cases: list[Case] = []
+    raw: dict[str, object] = {}
+    for label, (bots, days) in (("small", s.listing_small), ("large", s.listing_large)):
+        phase = f"{PHASE}-listing-{label}"
+        redis = b.redis(phase)
+        try:
+            env = b.env(phase, redis.url, BOTPULSE_QUERY_CACHE_S="0")
+            spec = Spec(accounts=min(5, bots), bots=bots, history=[History("all", bots, days, every_min=60)])
+            b.say(f"query: listing, loading {bots} bots x {days} d of hourly posts")
+            seeded = b.seed(phase, env, spec, timeout=3600)
+            case = Case(f"query_listing_{label}", f"GET /v1/bots by guilds, {bots} bots x {days} d",
+                        [LISTING_URL], [{}], check="bots")  # fmt: skip
+            qport = port()
+            args = ["-m", "botpulse", "query", "--port", str(qport)]
+            svc = b.service(f"query-listing-{label}", phase, args, env)
+            try:
+                svc.wait_http(f"http://127.0.0.1:{qport}/healthz", timeout=90)
+                asyncio.run(_measure(f"http://127.0.0.1:{qport}", [case], s.query_requests))
+            finally:
+                svc.stop()
+            cases.append(case)
+            raw[f"{label}_rows"] = seeded.rows
+        finally:
+            b.stop_redis(redis, f"redis (query listing {label})")
+    p50s: dict[str, float | None] = {}
+    for case in cases:
+        case.latencies.sort()
+        p50 = percentile(case.latencies, 50)
+        p50s[case.key] = round(p50 * 1000, 2) if p50 is not None and not case.problem else None
+        raw[case.key] = {"p50_ms": p50s[case.key], "samples": len(case.latencies), "problem": case.problem}
+    b.raw[f"{PHASE}_listing"] = raw
+    small, large = p50s["query_listing_small"], p50s["query_listing_large"]
+    (sb, sd), (lb, ld) = s.listing_small, s.listing_large
+    b.figure(Figure("query_listing_small_p50", f"GET /v1/bots {sb} bots x {sd} d p50", small, "ms", "", None,
+                    cases[0].problem or f"{cases[0].statuses}"))  # fmt: skip
+    ratio = round(large / small, 2) if small and large else None
+    b.figure(Figure("query_listing_scale", f"GET /v1/bots {lb} bots x {ld} d vs {sb} x {sd} (p50 ratio)",
+                    ratio, "x", "≤ 2x", None if ratio is None else ratio <= 2,
+                    cases[1].problem or f"large p50 {large} ms, small p50 {small} ms"))  # fmt: skip
 
 
 def _bot_page(bot_id: str, end: int, days: int) -> list[str]:

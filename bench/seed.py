@@ -34,6 +34,7 @@ class History(msgspec.Struct):
     name: str
     bots: int
     days: int
+    every_min: int = 1  # minutes between two posts
 
 
 class Spec(msgspec.Struct):
@@ -74,7 +75,8 @@ _SYNTHETIC = {
 }
 _HISTORY_SQL = (
     f"INSERT INTO bot_stats ({', '.join(STATS_COLUMNS)}) "
-    "SELECT {bot:String}, fromUnixTimestamp64Milli(toInt64({start:Int64} + number * 60000), 'UTC'), "
+    "SELECT {bot:String}, "
+    "fromUnixTimestamp64Milli(toInt64({start:Int64} + number * {step:Int64}), 'UTC'), "
     "concat({bot:String}, '-', toString(number)), "
     + "".join(f"{_SYNTHETIC[f.column]}, " for f in STATS_FIELDS)
     + "CAST(map(), 'Map(String, Float64)') "
@@ -116,10 +118,11 @@ async def seed(spec: Spec) -> Seeded:
             used += h.bots
             if len(ids) < h.bots:
                 raise SystemExit(f"seed: history {h.name!r} needs {h.bots} bots beyond the others")
-            points = h.days * DAY_MS // MINUTE_MS
+            step = h.every_min * MINUTE_MS
+            points = h.days * DAY_MS // step
             for bid in ids:
                 store.command_sync(
-                    _HISTORY_SQL, {"bot": bid, "start": end_ms - points * MINUTE_MS, "n": points}
+                    _HISTORY_SQL, {"bot": bid, "start": end_ms - points * step, "n": points, "step": step}
                 )
                 rows += points
             history[h.name] = ids

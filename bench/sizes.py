@@ -29,6 +29,9 @@ class Sizes(msgspec.Struct, frozen=True, kw_only=True):
     query_days: int
     query_long_days: int
     query_requests: int
+    # the listing's scaling figure: (bots, days) of a small and a large registry, posts hourly
+    listing_small: tuple[int, int] = (100, 30)
+    listing_large: tuple[int, int] = (1000, 365)
 
 
 FULL = Sizes(
@@ -66,6 +69,8 @@ QUICK = Sizes(
     query_days=30,
     query_long_days=90,
     query_requests=30,
+    listing_small=(20, 30),
+    listing_large=(200, 365),
 )
 
 TINY = Sizes(
@@ -86,6 +91,8 @@ TINY = Sizes(
     query_days=2,
     query_long_days=7,
     query_requests=5,
+    listing_small=(2, 3),
+    listing_large=(6, 20),
 )
 
 BY_NAME = {s.mode: s for s in (FULL, QUICK, TINY)}

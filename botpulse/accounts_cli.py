@@ -1,5 +1,5 @@
-"""Operator commands: `botpulse accounts create|list`, `botpulse bots add|set|remove|list`,
-`botpulse keys regenerate`, `botpulse registry sync`.
+"""Operator commands: `botpulse accounts create|list|limits`, `botpulse bots add|set|remove|list`,
+`botpulse keys regenerate|list|revoke`, `botpulse registry sync`.
 
 Where a command runs (one rule, checked in this order):
 1. `BOTPULSE_ADMIN_URL` is set: over that query service's admin API, with `BOTPULSE_ADMIN_TOKEN`.
@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from botpulse.registry import admin
+from botpulse.runtime.redact import redact
 from botpulse.runtime.settings import Settings, load_settings
 from botpulse.stack import read_stack
 
@@ -72,7 +73,7 @@ class HttpBackend:
                 payload = {"message": raw.decode(errors="replace") or f"HTTP {exc.code}"}
             return exc.code, payload if isinstance(payload, dict) else {"message": str(payload)}
         except OSError as exc:
-            raise Failure(0, {"message": f"cannot reach {self.base_url}: {exc}"}) from None
+            raise Failure(0, {"message": redact(f"cannot reach {self.base_url}: {exc}")}) from None
 
 
 class DirectBackend:
@@ -80,7 +81,7 @@ class DirectBackend:
         self.settings = settings
 
     def describe(self) -> str:
-        return f"ClickHouse at {self.settings.clickhouse_url}"
+        return f"ClickHouse at {redact(self.settings.clickhouse_url)}"
 
     def call(self, name: str, params: dict[str, str], body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return asyncio.run(self._call(name, params, body))
@@ -112,7 +113,7 @@ class DirectBackend:
             except RegistryError as exc:
                 return exc.status, exc.body()
             except (RedisError, OSError) as exc:
-                message = f"Redis at {self.settings.redis_url} is unreachable: {exc}"
+                message = redact(f"Redis at {self.settings.redis_url} is unreachable: {exc}")
                 raise Failure(0, {"message": message}) from None
         finally:
             if redis is not None:
@@ -178,6 +179,34 @@ def _keys_regenerate(args: argparse.Namespace) -> Request:
     return "keys.regenerate", {"accountId": args.account}, {}
 
 
+def _keys_list(args: argparse.Namespace) -> Request:
+    return "keys.list", {"accountId": args.account}, {}
+
+
+def _keys_revoke(args: argparse.Namespace) -> Request:
+    return "keys.revoke", {"accountId": args.account, "keyId": args.key_id}, {}
+
+
+_LIMIT_OPTIONS = {
+    "bots": "bots",
+    "keys": "keys",
+    "event_types": "customEventTypes",
+    "writes_per_min": "registryWritesPerMin",
+    "posts_per_min": "postsPerMin",
+}
+
+
+def _limit_value(text: str) -> int | None:
+    return None if text == "default" else int(text)
+
+
+def _accounts_limits(args: argparse.Namespace) -> Request:
+    changes = {api: getattr(args, opt) for opt, api in _LIMIT_OPTIONS.items() if hasattr(args, opt)}
+    if not changes:
+        return "limits.get", {"accountId": args.account}, {}
+    return "limits.set", {"accountId": args.account}, changes
+
+
 def _registry_sync(args: argparse.Namespace) -> Request:
     return "registry.sync", {}, {}
 
@@ -211,6 +240,18 @@ def _print(name: str, result: dict[str, Any]) -> None:
     elif name == "keys.regenerate":
         print(f"new API key for {result['account']} (the old key is refused from now on):")
         print(result["token"])
+    elif name == "keys.list":
+        for k in result["keys"]:
+            bots = ",".join(k["bots"]) or "all"
+            print(f"{k['id']}  {k['name']!r}  scope={k['scope']}  bots={bots}  key={k['keyPrefix']}")
+    elif name == "keys.revoke":
+        print(f"key {result['id']} revoked")
+    elif name in ("limits.get", "limits.set"):
+        limits = result["limits"]
+        own = set(limits["overridden"])
+        for field, value in limits.items():
+            if field != "overridden":
+                print(f"{field}={value}{' (account override)' if field in own else ''}")
     elif name == "registry.sync":
         print(f"registry index rebuilt from ClickHouse: {result['bots']} bots")
 
@@ -229,9 +270,8 @@ def _runner(build: Callable[[argparse.Namespace], Request]) -> Callable[[argpars
             status, result = exc.status, exc.body
         if not 200 <= status < 300:
             field = f" (field: {result['field']})" if result.get("field") else ""
-            print(
-                f"botpulse: {result.get('message', 'failed')}{field} [{backend.describe()}]", file=sys.stderr
-            )
+            message = redact(f"botpulse: {result.get('message', 'failed')}{field} [{backend.describe()}]")
+            print(message, file=sys.stderr)
             return 1
         if args.json:
             print(msgspec.json.encode(result).decode())
@@ -268,6 +308,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", required=True)
     _common(p, _accounts_create)
     _common(asub.add_parser("list", help="list accounts with their number of bots"), _accounts_list)
+    p = asub.add_parser("limits", help="show an account's limits, or override them ('default' resets)")
+    p.add_argument("account", metavar="ACCOUNT")
+    for option in _LIMIT_OPTIONS:
+        p.add_argument(
+            "--" + option.replace("_", "-"), type=_limit_value, default=argparse.SUPPRESS, metavar="N"
+        )
+    _common(p, _accounts_limits)
 
     bots = sub.add_parser("bots", help="add, change, remove and list bots")
     bsub = bots.add_subparsers(dest="bots_command", required=True, metavar="ACTION")
@@ -293,6 +340,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = ksub.add_parser("regenerate", help="replace an account's API key (prints the new one)")
     p.add_argument("account", metavar="ACCOUNT")
     _common(p, _keys_regenerate)
+    p = ksub.add_parser("list", help="an account's keys (prefixes only, never a key)")
+    p.add_argument("account", metavar="ACCOUNT")
+    _common(p, _keys_list)
+    p = ksub.add_parser("revoke", help="revoke one key of an account; the others keep working")
+    p.add_argument("account", metavar="ACCOUNT")
+    p.add_argument("key_id", metavar="KEY_ID")
+    _common(p, _keys_revoke)
 
     registry = sub.add_parser("registry", help="the registry index in Redis")
     rsub = registry.add_subparsers(dest="registry_command", required=True, metavar="ACTION")

@@ -10,6 +10,7 @@ import sys
 from clickhouse_connect.driver.exceptions import OperationalError as ClickHouseOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from botpulse.runtime.redact import redact
 from botpulse.runtime.settings import SettingsError
 
 # Modules that add subcommands. Each defines `register(subparsers) -> None`; the handler a
@@ -19,6 +20,7 @@ COMMAND_MODULES = [
     "botpulse.dev",  # dev
     "botpulse.worker_cli",  # status, dead-letters
     "botpulse.accounts_cli",  # accounts, bots, keys, registry
+    "botpulse.openapi_cli",  # openapi
     "botpulse.bench.cli",  # bench
 ]
 
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SettingsError as exc:
-        print(f"botpulse: {exc}", file=sys.stderr)
+        print(f"botpulse: {redact(str(exc))}", file=sys.stderr)
         return 2
     except (ClickHouseOperationalError, RedisConnectionError) as exc:
         # A part that cannot be reached at start-up: one line naming it, not a traceback.
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(exc, ClickHouseOperationalError)
             else "Redis (REDIS_URL)"
         )
-        print(f"botpulse: cannot reach {part}: {str(exc).splitlines()[0][:300]}", file=sys.stderr)
+        print(f"botpulse: cannot reach {part}: {redact(str(exc).splitlines()[0])[:300]}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

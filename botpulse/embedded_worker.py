@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from botpulse.query.app import EXPOSITION
 from botpulse.query.resources import READINESS, SETTINGS, STORE
 from botpulse.runtime.health import WORKER_HEALTH, Health
 from botpulse.runtime.health_reports import report_forever
@@ -27,6 +28,7 @@ from botpulse.runtime.redis import connect
 from botpulse.supervisor import SUPERVISOR, supervisor_of
 from botpulse.workers.context import consumer_name
 from botpulse.workers.lifecycle import run_worker
+from botpulse.workers.metrics import stream_refresher
 
 # A worker that ends this soon after a start did not start.
 _STARTED_S = 2.0
@@ -67,6 +69,9 @@ async def embedded_worker(app: web.Application) -> AsyncIterator[None]:
     supervisor.keep("worker", died, start)
     reports_redis = connect(app[SETTINGS])
     reporting = asyncio.create_task(report_forever(reports_redis, consumer_name(), health), name="health")
+    # The worker's metrics join the query service's: its counts are in the process's registry,
+    # the stream's state is read from Redis at each scrape (as `botpulse status` reads it).
+    app[EXPOSITION].refreshers.append(stream_refresher(reports_redis, app[SETTINGS].stream_partitions))
     yield
     await supervisor.stop()
     task = current[0]

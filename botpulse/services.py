@@ -52,9 +52,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_gateway(args: argparse.Namespace) -> int:
+    settings = _settings(args, "gateway")
+    if settings.gateway_workers > 1 or args.reuseport:
+        # Before prometheus-client is imported (by the gateway's modules): every process of the
+        # run writes its values to the run's directory, and a scrape of any sums them all.
+        from botpulse.runtime.metrics import release_multiprocess_dir, use_multiprocess_dir
+
+        use_multiprocess_dir()
+        try:
+            from botpulse.ingest.server import serve
+
+            return serve(settings, reuseport=args.reuseport)
+        finally:
+            release_multiprocess_dir()  # only the parent made it, so only the parent removes it
     from botpulse.ingest.server import serve
 
-    return serve(_settings(args, "gateway"), reuseport=args.reuseport)
+    return serve(settings, reuseport=args.reuseport)
 
 
 def run_worker(args: argparse.Namespace) -> int:

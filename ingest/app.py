@@ -24,15 +24,26 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import HttpVersion11, hdrs, web
 
+from botpulse.ingest import metrics, spec
 from botpulse.ingest.admission import Admission, error_verdict
-from botpulse.ingest.append import Appender, Limits, Outcome, Post, Result
+from botpulse.ingest.append import APPENDED, Appender, Limits, Outcome, Post, Result
 from botpulse.ingest.bodies import BadInput, parse_custom, parse_dbots, parse_statcord, parse_stats
 from botpulse.registry.index import RegistryCache, is_ready
 from botpulse.registry.keys import request_key
 from botpulse.runtime.logs import get_logger
+from botpulse.runtime.metrics import Exposition
+from botpulse.runtime.openapi import Route, api_version
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import Settings
-from botpulse.schemas.registry import BOT_ID, IndexedBot
+from botpulse.schemas.http import (
+    DBotsAccepted,
+    Empty,
+    ErrorBody,
+    Health,
+    StatcordAccepted,
+    StatcordError,
+)
+from botpulse.schemas.registry import BOT_ID, INGEST, READ, IndexedAccount, IndexedBot
 from botpulse.schemas.stream import CustomPayload, StatsPayload, StreamEvent, encode_event, partition_of
 
 log = get_logger(__name__)
@@ -44,11 +55,41 @@ APPENDER = web.AppKey("appender", Appender)
 ADMISSION = web.AppKey("admission", Admission)
 
 DROPPED_HEADER = "X-Dropped-Custom-Metrics"
+DROPPED_TYPES_HEADER = "X-Dropped-Custom-Types"
 _json = msgspec.json.Encoder()
 
 
+# The refusal reason (a metrics label) of each status, unless the refusal names its own.
+_REASONS = {
+    400: "validation", 401: "auth", 403: "auth", 404: "not_found", 413: "too_large", 429: "rate_limit",
+}  # fmt: skip
+
+
+NOT_READY = "The registry index is not ready yet"
+
+
+class Poster(msgspec.Struct, frozen=True):
+    """Who posts, with the account's limits as the admission script applies them."""
+
+    account_id: str
+    posts_per_min: int
+    interval_ms: int
+    burst: int
+    type_limit: int
+
+
+def dropped_headers(result: Result) -> dict[str, str] | None:
+    """The custom metrics and custom-event types of a post that found no free slot."""
+    headers = {}
+    if result.dropped:
+        headers[DROPPED_HEADER] = ",".join(quote(n, safe="") for n in result.dropped)
+    if result.dropped_types:
+        headers[DROPPED_TYPES_HEADER] = ",".join(quote(n, safe="") for n in result.dropped_types)
+    return headers or None
+
+
 class Refusal(Exception):
-    """An answer other than success; `extra` goes into the JSON body, `headers` onto the reply."""
+    """An answer other than success (an `ErrorBody`, a `StatcordError` on the Statcord route)."""
 
     def __init__(
         self,
@@ -57,6 +98,7 @@ class Refusal(Exception):
         field: str | None = None,
         *,
         retry_after_s: int | None = None,
+        reason: str | None = None,
         extra: dict[str, object] | None = None,
     ) -> None:
         super().__init__(message)
@@ -64,6 +106,10 @@ class Refusal(Exception):
         self.message = message
         self.field = field
         self.retry_after_s = retry_after_s
+        # The metrics label; a reason given here is also said in the body (why a 503).
+        self.reason = reason or _REASONS.get(status, "unavailable")
+        self.stated_reason = reason
+        # More the body says (the scope a key lacks, the limit reached).
         self.extra = extra or {}
 
 
@@ -74,20 +120,27 @@ def reply(status: int, body: object, headers: dict[str, str] | None = None) -> w
 
 
 def refusal_response(refusal: Refusal, *, statcord: bool = False) -> web.Response:
-    body: dict[str, object] = {"message": refusal.message}
-    if refusal.field is not None:
-        body["field"] = refusal.field
+    metrics.refused(refusal.reason)
     headers = None
     if refusal.retry_after_s is not None:
         headers = {"Retry-After": str(refusal.retry_after_s)}
-        body["retryAfter"] = refusal.retry_after_s
+    body: ErrorBody
     if statcord:
-        # statcord.js reads `error`; statcord.py reads `timeleft` from a 429.
-        body["error"] = True
-        if refusal.status == 429:
-            body["wait"] = body["timeleft"] = refusal.retry_after_s
-    body.update(refusal.extra)
-    response = reply(refusal.status, body, headers)
+        wait = refusal.retry_after_s if refusal.status == 429 else None
+        body = StatcordError(
+            refusal.message,
+            refusal.field,
+            refusal.retry_after_s,
+            refusal.stated_reason,
+            error=True,
+            timeleft=wait,
+            wait=wait,
+        )
+    else:
+        body = ErrorBody(refusal.message, refusal.field, refusal.retry_after_s, refusal.stated_reason)
+    response = reply(
+        refusal.status, msgspec.to_builtins(body) | refusal.extra if refusal.extra else body, headers
+    )
     if refusal.status == 413:
         response.force_close()  # the unread body stays on the connection otherwise
     return response
@@ -136,9 +189,12 @@ NO_CONTENT = NoContent()
 
 
 UNAUTHORIZED = "Unauthorized"
-NOT_READY: dict[str, object] = {"reason": "registry_not_ready"}
 NOT_FOUND = "Not found"
 STATS_PREFIX = "/v1/bot/"
+STATS_ROUTE = "/v1/bot/{botId}"
+CUSTOM_ROUTE = "/v1/bot/{botId}/custom"
+DBOTS_ROUTE = "/bots/{botId}/stats"
+STATCORD_ROUTE = "/v3/stats"
 
 
 class Gateway:
@@ -151,6 +207,7 @@ class Gateway:
         # post (every process draws its own prefix) without a getrandom() call per post.
         self._id_prefix = secrets.token_hex(8)
         self._id_counter = itertools.count()
+        self._posters: dict[tuple[str, IndexedAccount], Poster] = {}
 
     def next_event_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):016x}"
@@ -168,38 +225,74 @@ class Gateway:
         except web.HTTPRequestEntityTooLarge:
             raise Refusal(413, f"The body is over {self.settings.max_body_bytes} bytes") from None
 
-    async def authorize(self, key: str | None, bot_id: str) -> tuple[str, IndexedBot]:
+    async def authorize(self, key: str | None, bot_id: str) -> tuple[Poster, IndexedBot]:
         registry = self.app[REGISTRY]
         try:
             if not registry.ready and not await is_ready(self.app[REDIS]):
-                raise Refusal(503, "The registry index is not ready yet", retry_after_s=1, extra=NOT_READY)
+                raise Refusal(503, NOT_READY, retry_after_s=1, reason="registry_not_ready")
             if not key:
                 raise Refusal(401, UNAUTHORIZED)
-            account = await registry.account_for_key(key)
-            if account is None:
+            credential = await registry.credential(key)
+            if credential is None:
                 raise self._unknown(registry, 401, UNAUTHORIZED)
             # Ids that cannot exist are refused before a lookup (and never fill the cache).
             bot = await registry.bot(bot_id) if BOT_ID.match(bot_id) else None
             if bot is None:
                 raise self._unknown(registry, 404, NOT_FOUND)
+            limits = await registry.limits(credential.account_id)
         except Refusal:
             raise
         except Exception as exc:
             verdict = error_verdict(exc)
             log.warning("registry lookup failed", reason=verdict.reason, error=str(exc))
             raise Refusal(
-                503, verdict.message, retry_after_s=verdict.retry_after_s, extra={"reason": verdict.reason}
+                503, verdict.message, retry_after_s=verdict.retry_after_s, reason=verdict.reason
             ) from None
-        if bot.account_id != account:
+        if credential.scope == READ:
+            raise Refusal(
+                403,
+                "This API key has the read scope; posting needs the ingest scope",
+                extra={"scope": READ, "missingScope": INGEST},
+            )
+        if bot.account_id != credential.account_id:
             raise Refusal(403, "This API key cannot post for this bot")
-        return account, bot
+        if not credential.may_post(bot.id):
+            raise Refusal(
+                403,
+                f"This ingest key is limited to other bots; it cannot post for bot {bot.id}",
+                extra={"scope": INGEST, "bots": list(credential.bots)},
+            )
+        registry.used(credential.usage_id)
+        return self._poster(credential.account_id, limits), bot
+
+    def _poster(self, account_id: str, limits: IndexedAccount) -> Poster:
+        """The account's rate in this partition's share, and its custom-event type slots."""
+        cached = self._posters.get((account_id, limits))
+        if cached is not None:
+            return cached
+        if len(self._posters) >= 50_000:
+            self._posters.clear()
+        poster = self._posters[(account_id, limits)] = self._new_poster(account_id, limits)
+        return poster
+
+    def _new_poster(self, account_id: str, limits: IndexedAccount) -> Poster:
+        settings = self.settings
+        per_min = limits.posts_per_min or settings.account_posts_per_min
+        parts = settings.stream_partitions
+        return Poster(
+            account_id=account_id,
+            posts_per_min=per_min,
+            interval_ms=max(1, round(60_000 * parts / per_min)),
+            burst=max(1, math.ceil(per_min / parts)),
+            type_limit=limits.custom_event_types or settings.custom_event_types,
+        )
 
     @staticmethod
     def _unknown(registry: RegistryCache, status: int, message: str) -> Refusal:
         """A miss while the index turned out to be missing (Redis emptied, rebuild pending) is not
         an unknown key or bot: the client should retry, not give up."""
         if not registry.ready:
-            return Refusal(503, "The registry index is not ready yet", retry_after_s=1, extra=NOT_READY)
+            return Refusal(503, NOT_READY, retry_after_s=1, reason="registry_not_ready")
         return Refusal(status, message)
 
     @staticmethod
@@ -209,7 +302,7 @@ class Gateway:
     async def append(
         self,
         bot: IndexedBot,
-        account: str,
+        poster: Poster,
         payloads: list[StatsPayload | CustomPayload],
         *,
         stats: bool,
@@ -223,7 +316,7 @@ class Gateway:
                     event_id=base if i == 0 else f"{base}-{i}",
                     received_ms=received,
                     bot_id=bot.id,
-                    account_id=account,
+                    account_id=poster.account_id,
                     payload=payload,
                 )
             )
@@ -233,10 +326,12 @@ class Gateway:
         admission = self.app[ADMISSION]
         if (verdict := admission.verdict(partition)) is not None:
             raise Refusal(
-                503, verdict.message, retry_after_s=verdict.retry_after_s, extra={"reason": verdict.reason}
+                503, verdict.message, retry_after_s=verdict.retry_after_s, reason=verdict.reason
             )
         first = payloads[0]
         names = list(first.custom_metrics) if isinstance(first, StatsPayload) else []
+        # Custom entries always come after the stats payload (if any): the script's "last n" events.
+        types = [p.type for p in payloads if isinstance(p, CustomPayload)]
         post = Post(
             partition=partition,
             bot_id=bot.id,
@@ -244,6 +339,11 @@ class Gateway:
             slot_limit=bot.custom_slots,
             metric_names=names,
             events=events,
+            account_id=poster.account_id,
+            account_interval_ms=poster.interval_ms,
+            account_burst=poster.burst,
+            type_limit=poster.type_limit,
+            types=types,
         )
         try:
             result = await self.app[APPENDER].append(post)
@@ -252,18 +352,36 @@ class Gateway:
             admission.note_error(verdict)
             log.warning("append failed", reason=verdict.reason, error=repr(exc))
             raise Refusal(
-                503, verdict.message, retry_after_s=verdict.retry_after_s, extra={"reason": verdict.reason}
+                503, verdict.message, retry_after_s=verdict.retry_after_s, reason=verdict.reason
             ) from None
         if result.outcome is Outcome.RATE_LIMITED:
             seconds = max(1, math.ceil(result.retry_after_ms / 1000))
+            if result.account_limited:
+                raise Refusal(
+                    429,
+                    f"Too many posts for this account: at most {poster.posts_per_min} per minute over all "
+                    f"its bots, retry in {seconds} s",
+                    retry_after_s=seconds,
+                    extra={"limit": "postsPerMin", "max": poster.posts_per_min},
+                )
             raise Refusal(429, f"Too many posts for this bot, retry in {seconds} s", retry_after_s=seconds)
+        if result.dropped_types and len(result.dropped_types) == len(types) and not stats:
+            raise Refusal(
+                403,
+                f"Custom-event type {result.dropped_types[0]!r} has no free slot: this bot may post "
+                f"{poster.type_limit} distinct types",
+                "type",
+                extra={"limit": "customEventTypes", "max": poster.type_limit},
+            )
         if result.outcome is Outcome.BACKLOG_FULL:
             raise Refusal(
                 503,
                 f"The ingest backlog is full ({self.settings.stream_high_water} entries), try again shortly",
                 retry_after_s=5,
-                extra={"reason": "backlog_full"},
+                reason="backlog_full",
             )
+        if result.dropped:
+            metrics.DROPPED_METRICS.inc(len(result.dropped))
         return result
 
     # --- routes ----------------------------------------------------------------------------
@@ -275,19 +393,17 @@ class Gateway:
         """DisStat `POST /v1/bot/{botId}` -> 204, dropped custom metrics in a header."""
         try:
             self.check_size(request)
-            account, bot = await self.authorize(self.key_of(request), bot_id)
+            poster, bot = await self.authorize(self.key_of(request), bot_id)
             stats, entries = parse_stats(await self.read(request))
-            result = await self.append(bot, account, [stats, *entries], stats=True)
+            result = await self.append(bot, poster, [stats, *entries], stats=True)
         except Refusal as refusal:
             return refusal_response(refusal)
         except BadInput as bad:
             return refusal_response(Refusal(400, bad.message, bad.field))
-        if not result.dropped and request.keep_alive and request.version == HttpVersion11:
+        metrics.appended(STATS_ROUTE)
+        if result is APPENDED and request.keep_alive and request.version == HttpVersion11:
             return NO_CONTENT  # type: ignore[return-value]
-        response = web.Response(status=204, content_type="application/json")
-        if result.dropped:
-            response.headers[DROPPED_HEADER] = ",".join(quote(n, safe="") for n in result.dropped)
-        return response
+        return web.Response(status=204, content_type="application/json", headers=dropped_headers(result))
 
     def dispatch(
         self, app_handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -299,6 +415,8 @@ class Gateway:
         no percent-escape, nothing the route pattern refuses), no `Expect` header (the app answers
         `100 Continue`). Anything else, the app decides as always."""
         stats = self.stats
+        observe = metrics.observe
+        clock = time.perf_counter
 
         async def handle(request: web.BaseRequest) -> web.StreamResponse:
             if request.method == "POST":
@@ -306,7 +424,10 @@ class Gateway:
                 if path.startswith(STATS_PREFIX):
                     bot_id = path[len(STATS_PREFIX) :].partition("?")[0]
                     if BOT_ID.match(bot_id) and hdrs.EXPECT not in request.headers:
-                        return await stats(request, bot_id)
+                        started = clock()
+                        response = await stats(request, bot_id)
+                        observe(STATS_ROUTE, "POST", response.status, clock() - started)
+                        return response
             return await app_handler(request)
 
         return handle
@@ -315,66 +436,62 @@ class Gateway:
         """DisStat `POST /v1/bot/{botId}/custom` -> 200 `{}`."""
         try:
             self.check_size(request)
-            account, bot = await self.authorize(self.key_of(request), request.match_info["botId"])
+            poster, bot = await self.authorize(self.key_of(request), request.match_info["botId"])
             entry = parse_custom(await self.read(request))
-            await self.append(bot, account, [entry], stats=False)
+            await self.append(bot, poster, [entry], stats=False)
         except Refusal as refusal:
             return refusal_response(refusal)
         except BadInput as bad:
             return refusal_response(Refusal(400, bad.message, bad.field))
-        return reply(200, {})
+        metrics.appended(CUSTOM_ROUTE)
+        return reply(200, Empty())
 
     async def post_dbots(self, request: web.Request) -> web.Response:
         """DBots-style `POST /bots/{botId}/stats` -> 200 `{guildCount}`."""
         try:
             self.check_size(request)
-            account, bot = await self.authorize(self.key_of(request), request.match_info["botId"])
+            poster, bot = await self.authorize(self.key_of(request), request.match_info["botId"])
             stats = parse_dbots(await self.read(request))
-            await self.append(bot, account, [stats], stats=True)
+            await self.append(bot, poster, [stats], stats=True)
         except Refusal as refusal:
             return refusal_response(refusal)
         except BadInput as bad:
             return refusal_response(Refusal(400, bad.message, bad.field))
-        return reply(200, {"guildCount": stats.guilds})
+        metrics.appended(DBOTS_ROUTE)
+        return reply(200, DBotsAccepted(stats.guilds))
 
     async def post_statcord(self, request: web.Request) -> web.Response:
         """Statcord v3 `POST /v3/stats` (`id` and `key` in the body) -> 200 JSON."""
         try:
             self.check_size(request)
             post = parse_statcord(await self.read(request))
-            account, bot = await self.authorize(post.key, post.bot_id)
-            result = await self.append(bot, account, [post.stats, *post.entries], stats=True)
+            poster, bot = await self.authorize(post.key, post.bot_id)
+            result = await self.append(bot, poster, [post.stats, *post.entries], stats=True)
         except Refusal as refusal:
             return refusal_response(refusal, statcord=True)
         except BadInput as bad:
             return refusal_response(Refusal(400, bad.message, bad.field), statcord=True)
-        headers = None
-        if result.dropped:
-            headers = {DROPPED_HEADER: ",".join(quote(n, safe="") for n in result.dropped)}
-        return reply(200, {"error": False, "message": "Stats posted"}, headers)
+        metrics.appended(STATCORD_ROUTE)
+        return reply(200, StatcordAccepted(False, "Stats posted"), dropped_headers(result))
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return reply(200, {"status": "ok"})
+        return reply(200, Health("ok"))
 
     async def readyz(self, request: web.Request) -> web.Response:
         try:
             await self.app[REDIS].ping()
         except Exception as exc:
-            return reply(503, {"status": "unavailable", "message": str(exc)}, {"Retry-After": "1"})
-        return reply(200, {"status": "ready"})
+            return reply(503, Health("unavailable", str(exc)), {"Retry-After": "1"})
+        return reply(200, Health("ready"))
 
     @staticmethod
     async def not_found(request: web.Request) -> web.Response:
-        return reply(404, {"message": NOT_FOUND, "field": "path"})
+        return reply(404, ErrorBody(NOT_FOUND, "path"))
 
     @staticmethod
     def not_allowed(allowed: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
-            return reply(
-                405,
-                {"message": f"Method {request.method} not allowed", "field": "method"},
-                {"Allow": allowed},
-            )
+            return reply(405, ErrorBody(f"Method {request.method} not allowed", "method"), {"Allow": allowed})
 
         return handler
 
@@ -382,7 +499,7 @@ class Gateway:
 async def _resources(app: web.Application):  # type: ignore[no-untyped-def]
     settings = app[SETTINGS]
     app[REDIS] = connect(settings)
-    app[REGISTRY] = RegistryCache(app[REDIS], settings.registry_refresh_ms)
+    app[REGISTRY] = RegistryCache(app[REDIS], settings.registry_refresh_ms, settings.key_usage_flush_s)
     limits = Limits(
         stats_interval_ms=max(1, round(settings.stats_rate_interval_s * 1000)),
         stats_burst=settings.stats_rate_burst,
@@ -413,22 +530,59 @@ class GatewayRunner(web.AppRunner):
         return server
 
 
+OPENAPI_PATH = "/openapi.json"
+EXPOSITION = web.AppKey("exposition", Exposition)
+
+
+@web.middleware
+async def _measured(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Requests the router serves (the hot route is measured in `Gateway.dispatch`)."""
+    started = time.perf_counter()
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else metrics.UNMATCHED
+    if route == "/{tail}":
+        route = metrics.UNMATCHED
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.observe(route, request.method, status, time.perf_counter() - started)
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return reply(200, spec.SPECS.document(version=api_version()))
+
+
 def build_app(settings: Settings) -> web.Application:
     # Bodies are capped by the handlers (413 from Content-Length, or while reading).
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    app[EXPOSITION] = Exposition()
     app.cleanup_ctx.append(_resources)
     gateway = Gateway(app, settings)
     app[GATEWAY] = gateway
-    routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.Response]]]] = [
-        ("POST", "/v1/bot/{botId}", gateway.post_stats),
-        ("POST", "/v1/bot/{botId}/custom", gateway.post_custom),
-        ("POST", "/bots/{botId}/stats", gateway.post_dbots),
-        ("POST", "/v3/stats", gateway.post_statcord),
-        ("GET", "/healthz", gateway.healthz),
-        ("GET", "/readyz", gateway.readyz),
+    routes: list[tuple[Route, Callable[[web.Request], Awaitable[web.Response]]]] = [
+        (spec.STATS, gateway.post_stats),
+        (spec.CUSTOM, gateway.post_custom),
+        (spec.DBOTS, gateway.post_dbots),
+        (spec.STATCORD, gateway.post_statcord),
+        (spec.HEALTHZ, gateway.healthz),
+        (spec.READYZ, gateway.readyz),
     ]
-    for method, path, handler in routes:
+    app.middlewares.append(_measured)
+    # Operator routes: the metrics (unless on a port of their own) and the API description.
+    if not settings.gateway_metrics_port:
+        app.router.add_get(settings.metrics_path, app[EXPOSITION].handle)  # type: ignore[arg-type]
+    app.router.add_get(OPENAPI_PATH, _openapi)
+    for route, handler in routes:
+        method, path = route.method, route.path
         resource = app.router.add_resource(path)
         resource.add_route(method, handler)
         if method == "GET":

@@ -5,10 +5,12 @@ partition's hash tag (so it runs on Redis Cluster too). Once per call: the time 
 stream length (`XLEN`, counted on as the call appends) and every post's rate-limit state (one
 `HMGET` on the partition's rate hash). For each post of the call, in order:
   1. backlog check: the stream length against the high-water mark;
-  2. rate limit: GCRA on the bot's field of the rate hash (the time comes from Redis, so every
-     gateway process agrees on it);
+  2. rate limits: GCRA on the bot's field of the rate hash and on its account's field (the
+     account's posts per minute, split evenly over the partitions; the time comes from Redis, so
+     every gateway process agrees on it);
   3. custom-metric slots: names already in the bot's slot set pass, new names take a free slot,
-     the rest are dropped (and removed from the stats event before it is written);
+     the rest are dropped (and removed from the stats event before it is written); custom-event
+     types the same way in the bot's type set, an entry whose type has no slot is not written;
   4. XADD of every event of the post.
 Then one `HSET` stores the rate state of every post that passed. A post is written only if every
 check passed, so a refused post leaves no trace. Posts of the same partition share one call:
@@ -23,6 +25,7 @@ import asyncio
 import enum
 import hashlib
 import string
+import time
 from collections.abc import Sequence
 
 import hiredis
@@ -31,23 +34,29 @@ import redis.asyncio as aioredis
 from hiredis import pack_command
 from redis.exceptions import NoScriptError, ResponseError
 
+from botpulse.ingest.metrics import REDIS_DURATION
 from botpulse.runtime.logs import get_logger
 from botpulse.schemas.stream import (
     ENTRY_FIELD,
     LUA_DROP_METRICS,
     custom_slots_key,
+    custom_types_key,
     rate_key,
     stream_key,
 )
 
 log = get_logger(__name__)
 
-# KEYS: the stream, the rate hash, then the slot-set key of each post that has metric names.
+# KEYS: the stream, the rate hash, then per post: its slot-set key if it has metric names, its
+#       type-set key if it has custom events.
 # ARGV: high_water, stats interval_ms, stats burst, custom interval_ms, custom burst; then per
-#       post: its rate field (`s:<bot>` or `c:<bot>`: stats or custom limit), n_names, n_events,
-#       slot_limit when n_names > 0, name_1..name_n, event_1..event_m (the first event carries
-#       the custom metrics).
-# Returns one reply per post: {0, dropped names...} | {1, retry_after_ms} | {2}.
+#       post: its rate field (`s:<bot>` or `c:<bot>`: stats or custom limit), its account's rate
+#       field (`a:<account>`), the account's interval_ms and burst, n_names, n_events, n_typed,
+#       slot_limit when n_names > 0, type_limit when n_typed > 0, name_1..name_n,
+#       event_1..event_m (the first carries the custom metrics; the last n_typed are custom
+#       events), type_1..type_t (the types of those last n_typed events).
+# Returns one reply per post: {0} | {0, n_dropped_names, names..., dropped types...} |
+#       {1, retry_after_ms, 1 (the bot's limit) or 2 (the account's)} | {2}.
 # The stream contract (the entry's field, the event encoding `drop_metrics` edits) comes from
 # schemas/stream.py: `$field` is filled in once, at import.
 _BODY = """
@@ -61,41 +70,64 @@ local length = redis.call('XLEN', stream)
 local fields, starts = {}, {}
 local a = 6
 while a <= #ARGV do
-  local n, m = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local n, m, ty = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
   fields[#fields + 1] = ARGV[a]
+  fields[#fields + 1] = ARGV[a + 1]
   starts[#starts + 1] = a
-  a = a + 3 + (n > 0 and 1 or 0) + n + m
+  a = a + 7 + (n > 0 and 1 or 0) + (ty > 0 and 1 or 0) + n + m + ty
 end
 local stored = redis.call('HMGET', rates, unpack(fields))
 local tats, updates = {}, {}
 local replies = {}
 local k = 3
-for p = 1, #fields do
-  local field = fields[p]
-  a = starts[p]
-  local n, m = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local limit, names = 0, a + 3
-  if n > 0 then
-    limit, names = tonumber(ARGV[a + 3]), a + 4
+local function gcra(field, stored_tat, interval, burst)
+  local tat = tats[field] or tonumber(stored_tat) or now
+  if tat < now then
+    tat = now
   end
-  local first = names + n
+  local new_tat = tat + interval
+  return new_tat, new_tat - interval * burst
+end
+local function remember(field, tat)
+  if tats[field] == nil then
+    updates[#updates + 1] = field
+  end
+  tats[field] = tat
+end
+for p = 1, #starts do
+  a = starts[p]
+  local field, account = ARGV[a], ARGV[a + 1]
+  local n, m, ty = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  local at = a + 7
+  local limit, type_limit = 0, 0
+  if n > 0 then
+    limit, at = tonumber(ARGV[at]), at + 1
+  end
+  if ty > 0 then
+    type_limit, at = tonumber(ARGV[at]), at + 1
+  end
+  local names, first = at, at + n
+  local types = first + m
+  local slots_key, types_key
+  if n > 0 then
+    slots_key, k = KEYS[k], k + 1
+  end
+  if ty > 0 then
+    types_key, k = KEYS[k], k + 1
+  end
   if length >= high_water then
     replies[p] = {2}
   else
     local kind = string.sub(field, 1, 1)
-    local interval = intervals[kind]
-    local tat = tats[field] or tonumber(stored[p]) or now
-    if tat < now then
-      tat = now
-    end
-    local new_tat = tat + interval
-    local allow_at = new_tat - interval * bursts[kind]
+    local new_tat, allow_at = gcra(field, stored[2 * p - 1], intervals[kind], bursts[kind])
+    local acct_tat, acct_allow = gcra(account, stored[2 * p], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]))
     if allow_at > now then
-      replies[p] = {1, math.ceil(allow_at - now)}
+      replies[p] = {1, math.ceil(allow_at - now), 1}
+    elseif acct_allow > now then
+      replies[p] = {1, math.ceil(acct_allow - now), 2}
     else
-      local dropped = {}
+      local dropped, dropped_types = {}, {}
       if n > 0 then
-        local slots_key = KEYS[k]
         local used = redis.call('SCARD', slots_key)
         for i = names, first - 1 do
           if redis.call('SISMEMBER', slots_key, ARGV[i]) == 0 then
@@ -108,28 +140,45 @@ for p = 1, #fields do
           end
         end
       end
-      local event = ARGV[first]
-      if #dropped > 0 then
-        event = drop_metrics(event, dropped)
+      local types_used = ty > 0 and redis.call('SCARD', types_key) or 0
+      for i = 1, m do
+        local event = ARGV[first + i - 1]
+        local keep = true
+        if i > m - ty then
+          local name = ARGV[types + i - 1 - (m - ty)]
+          if redis.call('SISMEMBER', types_key, name) == 0 then
+            if types_used < type_limit then
+              redis.call('SADD', types_key, name)
+              types_used = types_used + 1
+            else
+              keep = false
+              dropped_types[#dropped_types + 1] = name
+            end
+          end
+        end
+        if i == 1 and #dropped > 0 then
+          event = drop_metrics(event, dropped)
+        end
+        if keep then
+          redis.call('XADD', stream, '*', '$field', event)
+          length = length + 1
+        end
       end
-      redis.call('XADD', stream, '*', '$field', event)
-      for i = first + 1, first + m - 1 do
-        redis.call('XADD', stream, '*', '$field', ARGV[i])
+      remember(field, new_tat)
+      remember(account, acct_tat)
+      if #dropped == 0 and #dropped_types == 0 then
+        replies[p] = {0}
+      else
+        local reply = {0, #dropped}
+        for _, name in ipairs(dropped) do
+          reply[#reply + 1] = name
+        end
+        for _, name in ipairs(dropped_types) do
+          reply[#reply + 1] = name
+        end
+        replies[p] = reply
       end
-      length = length + m
-      if tats[field] == nil then
-        updates[#updates + 1] = field
-      end
-      tats[field] = new_tat
-      local reply = {0}
-      for _, name in ipairs(dropped) do
-        reply[#reply + 1] = name
-      end
-      replies[p] = reply
     end
-  end
-  if n > 0 then
-    k = k + 1
   end
 end
 if #updates > 0 then
@@ -157,7 +206,9 @@ class Outcome(enum.Enum):
 class Result(msgspec.Struct, frozen=True):
     outcome: Outcome
     retry_after_ms: int = 0
-    dropped: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()  # custom metric names without a slot
+    dropped_types: tuple[str, ...] = ()  # custom-event types without a slot (their events dropped)
+    account_limited: bool = False  # RATE_LIMITED by the account's rate, not the bot's
 
 
 class Limits(msgspec.Struct, frozen=True):
@@ -178,6 +229,12 @@ class Post(msgspec.Struct, frozen=True):
     slot_limit: int
     metric_names: Sequence[str]
     events: Sequence[bytes]  # the first carries the custom metrics
+    account_id: str = ""
+    # The account's rate (GCRA) in this partition: its share of the account's posts per minute.
+    account_interval_ms: int = 1
+    account_burst: int = 1_000_000
+    type_limit: int = 0
+    types: Sequence[str] = ()  # the types of the last len(types) events (custom entries)
 
 
 def script_call(verb: str, script: str, posts: Sequence[Post], high_water: int, limits: Limits) -> bytes:
@@ -192,13 +249,17 @@ def script_call(verb: str, script: str, posts: Sequence[Post], high_water: int, 
         limits.custom_burst,
     ]
     for post in posts:
-        names = post.metric_names
+        names, types = post.metric_names, post.types
         field = ("s:" if post.stats else "c:") + post.bot_id
+        args += (field, "a:" + post.account_id, post.account_interval_ms, post.account_burst,
+                 len(names), len(post.events), len(types))  # fmt: skip
         if names:
             keys.append(custom_slots_key(partition, post.bot_id))
-            args += (field, len(names), len(post.events), post.slot_limit, *names, *post.events)
-        else:
-            args += (field, 0, len(post.events), *post.events)
+            args.append(post.slot_limit)
+        if types:
+            keys.append(custom_types_key(partition, post.bot_id))
+            args.append(post.type_limit)
+        args += (*names, *post.events, *types)
     return pack_command((verb, script, len(keys), *keys, *args))
 
 
@@ -210,10 +271,15 @@ def _result(reply: list[object]) -> Result:
     if code == 0:
         if len(reply) == 1:
             return APPENDED  # the common case: nothing dropped, nothing to build
-        names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in reply[1:])
-        return Result(Outcome.APPENDED, dropped=names)
+        count = int(reply[1])  # type: ignore[call-overload]
+        names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in reply[2:])
+        return Result(Outcome.APPENDED, dropped=names[:count], dropped_types=names[count:])
     if code == 1:
-        return Result(Outcome.RATE_LIMITED, retry_after_ms=int(reply[1]))  # type: ignore[call-overload]
+        return Result(
+            Outcome.RATE_LIMITED,
+            retry_after_ms=int(reply[1]),  # type: ignore[call-overload]
+            account_limited=int(reply[2]) == 2,  # type: ignore[call-overload]
+        )
     return Result(Outcome.BACKLOG_FULL)
 
 
@@ -337,9 +403,11 @@ class Appender:
             asyncio.get_running_loop().call_soon(self._flush)
 
     async def _run(self, batch: list[tuple[Post, asyncio.Future[Result]]], deadline: float) -> None:
+        started = time.perf_counter()
         try:
             async with asyncio.timeout_at(deadline):
                 replies = await self._execute([p for p, _ in batch])
+            REDIS_DURATION.observe(time.perf_counter() - started)
         except BaseException as exc:
             failure = exc if isinstance(exc, Exception) else ConnectionError("append cancelled")
             waiting, self._pending = self._pending, []

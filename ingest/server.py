@@ -17,7 +17,8 @@ import sys
 
 from aiohttp import web
 
-from botpulse.ingest.app import GatewayRunner, build_app
+from botpulse.ingest.app import EXPOSITION, GatewayRunner, build_app
+from botpulse.runtime import metrics
 from botpulse.runtime.logs import get_logger
 from botpulse.runtime.processes import spawn_child
 from botpulse.runtime.settings import Settings, cannot_listen
@@ -59,7 +60,10 @@ def _spawn_children(settings: Settings, count: int) -> list[subprocess.Popen[byt
 
 def serve(settings: Settings, *, reuseport: bool = False) -> int:
     """Serve until SIGINT/SIGTERM. `reuseport` is set for the children of a `--workers N` parent."""
+    child = reuseport
     reuseport = reuseport or settings.gateway_workers > 1
+    if settings.gateway_workers > 1 and not metrics.multiprocess():
+        raise RuntimeError("several gateway processes need runtime.metrics.use_multiprocess_dir() first")
     sock = _socket(settings, reuseport)
     children = _spawn_children(settings, settings.gateway_workers - 1)
     loop = _event_loop()
@@ -70,7 +74,7 @@ def serve(settings: Settings, *, reuseport: bool = False) -> int:
         loop=type(loop).__module__,
     )
     asyncio.set_event_loop(loop)
-    main = loop.create_task(_serve(settings, sock))
+    main = loop.create_task(_serve(settings, sock, metrics_listener=not child))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):
@@ -87,6 +91,7 @@ def serve(settings: Settings, *, reuseport: bool = False) -> int:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+            metrics.process_exited(child.pid)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
     return 0
@@ -103,15 +108,24 @@ def _quiet_gc() -> None:
     gc.set_threshold(GC_YOUNG, 20, 100)
 
 
-async def _serve(settings: Settings, sock: socket.socket) -> None:
+async def _serve(settings: Settings, sock: socket.socket, *, metrics_listener: bool) -> None:
     """`web.run_app` with the gateway's runner (which takes the hot route before the router):
     SIGINT/SIGTERM raise `GracefulExit` out of the loop, then `serve` cancels this and
     `cleanup` closes the connections (5 s for requests in flight) and the app's resources."""
-    runner = GatewayRunner(build_app(settings), access_log=None, handle_signals=True, shutdown_timeout=5)
+    app = build_app(settings)
+    runner = GatewayRunner(app, access_log=None, handle_signals=True, shutdown_timeout=5)
     await runner.setup()
+    stop_metrics = None
+    if metrics_listener and settings.gateway_metrics_port:
+        # One listener, in the parent: in multiprocess mode it answers for every process.
+        stop_metrics = await metrics.start_listener(
+            app[EXPOSITION], settings.metrics_listen, settings.gateway_metrics_port, settings.metrics_path
+        )
     _quiet_gc()
     try:
         await web.SockSite(runner, sock).start()
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+        if stop_metrics is not None:
+            await stop_metrics()

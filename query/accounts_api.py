@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -20,9 +21,11 @@ import msgspec
 from aiohttp import web
 
 from botpulse.query.resources import REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
-from botpulse.registry import admin, audit, catalog, index, model
+from botpulse.registry import admin, apikeys, audit, catalog, index, model, quotas
 from botpulse.registry.keys import parse_authorization, request_key, same_secret
+from botpulse.runtime.clickhouse import ReadRefused
 from botpulse.runtime.logs import get_logger
+from botpulse.schemas.registry import INGEST, MANAGE, READ, IndexedKey
 
 log = get_logger(__name__)
 
@@ -49,8 +52,12 @@ def guarded(handler: Handler) -> Handler:
             return response
         except model.RegistryError as exc:
             response = _answer(exc.status, exc.body())
+            if exc.retry_after_s is not None:
+                response.headers["Retry-After"] = str(exc.retry_after_s)
         except web.HTTPRequestEntityTooLarge:
             response = _answer(413, {"message": "Request body too large"})
+        except ReadRefused as exc:
+            response = _answer(503, {"message": exc.message, "limit": exc.limit})
         except UNAVAILABLE as exc:
             log.warning("registry backend unavailable", error=str(exc), path=request.path)
             response = _answer(503, {"message": "Registry temporarily unavailable; retry shortly"})
@@ -82,18 +89,43 @@ async def _rebuild_if_missing(app: web.Application) -> bool:
     return rebuilt
 
 
-async def caller(request: web.Request) -> str:
-    """The account whose key the request carries (`Authorization` or `?apikey=`)."""
+async def credential(request: web.Request) -> IndexedKey:
+    """The key the request carries (`Authorization` or `?apikey=`): whose, and its scope."""
     key = request_key(request.headers, request.query)
     if not key:
         raise model.Unauthorized()
     registry = request.app[REGISTRY]
-    account = await registry.account_for_key(key)
-    if account is None and await _rebuild_if_missing(request.app):
-        account = await registry.account_for_key(key)
-    if account is None:
+    found = await registry.credential(key)
+    if found is None and await _rebuild_if_missing(request.app):
+        found = await registry.credential(key)
+    if found is None:
         raise model.Unauthorized()
-    return account
+    registry.used(found.usage_id)
+    return found
+
+
+def require_scope(found: IndexedKey, needs: str = MANAGE) -> str:
+    """The key's account if the key has the scope `needs` (a manage key has every scope, a read
+    key only read), else `MissingScope` (403 naming both). The one rule for what a key may do:
+    the account API applies it to the request's key, the dashboard to its session's key."""
+    if found.scope != MANAGE and (needs == MANAGE or found.scope != needs):
+        what = "managing the account" if needs == MANAGE else "reading"
+        raise model.MissingScope(found.scope, needs, what)
+    return found.account_id
+
+
+async def caller(request: web.Request, needs: str = MANAGE) -> str:
+    """The account whose key the request carries, if the key has the scope `needs`."""
+    return require_scope(await credential(request), needs)
+
+
+async def charge(request: web.Request, account: str) -> quotas.Limits:
+    """Count a registry write against the account's writes per minute; its limits in force
+    (the account API's writes and the dashboard's forms count alike)."""
+    app = request.app
+    limits = await quotas.limits_for(app[STORE], app[SETTINGS], account)
+    await quotas.charge_write(app[REDIS], account, limits.values["registryWritesPerMin"])
+    return limits
 
 
 def _path_bot(request: web.Request) -> str:
@@ -108,6 +140,7 @@ def _path_bot(request: web.Request) -> str:
 async def create_bot(request: web.Request) -> web.Response:
     account = await caller(request)
     bot_id, fields = model.new_bot(await _body(request), model.OWNER_CREATE)
+    limits = await charge(request, account)
     ctx = _context(request)
     bot = await catalog.create_bot(
         ctx.store,
@@ -117,6 +150,7 @@ async def create_bot(request: web.Request) -> web.Response:
         account_id=account,
         default_slots=ctx.settings.default_custom_slots,
         by=account,
+        max_bots=limits.values["bots"],
     )
     return _answer(201, await admin.bot_view(ctx.store, bot))
 
@@ -126,6 +160,7 @@ async def patch_bot(request: web.Request) -> web.Response:
     account = await caller(request)
     bot_id = _path_bot(request)
     fields = model.bot_changes(await _body(request), model.OWNER_PATCH)
+    await charge(request, account)
     ctx = _context(request)
     bot = await catalog.update_bot(ctx.store, ctx.redis, bot_id, fields, by=account, owner=account)
     return _answer(200, await admin.bot_view(ctx.store, bot))
@@ -133,23 +168,56 @@ async def patch_bot(request: web.Request) -> web.Response:
 
 @guarded
 async def get_account(request: web.Request) -> web.Response:
-    account_id = await caller(request)
+    account_id = await caller(request, READ)
     store = request.app[STORE]
     account = await catalog.get_account(store, account_id)
     if account is None:  # the index still knew a key ClickHouse no longer has
         raise model.Unauthorized()
     bots = await catalog.list_bots(store, account_id)
+    limits = await quotas.limits_for(store, request.app[SETTINGS], account_id)
     return _answer(
-        200, admin.account_view(account) | {"bots": [await admin.bot_view(store, b) for b in bots]}
+        200,
+        admin.account_view(account)
+        | {"bots": [await admin.bot_view(store, b) for b in bots], "limits": limits.view()},
     )
 
 
 @guarded
 async def regenerate_key(request: web.Request) -> web.Response:
     account = await caller(request)
+    await charge(request, account)
     ctx = _context(request)
     _, key = await catalog.regenerate_key(ctx.store, ctx.redis, account, by=account)
     return _answer(200, {"token": key})
+
+
+# --- named keys ---------------------------------------------------------------------------------
+@guarded
+async def list_keys(request: web.Request) -> web.Response:
+    account = await caller(request)
+    ctx = _context(request)
+    return _answer(200, {"keys": await admin.keys_view(ctx, account)})
+
+
+@guarded
+async def create_key(request: web.Request) -> web.Response:
+    account = await caller(request)
+    name, scope, bots = apikeys.parse_new_key(await _body(request))
+    limits = await charge(request, account)
+    ctx = _context(request)
+    key, secret = await apikeys.create_key(
+        ctx.store, ctx.redis, account, name, scope, bots, by=account, max_keys=limits.values["keys"]
+    )
+    return _answer(201, admin.key_view(key, None) | {"key": secret})
+
+
+@guarded
+async def revoke_key(request: web.Request) -> web.Response:
+    account = await caller(request)
+    await charge(request, account)
+    ctx = _context(request)
+    key = await apikeys.revoke_key(ctx.store, ctx.redis, account, request.match_info["keyId"], by=account)
+    return _answer(200, {"id": key.id, "revoked": True})
 
 
 # --- DBots-compatible paths ---------------------------------------------------------------------
@@ -183,11 +251,27 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 
 @guarded
 async def regen_via_bot(request: web.Request) -> web.Response:
+    """Rotate this bot's own ingest token; the account key and every other key stay valid."""
     account = await caller(request)
     ctx = _context(request)
-    await catalog.managed_bot(ctx.store, _path_bot(request), account)
-    _, key = await catalog.regenerate_key(ctx.store, ctx.redis, account, by=account)
-    return _answer(200, {"token": key})
+    bot = await catalog.managed_bot(ctx.store, _path_bot(request), account)
+    await charge(request, account)
+    key, token = await apikeys.rotate_bot_token(ctx.store, ctx.redis, account, bot.id, by=account)
+    return _answer(200, {"token": token, "id": key.id, "scope": INGEST, "bots": [bot.id]})
+
+
+async def regen_by_get(request: web.Request) -> web.Response:
+    """A GET must not change state, and no client library we know of calls this route (it is a
+    dashboard action), so it answers 405 pointing at the POST instead of rotating anything."""
+    response = _answer(
+        405,
+        {
+            "message": "Regenerating a token changes state: use POST /bots/{botId}/keys/regen",
+            "field": "method",
+        },
+    )
+    response.headers["Allow"] = "POST"
+    return response
 
 
 async def _api_view(request: web.Request, bot: catalog.Bot, account_id: str) -> dict[str, Any]:
@@ -212,6 +296,7 @@ async def patch_api(request: web.Request) -> web.Response:
     bot_id = _path_bot(request)
     body = await _body(request)
     fields = model.bot_fields(body, model.WEBHOOK_PATCH, required=model.WEBHOOK_PATCH)
+    await charge(request, account)
     ctx = _context(request)
     bot = await catalog.update_bot(ctx.store, ctx.redis, bot_id, fields, by=account, owner=account)
     return _answer(200, await _api_view(request, bot, account))
@@ -246,12 +331,16 @@ async def _keep_index(app: web.Application) -> None:
     settings = app[SETTINGS]
     registry = app[REGISTRY]
     since_check = 0.0
+    next_usage_flush = time.monotonic() + settings.key_usage_flush_s
     while True:
         await asyncio.sleep(1.0)
         since_check += 1.0
         try:
             if not registry.ready:
                 await _rebuild_if_missing(app)
+            if time.monotonic() >= next_usage_flush:
+                next_usage_flush = time.monotonic() + settings.key_usage_flush_s
+                await apikeys.flush_usage(app[STORE], app[REDIS])
             if since_check >= settings.registry_check_s:
                 since_check = 0.0
                 async with app[REBUILD_LOCK]:
@@ -278,8 +367,12 @@ def add_routes(app: web.Application) -> None:
     app.router.add_patch("/v1/bot/{botId}", patch_bot)
     app.router.add_get("/v1/account", get_account)
     app.router.add_post("/v1/account/key/regenerate", regenerate_key)
+    app.router.add_get("/v1/account/keys", list_keys)
+    app.router.add_post("/v1/account/keys", create_key)
+    app.router.add_delete("/v1/account/keys/{keyId}", revoke_key)
     app.router.add_get("/bots/{botId}/log", bot_log)
-    app.router.add_get("/bots/{botId}/keys/regen", regen_via_bot)
+    app.router.add_post("/bots/{botId}/keys/regen", regen_via_bot)
+    app.router.add_get("/bots/{botId}/keys/regen", regen_by_get)
     app.router.add_get("/bots/{botId}/api", get_api)
     app.router.add_patch("/bots/{botId}/api", patch_api)
     for operation in admin.OPERATIONS.values():

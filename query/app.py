@@ -7,6 +7,7 @@ mounted under `BOTPULSE_QUERY_PREFIX`; GET answers carry CORS headers; every err
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,7 +15,8 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from botpulse.query import accounts_api, dashboard, datagram, params
+from botpulse.query import accounts_api, dashboard, datagram, metrics, params, shapes
+from botpulse.query.cache import AnswerCache
 from botpulse.query.dashboard.sessions import session_account
 from botpulse.query.listing import (
     TOP_METRICS,
@@ -26,17 +28,23 @@ from botpulse.query.listing import (
     list_bots,
 )
 from botpulse.query.params import BadParam
-from botpulse.query.resources import READINESS, REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
+from botpulse.query.resources import ANSWERS, READINESS, REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
 from botpulse.query.responses import error, json_response
+from botpulse.query.spec import SPECS
 from botpulse.query.stats import add_custom_names, buckets, custom_totals
 from botpulse.query.uptime import EPOCH_MS, HOUR_MS, connection_status, now_ms, uptime_with_periods
 from botpulse.registry.catalog import Bot, ensure_index, get_bot
 from botpulse.registry.index import VERSION_KEY, RegistryCache
 from botpulse.registry.keys import request_key
-from botpulse.runtime.clickhouse import Store, is_timeout
+from botpulse.registry.model import MissingScope, RegistryError
+from botpulse.runtime.clickhouse import ReadRefused, Store, is_timeout
 from botpulse.runtime.logs import get_logger
+from botpulse.runtime.metrics import Exposition, start_listener
+from botpulse.runtime.openapi import api_version, document, prefixed
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import Settings
+from botpulse.schemas.http import Health
+from botpulse.schemas.registry import INGEST, READ
 
 log = get_logger(__name__)
 
@@ -46,10 +54,19 @@ def _listing_error(message: str) -> web.Response:
 
 
 async def caller_account(request: web.Request) -> str | None:
+    """The account of the request's key, for reading its private bots; None without a key or for
+    an unknown one (then only public bots are visible). An ingest key may not read: 403."""
     key = request_key(request.headers, request.query)
-    if not key:  # a signed-in dashboard session reads like its account's key (GET routes only)
+    if not key:  # a signed-in dashboard session reads like the key it was opened with (GET only)
         return await session_account(request)
-    return await request.app[REGISTRY].account_for_key(key)
+    registry = request.app[REGISTRY]
+    found = await registry.credential(key)
+    if found is None:
+        return None
+    if found.scope == INGEST:
+        raise MissingScope(INGEST, READ, "reading")
+    registry.used(found.usage_id)
+    return found.account_id
 
 
 class BotRecords:
@@ -72,20 +89,26 @@ class BotRecords:
             self._bots.clear()
             self._version = version
         if bot_id not in self._bots:
+            _MISS.inc()
             bot = await get_bot(store, bot_id)
             if version is None:
                 return bot
             self._bots[bot_id] = bot
+        else:
+            _HIT.inc()
         return self._bots[bot_id]
 
 
 BOT_RECORDS = web.AppKey("bot_records", BotRecords)
+_HIT, _MISS = metrics.CACHE.labels("bot_records", "hit"), metrics.CACHE.labels("bot_records", "miss")
 
 
 async def visible_bot(request: web.Request, bot_id: str) -> Bot | None:
-    """The bot, or None when it does not exist or is private to another account (both 404)."""
+    """The bot, or None when it does not exist or is private to another account (both 404). The
+    key is checked first, public bot or not: an ingest key never reads (403)."""
+    account = await caller_account(request)
     bot = await request.app[BOT_RECORDS].get(request.app[STORE], request.app[REDIS], bot_id)
-    if bot is not None and bot.private and await caller_account(request) != bot.account_id:
+    if bot is not None and bot.private and account != bot.account_id:
         return None
     return bot
 
@@ -222,16 +245,8 @@ async def get_bot_top(request: web.Request) -> web.Response:
         return error(404, "Bot not found")
     totals = await custom_totals(request.app[STORE], bot_id, start, end, limit=limit, type_=type_)
     entry = totals.get(type_, {"count": 0, "top": []})
-    return json_response(
-        {
-            "id": bot_id,
-            "type": type_,
-            "start": start,
-            "end": end,
-            "count": entry["count"],
-            "top": entry["top"],
-        }
-    )
+    top = [shapes.TopValue(t["value"], t["count"]) for t in entry["top"]]
+    return json_response(shapes.BotTop(bot_id, type_, start, end, entry["count"], top))
 
 
 async def get_bot_uptime(request: web.Request) -> web.Response:
@@ -253,18 +268,30 @@ async def get_bot_uptime(request: web.Request) -> web.Response:
     except BadParam as exc:
         return error(400, exc.message, exc.field)
     window_ms = request.app[SETTINGS].heartbeat_window_ms
-    result = await uptime_with_periods(store, bot_id, start, end, window_ms)
+    if request.query.get("start") or request.query.get("end"):
+        result = await uptime_with_periods(store, bot_id, start, end, window_ms)
+    else:  # the whole history: the most expensive read of all, and the same for everyone
+        start, end, result = await request.app[ANSWERS].get(
+            ("uptime", bot_id),
+            lambda: _whole_uptime(store, bot_id, start, end, window_ms),
+        )
     return json_response(
-        {
-            "id": bot_id,
-            "start": start,
-            "end": end,
-            "uptime": result.uptime_ms,
-            "percentage": round(result.uptime_ms * 100 / (end - start), 4),
-            "offline": [{"from": a, "to": b} for a, b in result.offline],
-            "offlineTruncated": result.offline_truncated,
-        }
+        shapes.BotUptime(
+            id=bot_id,
+            start=start,
+            end=end,
+            uptime=result.uptime_ms,
+            percentage=round(result.uptime_ms * 100 / (end - start), 4),
+            offline=[shapes.Period(a, b) for a, b in result.offline],
+            offlineTruncated=result.offline_truncated,
+        )
     )
+
+
+async def _whole_uptime(
+    store: Store, bot_id: str, start: int, end: int, window_ms: int
+) -> tuple[int, int, Any]:
+    return start, end, await uptime_with_periods(store, bot_id, start, end, window_ms)
 
 
 # --- listing and leaderboards ---------------------------------------------------------------
@@ -281,20 +308,24 @@ async def get_bots(request: web.Request) -> web.Response:
     except BadParam as exc:
         return _listing_error(exc.message)
     window_ms = request.app[SETTINGS].heartbeat_window_ms
-    bots, total = await list_bots(
-        request.app[STORE],
-        account=await caller_account(request),
-        cutoff_ms=now_ms() - window_ms + 1,
-        where=where,
-        where_params=where_params,
-        order=order,
-        fields=fields,
-        offset=offset,
-        count=count,
+    account = await caller_account(request)
+    key = ("bots", account, where, tuple(sorted(where_params.items())), order, tuple(fields), offset, count)
+    bots, total = await request.app[ANSWERS].get(
+        key,
+        lambda: list_bots(
+            request.app[STORE],
+            account=account,
+            cutoff_ms=now_ms() - window_ms + 1,
+            where=where,
+            where_params=where_params,
+            order=order,
+            fields=fields,
+            offset=offset,
+            count=count,
+        ),
     )
-    return json_response(
-        {"bots": bots, "count": len(bots), "offset": offset, "total": total, "success": True}
-    )
+    listed = [shapes.ListedBot(**bot) for bot in bots]
+    return json_response(shapes.Listing(listed, len(listed), offset, total, True))
 
 
 async def get_top(request: web.Request) -> web.Response:
@@ -305,12 +336,15 @@ async def get_top(request: web.Request) -> web.Response:
         limit = params.integer("limit", request.query.get("limit"), default=10, lo=1, hi=100)
     except BadParam as exc:
         return error(400, exc.message, exc.field)
-    return json_response({"metric": metric, "bots": await leaderboard(request.app[STORE], metric, limit)})
+    entries = await request.app[ANSWERS].get(
+        ("top", metric, limit), lambda: leaderboard(request.app[STORE], metric, limit)
+    )
+    return json_response(shapes.Leaderboard(metric, [shapes.Ranked(**entry) for entry in entries]))
 
 
 # --- serving ----------------------------------------------------------------------------------
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    return json_response(Health("ok"))
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -319,11 +353,9 @@ async def readyz(request: web.Request) -> web.Response:
         problems.insert(0, "ClickHouse unreachable")
     if problems:
         return json_response(
-            {"status": "unavailable", "message": "; ".join(problems), "problems": problems},
-            status=503,
-            headers={"Retry-After": "1"},
+            Health("unavailable", "; ".join(problems), problems), status=503, headers={"Retry-After": "1"}
         )
-    return json_response({"status": "ready"})
+    return json_response(Health("ready"))
 
 
 _CORS = {"Access-Control-Allow-Origin": "*", "Vary": "Origin"}
@@ -354,6 +386,29 @@ async def cors(
 
 
 @web.middleware
+async def measured(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Requests by route template and status class (outermost: it sees the final status)."""
+    started = time.perf_counter()
+    resource = request.match_info.route.resource
+    route = metrics.UNMATCHED if resource is None else resource.canonical
+    prefix = request.app[SETTINGS].query_prefix
+    if prefix and route.startswith(prefix + "/"):
+        route = route[len(prefix) :]
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.observe(route, request.method, status, time.perf_counter() - started)
+
+
+@web.middleware
 async def backend_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
@@ -362,6 +417,13 @@ async def backend_errors(
         return await handler(request)
     except web.HTTPException:
         raise
+    except RegistryError as exc:  # a key outside its scope
+        return json_response(exc.body(), status=exc.status)
+    except ReadRefused as exc:  # the read slots are full, or the read hit its time or memory limit
+        log.warning("read refused", path=request.path, limit=exc.limit)
+        return json_response(
+            {"message": exc.message, "limit": exc.limit}, status=503, headers={"Retry-After": "1"}
+        )
     except UNAVAILABLE as exc:
         log.warning("backend unavailable", path=request.path, error=str(exc))
         return json_response(
@@ -384,12 +446,13 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     app[SETTINGS] = settings
     app[STORE] = store
     app[BOT_RECORDS] = BotRecords()
+    app[ANSWERS] = AnswerCache(settings.query_cache_s)
     app[READINESS] = readiness = []
 
     async def resources(app: web.Application):  # type: ignore[no-untyped-def]
         app[REDIS] = connect(settings)
         await ensure_index(store, app[REDIS], settings.stream_partitions)
-        app[REGISTRY] = RegistryCache(app[REDIS], settings.registry_refresh_ms)
+        app[REGISTRY] = RegistryCache(app[REDIS], settings.registry_refresh_ms, settings.key_usage_flush_s)
         await app[REGISTRY].start()
         yield
         await app[REGISTRY].stop()
@@ -406,14 +469,43 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     dashboard.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get(OPENAPI_PATH, openapi)
     if not settings.query_prefix:
-        app.middlewares.extend([cors, backend_errors])
-        return app
-    # Mounted as a sub-application so the accounts routes land under the prefix too; the keys are
-    # also set on the root so code holding the returned app still finds them.
-    root = web.Application(middlewares=[cors, backend_errors])
-    root[SETTINGS] = settings
-    root[STORE] = store
-    root[READINESS] = readiness
-    root.add_subapp(settings.query_prefix, app)
+        root = app
+        app.middlewares.extend([measured, cors, backend_errors])
+    else:
+        # Mounted as a sub-application so the accounts routes land under the prefix too; the keys
+        # are also set on the root so code holding the returned app still finds them.
+        root = web.Application(middlewares=[measured, cors, backend_errors])
+        root[SETTINGS] = settings
+        root[STORE] = store
+        root[READINESS] = readiness
+        root.add_subapp(settings.query_prefix, app)
+    exposition = root[EXPOSITION] = app[EXPOSITION] = Exposition()
+    if settings.query_metrics_port:
+        root.cleanup_ctx.append(_metrics_listener)
+    else:
+        # At the root, never under the prefix: an operator's path, not the API's.
+        root.router.add_get(settings.metrics_path, exposition.handle)  # type: ignore[arg-type]
     return root
+
+
+OPENAPI_PATH = "/openapi.json"
+EXPOSITION = web.AppKey("exposition", Exposition)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    prefix = request.app[SETTINGS].query_prefix
+    return json_response(
+        document(SPECS.title, SPECS.description, api_version(), prefixed(SPECS.routes, prefix))
+    )
+
+
+async def _metrics_listener(app: web.Application):  # type: ignore[no-untyped-def]
+    """The metrics on a port of their own (BOTPULSE_QUERY_METRICS_PORT), not on the API's."""
+    settings = app[SETTINGS]
+    stop = await start_listener(
+        app[EXPOSITION], settings.metrics_listen, settings.query_metrics_port, settings.metrics_path
+    )
+    yield
+    await stop()

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from botpulse.query import params
 from botpulse.query.params import BadParam
-from botpulse.query.resources import REGISTRY, SETTINGS, STORE
+from botpulse.query.resources import ANSWERS, REGISTRY, SETTINGS, STORE
 from botpulse.query.responses import error, json_response
 from botpulse.query.uptime import (
     EPOCH_MS,
@@ -26,6 +26,7 @@ from botpulse.query.uptime import (
     uptimes,
 )
 from botpulse.registry.keys import request_key
+from botpulse.schemas.registry import INGEST
 
 TWO_WEEKS_MS = 14 * 24 * HOUR_MS
 MAX_UPTIME_IDS = 100
@@ -43,10 +44,13 @@ async def _datagram_account(request: web.Request) -> str:
     key = request_key(request.headers, request.query, "secret")
     if not key:
         raise _DatagramError(401, "Missing API key (Authorization header or secret parameter)")
-    account = await request.app[REGISTRY].account_for_key(key)
-    if account is None:
+    found = await request.app[REGISTRY].credential(key)
+    if found is None:
         raise _DatagramError(401, "Invalid API key")
-    return account
+    if found.scope == INGEST:
+        raise _DatagramError(403, "This API key has the ingest scope; reading needs the read scope", "scope")
+    request.app[REGISTRY].used(found.usage_id)
+    return found.account_id
 
 
 def _ids(request: web.Request, many: bool) -> list[str]:
@@ -118,9 +122,14 @@ async def _detail_data(request: web.Request, account: str, ids: list[str], owned
     store = request.app[STORE]
     window_ms = request.app[SETTINGS].heartbeat_window_ms
     mine = [i for i in dict.fromkeys(ids) if i in owned]
-    totals, seen = await asyncio.gather(
-        uptimes(store, mine, EPOCH_MS, FAR_FUTURE_MS, window_ms), last_seen(store, mine)
-    )
+
+    async def whole() -> tuple[dict[str, int], dict[str, int]]:
+        return await asyncio.gather(  # type: ignore[return-value]
+            uptimes(store, mine, EPOCH_MS, FAR_FUTURE_MS, window_ms), last_seen(store, mine)
+        )
+
+    # Uptime over the whole history, cached for a few seconds (BOTPULSE_QUERY_CACHE_S).
+    totals, seen = await request.app[ANSWERS].get(("details", tuple(mine)), whole)
     return [
         {
             "connection_status": connection_status(seen.get(i), window_ms),

@@ -37,8 +37,8 @@ OUTPUT_FIELDS = [
 ]  # fmt: skip
 _OPERATORS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 
-# Latest values per bot come from the daily roll-up (argMax states merge to the newest non-null
-# value), so a listing reads one row per bot-day instead of every post.
+# Latest values per bot come from `bot_latest` (argMax states merge to the newest non-null value;
+# one row per bot once merged), so a listing costs per bot, not per bot-day.
 _LISTED = list(LISTED_FIELDS.values())
 LISTING_BASE = (
     "SELECT b.id AS id, b.username AS username, b.avatar AS avatar, b.private AS private,"
@@ -51,7 +51,7 @@ LISTING_BASE = (
     " LEFT JOIN (SELECT bot_id, "
     + "".join(f"argMaxMerge({c}) AS {c}, " for c in _LISTED)
     + "toUnixTimestamp64Milli(max(last_ts)) AS last_seen"
-    "   FROM bot_stats_1d GROUP BY bot_id) AS s ON s.bot_id = b.id"
+    "   FROM bot_latest GROUP BY bot_id) AS s ON s.bot_id = b.id"
 )
 # The columns of a listing row, in OUTPUT_FIELDS order.
 _OUTPUT_COLUMNS = [
@@ -226,7 +226,7 @@ async def leaderboard(store: Store, metric: str, limit: int) -> list[dict[str, A
     column = TOP_METRICS[metric]
     rows = await store.query(
         "SELECT b.id, b.username, b.avatar, s.v FROM"
-        f" (SELECT bot_id, argMaxMerge({column}) AS v FROM bot_stats_1d GROUP BY bot_id) AS s"
+        f" (SELECT bot_id, argMaxMerge({column}) AS v FROM bot_latest GROUP BY bot_id) AS s"
         " INNER JOIN (SELECT id, username, avatar FROM bots FINAL WHERE deleted = 0 AND private = 0)"
         " AS b ON b.id = s.bot_id WHERE s.v IS NOT NULL ORDER BY s.v DESC, b.id ASC"
         " LIMIT {limit:UInt32}",

@@ -12,6 +12,7 @@ from aiohttp import web
 from clickhouse_connect.driver.exceptions import OperationalError
 from redis.exceptions import RedisError
 
+from botpulse.query.cache import AnswerCache
 from botpulse.registry.index import RegistryCache
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.settings import Settings
@@ -20,6 +21,7 @@ SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 REDIS = web.AppKey("redis", aioredis.Redis)
 REGISTRY = web.AppKey("registry", RegistryCache)
+ANSWERS = web.AppKey("answers", AnswerCache)
 # Parts composed into this process or stack (the embedded worker, `botpulse dev`'s Redis and
 # gateway): each check returns why its part is down, or None. `/readyz` fails while any says so.
 READINESS = web.AppKey("readiness", list[Callable[[], str | None]])

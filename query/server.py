@@ -37,7 +37,8 @@ def serve(settings: Settings, *, compose: Callable[[web.Application], web.Applic
 
 def run(app: web.Application, settings: Settings) -> None:
     """Serve the query app until SIGTERM/SIGINT; the in-process worker (if any) gets 10 s to
-    flush and acknowledge while aiohttp shuts down."""
+    flush and acknowledge while aiohttp shuts down. A request whose client disconnects is
+    cancelled (`handler_cancellation`), which kills its ClickHouse read (`Store.query`)."""
     try:
         web.run_app(
             app,
@@ -46,6 +47,7 @@ def run(app: web.Application, settings: Settings) -> None:
             print=None,
             access_log=None,
             shutdown_timeout=10,
+            handler_cancellation=True,
         )
     except OSError as exc:
         # Only the bind: a request's failures never leave the app (`backend_errors`).

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from botpulse.registry.quotas import MAX_EVENT_TYPES
 from botpulse.runtime.clickhouse import Store
 from botpulse.schemas.stats import AVG_FIELDS, LAST_FIELDS
 
@@ -90,13 +91,17 @@ BUCKETS_SQL = (
     " GROUP BY i ORDER BY i"
 )
 
+# At most `max_types` types (the most used), each with its top `limit` values: the answer's size
+# is bounded whatever a bot posted before types took slots.
 CUSTOM_TOTALS_SQL = (
     "SELECT type, value1, c, total FROM ("
+    " SELECT type, value1, c, total, dense_rank() OVER (ORDER BY total DESC, type) AS r FROM ("
     " SELECT type, value1, count() AS c, sum(count()) OVER (PARTITION BY type) AS total"
     " FROM custom_events WHERE bot_id = {id:String}"
     " AND ts >= fromUnixTimestamp64Milli({start:Int64}, 'UTC')"
     " AND ts < fromUnixTimestamp64Milli({end:Int64}, 'UTC')"
-    " {type_filter} GROUP BY type, value1)"
+    " {type_filter} GROUP BY type, value1))"
+    " WHERE r <= {max_types:UInt32}"
     " ORDER BY type, isNull(value1), c DESC, value1 LIMIT {limit:UInt32} BY type"
 )
 
@@ -165,7 +170,9 @@ async def custom_totals(
 ) -> dict[str, dict[str, Any]]:
     """Per custom-graph type in `[start, end)`: the count of entries and the top `value1`s."""
     sql = CUSTOM_TOTALS_SQL.replace("{type_filter}", "AND type = {type:String}" if type_ else "")
-    params: dict[str, Any] = {"id": bot_id, "start": start, "end": end, "limit": limit + 1}
+    params: dict[str, Any] = {
+        "id": bot_id, "start": start, "end": end, "limit": limit + 1, "max_types": MAX_EVENT_TYPES,
+    }  # fmt: skip
     if type_:
         params["type"] = type_
     rows = await store.query(sql, params)

@@ -12,9 +12,10 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
-from botpulse.registry import catalog, model
+from botpulse.registry import apikeys, catalog, model, quotas
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.settings import Settings
+from botpulse.schemas.registry import ACCOUNT_KEY_ID, MANAGE
 
 Params = dict[str, str]
 Result = tuple[int, dict[str, Any]]
@@ -61,6 +62,56 @@ def account_view(account: catalog.Account) -> dict[str, Any]:
         "keyPrefix": account.key_prefix,
         "createdAt": ms(account.created_at),
     }
+
+
+def key_view(key: apikeys.ApiKey, last_used_ms: int | None) -> dict[str, Any]:
+    """A key as listed: never the key, only its first characters."""
+    return {
+        "id": key.id,
+        "name": key.name,
+        "scope": key.scope,
+        "bots": list(key.bots),
+        "bot": key.bot or None,
+        "keyPrefix": key.key_prefix,
+        "createdAt": ms(key.created_at),
+        "lastUsedAt": last_used_ms,
+    }
+
+
+async def keys_view(ctx: Context, account_id: str) -> list[dict[str, Any]]:
+    """The account key first (scope manage), then the named keys and bot tokens."""
+    account = await catalog.get_account(ctx.store, account_id)
+    if account is None:
+        raise model.NotFound(f"No account {account_id!r}", "accountId")
+    keys = await apikeys.list_keys(ctx.store, account_id)
+    used = await apikeys.last_used(ctx.store, ctx.redis, [account_id, *(k.id for k in keys)])
+    own = apikeys.ApiKey(
+        ACCOUNT_KEY_ID, account_id, "account key", MANAGE, (), "", account.key_prefix, account.created_at
+    )
+    return [key_view(own, used.get(account_id)), *(key_view(k, used.get(k.id)) for k in keys)]
+
+
+async def list_keys(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
+    return 200, {"keys": await keys_view(ctx, params["accountId"])}
+
+
+async def revoke_key(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
+    account, key_id = params["accountId"], params["keyId"]
+    key = await apikeys.revoke_key(ctx.store, ctx.redis, account, key_id, by=model.OPERATOR)
+    return 200, {"id": key.id, "revoked": True}
+
+
+async def get_limits(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
+    if await catalog.get_account(ctx.store, params["accountId"]) is None:
+        raise model.NotFound(f"No account {params['accountId']!r}", "accountId")
+    limits = await quotas.limits_for(ctx.store, ctx.settings, params["accountId"])
+    return 200, {"account": params["accountId"], "limits": limits.view()}
+
+
+async def set_limits(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
+    changes = quotas.parse_overrides(body)
+    limits = await quotas.set_overrides(ctx.store, ctx.redis, ctx.settings, params["accountId"], changes)
+    return 200, {"account": params["accountId"], "limits": limits.view()}
 
 
 async def create_account(ctx: Context, params: Params, body: dict[str, Any]) -> Result:
@@ -123,6 +174,10 @@ OPERATIONS: dict[str, Operation] = {
     "accounts.create": Operation("POST", "/v1/admin/accounts", create_account),
     "accounts.list": Operation("GET", "/v1/admin/accounts", list_accounts),
     "keys.regenerate": Operation("POST", "/v1/admin/accounts/{accountId}/key/regenerate", regenerate_key),
+    "keys.list": Operation("GET", "/v1/admin/accounts/{accountId}/keys", list_keys),
+    "keys.revoke": Operation("DELETE", "/v1/admin/accounts/{accountId}/keys/{keyId}", revoke_key),
+    "limits.get": Operation("GET", "/v1/admin/accounts/{accountId}/limits", get_limits),
+    "limits.set": Operation("PATCH", "/v1/admin/accounts/{accountId}/limits", set_limits),
     "bots.list": Operation("GET", "/v1/admin/bots", list_bots),
     "bots.add": Operation("POST", "/v1/admin/bots", add_bot),
     "bots.set": Operation("PATCH", "/v1/admin/bots/{botId}", set_bot),

@@ -36,11 +36,19 @@ from botpulse.registry.model import (
     Invalid,
     NotFound,
     NotManageable,
+    QuotaExceeded,
     given,
 )
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.logs import get_logger
-from botpulse.schemas.registry import IndexedBot, encode_bot
+from botpulse.schemas.registry import (
+    IndexedAccount,
+    IndexedBot,
+    IndexedKey,
+    encode_account,
+    encode_bot,
+    encode_key,
+)
 from botpulse.schemas.stream import custom_slots_key, partition_of
 
 log = get_logger(__name__)
@@ -140,12 +148,14 @@ async def generation(store: Store) -> str:
     (restored from an old AOF, or missing a write whose index update failed) is stale."""
     rows = await store.query(
         "SELECT (SELECT toUnixTimestamp64Milli(max(updated_at)) FROM accounts), "
-        "(SELECT toUnixTimestamp64Milli(max(updated_at)) FROM bots)"
+        "(SELECT toUnixTimestamp64Milli(max(updated_at)) FROM bots), "
+        "(SELECT toUnixTimestamp64Milli(max(updated_at)) FROM api_keys), "
+        "(SELECT toUnixTimestamp64Milli(max(updated_at)) FROM account_limits)"
     )
-    return f"{int(rows[0][0] or 0)}:{int(rows[0][1] or 0)}"
+    return ":".join(str(int(v or 0)) for v in rows[0])
 
 
-async def _stamp(store: Store, redis: aioredis.Redis | None) -> None:
+async def stamp(store: Store, redis: aioredis.Redis | None) -> None:
     if redis is not None:
         await index.set_generation(redis, await generation(store))
 
@@ -240,7 +250,7 @@ async def _write_account_locked(
     await audit.write(store, audit.rows(audit.ACCOUNT_ROW, account.id, at, by, diff))
     if redis is not None:
         await index.put_account_key(redis, account.id, key_hash, None)
-    await _stamp(store, redis)
+    await stamp(store, redis)
 
 
 # --- bots ---------------------------------------------------------------------------------------
@@ -282,6 +292,13 @@ async def list_bots(store: Store, account_id: str | None = None) -> list[Bot]:
             {"a": account_id},
         )
     return [_bot_from(r) for r in rows]
+
+
+async def count_bots(store: Store, account_id: str) -> int:
+    rows = await store.query(
+        "SELECT count() FROM bots FINAL WHERE deleted = 0 AND account_id = {a:String}", {"a": account_id}
+    )
+    return int(rows[0][0])
 
 
 async def custom_metric_names(store: Store, bot_id: str) -> list[str]:
@@ -348,7 +365,7 @@ async def _write_bots_locked(
             await index.remove_bots(redis, [b.id for b in changed])
         else:
             await index.put_bots(redis, [b.indexed() for b in changed])
-    await _stamp(store, redis)
+    await stamp(store, redis)
     return len(changed)
 
 
@@ -384,10 +401,21 @@ async def create_bot(
     account_id: str,
     default_slots: int,
     by: str,
+    max_bots: int | None = None,
 ) -> Bot:
-    """A new bot owned by `account_id`; `Conflict` when the id is taken."""
+    """A new bot owned by `account_id`; `Conflict` when the id is taken, `QuotaExceeded` when the
+    account already has `max_bots` (None: no limit, the operator's way)."""
     values = given(fields)
     async with registry_lock(redis):
+        if max_bots is not None:
+            have = await count_bots(store, account_id)
+            if have >= max_bots:
+                raise QuotaExceeded(
+                    f"Bot limit reached: this account has {have} of {max_bots} bots; remove one, "
+                    "or ask the operator to raise the account's limit",
+                    "bots",
+                    max_bots,
+                )
         row = await _bot_row(store, bot_id)
         if row is not None and not row.deleted:
             raise Conflict(f"Bot {bot_id} already exists", "id")
@@ -462,9 +490,22 @@ async def _rebuild_locked(store: Store, redis: aioredis.Redis, partitions: int) 
     names = await store.query(
         "SELECT bot_id, groupArray(name) FROM custom_metric_names FINAL GROUP BY bot_id"
     )
+    keys = await store.query(
+        "SELECT key_hash, account_id, id, scope, bots FROM api_keys FINAL WHERE revoked = 0"
+    )
+    limits = await store.query(
+        "SELECT account_id, posts_per_min, custom_event_types FROM account_limits FINAL"
+    )
     wanted: dict[str, bytes | str] = {}
     for account_id, key_hash in accounts:
-        wanted[index.key_entry(key_hash)] = account_id
+        wanted[index.key_entry(key_hash)] = encode_key(index.account_key(account_id))
+    live = {account_id for account_id, _ in accounts}
+    for key_hash, account_id, key_id, scope, key_bots in keys:
+        if account_id in live:
+            entry = IndexedKey(account_id, key_id, scope, tuple(key_bots))
+            wanted[index.key_entry(key_hash)] = encode_key(entry)
+    for account_id, posts, types in limits:
+        wanted[index.account_entry(account_id)] = encode_account(IndexedAccount(posts, types))
     for bot_id, account_id, username, private, slots in bots:
         wanted[index.bot_entry(bot_id)] = encode_bot(
             IndexedBot(bot_id, account_id, username, bool(private), int(slots))

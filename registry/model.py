@@ -30,13 +30,14 @@ class RegistryError(Exception):
         super().__init__(message)
         self.message = message
         self.field = field
+        self.extra: dict[str, Any] = {}
+        self.retry_after_s: int | None = None
 
-    def body(self) -> dict[str, str]:
-        return (
-            {"message": self.message}
-            if self.field is None
-            else {"message": self.message, "field": self.field}
-        )
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return body | self.extra
 
 
 class Invalid(RegistryError):
@@ -52,6 +53,37 @@ class Unauthorized(RegistryError):
 
 class Forbidden(RegistryError):
     status = 403
+
+
+class MissingScope(RegistryError):
+    """A valid key used outside its scope: the answer names the scope it lacks."""
+
+    status = 403
+
+    def __init__(self, has: str, needs: str, what: str) -> None:
+        super().__init__(f"This API key has the {has} scope; {what} needs the {needs} scope")
+        self.extra = {"scope": has, "missingScope": needs}
+
+
+class QuotaExceeded(RegistryError):
+    """An account at one of its limits (the operator may raise it per account)."""
+
+    status = 403
+
+    def __init__(self, message: str, limit: str, value: int) -> None:
+        super().__init__(message)
+        self.extra = {"limit": limit, "max": value}
+
+
+class TooManyWrites(RegistryError):
+    status = 429
+
+    def __init__(self, limit: int, retry_after_s: int) -> None:
+        super().__init__(
+            f"Too many registry changes: this account may make {limit} per minute; retry in {retry_after_s} s"
+        )
+        self.extra = {"limit": "registryWritesPerMin", "max": limit, "retryAfter": retry_after_s}
+        self.retry_after_s = retry_after_s
 
 
 class NotManageable(RegistryError):

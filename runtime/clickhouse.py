@@ -11,6 +11,13 @@ Reads (`query`, `query_rows`) and writes (`insert*`, `command*`) have their own 
 `max_execution_time`, so the server, or the embedded engine, stops the work too), while
 `BOTPULSE_INSERT_TIMEOUT_S` bounds an insert or DDL request. Each thread holds one client per
 kind, created on first use.
+
+Cost control of the async reads (`query`): besides the timeout each carries `max_memory_usage`
+(BOTPULSE_QUERY_MAX_MEMORY_BYTES); at most BOTPULSE_QUERY_MAX_CONCURRENT run at once with
+BOTPULSE_QUERY_MAX_QUEUED waiting, and a read past that is refused at once (`Saturated`) instead
+of queueing without bound; a read whose caller is cancelled (its HTTP client went away) is killed
+in ClickHouse (`KILL QUERY` on a marker comment, which works on a server and in chDB alike).
+Inserts and DDL run on their own threads, so reads can never take the worker's capacity.
 """
 
 from __future__ import annotations
@@ -18,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlparse
@@ -28,6 +36,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
 
+from botpulse.runtime.redact import redact
 from botpulse.runtime.settings import Settings, SettingsError
 
 # ClickHouse error codes that mean "this data can never be written" rather than "try again".
@@ -44,6 +53,70 @@ _DATA_ERROR_CODES = {
 }
 
 
+class ReadRefused(Exception):
+    """A read the store will not run or finish; the message names the limit (a 503 to clients)."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.limit = limit
+
+
+class Saturated(ReadRefused):
+    """Every read slot is busy and the queue of waiting reads is full."""
+
+
+class QueryLimit(ReadRefused):
+    """ClickHouse stopped the read at its time or memory limit."""
+
+
+_MEMORY_LIMIT_EXCEEDED = 241
+
+
+class _Gate:
+    """At most `concurrent` reads at once and `queued` waiting; beyond that `Saturated`."""
+
+    def __init__(self, concurrent: int, queued: int) -> None:
+        self.concurrent = concurrent
+        self.queued = queued
+        self._free = concurrent
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._free > 0:
+            self._free -= 1
+        elif len(self._waiters) >= self.queued:
+            raise Saturated(
+                f"The query service is at its limit of {self.concurrent} concurrent ClickHouse reads "
+                f"(BOTPULSE_QUERY_MAX_CONCURRENT) with {self.queued} waiting; retry shortly",
+                "queryMaxConcurrent",
+            )
+        else:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter  # the releasing read hands its slot over
+            except BaseException:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                elif not waiter.cancelled():
+                    self._release()  # handed over just as it was cancelled: pass it on
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
 def is_data_error(exc: BaseException) -> bool:
     """True when ClickHouse refused the rows themselves (retrying cannot help); False when the
     failure is about reaching or waiting for the server."""
@@ -55,6 +128,34 @@ def is_data_error(exc: BaseException) -> bool:
         text = str(exc)
         return any(f"Code: {code}." in text or f"code: {code}," in text for code in _DATA_ERROR_CODES)
     return False
+
+
+_timers: dict[str, Any] = {}
+_timers_lock = threading.Lock()
+
+
+def _timer(operation: str) -> Any:
+    """The duration histogram's child for `operation`. Made on first use, not at import: the CLI
+    imports this module before a several-process gateway has set prometheus-client's
+    multiprocess directory (runtime.metrics.use_multiprocess_dir)."""
+    if not _timers:
+        with _timers_lock:
+            if not _timers:
+                _make_timers()
+    return _timers[operation]
+
+
+def _make_timers() -> None:
+    from prometheus_client import Histogram
+
+    histogram = Histogram(
+        "botpulse_clickhouse_request_duration_seconds",
+        "ClickHouse requests of this process (query, insert, command), from the call to the result.",
+        ["operation"],
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    )
+    children = {op: histogram.labels(op) for op in ("query", "insert", "command")}
+    _timers.update(children)  # one step: no thread sees a partial set
 
 
 def is_view_error(exc: BaseException) -> bool:
@@ -76,10 +177,23 @@ def is_timeout(exc: BaseException) -> bool:
     return False
 
 
+def _limit_error(exc: DatabaseError, settings: Settings) -> Exception:
+    """ClickHouse's refusal at the memory limit as a `QueryLimit` naming it; any other error as is
+    (a timeout stays a `DatabaseError`: see `is_timeout`)."""
+    text = str(exc)
+    if f"Code: {_MEMORY_LIMIT_EXCEEDED}." in text or f"code: {_MEMORY_LIMIT_EXCEEDED}," in text:
+        return QueryLimit(
+            f"The query needed more memory than BOTPULSE_QUERY_MAX_MEMORY_BYTES "
+            f"({settings.query_max_memory_bytes}); narrow the range or retry later",
+            "queryMaxMemoryBytes",
+        )
+    return exc
+
+
 class Store:
     """ClickHouse, reached the same way whether embedded or a server."""
 
-    def __init__(self, settings: Settings, *, threads: int = 4) -> None:
+    def __init__(self, settings: Settings, *, threads: int | None = None) -> None:
         self.settings = settings
         self.database = settings.clickhouse_database
         self.cluster = settings.clickhouse_cluster
@@ -87,8 +201,16 @@ class Store:
         self._local = threading.local()
         self._clients: list[Client] = []
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clickhouse")
-        self._read_settings = {"max_execution_time": settings.query_timeout_s}
+        reads = threads or settings.query_max_concurrent
+        self._pool = ThreadPoolExecutor(max_workers=reads, thread_name_prefix="clickhouse")
+        # The worker's inserts (and DDL) never wait behind reads; kills never wait behind either.
+        self._writes = ThreadPoolExecutor(max_workers=2, thread_name_prefix="clickhouse-write")
+        self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-kill")
+        self._gate = _Gate(reads, settings.query_max_queued)
+        self._read_settings = {
+            "max_execution_time": settings.query_timeout_s,
+            "max_memory_usage": settings.query_max_memory_bytes,
+        }
         self._ensure_database()
 
     # --- clients ------------------------------------------------------------------------------
@@ -99,7 +221,7 @@ class Store:
                 return clickhouse_connect.get_client(dsn=url, database=database)
             except ImportError:
                 raise SettingsError(
-                    f"CLICKHOUSE_URL={url!r} needs the embedded engine: install botpulse[chdb], "
+                    f"CLICKHOUSE_URL={redact(repr(url))} needs the embedded engine: install botpulse[chdb], "
                     "or set CLICKHOUSE_URL=http(s)://host:8123 for a ClickHouse server"
                 ) from None
         parsed = urlparse(url)
@@ -152,10 +274,12 @@ class Store:
         self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
     ) -> list[tuple[Any, ...]]:
         limits = {**self._read_settings, **settings} if settings else self._read_settings
-        return self.reader().query(sql, parameters=params or {}, settings=limits).result_rows
+        with _timer("query").time():
+            return self.reader().query(sql, parameters=params or {}, settings=limits).result_rows
 
     def command_sync(self, sql: str, params: dict[str, Any] | None = None) -> Any:
-        return self.client().command(sql, parameters=params or {})
+        with _timer("command").time():
+            return self.client().command(sql, parameters=params or {})
 
     def insert_sync(
         self,
@@ -167,20 +291,45 @@ class Store:
     ) -> None:
         """`column_oriented`: `rows` holds one sequence per column (what the worker builds)."""
         if rows and (not column_oriented or len(rows[0])):
-            self.client().insert(
-                table, rows, column_names=list(columns), settings=settings, column_oriented=column_oriented
-            )
+            with _timer("insert").time():
+                self.client().insert(
+                    table,
+                    rows,
+                    column_names=list(columns),
+                    settings=settings,
+                    column_oriented=column_oriented,
+                )
 
     # --- async API (services) -----------------------------------------------------------------
     async def query(
         self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
     ) -> list[tuple[Any, ...]]:
+        """A read within the time and memory limits, through the bounded read slots (see the
+        module docstring); cancelling the caller kills the read in ClickHouse."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.query_rows, sql, params, settings)
+        async with self._gate.slot():
+            marker = secrets.token_hex(8)
+            tagged = f"{sql} /* bp:{marker} */"
+            try:
+                return await loop.run_in_executor(self._pool, self.query_rows, tagged, params, settings)
+            except asyncio.CancelledError:
+                self._control.submit(self._kill, marker)
+                raise
+            except DatabaseError as exc:
+                raise _limit_error(exc, self.settings) from None
+
+    def _kill(self, marker: str) -> None:
+        # Concatenated in SQL, so the KILL statement's own text never matches the marker.
+        with contextlib.suppress(Exception):  # the read may have finished meanwhile
+            self.client().command(
+                f"KILL QUERY{self.on_cluster} "
+                "WHERE position(query, concat('bp:', {m:String}, ' *', '/')) > 0 ASYNC",
+                parameters={"m": marker},
+            )
 
     async def command(self, sql: str, params: dict[str, Any] | None = None) -> Any:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.command_sync, sql, params)
+        return await loop.run_in_executor(self._writes, self.command_sync, sql, params)
 
     async def insert(
         self,
@@ -192,7 +341,7 @@ class Store:
     ) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(
-            self._pool, self.insert_sync, table, rows, columns, settings, column_oriented
+            self._writes, self.insert_sync, table, rows, columns, settings, column_oriented
         )
 
     async def ping(self) -> bool:
@@ -203,7 +352,8 @@ class Store:
         return True
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self._pool, self._writes, self._control):
+            pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             for client in self._clients:
                 with contextlib.suppress(Exception):  # closing is best effort on shutdown

@@ -7,7 +7,29 @@ import sys
 
 import structlog
 
+from botpulse.runtime.redact import redact
 from botpulse.runtime.settings import Settings
+
+
+def redact_credentials(
+    logger: object, method: str, event: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """No log line carries a URL's password: every string value goes through `redact`."""
+    for name, value in event.items():
+        if isinstance(value, str):
+            event[name] = redact(value)
+        elif isinstance(value, BaseException):
+            event[name] = redact(str(value))
+    return event
+
+
+class _RedactingFilter(logging.Filter):
+    """The same for the libraries that log through the stdlib."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        return True
 
 
 def configure_logging(settings: Settings) -> None:
@@ -26,6 +48,7 @@ def configure_logging(settings: Settings) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info if fmt == "json" else structlog.dev.set_exc_info,
+            redact_credentials,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -34,6 +57,8 @@ def configure_logging(settings: Settings) -> None:
     )
     # Libraries that log through the stdlib (aiohttp access log, clickhouse-connect) go to stderr too.
     logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr, format="%(name)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_RedactingFilter())
     # urllib3 narrates each connection retry; botpulse logs the failure that matters itself.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
 

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from botpulse.runtime.redact import redact
+
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Positive = Annotated[int, Meta(ge=1)]
 NonNegative = Annotated[int, Meta(ge=0)]
@@ -24,7 +26,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # `chdb:///path` selects the embedded engine; `http(s)://user:pass@host:port` a server.
     # Unset means embedded, under `data_dir/clickhouse`.
     clickhouse_url: str = ""
-    clickhouse_database: Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "botpulse"
+    clickhouse_database: Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*\Z")] = "botpulse"
     # Name of a ClickHouse cluster: DDL then runs `ON CLUSTER` with Replicated* + Distributed tables.
     clickhouse_cluster: str | None = None
     # Empty means "embedded": `botpulse dev` starts a bundled valkey-server and sets it.
@@ -35,6 +37,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Days of raw and rolled-up time series kept (ClickHouse TTL).
     retention_days: Positive = 400
+    # Path of the Prometheus endpoint. On a service's own port unless its `*_metrics_port` is set:
+    # then only there, and not on the public port.
+    metrics_path: Annotated[str, Meta(pattern=r"^(/[A-Za-z0-9._~-]+)+$")] = "/metrics"
+    metrics_listen: str = "127.0.0.1"
     # --- stream contract ----------------------------------------------------------------------
     stream_partitions: Annotated[int, Meta(ge=1, le=1024)] = 1
     # Pending backlog (entries not yet written) above which the gateway answers 503.
@@ -52,12 +58,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     custom_rate_per_min: Positive = 600
     registry_refresh_ms: Annotated[int, Meta(ge=50, le=1000)] = 250
     redis_timeout_ms: Annotated[int, Meta(ge=10, le=10_000)] = 800
+    gateway_metrics_port: Port = 0
     # --- workers ------------------------------------------------------------------------------
     batch_rows: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
     batch_ms: Annotated[int, Meta(ge=1, le=60_000)] = 500
     insert_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 10.0
     claim_idle_ms: Positive = 30_000
     max_deliveries: Positive = 5
+    # A standalone worker has no HTTP port: 0 means no metrics listener.
+    worker_metrics_port: Port = 0
     # Socket timeout of the worker's own Redis client: its commands carry whole batches
     # (XREADGROUP of 10,000 entries, XACK of as many ids), where the gateway fails fast.
     worker_redis_timeout_ms: Annotated[int, Meta(ge=100, le=60_000)] = 5000
@@ -67,11 +76,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # --- query --------------------------------------------------------------------------------
     query_listen: str = "127.0.0.1"
     query_port: Port = 8081
-    query_prefix: Annotated[str, Meta(pattern=r"^(/[A-Za-z0-9._~-]+)*$")] = ""
+    query_prefix: Annotated[str, Meta(pattern=r"^(/[A-Za-z0-9._~-]+)*\Z")] = ""
     heartbeat_window_s: Positive = 180
     # Bound of one read of the query service (client timeout and ClickHouse `max_execution_time`);
     # inserts and DDL have `insert_timeout_s`.
     query_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 10.0
+    query_metrics_port: Port = 0
     # --- dashboard ----------------------------------------------------------------------------
     # Believe X-Forwarded-Proto / X-Forwarded-For: only behind a proxy that sets them itself.
     trust_proxy: bool = False
@@ -92,6 +102,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     admin_url: Annotated[str, Meta(pattern=r"^https?://")] | None = None
     # How often the query service compares the Redis index's generation with ClickHouse's.
     registry_check_s: Annotated[int, Meta(ge=1, le=3600)] = 30
+    # --- limits (per account; the operator overrides them per account, docs/api/accounts.md) ---
+    max_bots_per_account: Annotated[int, Meta(ge=1, le=1_000_000)] = 100
+    max_keys_per_account: Annotated[int, Meta(ge=1, le=10_000)] = 25
+    # Distinct custom-event `type`s a bot may post (each takes a slot, like custom metrics).
+    custom_event_types: Annotated[int, Meta(ge=1, le=1000)] = 20
+    registry_writes_per_min: Annotated[int, Meta(ge=1, le=100_000)] = 60
+    # Stats and custom posts per minute over all of an account's bots, on top of the per-bot rate.
+    account_posts_per_min: Annotated[int, Meta(ge=1, le=10_000_000)] = 3000
+    # How often each process writes the keys' last-used times to Redis (and the query service
+    # from Redis to ClickHouse).
+    key_usage_flush_s: Annotated[int, Meta(ge=1, le=3600)] = 30
+    # --- query cost (with query_timeout_s above) ------------------------------------------------
+    query_max_memory_bytes: Annotated[int, Meta(ge=10_000_000)] = 2_000_000_000
+    query_max_concurrent: Annotated[int, Meta(ge=1, le=256)] = 4
+    query_max_queued: Annotated[int, Meta(ge=0, le=10_000)] = 32
+    query_cache_s: Annotated[float, Meta(ge=0, le=300)] = 5.0
 
     @property
     def embedded_clickhouse(self) -> bool:
@@ -168,16 +194,40 @@ def load_settings(
         match = re.search(r"at `\$\.(\w+)`", str(exc))
         field = match.group(1) if match else "?"
         value = raw.get(field)
-        raise SettingsError(
-            f"{env_name(field)}={value!r} is invalid: expected {_expectation(field)}"
-        ) from None
+        shown = "<hidden>" if field == "admin_token" else redact(repr(value))
+        raise SettingsError(f"{env_name(field)}={shown} is invalid: expected {_expectation(field)}") from None
     if not settings.clickhouse_url:
         store = os.path.abspath(os.path.join(settings.data_dir, "clickhouse"))
         settings = msgspec.structs.replace(settings, clickhouse_url=f"chdb://{store}")
     _check_urls(settings)
+    _check_admin_token(settings.admin_token)
     check_settings(settings)
     check_roles(settings, roles)
     return settings
+
+
+# Tokens shipped in examples and templates (deploy/kubernetes/secret.yaml among them): a deployment
+# that kept one has an admin API anyone who read the docs can use.
+_PLACEHOLDERS = ("changeme", "change-me", "change_me", "placeholder", "replace", "example", "yourtoken",
+                 "your-token", "secret", "password", "xxxxxxxx", "todo")  # fmt: skip
+MIN_ADMIN_TOKEN = 32
+
+
+def _check_admin_token(token: str | None) -> None:
+    """Refuse a placeholder or a short or repetitive operator token at start-up (never printing it)."""
+    if token is None:
+        return
+    lowered = token.lower()
+    fix = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    if any(p in lowered for p in _PLACEHOLDERS):
+        raise SettingsError(f"BOTPULSE_ADMIN_TOKEN is a placeholder, not a secret: {fix}")
+    if len(token) < MIN_ADMIN_TOKEN:
+        raise SettingsError(
+            f"BOTPULSE_ADMIN_TOKEN is {len(token)} characters: use at least {MIN_ADMIN_TOKEN} random "
+            f"ones; {fix}"
+        )
+    if len(set(token)) < 12:
+        raise SettingsError(f"BOTPULSE_ADMIN_TOKEN repeats a few characters, it is not random: {fix}")
 
 
 def check_settings(settings: Settings) -> None:
@@ -198,11 +248,13 @@ def _check_urls(settings: Settings) -> None:
     url = settings.clickhouse_url
     if not re.match(r"^(chdb:|https?://)", url):
         raise SettingsError(
-            f"CLICKHOUSE_URL={url!r} is invalid: expected chdb:///path (embedded) or http(s)://host:port"
+            f"CLICKHOUSE_URL={redact(repr(url))} is invalid: expected chdb:///path (embedded) or "
+            "http(s)://host:port"
         )
     if settings.redis_url is not None and not re.match(r"^(rediss?|unix)://", settings.redis_url):
         raise SettingsError(
-            f"REDIS_URL={settings.redis_url!r} is invalid: expected redis://host:port[/db] or rediss://…"
+            f"REDIS_URL={redact(repr(settings.redis_url))} is invalid: expected redis://host:port[/db] or "
+            "rediss://…"
         )
 
 

@@ -102,3 +102,49 @@ class StatcordBody(msgspec.Struct, forbid_unknown_fields=False):
     bandwidth: NumberText | None = None
     custom1: NumberText | None = None
     custom2: NumberText | None = None
+
+
+# --- answers ------------------------------------------------------------------------------------
+# The bodies both services answer with; the handlers encode these structs, and the OpenAPI
+# document (`docs/api/openapi.json`) is generated from them.
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    """Every refusal: what is wrong, and the input at fault when one is."""
+
+    message: str
+    field: str | None = None
+    # Seconds to wait before trying again (also the `Retry-After` header), on 429 and 503.
+    retryAfter: int | None = None
+    # Why the service refused (on 503s: backlog_full, redis_oom, redis_readonly, registry_not_ready…).
+    reason: str | None = None
+
+
+class StatcordError(ErrorBody, omit_defaults=True, kw_only=True):
+    """A refusal on the Statcord route: statcord.js reads `error`, statcord.py `timeleft` (429)."""
+
+    error: bool
+    timeleft: int | None = None
+    wait: int | None = None
+
+
+class Empty(msgspec.Struct):
+    """`{}`: the post was stored."""
+
+
+class DBotsAccepted(msgspec.Struct):
+    guildCount: int
+
+
+class StatcordAccepted(msgspec.Struct):
+    error: bool
+    message: str
+
+
+class Health(msgspec.Struct, omit_defaults=True):
+    """`/healthz` and `/readyz`: `ok`, `ready` or `unavailable` (with the reason)."""
+
+    status: str
+    message: str | None = None
+    # On `unavailable`: every part that is down (the message joins them).
+    problems: list[str] | None = None

@@ -3,7 +3,7 @@ the gateway appends and the workers consume.
 
 Streams are partitioned by bot id. Every key that belongs to a partition carries the hash tag
 `{p<N>}` so a partition's stream, its dead letters, its batch records, its rate-limit hash and
-its bots' custom-slot sets live in one Redis Cluster slot (one Lua script can touch them
+its bots' custom-slot and type sets live in one Redis Cluster slot (one Lua script can touch them
 together) while partitions spread over the cluster.
 
 One Redis stream entry holds one field, `e` (`ENTRY_FIELD`), whose value is a msgpack-encoded
@@ -64,6 +64,11 @@ def rate_key(partition: int) -> str:
 def custom_slots_key(partition: int, bot_id: str) -> str:
     """Set of custom metric names holding one of the bot's custom-graph slots."""
     return f"bp:{tag(partition)}:slots:{bot_id}"
+
+
+def custom_types_key(partition: int, bot_id: str) -> str:
+    """Set of custom-event types holding one of the bot's custom-event type slots."""
+    return f"bp:{tag(partition)}:types:{bot_id}"
 
 
 def worker_stats_key(partition: int) -> str:

@@ -16,7 +16,7 @@ from botpulse.query import app as query_app
 from botpulse.registry import index
 from botpulse.registry.index import RegistryCache
 
-ADMIN = "test-admin-token-0123456789"
+ADMIN = "test-admin-kF3n9QzL0pW7xV2bR8tY5uM1cJ6hD4sA"
 WAIT_S = 5.0  # bound on waiting for pollers; never a speed assertion
 
 
@@ -151,7 +151,10 @@ ACCOUNT_ENDPOINTS = [
     ("GET", "/v1/account"),
     ("POST", "/v1/account/key/regenerate"),
     ("GET", "/bots/1/log"),
-    ("GET", "/bots/1/keys/regen"),
+    ("POST", "/bots/1/keys/regen"),
+    ("GET", "/v1/account/keys"),
+    ("POST", "/v1/account/keys"),
+    ("DELETE", "/v1/account/keys/key_0123456789abcdef"),
     ("GET", "/bots/1/api"),
     ("PATCH", "/bots/1/api"),
 ]
@@ -184,7 +187,7 @@ async def test_another_accounts_bot_is_never_manageable(api, make_settings):
     for method, path, body in [
         ("PATCH", "/v1/bot/777", {"username": "hijacked"}),
         ("GET", "/bots/777/log", None),
-        ("GET", "/bots/777/keys/regen", None),
+        ("POST", "/bots/777/keys/regen", None),
         ("GET", "/bots/777/api", None),
         ("PATCH", "/bots/777/api", {"voteWebhookURL": "https://evil.example/hook"}),
     ]:
@@ -300,8 +303,7 @@ async def test_dbots_api_and_vote_webhook(api):
     assert (await resp.json())["voteWebhookURL"] is None
 
 
-@pytest.mark.parametrize("how", ["dbots", "v1"])
-async def test_regenerated_key_is_refused_by_another_process(api, make_settings, store, how):
+async def test_regenerated_key_is_refused_by_another_process(api, make_settings, store):
     """Two query-service instances (each with its own registry cache) and a gateway-style cache:
     after a regeneration through the first, the old key is refused and the new one accepted by all."""
     _, old_key = await _account(api, "alpha")
@@ -312,10 +314,7 @@ async def test_regenerated_key_is_refused_by_another_process(api, make_settings,
     try:
         assert (await other.get("/v1/account", headers=_auth(old_key))).status == 200
         assert await gateway_cache.account_for_key(old_key) is not None
-        if how == "dbots":
-            resp = await api.get("/bots/50/keys/regen", headers=_auth(old_key))
-        else:
-            resp = await api.post("/v1/account/key/regenerate", headers=_auth(old_key))
+        resp = await api.post("/v1/account/key/regenerate", headers=_auth(old_key))
         assert resp.status == 200
         body = await resp.json()
         assert set(body) == {"token"}

@@ -21,7 +21,7 @@ from botpulse.registry import catalog
 from botpulse.registry.index import RegistryCache
 from botpulse.stack import StackInfo, stack_file
 
-ADMIN = "cli-admin-token-0123456789"
+ADMIN = "cli-admin-Hq7Zp2Lw9Xk4Vn6Rb3Ty8Uc1Jm5Fd0Gs"
 _ENV = (
     "BOTPULSE_ADMIN_URL",
     "BOTPULSE_ADMIN_TOKEN",
@@ -150,7 +150,7 @@ async def test_cli_through_the_running_stack(stack, capsys, store, redis, settin
 async def test_cli_admin_url_and_token(stack, capsys, monkeypatch):
     monkeypatch.setenv("BOTPULSE_DATA_DIR", "/nonexistent-botpulse-dir")
     monkeypatch.setenv("BOTPULSE_ADMIN_URL", str(stack.make_url("")))
-    monkeypatch.setenv("BOTPULSE_ADMIN_TOKEN", "wrong")
+    monkeypatch.setenv("BOTPULSE_ADMIN_TOKEN", "wrong-Qa1Ws2Ed3Rf4Tg5Yh6Uj7Ik8Ol9P0zXc")
     code, _, err = await _cli(capsys, "accounts", "list")
     assert code == 1 and "Unauthorized" in err
     monkeypatch.setenv("BOTPULSE_ADMIN_TOKEN", ADMIN)
@@ -192,3 +192,34 @@ async def test_cli_direct_against_the_store(settings, store, redis, capsys, monk
     assert (await RegistryCache(redis).bot("bot.one")).private is False  # type: ignore[union-attr]
     assert await catalog.ensure_index(store, redis, settings.stream_partitions) is True
     assert (await RegistryCache(redis).bot("bot.one")).private is True  # type: ignore[union-attr]
+
+
+async def test_cli_keys_and_limits(stack, capsys, redis):
+    code, out, _ = await _cli(capsys, "accounts", "create", "--name", "Limited")
+    assert code == 0
+    key, account = _key(out), out.split()[1]
+    resp = await stack.post(
+        "/v1/account/keys", json={"name": "ci", "scope": "read"}, headers={"Authorization": key}
+    )
+    made = await resp.json()
+    code, out, _ = await _cli(capsys, "keys", "list", account)
+    assert (
+        code == 0
+        and f"{made['id']}  'ci'  scope=read" in out
+        and "account  'account key'  scope=manage" in out
+    )
+    assert made["key"] not in out and key not in out
+    code, out, err = await _cli(capsys, "keys", "revoke", account, made["id"])
+    assert code == 0 and f"key {made['id']} revoked" in out, err
+    assert await RegistryCache(redis).credential(made["key"]) is None
+    code, _, err = await _cli(capsys, "keys", "revoke", account, made["id"])
+    assert code == 1 and "No key" in err
+
+    code, out, err = await _cli(capsys, "accounts", "limits", account, "--bots", "3", "--posts-per-min", "99")
+    assert code == 0, err
+    assert "bots=3 (account override)" in out and "postsPerMin=99 (account override)" in out
+    assert "keys=25\n" in out
+    code, out, _ = await _cli(capsys, "accounts", "limits", account, "--bots", "default")
+    assert code == 0 and "bots=100\n" in out and "postsPerMin=99 (account override)" in out
+    code, _, err = await _cli(capsys, "accounts", "limits", account, "--bots", "0")
+    assert code == 1 and "(field: bots)" in err

@@ -105,6 +105,9 @@ def test_tiny_run_produces_every_figure(tmp_path):
         # A figure, or the honest reason there is none (a route not served yet).
         assert figures[key].get("value") or figures[key]["note"], figures[key]
     assert figures["gateway_peak_rss"]["value"] > 0
+    # The listing's scaling figure: both registries measured, the ratio reported against 2x.
+    assert figures["query_listing_small_p50"]["value"] > 0, figures["query_listing_small_p50"]
+    assert figures["query_listing_scale"]["value"] > 0 and figures["query_listing_scale"]["target"] == "≤ 2x"
 
 
 def test_py_spy_stacks_are_summed_by_function(tmp_path):

@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from botpulse.query.app import build_app
 from botpulse.query.dashboard import export, sessions
+from botpulse.registry import apikeys
 from botpulse.registry.catalog import Bot, create_account, now, regenerate_key, write_bot
 from botpulse.workers.rows import STATS_COLUMNS
 from tests.test_query_stats import stat
@@ -102,7 +103,7 @@ async def test_wrong_key_says_so_and_is_rate_limited(make_settings, store, redis
         for _ in range(3):
             resp = await signin(w, "DS-wrong")
             assert resp.status == 401
-            assert "That key is not an account key." in await resp.text()
+            assert "That key is not a key of any account." in await resp.text()
         resp = await signin(w, w.key)  # even the right key waits now: the address is blocked
         assert resp.status == 429 and int(resp.headers["Retry-After"]) > 0
         assert "Too many wrong keys" in await resp.text()
@@ -173,6 +174,87 @@ async def test_session_ends_on_key_regeneration_signout_and_absolute_expiry(worl
     assert (await signin(world, new_key)).status == 303
     [entry] = [k async for k in world.redis.scan_iter(match="bp:sess:*")]
     assert 0 < await world.redis.ttl(entry) <= 43_200
+
+
+async def test_redis_holds_only_hashes_of_the_sessions_secrets(world):
+    c = world.client
+    await signin(world, world.key)
+    token = next(m.value for m in c.session.cookie_jar if m.key == sessions.COOKIE)
+    csrf = csrf_of(await (await c.get("/dashboard")).text())
+    [entry] = [k async for k in world.redis.scan_iter(match="bp:sess:*")]
+    stored = await world.redis.get(entry)
+    for secret in (token, csrf, world.key):
+        assert secret.encode() not in entry and secret.encode() not in stored
+    assert csrf == sessions.csrf_for(token)  # derived from the cookie on each request, not kept
+
+
+async def test_a_session_acts_with_its_keys_scope(world):
+    """A read key: every view of its account's bots (private too), nothing that changes state.
+    An ingest key (all bots, one bot, or a bot's token) opens no session: the API never lets it
+    read. A named manage key's session outlives an account key regeneration; revoking the key
+    ends it."""
+    c, store, redis = world.client, world.store, world.redis
+    read, read_key = await apikeys.create_key(
+        store, redis, world.account, "ro", "read", by="t", max_keys=None
+    )
+    _, one_bot = await apikeys.create_key(store, redis, world.account, "i1", "ingest", ("100",), by="t",
+                                          max_keys=None)  # fmt: skip
+    _, token = await apikeys.rotate_bot_token(store, redis, world.account, "100", by="t")
+    for ingest in (one_bot, token):
+        resp = await signin(world, ingest)
+        assert resp.status == 403
+        text = await resp.text()
+        assert "ingest scope" in text and "read or manage scope" in text
+        assert "bp_session=" not in " ".join(resp.headers.getall("Set-Cookie", []))
+
+    assert (await signin(world, read_key)).status == 303
+    html = await (await c.get("/dashboard")).text()
+    assert "Secret Bot" in html and 'id="read-only"' in html
+    page = await c.get("/dashboard/bot/200")
+    assert page.status == 200 and 'id="settings-link"' not in await page.text()
+    assert (await c.get("/v1/bot/200")).status == 200
+    assert (await c.get("/v1/bot/200/export")).status == 200
+    csrf = csrf_of(html)
+    for path, data in (
+        ("/dashboard/bot/100/settings", {"csrf": csrf, "action": "bot", "username": "x"}),
+        ("/dashboard/account/key", {"csrf": csrf}),
+        ("/dashboard/status-page", {"csrf": csrf, "slug": "ro-page", "title": "x"}),
+    ):
+        resp = await c.post(path, data=data)
+        text = await resp.text()
+        assert resp.status == 403, path
+        assert "read scope" in text and "manage scope" in text and "read-only" in text, path
+    assert (await c.get("/dashboard/bot/100/settings")).status == 403
+    assert (await (await c.get("/v1/bot/100")).json())["username"] == "Public Bot"
+    await apikeys.revoke_key(store, redis, world.account, read.id, by="t")
+    await _until_status(c, "/v1/bot/200", 404)
+    assert (await c.get("/dashboard", allow_redirects=False)).status == 303
+
+    manage, manage_key = await apikeys.create_key(store, redis, world.account, "m", "manage", by="t",
+                                                  max_keys=None)  # fmt: skip
+    await _until_signed_in(world, manage_key)
+    html = await (await c.get("/dashboard/bot/100/settings")).text()
+    resp = await c.post("/dashboard/account/key", data={"csrf": csrf_of(html)})
+    assert resp.status == 200
+    assert (await c.get("/dashboard/bot/100/settings")).status == 200  # still its own key's session
+    await apikeys.revoke_key(store, redis, world.account, manage.id, by="t")
+    await _until_status(c, "/v1/bot/200", 404)
+
+
+async def test_dashboard_writes_count_against_the_accounts_registry_writes(make_settings, store, redis):
+    w = await _world(make_settings, store, redis, registry_writes_per_min=1)
+    try:
+        await signin(w, w.key)
+        token = csrf_of(await (await w.client.get("/dashboard/bot/100/settings")).text())
+        form = {"csrf": token, "action": "bot", "username": "Once"}
+        assert (
+            await w.client.post("/dashboard/bot/100/settings", data=form, allow_redirects=False)
+        ).status == 303
+        resp = await w.client.post("/dashboard/bot/100/settings", data=form | {"username": "Twice"})
+        assert resp.status == 429 and "Too many registry changes" in await resp.text()
+        assert (await (await w.client.get("/v1/bot/100")).json())["username"] == "Once"
+    finally:
+        await w.client.close()
 
 
 async def _until_status(c: TestClient, path: str, status: int) -> None:
@@ -294,7 +376,9 @@ async def test_badges_headers_etag_privacy_and_escaping(world):
     uptime = await (await c.get("/badge/100/uptime-24h.svg")).text()
     assert re.search(r">0\.0\d+%<", uptime) and "#e05d44" in uptime  # one post: about a minute of 24 h
     for path in ("/badge/200/guilds.svg", "/badge/nope/guilds.svg"):
-        grey = await (await c.get(path, headers={"Authorization": world.key})).text()
+        resp = await c.get(path, headers={"Authorization": world.key})
+        grey = await resp.text()
+        assert resp.status == 404 and resp.content_type == "image/svg+xml"  # private and unknown alike
         assert ">unknown<" in grey and "#9f9f9f" in grey and "1.2k" not in grey
     hostile = await (await c.get("/badge/100/status.svg", params={"label": HOSTILE})).text()
     assert HOSTILE not in hostile and "&lt;img src=x onerror=alert(1)&gt;" in hostile

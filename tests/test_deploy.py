@@ -8,6 +8,7 @@ No Docker engine or cluster runs here: these tests read the files, they start no
 from __future__ import annotations
 
 import re
+import secrets
 import shlex
 import subprocess
 import sys
@@ -76,11 +77,22 @@ def dockerfile_env() -> dict[str, str]:
     return env
 
 
+def _deployable(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` as deployed once the Secret's placeholders are replaced: the shipped admin token
+    must stop start-up until it is (a real token does not)."""
+    env = dict(env)
+    if "CHANGE-ME" in env.get("BOTPULSE_ADMIN_TOKEN", ""):
+        with pytest.raises(SettingsError, match="placeholder"):
+            load_settings(env)
+        env["BOTPULSE_ADMIN_TOKEN"] = secrets.token_urlsafe(32)
+    return env
+
+
 def _check_settings(where: str, env: Mapping[str, str]) -> Settings:
     unknown = sorted(k for k in env if _is_setting_like(k) and k not in SETTING_ENV)
     assert not unknown, f"{where}: not settings of runtime/settings.py: {unknown}"
     try:
-        return load_settings(dict(env))
+        return load_settings(_deployable(env))
     except SettingsError as exc:
         pytest.fail(f"{where}: {exc}")
 
@@ -396,7 +408,7 @@ async def test_k8s_probes_hit_real_routes(
     for role in ("gateway", "query"):
         spec = manifests[("Deployment", f"botpulse-{role}")]["spec"]["template"]["spec"]
         for container in spec["containers"]:
-            settings = load_settings({**image_env, **_container_env(manifests, container)})
+            settings = load_settings(_deployable({**image_env, **_container_env(manifests, container)}))
             ports = {p["name"]: p["containerPort"] for p in container["ports"]}
             assert ports["http"] == _role_port(role, settings), f"{role}: containerPort vs setting"
             app = _app_for(role, settings, store)
@@ -427,7 +439,7 @@ def test_every_deployed_service_has_the_settings_its_command_requires(
         role = _check_command(where, argv if isinstance(argv, list) else shlex.split(argv))
         roles.add(role)
         try:
-            load_settings(env, roles=(role,) if role in ("gateway", "worker", "query") else ())
+            load_settings(_deployable(env), roles=(role,) if role in ("gateway", "worker", "query") else ())
         except SettingsError as exc:
             pytest.fail(f"{where}: {exc}")
     assert {"gateway", "worker", "query"} <= roles

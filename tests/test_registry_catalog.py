@@ -175,7 +175,7 @@ async def test_lookup_racing_an_invalidation_does_not_refill_the_cache(store, re
     await asyncio.sleep(0)  # the lookup is now waiting for Redis
     cache.invalidate()  # as the poller does when the version moves
     assert await lookup == account.id
-    assert hash_key(key) not in cache._accounts
+    assert hash_key(key) not in cache._keys
 
 
 async def test_flushall_loses_nothing(store, redis, settings):
@@ -303,5 +303,5 @@ async def test_cache_of_unknown_keys_and_bots_is_bounded(store, redis, monkeypat
     for i in range(20):
         assert await cache.account_for_key(f"DS-unknown-{i}") is None
         assert await cache.bot(f"nobot-{i}") is None
-    assert len(cache._accounts) <= 5 and len(cache._bots) <= 5
+    assert len(cache._keys) <= 5 and len(cache._bots) <= 5
     assert await cache.account_for_key(key) == account.id  # still answers after starting over

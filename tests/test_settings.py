@@ -90,6 +90,90 @@ def test_unreachable_clickhouse_at_start_is_one_line_naming_it(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "token",
+    [
+        "CHANGE-ME-to-a-long-random-token",  # deploy/kubernetes/secret.yaml's placeholder
+        "changeme",
+        "short-but-random-Xq9",
+        "a" * 40,
+        "abababababababababababababababababab",
+    ],
+)
+def test_placeholder_short_or_repetitive_admin_token_is_refused_without_printing_it(token):
+    with pytest.raises(SettingsError) as info:
+        load_settings({"BOTPULSE_ADMIN_TOKEN": token})
+    message = str(info.value)
+    assert "BOTPULSE_ADMIN_TOKEN" in message and "secrets.token_urlsafe" in message
+    assert token not in message and "\n" not in message
+
+
+def test_a_random_admin_token_is_accepted():
+    import secrets
+
+    token = secrets.token_urlsafe(32)
+    assert load_settings({"BOTPULSE_ADMIN_TOKEN": token}).admin_token == token
+
+
+def test_kubernetes_placeholder_is_refused():
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "deploy" / "kubernetes" / "secret.yaml").read_text()
+    line = next(x for x in text.splitlines() if "BOTPULSE_ADMIN_TOKEN:" in x)
+    placeholder = line.split(":", 1)[1].strip().strip('"')
+    with pytest.raises(SettingsError):
+        load_settings({"BOTPULSE_ADMIN_TOKEN": placeholder})
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"CLICKHOUSE_URL": "tcp://default:hunter2secret@ch:9000"},
+        {"REDIS_URL": "localhost://:hunter2secret@r:6379"},
+        {"REDIS_URL": "redis://u:hunter2secret@r:6379/0", "BOTPULSE_BATCH_ROWS": "x"},
+        {"CLICKHOUSE_URL": "ftp://ch/?password=hunter2secret"},
+    ],
+)
+def test_bad_url_setting_never_shows_its_password(env):
+    with pytest.raises(SettingsError) as info:
+        load_settings(env)
+    assert "hunter2secret" not in str(info.value)
+
+
+def test_database_name_with_a_trailing_newline_is_refused():
+    with pytest.raises(SettingsError):
+        load_settings({"BOTPULSE_CLICKHOUSE_DATABASE": "botpulse\n"})
+
+
+def test_cli_and_log_lines_redact_url_credentials(monkeypatch, capsys, caplog):
+    import logging
+
+    import structlog
+
+    from botpulse.cli import main
+    from botpulse.runtime.logs import configure_logging, get_logger
+    from botpulse.runtime.redact import redact
+
+    assert redact("redis://:hunter2secret@h:6379/0") == "redis://***@h:6379/0"
+    assert redact("http://user:hunter2secret@ch:8123/?x=1") == "http://***@ch:8123/?x=1"
+    assert redact("chdb:///var/lib/botpulse") == "chdb:///var/lib/botpulse"
+
+    monkeypatch.setenv("CLICKHOUSE_URL", "tcp://default:hunter2secret@ch:9000")
+    assert main(["migrate"]) == 2
+    assert "hunter2secret" not in capsys.readouterr().err
+
+    configure_logging(load_settings({"BOTPULSE_LOG_FORMAT": "json"}))
+    try:
+        get_logger("t").warning("redis down", error="Error connecting to redis://:hunter2secret@r:6379")
+        get_logger("t").warning("failed", exc=ConnectionError("http://u:hunter2secret@ch:8123 refused"))
+        logging.getLogger("clickhouse_connect").warning("retry %s", "http://u:hunter2secret@ch:8123")
+        err = capsys.readouterr().err + caplog.text
+        assert "redis down" in err and "retry http://***@ch:8123" in err and "refused" in err
+        assert "hunter2secret" not in err
+    finally:
+        structlog.reset_defaults()
+
+
 @pytest.mark.parametrize("command", [["gateway"], ["query", "--with-worker"], ["worker"], ["migrate"]])
 def test_cross_field_rule_stops_every_process_at_start(command, monkeypatch, capsys, tmp_path):
     """BOTPULSE_CLAIM_IDLE_MS below 2 x (batch ms + insert timeout) is refused by the settings

@@ -21,6 +21,7 @@ from botpulse.schemas.stream import (
     worker_stats_key,
 )
 from botpulse.workers import batchlog as rec
+from botpulse.workers import metrics
 from botpulse.workers.batch import Batch, Poison, Settlement
 from botpulse.workers.context import REDIS_ERRORS, Context, backoff
 from botpulse.workers.deadletters import dead_letter_fields
@@ -156,6 +157,7 @@ class Committer:
                 if ctx.stopping.is_set():
                     raise
                 attempt += 1
+                metrics.retried("redis")
                 await ctx.sleep(backoff(attempt))
                 # The MULTI may have run with only its reply lost; running it again would add
                 # the dead letters twice. It removes the record, so a record that is gone means
@@ -167,6 +169,7 @@ class Committer:
                 except REDIS_ERRORS:
                     continue
         ctx.faults.redis(ok=True)
+        metrics.DEAD_LETTERS.inc(len(settlement.dead))
         if batch.lost:
             await _count(ctx, p, "lost_total", len(batch.lost))
 
@@ -188,6 +191,7 @@ class Committer:
                 if ctx.stopping.is_set():
                     raise
                 attempt += 1
+                metrics.retried("redis")
                 await ctx.sleep(backoff(attempt))
                 # As for a commit: a MULTI whose reply was lost acknowledged the entries.
                 try:
@@ -196,6 +200,7 @@ class Committer:
                 except REDIS_ERRORS:
                     continue
         ctx.faults.redis(ok=True)
+        metrics.DEAD_LETTERS.inc(len(poison))
         for entry_id, _, reason in poison:
             log.error("entry moved to dead letters", partition=partition, id=entry_id.decode(), reason=reason)
 

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from botpulse.schemas.stream import GROUP, stream_key
 from botpulse.workers import batchlog as rec
+from botpulse.workers import metrics
 from botpulse.workers.batch import Entry, Poison, decode_entry, payload
 from botpulse.workers.context import Context
 
@@ -135,6 +136,7 @@ class Intake:
         read_ms = int(seconds) * 1000 + int(micros) // 1000
         streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 / RESP2
         for stream, entries in streams:
+            metrics.read("new", len(entries))
             self.accept(self._partition_of(stream), entries, in_order=True, read_ms=read_ms)
 
     def accept(

@@ -13,12 +13,17 @@ import asyncio
 import contextlib
 import gc
 import signal
+from collections.abc import Awaitable, Callable
 
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.health import Health
+from botpulse.runtime.health_reports import report_forever
 from botpulse.runtime.logs import get_logger
+from botpulse.runtime.metrics import Exposition, start_listener
+from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import Settings
 from botpulse.workers.context import worker_redis
+from botpulse.workers.metrics import stream_refresher
 from botpulse.workers.pipeline import Worker
 
 log = get_logger("botpulse.workers")
@@ -81,6 +86,18 @@ async def run_worker(settings: Settings, store: Store, health: Health | None = N
         await life.finish()
 
 
+async def _metrics_listener(settings: Settings, life: Lifecycle) -> Callable[[], Awaitable[None]] | None:
+    """BOTPULSE_WORKER_METRICS_PORT: this worker's counts and the stream's state (read from
+    Redis at each scrape, as `botpulse status` reads it)."""
+    if not settings.worker_metrics_port:
+        return None
+    exposition = Exposition()
+    exposition.refreshers.append(stream_refresher(life.redis, settings.stream_partitions))
+    return await start_listener(
+        exposition, settings.metrics_listen, settings.worker_metrics_port, settings.metrics_path
+    )
+
+
 def serve(settings: Settings) -> int:
     """`botpulse worker`: SIGTERM/SIGINT stop reading, flush, ack and exit within 10 s."""
     from botpulse.runtime.migrations import migrate
@@ -105,11 +122,27 @@ def serve(settings: Settings) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
         signalled = asyncio.create_task(life.worker.stopped())
+        stop_metrics = await _metrics_listener(settings, life)
+        # Its own client with the short timeout: a report must not wait behind a batch's command,
+        # and `botpulse status` shows the report's age when Redis cannot take it.
+        reports_redis = connect(settings)
+        reporting = asyncio.create_task(
+            report_forever(reports_redis, life.worker.consumer, life.health), name="health"
+        )
         try:
             await asyncio.wait({task, signalled}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             signalled.cancel()
-            await life.finish()
+            try:
+                await life.finish()
+            finally:
+                # After the drain, so the report says "worker stopped" until it is removed.
+                reporting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporting
+                await reports_redis.aclose()
+                if stop_metrics is not None:
+                    await stop_metrics()
 
     try:
         asyncio.run(main())

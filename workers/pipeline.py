@@ -29,6 +29,7 @@ from botpulse.runtime.logs import get_logger
 from botpulse.runtime.settings import Settings
 from botpulse.schemas.stream import GROUP, stream_key
 from botpulse.workers import batchlog as rec
+from botpulse.workers import metrics
 from botpulse.workers.batch import Batch, Entry, Poison
 from botpulse.workers.commit import Committer
 from botpulse.workers.context import REDIS_ERRORS, Context, Faults, backoff, consumer_name
@@ -145,12 +146,14 @@ class Worker:
                     continue
                 self.ctx.faults.redis(ok=False, exc=exc)
                 failures += 1
+                metrics.retried("redis")
                 await self._keep_fresh()
                 await self.ctx.sleep(backoff(failures))
             except Exception:
                 log.exception("worker step failed; entries stay pending and will be recovered")
                 self.intake.reset()
                 self.inflight.clear()
+                metrics.retried("error")
                 await self.ctx.sleep(backoff(3))
         await self.drain()
 
@@ -222,6 +225,7 @@ class Worker:
         now_ms = time.time() * 1000
         oldest = min((e.event.received_ms for e in batch.entries), default=int(now_ms))
         rows = len(batch.entries) - len(rejected)
+        metrics.committed(len(batch.entries), recovered=batch.recovered)
         log.info(
             "batch written",
             partition=batch.partition,
@@ -266,6 +270,7 @@ class Worker:
 
     async def _adopt(self, adopted: Adopted) -> None:
         p = adopted.partition
+        metrics.read("recovered", sum(len(b.entries) for b in adopted.batches) + len(adopted.free))
         self.inflight.extend(adopted.batches)
         await self._process_inflight()
         for batch, deliveries in adopted.given_up:

@@ -24,6 +24,7 @@ from botpulse.runtime.clickhouse import is_data_error, is_view_error
 from botpulse.runtime.logs import get_logger
 from botpulse.schemas.stream import GROUP, batches_key, stream_key
 from botpulse.workers import batchlog as rec
+from botpulse.workers import metrics
 from botpulse.workers.batch import Batch
 from botpulse.workers.context import REDIS_ERRORS, Context, backoff
 from botpulse.workers.rows import (
@@ -135,6 +136,7 @@ class Writer:
             settings["insert_distributed_sync"] = 1
         attempt = 0
         while True:
+            started = time.monotonic()
             try:
                 await ctx.store.insert(table, rows, COLUMNS[table], settings, column_oriented=True)
             except Exception as exc:
@@ -154,10 +156,12 @@ class Writer:
                 if ctx.stopping.is_set():
                     raise Abandoned(str(exc)) from exc
                 attempt += 1
+                metrics.retried("timeout" if isinstance(exc, TimeoutError) else "clickhouse")
                 await self.heartbeat(batch)
                 await ctx.sleep(backoff(attempt))
                 continue
             ctx.faults.clickhouse(ok=True)
+            metrics.inserted(table, len(rows[0]) if rows else 0, time.monotonic() - started)
             return
 
     async def heartbeat(self, batch: Batch) -> None:

@@ -5,7 +5,10 @@ query API, fetched by `static/app.js` (the same routes any client uses), so a pa
 never disagree. Every HTML answer carries a `Content-Security-Policy` with `default-src 'self'`
 and no inline script. Only the owner's forms write, each with the session's CSRF token, through
 the same validation as the account API (`registry.model`), whose messages are shown next to the
-field they name.
+field they name. What a session may do is what its key may do at the account API
+(`accounts_api.require_scope`): a read key's session shows every page of its account's bots but
+changes nothing (403 with the reason); a form's write counts against the account's registry
+writes per minute like the API's (`accounts_api.charge`).
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import jinja2
 from aiohttp import web
 
+from botpulse.query import accounts_api
 from botpulse.query.dashboard import badges, export, sessions, status_pages
 from botpulse.query.dashboard.assets import Assets
 from botpulse.query.resources import REDIS, REGISTRY, SETTINGS, STORE
@@ -27,6 +32,7 @@ from botpulse.query.uptime import connection_status, last_seen, now_ms, uptimes
 from botpulse.registry import audit, catalog, model
 from botpulse.registry.catalog import Bot
 from botpulse.registry.keys import hash_key
+from botpulse.schemas.registry import INGEST, MANAGE, READ
 
 ASSETS = web.AppKey("dashboard_assets", Assets)
 TEMPLATES = web.AppKey("dashboard_templates", jinja2.Environment)
@@ -108,8 +114,14 @@ def redirect(location: str) -> web.Response:
     return web.Response(status=303, headers={**_PAGE_HEADERS, "Location": location})
 
 
-def not_found(request: web.Request, signed_in: sessions.Session | None) -> web.Response:
+def not_found(request: web.Request, signed_in: sessions.SignedIn | None) -> web.Response:
     return render(request, "not_found.html", 404, signed_in=signed_in)
+
+
+def refused(request: web.Request, signed_in: sessions.SignedIn | None, message: str) -> web.HTTPForbidden:
+    """A 403 page saying why (raised: the handlers' checks stop the request there)."""
+    page = render(request, "refused.html", 403, signed_in=signed_in, message=message)
+    return web.HTTPForbidden(text=page.text, content_type="text/html", headers=_PAGE_HEADERS)
 
 
 def _safe_next(request: web.Request, raw: str | None) -> str:
@@ -168,23 +180,33 @@ async def signin(request: web.Request) -> web.StreamResponse:
         return response
     key = str(form.get("key", "")).strip()
     registry = request.app[REGISTRY]
-    account = await registry.account_for_key(key) if key and len(key) <= 256 else None
-    if account is None:
+    found = await registry.credential(key) if key and len(key) <= 256 else None
+    if found is None:
         if key and not registry.ready:
             return _signin_form(
                 request, 503, "The registry is being rebuilt; try again in a moment.", next_url
             )
         await sessions.signin_failed(request)
-        return _signin_form(request, 401, "That key is not an account key.", next_url)
-    await sessions.signin_succeeded(request)
-    token, _ = await sessions.open_session(request, account, hash_key(key))
+        return _signin_form(request, 401, "That key is not a key of any account.", next_url)
+    await sessions.signin_succeeded(request)  # a real key, whatever its scope: not a guess
+    if not sessions.may_sign_in(found):
+        why = model.MissingScope(INGEST, READ, "viewing the dashboard").message
+        return _signin_form(
+            request,
+            403,
+            f"{why}: it may post stats (for its bots) but not read them. Sign in with the account "
+            "key, or a named key with the read or manage scope.",
+            next_url,
+        )
+    registry.used(found.usage_id)
+    token = await sessions.open_session(request, found, hash_key(key))
     response = redirect(_safe_next(request, next_url))
     sessions.set_cookie(request, response, sessions.COOKIE, token, request.app[SETTINGS].session_max_s)
     sessions.clear_cookie(request, response, sessions.SIGNIN_COOKIE)
     return response
 
 
-async def _owner(request: web.Request) -> sessions.Session:
+async def _owner(request: web.Request) -> sessions.SignedIn:
     """The signed-in session, or a redirect to sign-in."""
     session = await sessions.current(request)
     if session is None:
@@ -193,15 +215,41 @@ async def _owner(request: web.Request) -> sessions.Session:
     return session
 
 
-async def _form_of(request: web.Request, session: sessions.Session) -> dict[str, str]:
+def _may_manage(request: web.Request, session: sessions.SignedIn) -> None:
+    """The account API's rule for the session's key: changing anything (or opening a page made
+    to change it: bot settings with the audit log and webhook, which the API shows only to a
+    manage key) needs the manage scope; 403 saying so otherwise."""
+    try:
+        accounts_api.require_scope(session.key, MANAGE)
+    except model.MissingScope as exc:
+        raise refused(
+            request,
+            session,
+            f"{exc.message}. This session is read-only: sign in with the account key or a manage key "
+            "to change settings.",
+        ) from None
+
+
+async def _form_of(request: web.Request, session: sessions.SignedIn) -> dict[str, str]:
     """The posted form, refused (403) without this session's CSRF token."""
     form = await request.post()
     if not sessions.csrf_ok(session.csrf, str(form.get("csrf", ""))):
-        raise web.HTTPForbidden(
-            text="This form did not come from your dashboard session (missing or wrong CSRF token).",
-            headers=_PAGE_HEADERS,
+        raise refused(
+            request,
+            session,
+            "This form did not come from your dashboard session (missing or wrong CSRF token).",
         )
     return {k: str(v) for k, v in form.items()}
+
+
+async def _manager(request: web.Request) -> tuple[sessions.SignedIn, dict[str, str] | None]:
+    """For a page that changes things: the session (else sign-in), its form checked for the
+    CSRF token when this is a POST, and the manage scope. A write is counted against the
+    account's registry writes per minute (429 past it, shown on the page)."""
+    session = await _owner(request)
+    form = await _form_of(request, session) if request.method == "POST" else None
+    _may_manage(request, session)
+    return session, form
 
 
 async def signout(request: web.Request) -> web.StreamResponse:
@@ -230,18 +278,24 @@ async def bot_page(request: web.Request) -> web.StreamResponse:
     owner = bot is not None and session is not None and session.account == bot.account_id
     if bot is None or (bot.private and not owner):
         return not_found(request, session)
-    return render(request, "bot.html", signed_in=session, bot=bot, owner=owner)
+    manager = owner and session is not None and not session.read_only
+    return render(request, "bot.html", signed_in=session, bot=bot, owner=owner, manager=manager)
 
 
 # --- settings -----------------------------------------------------------------------------------
-async def _owned_bot(request: web.Request, session: sessions.Session) -> Bot | None:
-    bot = await catalog.get_bot(request.app[STORE], request.match_info["botId"])
+async def _owned_bot(request: web.Request, session: sessions.SignedIn) -> Bot | None:
+    """The path's bot if it is the session's account's (another account's is not found, public
+    or not: 404, never its settings)."""
+    bot_id = request.match_info["botId"]
+    if not model.BOT_ID.match(bot_id):
+        return None
+    bot = await catalog.get_bot(request.app[STORE], bot_id)
     return bot if bot is not None and bot.account_id == session.account else None
 
 
 async def _settings_page(
     request: web.Request,
-    session: sessions.Session,
+    session: sessions.SignedIn,
     bot: Bot,
     status: int = 200,
     errors: dict[str, str] | None = None,
@@ -281,7 +335,7 @@ async def _settings_page(
 
 
 async def settings_page(request: web.Request) -> web.StreamResponse:
-    session = await _owner(request)
+    session, _ = await _manager(request)
     bot = await _owned_bot(request, session)
     if bot is None:
         return not_found(request, session)
@@ -289,8 +343,8 @@ async def settings_page(request: web.Request) -> web.StreamResponse:
 
 
 async def save_settings(request: web.Request) -> web.StreamResponse:
-    session = await _owner(request)
-    form = await _form_of(request, session)
+    session, posted = await _manager(request)
+    form = posted or {}
     bot = await _owned_bot(request, session)
     if bot is None:
         return not_found(request, session)
@@ -307,6 +361,7 @@ async def save_settings(request: web.Request) -> web.StreamResponse:
     store, redis = request.app[STORE], request.app[REDIS]
     try:
         fields = model.bot_changes(body, allowed)
+        await accounts_api.charge(request, session.account)
         await catalog.update_bot(store, redis, bot.id, fields, by=session.account, owner=session.account)
     except model.RegistryError as exc:
         values = {k: ("" if v is None else v) for k, v in body.items()}
@@ -319,18 +374,25 @@ async def save_settings(request: web.Request) -> web.StreamResponse:
 
 
 async def regenerate_key(request: web.Request) -> web.StreamResponse:
-    session = await _owner(request)
-    await _form_of(request, session)
+    session, _ = await _manager(request)
     store, redis = request.app[STORE], request.app[REDIS]
+    try:
+        await accounts_api.charge(request, session.account)
+    except model.RegistryError as exc:
+        page = render(request, "refused.html", exc.status, signed_in=session, message=exc.message)
+        if exc.retry_after_s is not None:
+            page.headers["Retry-After"] = str(exc.retry_after_s)
+        return page
     account, key = await catalog.regenerate_key(store, redis, session.account, by=session.account)
     request.app[REGISTRY].invalidate()
     await sessions.rebind(request, hash_key(key))
-    return render(request, "new_key.html", signed_in=session, account=account, key=key)
+    signed_in = await sessions.current(request)
+    return render(request, "new_key.html", signed_in=signed_in, account=account, key=key)
 
 
 # --- status page --------------------------------------------------------------------------------
 async def _status_settings(
-    request: web.Request, session: sessions.Session, status: int = 200, errors: dict[str, str] | None = None,
+    request: web.Request, session: sessions.SignedIn, status: int = 200, errors: dict[str, str] | None = None,
     page: status_pages.StatusPage | None = None, saved: bool = False,
 ) -> web.Response:  # fmt: skip
     store = request.app[STORE]
@@ -347,19 +409,19 @@ async def _status_settings(
 
 
 async def status_settings(request: web.Request) -> web.StreamResponse:
-    session = await _owner(request)
+    session, _ = await _manager(request)
     return await _status_settings(request, session, saved=request.query.get("saved") == "1")
 
 
 async def save_status_settings(request: web.Request) -> web.StreamResponse:
-    session = await _owner(request)
-    posted = await request.post()
-    form = await _form_of(request, session)
-    chosen = [str(v) for v in posted.getall("bots", [])]
+    session, posted = await _manager(request)
+    form = posted or {}
+    chosen = [str(v) for v in (await request.post()).getall("bots", [])]
     store = request.app[STORE]
     owned = {b.id for b in await catalog.list_bots(store, session.account)}
     try:
         page = status_pages.parse(form, chosen, owned)
+        await accounts_api.charge(request, session.account)
         await status_pages.save(store, request.app[REDIS], session.account, page)
     except model.RegistryError as exc:
         draft = status_pages.StatusPage(
@@ -457,10 +519,14 @@ async def badge(request: web.Request) -> web.StreamResponse:
         return error(400, "style must be flat or flat-square", "style")
     label = request.query.get("label", BADGE_METRICS[metric])
     bot = await _bot_records(request, request.match_info["botId"])
-    if bot is None or bot.private:  # never a private bot's numbers, whoever asks
+    # Never a private bot's numbers, whoever asks (a badge is embedded on other sites, where no
+    # session cookie goes): a private or unknown bot is 404 alike, with an "unknown" badge as the
+    # body so an embed still shows something.
+    hidden = bot is None or bot.private
+    if hidden:
         value, color = "unknown", "grey"
     else:
-        value, color = await request.app[BADGE_VALUES].get(request, bot.id, metric)
+        value, color = await request.app[BADGE_VALUES].get(request, bot.id, metric)  # type: ignore[union-attr]
     svg = badges.render(label, value, color, style).encode()
     etag = '"' + hashlib.sha256(svg).hexdigest()[:24] + '"'
     headers = {
@@ -469,6 +535,8 @@ async def badge(request: web.Request) -> web.StreamResponse:
         "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
         "X-Content-Type-Options": "nosniff",
     }
+    if hidden:
+        return web.Response(status=404, body=svg, content_type="image/svg+xml", headers=headers)
     if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
         return web.Response(status=304, headers=headers)
     return web.Response(body=svg, content_type="image/svg+xml", headers=headers)
@@ -482,25 +550,39 @@ async def home(request: web.Request) -> web.StreamResponse:
     return redirect(f"{base_path(request)}/dashboard")
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# The browser's routes: HTML pages, their static files and the SVG badges. They are not part of
+# the JSON API, so the OpenAPI document leaves them out (tests/test_openapi.py ignores exactly
+# these paths); tests/test_dashboard.py's BOLA matrix covers every one of them.
+BROWSER_ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/dashboard", my_bots),
+    ("GET", "/dashboard/", home),
+    ("GET", "/dashboard/signin", signin_page),
+    ("POST", "/dashboard/signin", signin),
+    ("POST", "/dashboard/signout", signout),
+    ("GET", "/dashboard/bot/{botId}", bot_page),
+    ("GET", "/dashboard/bot/{botId}/settings", settings_page),
+    ("POST", "/dashboard/bot/{botId}/settings", save_settings),
+    ("POST", "/dashboard/account/key", regenerate_key),
+    ("GET", "/dashboard/status-page", status_settings),
+    ("POST", "/dashboard/status-page", save_status_settings),
+    ("GET", "/dashboard/assets/{name}", asset),
+    ("GET", "/status/{slug}", public_status),
+    ("GET", "/badge/{botId}/{metric}", badge),
+)
+# The dashboard's JSON-API-style routes: described in query/spec.py like every API route.
+API_ROUTES: tuple[tuple[str, str, Handler], ...] = (("GET", "/v1/bot/{botId}/export", export.export),)
+
+
 def add_routes(app: web.Application) -> None:
     settings = app[SETTINGS]
     app[ASSETS] = Assets()
     app[TEMPLATES] = templates()
     app[SLUGS] = status_pages.SlugCache(settings.public_cache_s)
     app[BADGE_VALUES] = BadgeValues(settings.public_cache_s)
-    r = app.router
-    r.add_get("/dashboard", my_bots)
-    r.add_get("/dashboard/", home)
-    r.add_get("/dashboard/signin", signin_page)
-    r.add_post("/dashboard/signin", signin)
-    r.add_post("/dashboard/signout", signout)
-    r.add_get("/dashboard/bot/{botId}", bot_page)
-    r.add_get("/dashboard/bot/{botId}/settings", settings_page)
-    r.add_post("/dashboard/bot/{botId}/settings", save_settings)
-    r.add_post("/dashboard/account/key", regenerate_key)
-    r.add_get("/dashboard/status-page", status_settings)
-    r.add_post("/dashboard/status-page", save_status_settings)
-    r.add_get("/dashboard/assets/{name}", asset)
-    r.add_get("/status/{slug}", public_status)
-    r.add_get("/badge/{botId}/{metric}", badge)
-    r.add_get("/v1/bot/{botId}/export", export.export)
+    for method, path, handler in (*BROWSER_ROUTES, *API_ROUTES):
+        if method == "GET":
+            app.router.add_get(path, handler)  # with HEAD, as every GET route of the service
+        else:
+            app.router.add_route(method, path, handler)

@@ -1,20 +1,29 @@
 """Dashboard sign-in sessions, kept in Redis; the browser holds only a random token.
 
-`bp:sess:<sha256(token)>` holds the account, the hash of the key the session was opened with,
-the session's CSRF token and its start time. A session ends when it is idle for
-BOTPULSE_SESSION_IDLE_S (the entry's TTL, renewed on use), BOTPULSE_SESSION_MAX_S after it
-started whatever its use, on sign-out, and as soon as the account key it was opened with stops
-being the account's key (regenerated through the dashboard, the API or the operator CLI): every
-use checks that hash against the registry index, so no list of sessions per account is needed.
+`bp:sess:<sha256(token)>` holds the account, the hash of the API key the session was opened
+with and its start time — only hashes of secrets: the token itself is never stored, and the
+session's CSRF token is derived from it (an HMAC keyed with the token), so Redis holds neither.
+A session acts with that key's scope, read from the registry index on every use
+(`registry.index.RegistryCache.credential_for_hash`), and the account API's rule decides what
+it may do (`query.accounts_api.require_scope`): the account key or a manage key may change
+things, a read key only view; an ingest key (a bot's token, or a key limited to some bots) may
+not read through the API, so it cannot open a session at all.
 
-The query service takes the session cookie as a credential on its GET routes (`caller`), so the
-dashboard's pages read an owner's private bots through the same public API as everyone else.
-The cookie is `SameSite=Strict` (other sites' requests never carry it) and writes never accept
-it: they need the key itself, or a dashboard form with the session's CSRF token.
+A session ends when it is idle for BOTPULSE_SESSION_IDLE_S (the entry's TTL, renewed on use),
+BOTPULSE_SESSION_MAX_S after it started whatever its use, on sign-out, and as soon as the key it
+was opened with stops working (regenerated or revoked through the dashboard, the API or the
+operator CLI): every use looks that hash up in the registry index, so no list of sessions per
+account is needed.
+
+The query service takes the session cookie as a credential on its GET routes (`caller_account`),
+so the dashboard's pages read an owner's private bots through the same public API as everyone
+else. The cookie is `SameSite=Strict` (other sites' requests never carry it) and writes never
+accept it: they need the key itself, or a dashboard form with the session's CSRF token.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -27,6 +36,7 @@ from aiohttp import web
 
 from botpulse.query.resources import REDIS, REGISTRY, SETTINGS
 from botpulse.runtime.settings import Settings
+from botpulse.schemas.registry import ACCOUNT_KEY_ID, INGEST, MANAGE, IndexedKey
 
 COOKIE = "bp_session"
 # The sign-in form's own CSRF token (double submit: the cookie and the form field must agree).
@@ -35,17 +45,52 @@ _TOKEN_MAX = 128
 
 
 class Session(msgspec.Struct):
+    """What Redis keeps of a session (hashes only, see the module's docstring)."""
+
     account: str
     key_hash: str
-    csrf: str
     started: float
+
+
+class SignedIn(msgspec.Struct, frozen=True):
+    """A live session during one request: its stored record, the key it acts with (as the
+    index has it now) and its CSRF token (derived from the cookie, never stored)."""
+
+    session: Session
+    key: IndexedKey
+    csrf: str
+
+    @property
+    def account(self) -> str:
+        return self.session.account
+
+    @property
+    def scope(self) -> str:
+        return self.key.scope
+
+    @property
+    def read_only(self) -> bool:
+        return self.key.scope != MANAGE
+
+    @property
+    def account_key(self) -> bool:
+        """Opened with the account key itself (not a named key)."""
+        return self.key.key_id == ACCOUNT_KEY_ID
 
 
 _decoder = msgspec.msgpack.Decoder(Session)
 # The request's session, looked up once (aiohttp >= 3.12 types request storage by key).
 _LOADED: Any = (
-    web.RequestKey("dashboard_session", Session) if hasattr(web, "RequestKey") else "dashboard_session"
+    web.RequestKey("dashboard_session", SignedIn) if hasattr(web, "RequestKey") else "dashboard_session"
 )
+_CSRF_LABEL = b"botpulse dashboard csrf"
+
+
+def csrf_for(token: str) -> str:
+    """The session's CSRF token: an HMAC of a fixed label keyed with the session token. Only a
+    page rendered for that cookie can hold it (the cookie is HttpOnly), and nothing stores it."""
+    mac = hmac.new(token.encode("utf-8", "surrogateescape"), _CSRF_LABEL, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
 def _entry(token: str) -> str:
@@ -100,41 +145,49 @@ def clear_cookie(request: web.Request, response: web.StreamResponse, name: str) 
     response.del_cookie(name, path=cookie_path(request.app[SETTINGS]))
 
 
-async def open_session(request: web.Request, account: str, key_hash: str) -> tuple[str, Session]:
-    """A new session for the account; returns the cookie token (never stored) and the session."""
+def may_sign_in(key: IndexedKey) -> bool:
+    """A key that may read may hold a session; an ingest key may not read (the API answers it
+    403), so it may not view the dashboard either."""
+    return key.scope != INGEST
+
+
+async def open_session(request: web.Request, key: IndexedKey, key_hash: str) -> str:
+    """A new session acting with this key; returns the cookie token (never stored)."""
     settings = request.app[SETTINGS]
     token = secrets.token_urlsafe(32)
-    session = Session(account, key_hash, secrets.token_urlsafe(24), time.time())
+    session = Session(key.account_id, key_hash, time.time())
     await request.app[REDIS].set(
         _entry(token),
         msgspec.msgpack.encode(session),
         ex=min(settings.session_idle_s, settings.session_max_s),
     )
-    request[_LOADED] = session
-    return token, session
+    request[_LOADED] = SignedIn(session, key, csrf_for(token))
+    return token
 
 
 async def rebind(request: web.Request, key_hash: str) -> None:
-    """Keep the current session after its own owner regenerated the key (every other session
-    of the account ends, since it holds the old key's hash)."""
+    """Keep the current session after its own owner regenerated the account key with it (every
+    other session opened with that key ends, since it holds the old key's hash). A session
+    opened with a named manage key keeps that key, which still works."""
     token = request.cookies.get(COOKIE, "")
-    session = await current(request)
-    if session is None:
+    signed = await current(request)
+    if signed is None or not signed.account_key:
         return
-    session.key_hash = key_hash
+    session = msgspec.structs.replace(signed.session, key_hash=key_hash)
     redis: aioredis.Redis = request.app[REDIS]
     await redis.set(_entry(token), msgspec.msgpack.encode(session), keepttl=True)
+    request[_LOADED] = msgspec.structs.replace(signed, session=session)
 
 
-async def current(request: web.Request) -> Session | None:
+async def current(request: web.Request) -> SignedIn | None:
     """The request's live session (looked up once per request), or None."""
     if _LOADED in request:
         return request[_LOADED]  # type: ignore[no-any-return]
-    request[_LOADED] = session = await _load(request)
-    return session
+    request[_LOADED] = signed = await _load(request)
+    return signed
 
 
-async def _load(request: web.Request) -> Session | None:
+async def _load(request: web.Request) -> SignedIn | None:
     token = request.cookies.get(COOKIE)
     if not token or len(token) > _TOKEN_MAX:
         return None
@@ -146,19 +199,21 @@ async def _load(request: web.Request) -> Session | None:
         return None
     try:
         session = _decoder.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, msgspec.ValidationError):
         await redis.delete(entry)
         return None
     left = settings.session_max_s - (time.time() - session.started)
     if left <= 0:
         await redis.delete(entry)
         return None
-    if await registry.account_for_hash(session.key_hash) != session.account:
+    key = await registry.credential_for_hash(session.key_hash)
+    if key is None or key.account_id != session.account or not may_sign_in(key):
         if registry.ready:  # the key changed; with the index missing, nothing is known yet
             await redis.delete(entry)
         return None
+    registry.used(key.usage_id)
     await redis.expire(entry, max(1, int(min(settings.session_idle_s, left))))
-    return session
+    return SignedIn(session, key, csrf_for(token))
 
 
 async def close_session(request: web.Request) -> None:
@@ -172,8 +227,8 @@ async def session_account(request: web.Request) -> str | None:
     """The signed-in account, for the query service's GET routes (`query.app.caller_account`)."""
     if COOKIE not in request.cookies:
         return None
-    session = await current(request)
-    return session.account if session else None
+    signed = await current(request)
+    return signed.account if signed else None
 
 
 def csrf_ok(expected: str | None, given: str | None) -> bool:

@@ -1,0 +1,79 @@
+"""The gateway's Prometheus metrics (reference: docs/operations.md#metrics).
+
+Labels are bounded: a route is its template (`/v1/bot/{botId}`), never the path that was asked
+for; a status is its class; a refusal its reason. No bot or account id is ever a label. The
+label children of the hot route are bound once, so a post costs a few additions.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+from botpulse.runtime.metrics import HTTP_BUCKETS, method_label, status_class
+
+UNMATCHED = "unmatched"  # any path that is no route of the gateway
+
+REQUESTS = Counter(
+    "botpulse_gateway_requests_total",
+    "HTTP requests answered by the gateway, by route template, method and status class.",
+    ["route", "method", "status_class"],
+)
+DURATION = Histogram(
+    "botpulse_gateway_request_duration_seconds",
+    "Time from a request's headers to its answer, by route template.",
+    ["route"],
+    buckets=HTTP_BUCKETS,
+)
+POSTS = Counter(
+    "botpulse_gateway_posts_appended_total",
+    "Posts appended to the Redis stream (acknowledged to the client), by route template.",
+    ["route"],
+)
+REFUSALS = Counter(
+    "botpulse_gateway_refusals_total",
+    "Posts refused, by reason: auth (401/403), not_found (unknown bot), validation (400), "
+    "too_large (413), rate_limit (429), backlog (503, stream above the high-water mark), "
+    "unavailable (503, Redis or the registry unreachable).",
+    ["reason"],
+)
+REDIS_DURATION = Histogram(
+    "botpulse_gateway_redis_duration_seconds",
+    "Round trip of one coalesced append write to Redis (one or more posts).",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+DROPPED_METRICS = Counter(
+    "botpulse_gateway_custom_metrics_dropped_total",
+    "Custom metric values dropped because the bot had no free custom-graph slot.",
+)
+
+REASONS = ("auth", "not_found", "validation", "too_large", "rate_limit", "backlog", "unavailable")
+for _reason in REASONS:
+    REFUSALS.labels(_reason)  # every reason present from the first scrape (rate() needs a start)
+
+_children: dict[tuple[str, str, int], tuple[object, object]] = {}
+
+
+def observe(route: str, method: str, status: int, seconds: float) -> None:
+    key = (route, method, status)
+    bound = _children.get(key)
+    if bound is None:
+        labels = (route, method_label(method), status_class(status))
+        bound = (REQUESTS.labels(*labels), DURATION.labels(route))
+        if len(_children) < 1000:  # statuses are few, routes fixed: the bound is never reached
+            _children[key] = bound
+    bound[0].inc()  # type: ignore[attr-defined]
+    bound[1].observe(seconds)  # type: ignore[attr-defined]
+
+
+_posts: dict[str, object] = {}
+
+
+def appended(route: str) -> None:
+    child = _posts.get(route)
+    if child is None:
+        child = _posts[route] = POSTS.labels(route)
+    child.inc()  # type: ignore[attr-defined]
+
+
+def refused(reason: str) -> None:
+    REFUSALS.labels(reason).inc()

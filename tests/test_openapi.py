@@ -1,0 +1,167 @@
+"""The OpenAPI 3.1 document: generated from the route specs and structs the services use, valid
+against the OpenAPI 3.1 schema, committed current, covering every mounted route, and served by
+each service for its own routes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from ingest_server import GatewayServer
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+
+from botpulse import openapi_cli
+from botpulse.ingest.spec import SPECS as GATEWAY
+from botpulse.query import shapes
+from botpulse.query.app import build_app as build_query
+from botpulse.query.dashboard import pages
+from botpulse.query.spec import SPECS as QUERY
+from botpulse.registry import model
+from botpulse.registry.catalog import create_account
+from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.openapi import prefixed, undocumented
+from botpulse.runtime.settings import Settings
+from botpulse.schemas.http import StatsBody
+
+OPERATOR_ROUTES = {"/metrics", "/openapi.json"}
+# The dashboard's browser routes (HTML pages, their static files, SVG badges) are not JSON API
+# routes: the document leaves them out by this one rule, the dashboard's own list of them. Its
+# API-style route (the export) is described like every other.
+BROWSER_ROUTES = {path for _, path, _ in pages.BROWSER_ROUTES}
+
+
+def test_committed_document_and_page_are_current() -> None:
+    stale = openapi_cli.stale()
+    assert not stale, (
+        f"{', '.join(map(str, stale))} differ from what the route specs generate: "
+        f"run `{openapi_cli.REGENERATE}` (or `.venv/bin/botpulse openapi`) and commit the result"
+    )
+
+
+def test_combined_document_is_valid_openapi_31() -> None:
+    doc = json.loads((openapi_cli.ROOT / openapi_cli.DOCUMENT).read_text())
+    assert doc["openapi"].startswith("3.1")
+    validate(doc)  # raises on any violation of the OpenAPI 3.1 schema
+
+
+@pytest.mark.parametrize("specs", [GATEWAY, QUERY], ids=["gateway", "query"])
+def test_each_service_document_is_valid_openapi_31(specs) -> None:  # type: ignore[no-untyped-def]
+    validate(specs.document(version="1"))
+
+
+def test_every_public_operation_is_in_the_combined_document() -> None:
+    doc = openapi_cli.combined()
+    described = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
+    for route in [*GATEWAY.routes, *QUERY.routes]:
+        assert (route.method, route.path) in described
+    ops = [op for item in doc["paths"].values() for op in item.values()]
+    assert len({op["operationId"] for op in ops}) == len(ops)
+    admin = [op for op in ops if "admin" in op["tags"]]
+    assert admin and all(op["x-admin"] and op["security"] == [{"adminToken": []}] for op in admin)
+    for op in ops:  # every refusal has the {message, field} shape (or a compatible one)
+        for status, reply in op["responses"].items():
+            if status.startswith("4") and "content" in reply:
+                ref = reply["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+                assert "message" in doc["components"]["schemas"][ref]["properties"], (
+                    op["operationId"],
+                    status,
+                )
+
+
+def test_bodies_and_answers_come_from_the_structs() -> None:
+    doc = openapi_cli.combined()
+    schemas = doc["components"]["schemas"]
+    stats = doc["paths"]["/v1/bot/{botId}"]["post"]["requestBody"]["content"]["application/json"]
+    assert stats["schema"] == {"$ref": "#/components/schemas/StatsBody"}
+    assert set(schemas["StatsBody"]["properties"]) == set(StatsBody.__struct_fields__)
+    assert schemas["StatsBody"]["required"] == ["guilds"]
+    assert schemas["ErrorBody"]["required"] == ["message"]
+    assert set(schemas["ErrorBody"]["properties"]) == {"message", "field", "retryAfter", "reason"}
+
+
+def test_gateway_routes_are_all_documented(settings: Settings) -> None:
+    from botpulse.ingest.app import build_app
+
+    assert undocumented(build_app(settings), GATEWAY.routes, ignore=OPERATOR_ROUTES) == []
+
+
+@pytest.mark.parametrize("prefix", ["", "/stats"])
+def test_query_routes_are_all_documented(
+    make_settings: Callable[..., Settings], store: Store, prefix: str
+) -> None:
+    settings = make_settings(query_prefix=prefix)
+    ignore = {prefix + p for p in OPERATOR_ROUTES | BROWSER_ROUTES} | OPERATOR_ROUTES
+    assert undocumented(build_query(settings, store), prefixed(QUERY.routes, prefix), ignore=ignore) == []
+    # The rule leaves out nothing the document describes, and every browser route is mounted.
+    assert not BROWSER_ROUTES & {r.path for r in QUERY.routes}
+    mounted = set(undocumented(build_query(settings, store), prefixed(QUERY.routes, prefix)))
+    assert {f"{m} {prefix}{p}" for m, p, _ in pages.BROWSER_ROUTES} <= mounted
+
+
+@pytest.mark.parametrize(
+    ("struct", "allowed"),
+    [
+        (shapes.BotCreate, model.OWNER_CREATE),
+        (shapes.BotPatch, model.OWNER_PATCH),
+        (shapes.WebhookPatch, model.WEBHOOK_PATCH),
+        (shapes.AdminBotCreate, model.OPERATOR_CREATE),
+        (shapes.AdminBotPatch, model.OPERATOR_PATCH),
+        (shapes.AccountCreate, ("name",)),
+    ],
+)
+def test_account_body_structs_have_the_fields_the_registry_accepts(struct, allowed) -> None:  # type: ignore[no-untyped-def]
+    assert set(struct.__struct_fields__) == set(allowed)
+
+
+async def test_gateway_serves_its_own_document(settings: Settings) -> None:
+    async with TestClient(GatewayServer(settings)) as client:
+        response = await client.get("/openapi.json")
+        assert response.status == 200
+        doc = await response.json()
+    assert {p for p in doc["paths"]} == {r.path for r in GATEWAY.routes}
+    assert "/v1/bots" not in doc["paths"]  # a query route
+
+
+@pytest.mark.parametrize("prefix", ["", "/stats"])
+async def test_query_serves_its_own_document_under_the_prefix(
+    make_settings: Callable[..., Settings],
+    store: Store,
+    redis,
+    prefix: str,  # type: ignore[no-untyped-def]
+) -> None:
+    settings = make_settings(query_prefix=prefix)
+    async with TestClient(TestServer(build_query(settings, store))) as client:
+        response = await client.get(f"{prefix}/openapi.json")
+        assert response.status == 200
+        doc = await response.json()
+    assert set(doc["paths"]) == {prefix + r.path for r in QUERY.routes}
+    validate(doc)
+
+
+# --- regressions found by tests/test_schemathesis.py, with the exact input ------------------------
+def answer_validator(status: int, method: str, path: str) -> Draft202012Validator:
+    """The documented schema of an answer, resolvable against the whole document."""
+    doc = openapi_cli.combined()
+    schema = doc["paths"][path][method]["responses"][str(status)]["content"]["application/json"]["schema"]
+    return Draft202012Validator({**schema, "components": doc["components"]})
+
+
+async def test_registry_sync_answer_matches_its_schema(
+    make_settings: Callable[..., Settings], store: Store, redis
+) -> None:  # type: ignore[no-untyped-def]
+    """schemathesis: `POST /v1/admin/registry/sync` (no body, the operator token) answered
+    `{"bots": 1, "generation": "1796229531986:1796229532826"}`, and the document said `generation`
+    was an integer. It is the `<accounts ms>:<bots ms>` text: the document now says so."""
+    settings = make_settings(admin_token="t" * 32)
+    await create_account(store, redis, "sync")
+    async with TestClient(TestServer(build_query(settings, store))) as client:
+        response = await client.post(
+            "/v1/admin/registry/sync", headers={"Authorization": "Bearer " + "t" * 32}
+        )
+        assert response.status == 200
+        body = await response.json()
+    assert isinstance(body["generation"], str) and ":" in body["generation"]
+    answer_validator(200, "post", "/v1/admin/registry/sync").validate(body)
