@@ -2,8 +2,8 @@
 
 It starts the bundled valkey-server, opens embedded ClickHouse (chDB) in this process, applies
 migrations, makes sure a demo account and bot exist, starts the gateway as a child process and
-then serves the query service with an in-process worker (chDB allows one engine per process,
-so the worker and the query service share this one; the gateway never touches ClickHouse).
+then serves the query service with an in-process worker and alert evaluator (chDB allows one
+engine per process, so they share this one; the gateway never touches ClickHouse).
 Ctrl-C stops everything; the next run finds the same data under BOTPULSE_DATA_DIR.
 """
 
@@ -97,6 +97,7 @@ def _wait_http(url: str, timeout: float = 30.0) -> bool:
 
 
 def run_dev(args: argparse.Namespace) -> int:
+    from botpulse.embedded_alerts import with_embedded_alerts
     from botpulse.embedded_worker import with_embedded_worker
     from botpulse.query.app import build_app
     from botpulse.query.server import run
@@ -141,7 +142,7 @@ def run_dev(args: argparse.Namespace) -> int:
         write_stack(settings, StackInfo(os.getpid(), gateway_url, query_url, redis_url, admin_token))
         app = build_app(settings, store)
         supervisor = supervisor_of(app)
-        app = with_embedded_worker(app)
+        app = with_embedded_alerts(with_embedded_worker(app))
 
         async def gateway_died() -> str:
             assert gateway is not None

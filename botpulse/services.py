@@ -1,4 +1,4 @@
-"""`botpulse gateway|worker|query|migrate`: one long-running service (or the migrations) each."""
+"""`botpulse gateway|worker|query|alerts|migrate`: one long-running service (or the migrations) each."""
 
 from __future__ import annotations
 
@@ -40,7 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also run a stream worker in this process (embedded chDB allows one engine per process)",
     )
+    p.add_argument(
+        "--with-alerts",
+        action="store_true",
+        help="also run the alert evaluator in this process (like --with-worker, for embedded chDB)",
+    )
     p.set_defaults(func=run_query)
+
+    p = sub.add_parser("alerts", help="run the alert evaluator (rules -> Discord and webhook notifications)")
+    p.set_defaults(func=run_alerts)
 
     p = sub.add_parser("migrate", help="apply the ClickHouse schema migrations (idempotent)")
     p.add_argument(
@@ -79,25 +87,39 @@ def run_worker(args: argparse.Namespace) -> int:
 def run_query(args: argparse.Namespace) -> int:
     from botpulse.query.server import serve
 
-    if not args.with_worker:
-        return serve(_settings(args, "query"))
+    roles: list[Role] = ["query"]
+    roles += ["worker"] if args.with_worker else []
+    roles += ["alerts"] if args.with_alerts else []
+    if len(roles) == 1:
+        return serve(_settings(args, *roles))
     import sys
 
+    from botpulse.embedded_alerts import with_embedded_alerts
     from botpulse.embedded_worker import with_embedded_worker
     from botpulse.supervisor import SUPERVISOR
 
     composed: list[web.Application] = []
 
     def compose(app: web.Application) -> web.Application:
-        composed.append(with_embedded_worker(app))
+        if args.with_worker:
+            app = with_embedded_worker(app)
+        if args.with_alerts:
+            app = with_embedded_alerts(app)
+        composed.append(app)
         return app
 
-    code = serve(_settings(args, "query", "worker"), compose=compose)
-    failure = composed[0][SUPERVISOR].failure if composed else None
+    code = serve(_settings(args, *roles), compose=compose)
+    failure = composed[0][SUPERVISOR].failure if composed and SUPERVISOR in composed[0] else None
     if failure is not None:
         print(f"botpulse: the query service stopped: {failure}", file=sys.stderr)
         return 1
     return code
+
+
+def run_alerts(args: argparse.Namespace) -> int:
+    from botpulse.alerts.server import serve
+
+    return serve(_settings(args, "alerts"))
 
 
 def run_migrate(args: argparse.Namespace) -> int:

@@ -1,8 +1,8 @@
-"""The parts an embedded stack owns (the bundled Redis, the gateway child, the in-process worker),
-kept running: a part that dies is logged once, restarted with backoff, and reported by the query
-service's `/readyz` while it is down. A part that cannot come back (`MAX_TRIES` failed starts in
-a row, or `MAX_DEATHS` deaths within `DEATH_WINDOW_S`) stops the whole stack, which exits
-non-zero with the reason (`Supervisor.failure`).
+"""The parts an embedded stack owns (the bundled Redis, the gateway child, the in-process worker
+and alert evaluator), kept running: a part that dies is logged once, restarted with backoff, and
+reported by the query service's `/readyz` while it is down. A part that cannot come back
+(`MAX_TRIES` failed starts in a row, or `MAX_DEATHS` deaths within `DEATH_WINDOW_S`) stops the
+whole stack, which exits non-zero with the reason (`Supervisor.failure`).
 """
 
 from __future__ import annotations

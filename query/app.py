@@ -15,7 +15,7 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from botpulse.query import accounts_api, dashboard, datagram, metrics, params, shapes
+from botpulse.query import accounts_api, alerts_api, dashboard, datagram, metrics, params, shapes
 from botpulse.query.cache import AnswerCache
 from botpulse.query.dashboard.sessions import session_account
 from botpulse.query.listing import (
@@ -466,6 +466,7 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     app.router.add_get("/v1/top", get_top)
     datagram.add_routes(app)
     accounts_api.add_routes(app)
+    alerts_api.add_routes(app)
     dashboard.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from botpulse.schemas.alerts import DeliveryEntry, DestinationType
+
 BotId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="A bot's id.")]
 # registry.model: non-empty after stripping, at most 256 characters, no control characters.
 Text = Annotated[
@@ -356,3 +358,144 @@ class LimitsPatch(msgspec.Struct, forbid_unknown_fields=True):
     customEventTypes: int | None = None
     registryWritesPerMin: int | None = None
     postsPerMin: int | None = None
+
+
+# --- alerts (query/alerts_api.py; registry/alerts.py checks the bodies, naming the field) -----------
+RuleId = Annotated[str, Meta(pattern=r"^alr_[0-9a-f]{16}$", description="An alert rule's id.")]
+DestinationId = Annotated[str, Meta(pattern=r"^dst_[0-9a-f]{16}$", description="A destination's id.")]
+# registry.alerts: non-empty after stripping, at most 100 characters, no control characters.
+AlertName = Annotated[
+    str, Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$")
+]
+AlertMetric = Annotated[
+    str,
+    Meta(
+        pattern=r"^(guilds|users|shards|apiPing|ramUsage|ramTotal|cpu|bandwidth|custom\.[A-Za-z0-9_.:-]{1,64})$",
+        description="A standard metric, or a custom one as `custom.<name>`.",
+    ),
+]
+RuleKind = Literal["offline", "threshold", "change"]
+RuleOp = Literal["above", "below", "drop", "rise"]
+Minutes = Annotated[float, Meta(ge=1, le=7 * 1440)]
+HHMM = Annotated[str, Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+
+
+class QuietHoursSpec(msgspec.Struct, forbid_unknown_fields=True):
+    start: HHMM
+    end: HHMM
+    timezone: Annotated[str, Meta(description="An IANA time zone.", examples=["Europe/Berlin"])] = "UTC"
+
+
+Destinations = Annotated[list[DestinationId], Meta(min_length=1, max_length=10)]
+
+
+class _RuleOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """The fields a rule may have besides its name, bot, kind and destinations (which of them
+    apply depends on the kind; docs/alerts.md)."""
+
+    minutes: Minutes | UnsetType = UNSET
+    metric: AlertMetric | UnsetType = UNSET
+    op: RuleOp | UnsetType = UNSET
+    value: Annotated[float, Meta(ge=-1e15, le=1e15)] | UnsetType = UNSET
+    ofMetric: AlertMetric | UnsetType | None = UNSET
+    percent: Annotated[float, Meta(ge=0.01, le=100)] | UnsetType = UNSET
+    hours: Annotated[float, Meta(ge=1 / 60, le=24 * 30)] | UnsetType = UNSET
+    muted: bool | UnsetType = UNSET
+    mutedUntil: Annotated[int, Meta(ge=0, lt=10**14, description="Unix ms.")] | UnsetType | None = UNSET
+    quietHours: QuietHoursSpec | UnsetType | None = UNSET
+    minIntervalMinutes: Annotated[float, Meta(ge=0, le=7 * 1440)] | UnsetType = UNSET
+
+
+class RuleCreate(_RuleOptions, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """`POST /v1/alerts/rules`."""
+
+    name: AlertName
+    bot: BotId
+    kind: RuleKind
+    destinations: Destinations
+
+
+class RuleChanges(_RuleOptions, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """`PATCH /v1/alerts/rules/{id}`: at least one field; `bot` and `kind` stay (make a new rule)."""
+
+    name: AlertName | UnsetType = UNSET
+    destinations: Destinations | UnsetType = UNSET
+
+
+class RuleState(msgspec.Struct):
+    status: Literal["firing", "ok"]
+    incident: str | None
+    since: Millis | None
+    detail: str | None
+
+
+class RuleView(msgspec.Struct, omit_defaults=True, kw_only=True, forbid_unknown_fields=True):
+    """A rule as stored (`schemas.alerts.Rule` without its account); fields left at their
+    default are absent. Unknown fields are refused so the handlers (which convert their views to
+    these structs) cannot answer a field the document does not list."""
+
+    id: str
+    bot: str
+    name: str
+    kind: RuleKind
+    destinations: list[str]
+    minutes: float | UnsetType = UNSET
+    metric: str | UnsetType = UNSET
+    op: RuleOp | UnsetType = UNSET
+    value: float | UnsetType = UNSET
+    ofMetric: str | UnsetType = UNSET
+    percent: float | UnsetType = UNSET
+    hours: float | UnsetType = UNSET
+    muted: bool | UnsetType = UNSET
+    mutedUntil: Millis | UnsetType = UNSET
+    quietHours: QuietHoursSpec | UnsetType = UNSET
+    minIntervalMinutes: float | UnsetType = UNSET
+    createdAt: Millis
+    updatedAt: Millis
+
+
+class RuleWithState(RuleView, omit_defaults=True, kw_only=True, forbid_unknown_fields=True):
+    state: RuleState
+
+
+class RuleList(msgspec.Struct):
+    rules: list[RuleView]
+
+
+class DeliveryLog(msgspec.Struct):
+    rule: str
+    deliveries: list[DeliveryEntry]
+
+
+class DestinationCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: AlertName
+    type: DestinationType
+    url: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=2048,
+            pattern=r"^\S+$",
+            description="https (http only with BOTPULSE_ALERTS_ALLOW_HTTP); a Discord webhook URL for "
+            "`discord`. Checked against the SSRF rules (docs/alerts.md).",
+        ),
+    ]
+
+
+class DestinationView(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    name: str
+    type: DestinationType
+    url: Annotated[str, Meta(description="A Discord URL without its token.")]
+    createdAt: Millis
+
+
+class CreatedDestination(DestinationView, omit_defaults=True, kw_only=True, forbid_unknown_fields=True):
+    secret: (
+        Annotated[str, Meta(description="A webhook's signing secret (`whsec_…`), shown this once.")]
+        | UnsetType
+    ) = UNSET
+
+
+class DestinationList(msgspec.Struct):
+    destinations: list[DestinationView]

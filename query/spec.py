@@ -260,6 +260,8 @@ def _account(
         503: error_reply("The registry is busy or unreachable; try again (`Retry-After`).", retry=True),
         **(errors or {}),
     }
+    if method != "GET":  # every account write counts against registryWritesPerMin
+        replies.setdefault(429, error_reply("Too many registry changes this minute.", retry=True))
     if body is not None:
         replies[413] = error_reply("The body is too large.")
     extra = {"body_example": example} if example is not None else {}
@@ -403,6 +405,133 @@ _account(
     example={"voteWebhookURL": "https://example.com/votes"},
     tags=("dbots", "accounts"),
     errors=_MANAGED,
+)
+
+
+# --- alerts (query/alerts_api.py, docs/alerts.md) ------------------------------------------------------
+_READ_OR_MANAGE = error_reply("The key lacks the read scope (an ingest key).")
+_MANAGE_ONLY = error_reply("The key lacks the manage scope.")
+_BUSY = error_reply("Too many registry changes this minute.", retry=True)
+_NO_RULE = error_reply("No such rule, or it is another account's.")
+RULE = Param(name="id", where="path", type=s.RuleId, example="alr_0123456789abcdef")
+DESTINATION = Param(name="id", where="path", type=s.DestinationId, example="dst_0123456789abcdef")
+_account(
+    "POST",
+    "/v1/alerts/destinations",
+    "createAlertDestination",
+    "Add a destination: a Discord channel webhook or a signed webhook of yours",
+    (
+        201,
+        Reply(
+            description="The destination; a webhook's `secret`, shown this once.", body=s.CreatedDestination
+        ),
+    ),
+    body=s.DestinationCreate,
+    example={"name": "ops", "type": "webhook", "url": "https://hooks.example.com/botpulse"},
+    tags=("alerts",),
+    errors={
+        403: _MANAGE_ONLY,
+        409: error_reply("The account has as many destinations as it may (50)."),
+        429: _BUSY,
+    },
+)
+_account(
+    "GET",
+    "/v1/alerts/destinations",
+    "listAlertDestinations",
+    "The account's destinations (Discord URLs without their token, never a secret)",
+    (200, Reply(description="The destinations, oldest first.", body=s.DestinationList)),
+    tags=("alerts",),
+    errors={403: _READ_OR_MANAGE},
+)
+_account(
+    "DELETE",
+    "/v1/alerts/destinations/{id}",
+    "deleteAlertDestination",
+    "Remove a destination no rule uses",
+    (204, Reply(description="Removed.")),
+    params=(DESTINATION,),
+    tags=("alerts",),
+    errors={
+        403: _MANAGE_ONLY,
+        404: error_reply("No such destination, or it is another account's."),
+        409: error_reply("A rule still uses it."),
+        429: _BUSY,
+    },
+)
+_account(
+    "POST",
+    "/v1/alerts/rules",
+    "createAlertRule",
+    "Add a rule watching one of the account's bots (offline, threshold or change)",
+    (201, Reply(description="The rule with its state.", body=s.RuleWithState)),
+    body=s.RuleCreate,
+    example={
+        "name": "down",
+        "bot": EXAMPLE_BOT,
+        "kind": "offline",
+        "minutes": 5,
+        "destinations": ["dst_0123456789abcdef"],
+    },
+    tags=("alerts",),
+    errors={
+        403: _MANAGE_ONLY,
+        404: error_reply("No such bot."),
+        409: error_reply("The account has as many rules as it may (500)."),
+        429: _BUSY,
+    },
+)
+_account(
+    "GET",
+    "/v1/alerts/rules",
+    "listAlertRules",
+    "The account's rules",
+    (200, Reply(description="The rules, oldest first.", body=s.RuleList)),
+    params=(Param(name="bot", type=s.BotId, description="Only this bot's rules."),),
+    tags=("alerts",),
+    errors={403: _READ_OR_MANAGE},
+)
+_account(
+    "GET",
+    "/v1/alerts/rules/{id}",
+    "getAlertRule",
+    "One rule and its state (firing or ok, the open incident)",
+    (200, Reply(description="The rule with its state.", body=s.RuleWithState)),
+    params=(RULE,),
+    tags=("alerts",),
+    errors={403: _READ_OR_MANAGE, 404: _NO_RULE},
+)
+_account(
+    "PATCH",
+    "/v1/alerts/rules/{id}",
+    "patchAlertRule",
+    "Change a rule (any field but `bot` and `kind`)",
+    (200, Reply(description="The rule with its state.", body=s.RuleWithState)),
+    params=(RULE,),
+    body=s.RuleChanges,
+    example={"muted": True},
+    tags=("alerts",),
+    errors={403: _MANAGE_ONLY, 404: _NO_RULE, 429: _BUSY},
+)
+_account(
+    "DELETE",
+    "/v1/alerts/rules/{id}",
+    "deleteAlertRule",
+    "Remove a rule (an open incident is dropped without a notification)",
+    (204, Reply(description="Removed.")),
+    params=(RULE,),
+    tags=("alerts",),
+    errors={403: _MANAGE_ONLY, 404: _NO_RULE, 429: _BUSY},
+)
+_account(
+    "GET",
+    "/v1/alerts/rules/{id}/deliveries",
+    "getAlertRuleDeliveries",
+    "The rule's newest delivery attempts, newest first (the last 200 are kept)",
+    (200, Reply(description="The delivery log.", body=s.DeliveryLog)),
+    params=(RULE, Param(name="limit", type=Annotated[int, Meta(ge=1, le=200)], description="Default 50.")),
+    tags=("alerts",),
+    errors={403: _READ_OR_MANAGE, 404: _NO_RULE},
 )
 
 

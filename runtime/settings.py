@@ -6,6 +6,7 @@ variable and what it expects (`SettingsError`), before any socket is opened.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -118,6 +119,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     query_max_concurrent: Annotated[int, Meta(ge=1, le=256)] = 4
     query_max_queued: Annotated[int, Meta(ge=0, le=10_000)] = 32
     query_cache_s: Annotated[float, Meta(ge=0, le=300)] = 5.0
+    # --- alerts -------------------------------------------------------------------------------
+    alerts_interval_s: Annotated[float, Meta(ge=0.1, le=300)] = 5.0
+    alerts_lease_s: Annotated[float, Meta(ge=1, le=3600)] = 15.0
+    alerts_retry_for_s: Annotated[int, Meta(ge=0, le=7 * 86400)] = 3600
+    alerts_timeout_s: Annotated[float, Meta(gt=0, le=120)] = 10.0
+    alerts_max_response_bytes: Annotated[int, Meta(ge=0, le=10_000_000)] = 65536
+    alerts_allow_http: bool = False
+    # Comma-separated networks (CIDR) destinations may resolve to although not public.
+    alerts_allow_networks: str = ""
+    # The bot page an alert links to; `{bot}` becomes the bot id. Unset: the query service's
+    # `/v1/bot/{bot}` on BOTPULSE_QUERY_LISTEN:BOTPULSE_QUERY_PORT.
+    alerts_bot_url: str = ""
 
     @property
     def embedded_clickhouse(self) -> bool:
@@ -251,6 +264,7 @@ def _check_urls(settings: Settings) -> None:
             f"CLICKHOUSE_URL={redact(repr(url))} is invalid: expected chdb:///path (embedded) or "
             "http(s)://host:port"
         )
+    _check_networks(settings.alerts_allow_networks)
     if settings.redis_url is not None and not re.match(r"^(rediss?|unix)://", settings.redis_url):
         raise SettingsError(
             f"REDIS_URL={redact(repr(settings.redis_url))} is invalid: expected redis://host:port[/db] or "
@@ -258,16 +272,30 @@ def _check_urls(settings: Settings) -> None:
         )
 
 
+def _check_networks(text: str) -> None:
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise SettingsError(
+                f"BOTPULSE_ALERTS_ALLOW_NETWORKS={text!r} is invalid: expected comma-separated "
+                f"networks such as 10.0.0.0/8 or ::1/128 ({part!r} is not one)"
+            ) from None
+
+
 # --- what each service requires ---------------------------------------------------------------
-# The processes a command runs: `botpulse gateway|worker|query` one each, `botpulse dev` the
+# The processes a command runs: `botpulse gateway|worker|query|alerts` one each, `botpulse dev` the
 # whole stack (it starts its own Redis, so it requires none).
-Role = Literal["gateway", "worker", "query", "dev"]
+Role = Literal["gateway", "worker", "query", "alerts", "dev"]
 
 # Settings a service cannot start without (they have no usable default).
 REQUIRED: dict[str, tuple[str, ...]] = {
     "gateway": ("redis_url",),
     "worker": ("redis_url",),
     "query": ("redis_url",),
+    "alerts": ("redis_url",),
 }
 _HINTS = {"redis_url": "redis://host:6379/0; `botpulse dev` runs the stack with an embedded Redis"}
 

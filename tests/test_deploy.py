@@ -32,7 +32,7 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 
 SETTING_ENV = {env_name(f) for f in Settings.__struct_fields__}
-BOTPULSE_ROLES = {"gateway", "worker", "query", "migrate"}
+BOTPULSE_ROLES = {"gateway", "worker", "query", "alerts", "migrate"}
 
 
 def _is_setting_like(name: str) -> bool:
@@ -308,7 +308,7 @@ def test_kustomization_lists_every_manifest() -> None:
 
 def test_k8s_has_every_piece(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
     kinds = set(manifests)
-    for role in ("gateway", "worker", "query"):
+    for role in ("gateway", "worker", "query", "alerts"):
         assert ("Deployment", f"botpulse-{role}") in kinds
     assert ("Job", "botpulse-migrate") in kinds
     assert ("Service", "botpulse-gateway") in kinds and ("Service", "botpulse-query") in kinds
@@ -364,7 +364,7 @@ def test_k8s_containers_run_real_commands_with_real_settings(
 def test_k8s_graceful_termination(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
     config = manifests[("ConfigMap", "botpulse-config")]["data"]
     settings = load_settings(config)
-    for role in ("gateway", "worker", "query"):
+    for role in ("gateway", "worker", "query", "alerts"):
         grace = manifests[("Deployment", f"botpulse-{role}")]["spec"]["template"]["spec"][
             "terminationGracePeriodSeconds"
         ]
@@ -424,7 +424,7 @@ async def test_k8s_probes_hit_real_routes(
 def test_every_deployed_service_has_the_settings_its_command_requires(
     compose: dict[str, Any], manifests: dict[tuple[str, str], dict[str, Any]]
 ) -> None:
-    """What `botpulse gateway|worker|query` check at start-up (`load_settings(roles=…)`: REDIS_URL
+    """What `botpulse gateway|worker|query|alerts` check at start-up (`load_settings(roles=…)`: REDIS_URL
     and the other per-service rules) holds for every compose service and Kubernetes container."""
     image_env = dockerfile_env()
     deployed: list[tuple[str, list[str], dict[str, str]]] = [
@@ -439,7 +439,9 @@ def test_every_deployed_service_has_the_settings_its_command_requires(
         role = _check_command(where, argv if isinstance(argv, list) else shlex.split(argv))
         roles.add(role)
         try:
-            load_settings(_deployable(env), roles=(role,) if role in ("gateway", "worker", "query") else ())
+            load_settings(
+                _deployable(env), roles=(role,) if role in ("gateway", "worker", "query", "alerts") else ()
+            )
         except SettingsError as exc:
             pytest.fail(f"{where}: {exc}")
-    assert {"gateway", "worker", "query"} <= roles
+    assert {"gateway", "worker", "query", "alerts"} <= roles

@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import redis
 
 from botpulse.runtime.processes import free_port, pid_alive, spawn_child
 
@@ -92,6 +93,10 @@ def test_dev_prints_a_working_curl_and_finds_its_data_again(tmp_path):
         first_seen = body["lastSeen"]
         redis_pid = int((data_dir / "redis" / "valkey.pid").read_text())
         assert pid_alive(redis_pid)
+        # The alert evaluator runs inside the stack: it registered and holds the slots.
+        stack = json.loads((data_dir / "stack.json").read_text())
+        with redis.Redis.from_url(stack["redis_url"]) as client:
+            assert client.zcard("bp:alerts:members") == 1
     finally:
         _stop(proc)
     assert not (data_dir / "stack.json").exists()

@@ -1,6 +1,7 @@
 """Scoped keys on real parts: named keys of every scope, a bot's own token, revocation seen by
 every process, last-used times, and the BOLA matrix — two accounts x public/private bot x post /
-read / manage x every kind of key — over every route of the gateway and the query service."""
+read / manage x every kind of key — over every route of the gateway and the query service (the
+alert rules and destinations included)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ ROOMY = dict(  # no rate limit or quota gets in the matrix's way (they are teste
     custom_rate_per_min=1_000_000,
     registry_writes_per_min=100_000,
     account_posts_per_min=10_000_000,
+    # The alert destinations of the matrix point at 127.0.0.1 (nothing is sent to them).
+    alerts_allow_http=True,
+    alerts_allow_networks="127.0.0.1/32",
 )
 
 
@@ -438,9 +442,92 @@ async def test_bola_matrix_every_route_every_key_kind(api, make_settings, store)
                 resp = await api.post("/v1/account/key/regenerate", headers=_auth(key_of(holder, kind)))
                 if resp.status != 403:
                     failures.append(f"POST /v1/account/key/regenerate key={holder}/{kind}: {resp.status}")
+        failures += await _alerts_matrix(api, w, holders, key_of)
     finally:
         await gateway.close()
     assert not failures, "\n".join(failures)
     # Nothing of B's changed through A's keys: B's other keys are all alive.
     for kind in ("manage", "read", "ingest", "ingest_one"):
         assert await api.app[query_app.REGISTRY].credential(w.keys[("B", kind)]) is not None
+
+
+async def _alerts_matrix(api: TestClient, w: World, holders, key_of) -> list[str]:  # type: ignore[no-untyped-def]
+    """Every /v1/alerts route x every kind of key: reading takes read or manage, every change
+    manage; another account's rule or destination is 404 (as if it did not exist), its bot 400
+    "Bot not manageable" (as for the bot routes above); no key or a bogus one 401. Afterwards each
+    account's own rule and destination are as they were."""
+    failures: list[str] = []
+    rules: dict[str, str] = {}
+    dests: dict[str, str] = {}
+    for owner, bot in (("A", "1001"), ("B", "2001")):
+        h = _auth(w.keys[(owner, "account")])
+        body = {"name": f"{owner} hook", "type": "webhook", "url": "http://127.0.0.1:9/hook"}
+        resp = await api.post("/v1/alerts/destinations", json=body, headers=h)
+        assert resp.status == 201, await resp.text()
+        dests[owner] = (await resp.json())["id"]
+        body = {"name": f"{owner} down", "bot": bot, "kind": "offline", "destinations": [dests[owner]]}
+        resp = await api.post("/v1/alerts/rules", json=body, headers=h)
+        assert resp.status == 201, await resp.text()
+        rules[owner] = (await resp.json())["id"]
+
+    for holder, kind in holders:
+        key = key_of(holder, kind)
+        h = _auth(key)
+        scope = SCOPE_OF.get(kind or "", "")
+        mine, theirs = (holder, "B" if holder == "A" else "A") if holder else ("A", "B")
+        own_bot = f"{'1' if mine == 'A' else '2'}001"
+        other_bot = f"{'2' if mine == 'A' else '1'}001"
+
+        def want(action: str, ok: int, foreign: bool = False, *, scope: str = scope) -> int:
+            if not scope:
+                return 401
+            if scope == "ingest" or (action == MANAGE and scope != "manage"):
+                return 403
+            return 404 if foreign else ok
+
+        def offline(bot: str, destination: str) -> dict[str, object]:
+            return {"name": "n", "bot": bot, "kind": "offline", "destinations": [destination]}
+
+        cases: list[tuple[str, str, object, int]] = [
+            ("GET", "/v1/alerts/rules", None, want(READ, 200)),
+            ("GET", "/v1/alerts/destinations", None, want(READ, 200)),
+            ("GET", f"/v1/alerts/rules/{rules[mine]}", None, want(READ, 200)),
+            ("GET", f"/v1/alerts/rules/{rules[mine]}/deliveries", None, want(READ, 200)),
+            ("GET", f"/v1/alerts/rules/{rules[theirs]}", None, want(READ, 200, True)),
+            ("GET", f"/v1/alerts/rules/{rules[theirs]}/deliveries", None, want(READ, 200, True)),
+            ("PATCH", f"/v1/alerts/rules/{rules[theirs]}", {"name": "stolen"}, want(MANAGE, 200, True)),
+            ("PATCH", f"/v1/alerts/rules/{rules[mine]}", {"muted": False}, want(MANAGE, 200)),
+            ("DELETE", f"/v1/alerts/rules/{rules[theirs]}", None, want(MANAGE, 204, True)),
+            ("DELETE", f"/v1/alerts/destinations/{dests[theirs]}", None, want(MANAGE, 204, True)),
+            ("POST", "/v1/alerts/rules", offline(own_bot, dests[mine]), want(MANAGE, 201)),
+            ("POST", "/v1/alerts/rules", offline(other_bot, dests[mine]), want(MANAGE, 400)),
+            ("POST", "/v1/alerts/rules", offline(own_bot, dests[theirs]), want(MANAGE, 400)),
+            ("POST", "/v1/alerts/destinations", {"name": "n", "type": "webhook", "url": "http://127.0.0.1:9/x"},
+             want(MANAGE, 201)),
+        ]  # fmt: skip
+        for method, path, body, expected in cases:
+            resp = await api.request(method, path, json=body, headers=h)
+            if resp.status != expected:
+                failures.append(f"{method} {path} key={holder}/{kind}: {resp.status}, expected {expected}")
+                continue
+            if (
+                resp.status == 200
+                and method == "GET"
+                and path in ("/v1/alerts/rules", "/v1/alerts/destinations")
+            ):
+                listed = next(iter((await resp.json()).values()))
+                ids = {item["id"] for item in listed}
+                if rules[theirs] in ids or dests[theirs] in ids:
+                    failures.append(f"GET {path} key={holder}/{kind} lists another account's: {sorted(ids)}")
+                if not ids & {rules[mine], dests[mine]}:
+                    failures.append(f"GET {path} key={holder}/{kind} misses the account's own")
+
+    for owner in ("A", "B"):
+        h = _auth(w.keys[(owner, "account")])
+        resp = await api.get(f"/v1/alerts/rules/{rules[owner]}", headers=h)
+        if resp.status != 200 or (await resp.json())["name"] != f"{owner} down":
+            failures.append(f"{owner}'s rule changed through another account's key: {await resp.text()}")
+        listed = (await (await api.get("/v1/alerts/destinations", headers=h)).json())["destinations"]
+        if dests[owner] not in {d["id"] for d in listed}:
+            failures.append(f"{owner}'s destination was removed through another account's key")
+    return failures

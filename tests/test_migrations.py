@@ -97,6 +97,9 @@ def test_every_migration_from_empty_gives_the_committed_schema(store):
 def test_migrations_are_kept_and_numbered_without_gaps_from_0030():
     # 0003-0029 were never used; every version a deployed database may have applied stays in
     # the repository (a superseded one with an empty body).
+    # Numbers from 0033 on are handed out to branches developed side by side and may land out of
+    # order, so a number can be missing for a while; none may be used twice or go backwards.
     numbers = [int(m.version.split("_", 1)[0]) for m in available()]
     assert numbers[:2] == [1, 2]
-    assert numbers[2:] == list(range(30, 30 + len(numbers) - 2))
+    assert numbers[2:5] == [30, 31, 32]
+    assert numbers == sorted(set(numbers))

@@ -210,7 +210,7 @@ def test_heartbeat_window_in_ms_comes_from_the_settings():
     assert load_settings({"BOTPULSE_HEARTBEAT_WINDOW_S": "90"}).heartbeat_window_ms == 90_000
 
 
-@pytest.mark.parametrize("role", ["gateway", "worker", "query"])
+@pytest.mark.parametrize("role", ["gateway", "worker", "query", "alerts"])
 def test_a_service_without_redis_url_is_refused_by_the_loader(role):
     with pytest.raises(SettingsError) as info:
         load_settings({}, roles=(role,))

@@ -91,9 +91,9 @@ async def is_drained(redis: aioredis.Redis, partitions: int = 1) -> bool:
     return True
 
 
-async def drained(redis: aioredis.Redis, partitions: int = 1) -> None:
+async def drained(redis: aioredis.Redis, partitions: int = 1, limit_s: float = 20.0) -> None:
     """Every entry delivered and acknowledged, no batch in flight."""
-    await until(lambda: is_drained(redis, partitions), what="draining the stream")
+    await until(lambda: is_drained(redis, partitions), limit_s=limit_s, what="draining the stream")
 
 
 @contextlib.asynccontextmanager

@@ -182,7 +182,9 @@ async def test_no_insert_before_the_record_is_on_a_replica(make_settings, store,
                     assert (await client.xpending(stream_key(0), GROUP))["pending"] == len(events)
                     with EmbeddedRedis(tmp_path / "replica") as replica:
                         await replica_of(replica, primary)
-                        await drained(client)
+                        # The replica's full sync, then the worker's next try after a backoff
+                        # of up to 10 s: on a loaded machine, more than the usual 20 s.
+                        await drained(client, limit_s=60)
             assert await _stored_once(store, events)
         finally:
             await client.aclose()

@@ -11,6 +11,10 @@ and holds this record). Poison entries' fates are decided here first, by deliver
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
+from redis.asyncio.client import Pipeline
+
 from botpulse.runtime.logs import get_logger
 from botpulse.schemas.stream import (
     GROUP,
@@ -110,7 +114,7 @@ class Committer:
         dead = [(e.id, e.data, reason) for e in batch.entries] + batch.poison
         await self.commit(batch, Settlement(dead=dead, deliveries={i: deliveries for i, _, _ in dead}))
 
-    async def _queue_settle(self, pipe: object, partition: int, settlement: Settlement) -> None:
+    async def _queue_settle(self, pipe: Pipeline, partition: int, settlement: Settlement) -> None:
         letters: list[object] = []
         per = 0
         for entry_id, data, reason in settlement.dead:
@@ -126,6 +130,33 @@ class Committer:
         keys = [dead_letter_key(partition), worker_stats_key(partition), batches_key(partition)]
         await self._settle(keys=keys, args=args, client=pipe)
 
+    async def _transact(
+        self, queue: Callable[[Pipeline], Awaitable[None]], done: Callable[[], Awaitable[bool]]
+    ) -> None:
+        """Run one MULTI until it holds, with backoff. A MULTI may have run with only its reply
+        lost, and running it again would add its dead letters twice: after a failure, `done`
+        tells from Redis whether it ran."""
+        ctx = self.ctx
+        attempt = 0
+        while True:
+            try:
+                async with ctx.redis.pipeline(transaction=True) as pipe:
+                    await queue(pipe)
+                    await pipe.execute()
+                break
+            except REDIS_ERRORS as exc:
+                ctx.faults.redis(ok=False, exc=exc)
+                if ctx.stopping.is_set():
+                    raise
+                attempt += 1
+                metrics.retried("redis")
+                await ctx.sleep(backoff(attempt))
+                try:
+                    if await done():
+                        break
+                except REDIS_ERRORS:
+                    continue
+
     async def commit(self, batch: Batch, settlement: Settlement) -> None:
         ctx = self.ctx
         p = batch.partition
@@ -138,36 +169,22 @@ class Committer:
             log.error(
                 "batch entries missing from the stream: counted as lost", partition=p, count=len(batch.lost)
             )
-        attempt = 0
-        while True:
-            try:
-                async with ctx.redis.pipeline(transaction=True) as pipe:
-                    if ids:
-                        pipe.xack(stream, GROUP, *ids)
-                    pipe.hdel(batches_key(p), batch.record.token)
-                    pipe.delete(batch_lease_key(batches_key(p), batch.record.token))
-                    if (
-                        settlement.dead or settlement.waiting
-                    ):  # after the HDEL: a retry's record has its token
-                        await self._queue_settle(pipe, p, settlement)
-                    await pipe.execute()
-                break
-            except REDIS_ERRORS as exc:
-                ctx.faults.redis(ok=False, exc=exc)
-                if ctx.stopping.is_set():
-                    raise
-                attempt += 1
-                metrics.retried("redis")
-                await ctx.sleep(backoff(attempt))
-                # The MULTI may have run with only its reply lost; running it again would add
-                # the dead letters twice. It removes the record, so a record that is gone means
-                # this commit (or a take-over's) is done. A record of the same token is back only
-                # when it is this batch's single entry, waiting again: nothing dead to repeat.
-                try:
-                    if not await ctx.redis.hexists(batches_key(p), batch.record.token):
-                        break
-                except REDIS_ERRORS:
-                    continue
+
+        async def queue(pipe: Pipeline) -> None:
+            if ids:
+                pipe.xack(stream, GROUP, *ids)
+            pipe.hdel(batches_key(p), batch.record.token)
+            pipe.delete(batch_lease_key(batches_key(p), batch.record.token))
+            if settlement.dead or settlement.waiting:  # after the HDEL: a retry's record has its token
+                await self._queue_settle(pipe, p, settlement)
+
+        async def done() -> bool:
+            # The MULTI removes the record, so a record that is gone means this commit (or a
+            # take-over's) is done. A record of the same token is back only when it is this
+            # batch's single entry, waiting again: nothing dead to repeat.
+            return not await ctx.redis.hexists(batches_key(p), batch.record.token)
+
+        await self._transact(queue, done)
         ctx.faults.redis(ok=True)
         metrics.DEAD_LETTERS.inc(len(settlement.dead))
         if batch.lost:
@@ -178,27 +195,16 @@ class Committer:
         ctx = self.ctx
         settlement = Settlement(dead=poison, deliveries={i: deliveries for i, _, _ in poison})
         ids = [i for i, _, _ in poison]
-        attempt = 0
-        while True:
-            try:
-                async with ctx.redis.pipeline(transaction=True) as pipe:
-                    pipe.xack(stream_key(partition), GROUP, *ids)
-                    await self._queue_settle(pipe, partition, settlement)
-                    await pipe.execute()
-                break
-            except REDIS_ERRORS as exc:
-                ctx.faults.redis(ok=False, exc=exc)
-                if ctx.stopping.is_set():
-                    raise
-                attempt += 1
-                metrics.retried("redis")
-                await ctx.sleep(backoff(attempt))
-                # As for a commit: a MULTI whose reply was lost acknowledged the entries.
-                try:
-                    if not await self.recovery.delivery_counts(stream_key(partition), ids):
-                        break
-                except REDIS_ERRORS:
-                    continue
+
+        async def queue(pipe: Pipeline) -> None:
+            pipe.xack(stream_key(partition), GROUP, *ids)
+            await self._queue_settle(pipe, partition, settlement)
+
+        async def done() -> bool:
+            # A MULTI whose reply was lost acknowledged the entries.
+            return not await self.recovery.delivery_counts(stream_key(partition), ids)
+
+        await self._transact(queue, done)
         ctx.faults.redis(ok=True)
         metrics.DEAD_LETTERS.inc(len(poison))
         for entry_id, _, reason in poison:
