@@ -107,18 +107,24 @@ async def credential(request: web.Request) -> IndexedKey:
     return found
 
 
-async def caller(request: web.Request, needs: str = MANAGE) -> str:
-    """The account whose key the request carries, if the key has the scope `needs` (a manage key
-    has every scope, a read key only read)."""
-    found = await credential(request)
+def require_scope(found: IndexedKey, needs: str = MANAGE) -> str:
+    """The key's account if the key has the scope `needs` (a manage key has every scope, a read
+    key only read), else `MissingScope` (403 naming both). The one rule for what a key may do:
+    the account API applies it to the request's key, the dashboard to its session's key."""
     if found.scope != MANAGE and (needs == MANAGE or found.scope != needs):
         what = "managing the account" if needs == MANAGE else "reading"
         raise model.MissingScope(found.scope, needs, what)
     return found.account_id
 
 
+async def caller(request: web.Request, needs: str = MANAGE) -> str:
+    """The account whose key the request carries, if the key has the scope `needs`."""
+    return require_scope(await credential(request), needs)
+
+
 async def charge(request: web.Request, account: str) -> quotas.Limits:
-    """Count a registry write against the account's writes per minute; its limits in force."""
+    """Count a registry write against the account's writes per minute; its limits in force
+    (the account API's writes and the dashboard's forms count alike)."""
     app = request.app
     limits = await quotas.limits_for(app[STORE], app[SETTINGS], account)
     await quotas.charge_write(app[REDIS], account, limits.values["registryWritesPerMin"])

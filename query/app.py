@@ -15,8 +15,9 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from botpulse.query import accounts_api, alerts_api, datagram, metrics, params, shapes
+from botpulse.query import accounts_api, alerts_api, dashboard, datagram, metrics, params, shapes
 from botpulse.query.cache import AnswerCache
+from botpulse.query.dashboard.sessions import session_account
 from botpulse.query.listing import (
     TOP_METRICS,
     BadListing,
@@ -56,8 +57,8 @@ async def caller_account(request: web.Request) -> str | None:
     """The account of the request's key, for reading its private bots; None without a key or for
     an unknown one (then only public bots are visible). An ingest key may not read: 403."""
     key = request_key(request.headers, request.query)
-    if not key:
-        return None
+    if not key:  # a signed-in dashboard session reads like the key it was opened with (GET only)
+        return await session_account(request)
     registry = request.app[REGISTRY]
     found = await registry.credential(key)
     if found is None:
@@ -466,6 +467,7 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     datagram.add_routes(app)
     accounts_api.add_routes(app)
     alerts_api.add_routes(app)
+    dashboard.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get(OPENAPI_PATH, openapi)

@@ -119,6 +119,45 @@ _read(
     security=OPTIONAL_KEY,
 )
 _read(
+    "/v1/bot/{botId}/export",
+    "exportBot",
+    "A bot's data for a range as a file: its buckets or every post, CSV or JSON lines",
+    Reply(
+        description=(
+            "The file (`Content-Disposition: attachment`), written as it is read. `data=buckets`: "
+            "one row or line per bucket, the same buckets as `GET /v1/bot/{botId}?returnStats=true`; "
+            "`data=posts`: every stored post of the range, oldest first. CSV's first row names the "
+            "columns; a text cell starting like a formula gets a leading `'`."
+        ),
+        body=str,
+        content_type=("text/csv", "application/x-ndjson"),
+        headers={"Content-Disposition": '`attachment; filename="bot-<id>-<data>.<format>"`.'},
+    ),
+    BOT,
+    Param(name="format", type=Literal["csv", "jsonl"], description="The file's format (default csv)."),
+    Param(name="data", type=Literal["buckets", "posts"], description="Buckets (default) or every post."),
+    Param(
+        name="dataPoints",
+        type=Annotated[int, Meta(ge=1, le=1000)],
+        description="Buckets for `data=buckets` (default 90).",
+    ),
+    Param(
+        name="start", type=Timestamp, description="Start of the range (inclusive); default a day before end."
+    ),
+    END,
+    description=(
+        "The range covers at most BOTPULSE_EXPORT_MAX_DAYS (default 90 days). Privacy as for the "
+        "bot itself: a private bot is 404 to anyone but its account (a read or manage key, or a "
+        "signed-in dashboard session); an ingest key may not read (403)."
+    ),
+    errors={
+        400: BAD,
+        403: error_reply("The key has the ingest scope, which may not read."),
+        404: NO_BOT,
+    },
+    security=OPTIONAL_KEY,
+)
+_read(
     "/v1/bots",
     "listBots",
     "List bots (filter, sort, choose fields, page)",
