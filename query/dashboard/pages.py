@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import jinja2
+import msgspec
 from aiohttp import web
 
 from botpulse.query import accounts_api
@@ -32,6 +33,7 @@ from botpulse.query.uptime import connection_status, last_seen, now_ms, uptimes
 from botpulse.registry import audit, catalog, model
 from botpulse.registry.catalog import Bot
 from botpulse.registry.keys import hash_key
+from botpulse.schemas.account import BotPatch, WebhookPatch
 from botpulse.schemas.registry import INGEST, MANAGE, READ
 
 ASSETS = web.AppKey("dashboard_assets", Assets)
@@ -350,17 +352,20 @@ async def save_settings(request: web.Request) -> web.StreamResponse:
         return not_found(request, session)
     if form.get("action") == "webhook":
         body: dict[str, Any] = {"voteWebhookURL": form.get("voteWebhookURL", "").strip() or None}
-        allowed = model.WEBHOOK_PATCH
+        shape: type[msgspec.Struct] = WebhookPatch
     else:
         body = {
             "username": form.get("username", ""),
             "avatar": form.get("avatar", "").strip() or None,
             "private": form.get("private") == "on",
         }
-        allowed = model.OWNER_PATCH
+        shape = BotPatch
     store, redis = request.app[STORE], request.app[REDIS]
     try:
-        fields = model.bot_changes(body, allowed)
+        # The form goes through the API's own body struct: one definition of what is valid.
+        patch = model.decode(msgspec.json.encode(body), shape)
+        model.require_changes(patch)
+        fields = model.bot_fields(patch)
         await accounts_api.charge(request, session.account)
         await catalog.update_bot(store, redis, bot.id, fields, by=session.account, owner=session.account)
     except model.RegistryError as exc:
