@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint layers bench bench-quick clean
+.PHONY: dev test lint layers bench bench-quick clean browser screenshot
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,32 @@ $(STAMP): pyproject.toml
 dev: $(STAMP)
 	$(BIN)/botpulse dev
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(MAKE) --no-print-directory layers
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The dashboard's browser tests drive Debian's chromium through Playwright (never a downloaded
+# browser). Installed here when missing: as root with apt-get, otherwise the command to run is
+# printed and the build stops, so the tests never run without it (they fail, never skip).
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian's chromium for the browser tests"; \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium fonts-dejavu-core; \
+		else \
+			echo "The browser tests need Debian's chromium at $(CHROMIUM). Install it with:" >&2; \
+			echo "  sudo apt-get update && sudo apt-get install -y chromium fonts-dejavu-core" >&2; \
+			exit 1; \
+		fi; \
+	fi
+
+# Regenerates docs/dashboard-bot-page.png (the screenshot docs/dashboard.md shows) from the
+# bot-page browser test's seeded stack.
+screenshot: $(STAMP) browser
+	DASHBOARD_SCREENSHOT=$(CURDIR)/docs/dashboard-bot-page.png $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_dashboard_browser.py -k charts_match
 
 # import-linter reads a package from its directory, and the repository keeps botpulse's
 # subpackages at the top (pyproject's package-dir), so the contracts are checked against the

@@ -27,6 +27,9 @@ class Case:
     urls: list[str]
     headers: list[dict[str, str]]
     check: str = ""  # a key the JSON answer must hold for the figure to be the one asked for
+    # A sample that is several requests in a row (a dashboard page and its data requests): each
+    # entry of `steps` is one sample's URLs, timed together; `urls` is then unused.
+    steps: list[list[str]] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     problem: str = ""
@@ -38,11 +41,15 @@ async def _measure(base: str, cases: list[Case], requests: int) -> None:
     ) as session:
         for case in cases:
             for i in range(requests + 3):  # the first three warm caches and are not counted
-                url, headers = case.urls[i % len(case.urls)], case.headers[i % len(case.headers)]
+                urls = case.steps[i % len(case.steps)] if case.steps else [case.urls[i % len(case.urls)]]
+                headers = case.headers[i % len(case.headers)]
                 started = time.perf_counter()
-                async with session.get(url, headers=headers) as resp:
-                    body = await resp.read()
-                    status = resp.status
+                for url in urls:
+                    async with session.get(url, headers=headers) as resp:
+                        body = await resp.read()
+                        status = resp.status
+                    if status != 200:
+                        break
                 elapsed = time.perf_counter() - started
                 if i < 3:
                     if i == 0:
@@ -122,6 +129,29 @@ def run(b: Bench) -> None:
                 check="uptime",
             ),
             Case("query_bots_page", "GET /v1/bots first page", ["/v1/bots"], [{}], check="bots"),
+            Case(
+                "query_dashboard_bot_30d",
+                f"dashboard bot page, {s.query_days} d (HTML + its 4 data requests)",
+                [],
+                [{}],
+                check="offline",  # the last step's answer: the 1-year uptime
+                steps=[_bot_page(i, end, s.query_days) for i in month],
+            ),
+            Case(
+                "query_dashboard_data_30d",
+                f"the same {s.query_days} d data requests, API only",
+                [],
+                [{}],
+                check="offline",
+                steps=[_bot_page(i, end, s.query_days)[1:] for i in month],
+            ),
+            Case(
+                "query_badge",
+                "GET /badge/{id}/uptime-30d.svg",
+                [f"/badge/{i}/uptime-30d.svg" for i in month],
+                [{}],
+                check="<svg",
+            ),
         ]
         qport = port()
         svc = b.service("query", PHASE, ["-m", "botpulse", "query", "--port", str(qport)], env)
@@ -189,6 +219,19 @@ def _listing(b: Bench) -> None:
                     cases[1].problem or f"large p50 {large} ms, small p50 {small} ms"))  # fmt: skip
 
 
+def _bot_page(bot_id: str, end: int, days: int) -> list[str]:
+    """What a browser fetches for the bot page at the dashboard's 30-day range (`app.js`): the
+    HTML, the 90-day uptime, the stats of the range (720 buckets) and the 1-year uptime. The
+    assets are immutable and cached by the browser, so they are not counted."""
+    ninety = end // DAY_MS * DAY_MS - 89 * DAY_MS
+    return [
+        f"/dashboard/bot/{bot_id}",
+        f"/v1/bot/{bot_id}/uptime?start={ninety}&end={end}",
+        f"/v1/bot/{bot_id}?returnStats=true&start={end - days * DAY_MS}&end={end}&dataPoints=720",
+        f"/v1/bot/{bot_id}/uptime?start={end - 365 * DAY_MS}&end={end}",
+    ]
+
+
 def _profile(b: Bench, env: dict[str, str], cases: list[Case]) -> None:
     """The 30-day and long-range bot queries again, sampled by py-spy (not counted in figures)."""
     qport = port()
@@ -247,3 +290,8 @@ def _figures(b: Bench, cases: list[Case], rows: int) -> None:
     )
     add("query_uptime_2w", "", 15, "≤ 15 ms")
     add("query_bots_page", "", 20, "≤ 20 ms")
+    # The dashboard's figures stand beside the API's own 30-day p50 (no target of their own).
+    api_text = f"figure; API 30 d p50 {base} ms" if base else "figure"
+    add("query_dashboard_bot_30d", "", None, api_text)
+    add("query_dashboard_data_30d", "", None, api_text)
+    add("query_badge", "", None, "figure (cached per BOTPULSE_PUBLIC_CACHE_S)")

@@ -107,8 +107,9 @@ class DirectBackend:
                     file=sys.stderr,
                 )
             try:
-                return await admin.OPERATIONS[name].run(
-                    admin.Context(self.settings, store, redis), params, body
+                # The same decoding as over HTTP: the body as JSON, into the operation's struct.
+                return await admin.OPERATIONS[name].call(
+                    admin.Context(self.settings, store, redis), params, msgspec.json.encode(body)
                 )
             except RegistryError as exc:
                 return exc.status, exc.body()

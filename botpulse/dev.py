@@ -212,6 +212,7 @@ def _banner(demo: DemoCredentials, gateway_url: str, query_url: str) -> str:
             "botpulse dev stack is up",
             f"  gateway (posts)  {gateway_url}",
             f"  query   (reads)  {query_url}",
+            f"  dashboard        {query_url}/dashboard (sign in with the API key below)",
             f"  demo bot {demo.bot_id}, API key: {demo.api_key}",
             "",
             "Post a stat:",

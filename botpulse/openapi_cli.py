@@ -104,7 +104,7 @@ def render_page(doc: dict[str, Any]) -> str:
             lines += ["| status | answer | |", "| --- | --- | --- |"]
             for status, reply in op["responses"].items():
                 content = reply.get("content", {})
-                body = ", ".join(_schema_text(c["schema"]) for c in content.values()) or "no body"
+                body = ", ".join(_answer_text(kind, c["schema"]) for kind, c in content.items()) or "no body"
                 lines.append(f"| {status} | {body} | {reply['description']} |")
             lines.append("")
     lines += ["## Schemas", ""]
@@ -127,6 +127,12 @@ def render_page(doc: dict[str, Any]) -> str:
 def outputs() -> dict[Path, str]:
     doc = combined()
     return {DOCUMENT: render_json(doc), PAGE: render_page(doc)}
+
+
+def _answer_text(media: str, schema: dict[str, Any]) -> str:
+    """An answer's body; its media type named when it is not JSON (a CSV file, JSON lines)."""
+    text = _schema_text(schema)
+    return text if media == "application/json" else f"{text} (`{media}`)"
 
 
 def stale(root: Path = ROOT) -> list[Path]:

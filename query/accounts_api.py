@@ -15,7 +15,7 @@ import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -25,6 +25,7 @@ from botpulse.registry import admin, apikeys, audit, catalog, index, model, quot
 from botpulse.registry.keys import parse_authorization, request_key, same_secret
 from botpulse.runtime.clickhouse import ReadRefused
 from botpulse.runtime.logs import get_logger
+from botpulse.schemas.account import BotCreate, BotPatch, KeyCreate, WebhookPatch
 from botpulse.schemas.registry import INGEST, MANAGE, READ, IndexedKey
 
 log = get_logger(__name__)
@@ -33,6 +34,7 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 KEEPER = web.AppKey("registry_keeper", asyncio.Task)
 REBUILD_LOCK = web.AppKey("registry_rebuild_lock", asyncio.Lock)
 LOG_PAGE_MAX = 100
+T = TypeVar("T")
 
 
 def _answer(status: int, body: dict[str, Any]) -> web.Response:
@@ -73,8 +75,9 @@ def _context(request: web.Request) -> admin.Context:
     return admin.Context(app[SETTINGS], app[STORE], app[REDIS])
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    return model.decode_object(await request.read())
+async def _body(request: web.Request, struct: type[T]) -> T:
+    """The request's body as `struct` (the route's documented body), 400 naming the field otherwise."""
+    return model.decode(await request.read(), struct)
 
 
 async def _rebuild_if_missing(app: web.Application) -> bool:
@@ -104,18 +107,24 @@ async def credential(request: web.Request) -> IndexedKey:
     return found
 
 
-async def caller(request: web.Request, needs: str = MANAGE) -> str:
-    """The account whose key the request carries, if the key has the scope `needs` (a manage key
-    has every scope, a read key only read)."""
-    found = await credential(request)
+def require_scope(found: IndexedKey, needs: str = MANAGE) -> str:
+    """The key's account if the key has the scope `needs` (a manage key has every scope, a read
+    key only read), else `MissingScope` (403 naming both). The one rule for what a key may do:
+    the account API applies it to the request's key, the dashboard to its session's key."""
     if found.scope != MANAGE and (needs == MANAGE or found.scope != needs):
         what = "managing the account" if needs == MANAGE else "reading"
         raise model.MissingScope(found.scope, needs, what)
     return found.account_id
 
 
+async def caller(request: web.Request, needs: str = MANAGE) -> str:
+    """The account whose key the request carries, if the key has the scope `needs`."""
+    return require_scope(await credential(request), needs)
+
+
 async def charge(request: web.Request, account: str) -> quotas.Limits:
-    """Count a registry write against the account's writes per minute; its limits in force."""
+    """Count a registry write against the account's writes per minute; its limits in force
+    (the account API's writes and the dashboard's forms count alike)."""
     app = request.app
     limits = await quotas.limits_for(app[STORE], app[SETTINGS], account)
     await quotas.charge_write(app[REDIS], account, limits.values["registryWritesPerMin"])
@@ -133,13 +142,14 @@ def _path_bot(request: web.Request) -> str:
 @guarded
 async def create_bot(request: web.Request) -> web.Response:
     account = await caller(request)
-    bot_id, fields = model.new_bot(await _body(request), model.OWNER_CREATE)
+    body = await _body(request, BotCreate)
+    fields = model.bot_fields(body)
     limits = await charge(request, account)
     ctx = _context(request)
     bot = await catalog.create_bot(
         ctx.store,
         ctx.redis,
-        bot_id,
+        body.id,
         fields,
         account_id=account,
         default_slots=ctx.settings.default_custom_slots,
@@ -153,7 +163,9 @@ async def create_bot(request: web.Request) -> web.Response:
 async def patch_bot(request: web.Request) -> web.Response:
     account = await caller(request)
     bot_id = _path_bot(request)
-    fields = model.bot_changes(await _body(request), model.OWNER_PATCH)
+    body = await _body(request, BotPatch)
+    model.require_changes(body)
+    fields = model.bot_fields(body)
     await charge(request, account)
     ctx = _context(request)
     bot = await catalog.update_bot(ctx.store, ctx.redis, bot_id, fields, by=account, owner=account)
@@ -196,7 +208,7 @@ async def list_keys(request: web.Request) -> web.Response:
 @guarded
 async def create_key(request: web.Request) -> web.Response:
     account = await caller(request)
-    name, scope, bots = apikeys.parse_new_key(await _body(request))
+    name, scope, bots = apikeys.new_key_fields(await _body(request, KeyCreate))
     limits = await charge(request, account)
     ctx = _context(request)
     key, secret = await apikeys.create_key(
@@ -288,8 +300,7 @@ async def get_api(request: web.Request) -> web.Response:
 async def patch_api(request: web.Request) -> web.Response:
     account = await caller(request)
     bot_id = _path_bot(request)
-    body = await _body(request)
-    fields = model.bot_fields(body, model.WEBHOOK_PATCH, required=model.WEBHOOK_PATCH)
+    fields = model.bot_fields(await _body(request, WebhookPatch))
     await charge(request, account)
     ctx = _context(request)
     bot = await catalog.update_bot(ctx.store, ctx.redis, bot_id, fields, by=account, owner=account)
@@ -310,10 +321,8 @@ def _admin_handler(operation: admin.Operation) -> Handler:
     @guarded
     async def handle(request: web.Request) -> web.Response:
         _check_admin(request)
-        raw = await request.read()
-        body = model.decode_object(raw) if raw.strip() else {}
         params = dict(request.query) | dict(request.match_info)
-        status, result = await operation.run(_context(request), params, body)
+        status, result = await operation.call(_context(request), params, await request.read())
         return _answer(status, result)
 
     return handle

@@ -4,7 +4,8 @@ account API (`accounts_api.caller`): reading takes a read or manage key, every c
 key (and counts against the account's registry writes per minute, as bot and key changes do);
 an ingest key is refused everywhere. An account sees only its own rules and destinations (another
 account's are 404, like unknown ones), and a rule can only watch a bot the account manages.
-Answers are the structs of `query/shapes.py` the OpenAPI document is generated from."""
+Bodies decode into the structs of `schemas/account.py` and answers are the structs of
+`query/shapes.py`: the OpenAPI document is generated from both."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from botpulse.query.responses import json_response
 from botpulse.registry import alerts as rules_db
 from botpulse.registry import catalog, model
 from botpulse.runtime.egress import Refused, check_destination
+from botpulse.schemas.account import DestinationCreate, RuleChanges, RuleCreate
 from botpulse.schemas.alerts import DELIVERY_LOG_MAX, Rule, state_key
 from botpulse.schemas.registry import BOT_ID, READ
 
@@ -44,7 +46,8 @@ def _limit(request: web.Request) -> int:
 async def create_destination(request: web.Request) -> web.Response:
     account = await caller(request)
     app = request.app
-    destination = rules_db.destination_from_body(rules_db.decode_body(await request.read()), account=account)
+    body = model.decode(await request.read(), DestinationCreate)
+    destination = rules_db.destination_from_body(body, account=account)
     if (
         len(await rules_db.list_destinations(app[STORE], account=account))
         >= rules_db.MAX_DESTINATIONS_PER_ACCOUNT
@@ -114,7 +117,7 @@ async def _checked(request: web.Request, rule: Rule, account: str) -> None:
 async def create_rule(request: web.Request) -> web.Response:
     account = await caller(request)
     app = request.app
-    body = rules_db.decode_body(await request.read())
+    body = model.decode(await request.read(), RuleCreate)
     rule = rules_db.rule_from_body(body, account=account, heartbeat_window_s=app[SETTINGS].heartbeat_window_s)
     await _checked(request, rule, account)
     if len(await rules_db.list_rules(app[STORE], account=account)) >= rules_db.MAX_RULES_PER_ACCOUNT:
@@ -147,7 +150,7 @@ async def patch_rule(request: web.Request) -> web.Response:
     account = await caller(request)
     app = request.app
     current = await rules_db.get_rule(app[STORE], request.match_info["id"], account)
-    body = rules_db.decode_body(await request.read())
+    body = model.decode(await request.read(), RuleChanges)
     rule = rules_db.rule_from_body(
         body, account=account, heartbeat_window_s=app[SETTINGS].heartbeat_window_s, current=current
     )

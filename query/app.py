@@ -15,8 +15,9 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from botpulse.query import accounts_api, alerts_api, datagram, metrics, params, shapes
+from botpulse.query import accounts_api, alerts_api, dashboard, datagram, metrics, params, shapes
 from botpulse.query.cache import AnswerCache
+from botpulse.query.dashboard.sessions import session_account
 from botpulse.query.leaderboard import PERIODS, BadMetric, default_period, leaderboard
 from botpulse.query.listing import (
     ALL_FIELDS,
@@ -56,13 +57,14 @@ def _listing_error(message: str) -> web.Response:
 async def caller_account(request: web.Request) -> str | None:
     """The account of the request's key, for reading its private bots; None without a key or for
     an unknown one (then only public bots are visible). An ingest key may not read: 403."""
-    return await account_of_key(request, request_key(request.headers, request.query))
+    key = request_key(request.headers, request.query)
+    if not key:  # a signed-in dashboard session reads like the key it was opened with (GET only)
+        return await session_account(request)
+    return await account_of_key(request, key)
 
 
-async def account_of_key(request: web.Request, key: str | None) -> str | None:
+async def account_of_key(request: web.Request, key: str) -> str | None:
     """`caller_account` for a key however it came (e.g. Rocket.Chat's `X-Auth-Token`)."""
-    if not key:
-        return None
     registry = request.app[REGISTRY]
     found = await registry.credential(key)
     if found is None:
@@ -649,6 +651,7 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     datagram.add_routes(app)
     accounts_api.add_routes(app)
     alerts_api.add_routes(app)
+    dashboard.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get(OPENAPI_PATH, openapi)

@@ -1,9 +1,8 @@
-"""The query service's request bodies and answers as msgspec structs: what the OpenAPI document
-(`query/spec.py`) is generated from and what schemathesis checks the live answers against.
+"""The query service's answers as msgspec structs: what the OpenAPI document (`query/spec.py`) is
+generated from and what schemathesis checks the live answers against.
 
-Account and bot writes are still parsed field by field by `registry.model` (which names the field
-at fault); the body structs here carry the same fields and bounds (tests/test_openapi.py checks
-the field sets against `registry.model`'s).
+The request bodies are `schemas/account.py`'s structs, which the handlers decode with (one
+definition for the validation and the document).
 """
 
 from __future__ import annotations
@@ -13,22 +12,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from botpulse.schemas.alerts import DeliveryEntry, DestinationType
+from botpulse.schemas.account import QuietHoursSpec, RuleOp
+from botpulse.schemas.alerts import DeliveryEntry, DestinationType, RuleKind
 
-BotId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="A bot's id.")]
-# registry.model: non-empty after stripping, at most 256 characters, no control characters.
-Text = Annotated[
-    str, Meta(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$")
-]
-# registry.model: an http(s) URL with a host, no whitespace, at most 2048 characters.
-Url = Annotated[
-    str,
-    Meta(
-        max_length=2048,
-        pattern=r"^https?://[^\s\x00-\x1f\x7f/?#@:\[\]\\]+(:[0-9]{1,4})?([/?#][^\s\x00-\x1f\x7f]*)?$",
-    ),
-]
-Slots = Annotated[int, Meta(ge=0, le=1000)]
 AccountId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="An account's id (`acc_…`).")]
 Millis = Annotated[int, Meta(description="Unix time in milliseconds.")]
 Connection = Literal["connected", "disconnected"]
@@ -292,30 +278,7 @@ class ApiView(msgspec.Struct):
     keyPrefix: str | None = msgspec.field()
 
 
-class BotCreate(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    id: BotId
-    username: Text
-    avatar: Url | None = None
-    private: bool = False
-
-
-class BotPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """At least one field."""
-
-    username: Text | UnsetType = UNSET
-    avatar: Url | UnsetType | None = UNSET
-    private: bool | UnsetType = UNSET
-
-
-class WebhookPatch(msgspec.Struct, forbid_unknown_fields=True):
-    voteWebhookURL: Url | None
-
-
 # --- operator -------------------------------------------------------------------------------------
-class AccountCreate(msgspec.Struct, forbid_unknown_fields=True):
-    name: Text
-
-
 class CreatedAccount(AccountView):
     key: Annotated[str, Meta(description="The account's API key, shown this once.")]
 
@@ -335,27 +298,6 @@ class AccountToken(msgspec.Struct):
 
 class BotList(msgspec.Struct):
     bots: list[BotView]
-
-
-class AdminBotCreate(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    id: BotId
-    account: Text
-    username: Text
-    avatar: Url | None = None
-    private: bool = False
-    voteWebhookURL: Url | None = None
-    customSlots: Slots | UnsetType = UNSET
-
-
-class AdminBotPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """At least one field."""
-
-    account: Text | UnsetType = UNSET
-    username: Text | UnsetType = UNSET
-    avatar: Url | UnsetType | None = UNSET
-    private: bool | UnsetType = UNSET
-    voteWebhookURL: Url | UnsetType | None = UNSET
-    customSlots: Slots | UnsetType = UNSET
 
 
 class Removed(msgspec.Struct):
@@ -399,12 +341,6 @@ class KeyList(msgspec.Struct):
     keys: list[KeyView]
 
 
-class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
-    name: Annotated[str, Meta(min_length=1, max_length=100)]
-    scope: Literal["ingest", "read", "manage"]
-    bots: list[str] | None = None
-
-
 class Revoked(msgspec.Struct):
     id: str
     revoked: bool
@@ -422,74 +358,8 @@ class AccountLimits(msgspec.Struct):
     limits: dict[str, Any]
 
 
-class LimitsPatch(msgspec.Struct, forbid_unknown_fields=True):
-    bots: int | None = None
-    keys: int | None = None
-    customEventTypes: int | None = None
-    registryWritesPerMin: int | None = None
-    postsPerMin: int | None = None
-
-
-# --- alerts (query/alerts_api.py; registry/alerts.py checks the bodies, naming the field) -----------
+# --- alerts (query/alerts_api.py) ------------------------------------------------------------------
 RuleId = Annotated[str, Meta(pattern=r"^alr_[0-9a-f]{16}$", description="An alert rule's id.")]
-DestinationId = Annotated[str, Meta(pattern=r"^dst_[0-9a-f]{16}$", description="A destination's id.")]
-# registry.alerts: non-empty after stripping, at most 100 characters, no control characters.
-AlertName = Annotated[
-    str, Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$")
-]
-AlertMetric = Annotated[
-    str,
-    Meta(
-        pattern=r"^(guilds|users|shards|apiPing|ramUsage|ramTotal|cpu|bandwidth|custom\.[A-Za-z0-9_.:-]{1,64})$",
-        description="A standard metric, or a custom one as `custom.<name>`.",
-    ),
-]
-RuleKind = Literal["offline", "threshold", "change"]
-RuleOp = Literal["above", "below", "drop", "rise"]
-Minutes = Annotated[float, Meta(ge=1, le=7 * 1440)]
-HHMM = Annotated[str, Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
-
-
-class QuietHoursSpec(msgspec.Struct, forbid_unknown_fields=True):
-    start: HHMM
-    end: HHMM
-    timezone: Annotated[str, Meta(description="An IANA time zone.", examples=["Europe/Berlin"])] = "UTC"
-
-
-Destinations = Annotated[list[DestinationId], Meta(min_length=1, max_length=10)]
-
-
-class _RuleOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
-    """The fields a rule may have besides its name, bot, kind and destinations (which of them
-    apply depends on the kind; docs/alerts.md)."""
-
-    minutes: Minutes | UnsetType = UNSET
-    metric: AlertMetric | UnsetType = UNSET
-    op: RuleOp | UnsetType = UNSET
-    value: Annotated[float, Meta(ge=-1e15, le=1e15)] | UnsetType = UNSET
-    ofMetric: AlertMetric | UnsetType | None = UNSET
-    percent: Annotated[float, Meta(ge=0.01, le=100)] | UnsetType = UNSET
-    hours: Annotated[float, Meta(ge=1 / 60, le=24 * 30)] | UnsetType = UNSET
-    muted: bool | UnsetType = UNSET
-    mutedUntil: Annotated[int, Meta(ge=0, lt=10**14, description="Unix ms.")] | UnsetType | None = UNSET
-    quietHours: QuietHoursSpec | UnsetType | None = UNSET
-    minIntervalMinutes: Annotated[float, Meta(ge=0, le=7 * 1440)] | UnsetType = UNSET
-
-
-class RuleCreate(_RuleOptions, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
-    """`POST /v1/alerts/rules`."""
-
-    name: AlertName
-    bot: BotId
-    kind: RuleKind
-    destinations: Destinations
-
-
-class RuleChanges(_RuleOptions, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
-    """`PATCH /v1/alerts/rules/{id}`: at least one field; `bot` and `kind` stay (make a new rule)."""
-
-    name: AlertName | UnsetType = UNSET
-    destinations: Destinations | UnsetType = UNSET
 
 
 class RuleState(msgspec.Struct):
@@ -535,21 +405,6 @@ class RuleList(msgspec.Struct):
 class DeliveryLog(msgspec.Struct):
     rule: str
     deliveries: list[DeliveryEntry]
-
-
-class DestinationCreate(msgspec.Struct, forbid_unknown_fields=True):
-    name: AlertName
-    type: DestinationType
-    url: Annotated[
-        str,
-        Meta(
-            min_length=1,
-            max_length=2048,
-            pattern=r"^\S+$",
-            description="https (http only with BOTPULSE_ALERTS_ALLOW_HTTP); a Discord webhook URL for "
-            "`discord`. Checked against the SSRF rules (docs/alerts.md).",
-        ),
-    ]
 
 
 class DestinationView(msgspec.Struct, forbid_unknown_fields=True):

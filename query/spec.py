@@ -1,7 +1,9 @@
 """The query service's routes as OpenAPI specs (see `runtime/openapi.py`). A new route is described
-here, with its parameters, body and answers as the structs of `query/shapes.py`; a route mounted
-without a spec fails tests/test_openapi.py. Served at `/openapi.json` (under
-BOTPULSE_QUERY_PREFIX) and merged into `docs/api/openapi.json` by `botpulse openapi`."""
+here, with its parameters, its body as the struct its handler decodes with (`schemas/account.py`;
+tests/test_openapi.py checks it is the same one) and its answers as the structs of
+`query/shapes.py`; a route mounted without a spec fails tests/test_openapi.py. Served at
+`/openapi.json` (under BOTPULSE_QUERY_PREFIX) and merged into `docs/api/openapi.json` by
+`botpulse openapi`."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from botpulse.runtime.openapi import (
     error_reply,
     health_routes,
 )
+from botpulse.schemas import account as bodies
 
 SPECS = RouteSpecs(
     "botpulse query service",
@@ -35,7 +38,7 @@ Timestamp = Annotated[
     str, Meta(max_length=40, description="Unix ms, Unix seconds (below 1e11) or an ISO-8601 date/time (UTC).")
 ]
 Flag = Literal["true", "false", "1", "0", "yes", "no"]
-BOT = Param(name="botId", where="path", type=s.BotId, example=EXAMPLE_BOT)
+BOT = Param(name="botId", where="path", type=bodies.BotId, example=EXAMPLE_BOT)
 START = Param(
     name="start", type=Timestamp, description="Start of the range (inclusive).", example="1752710400000"
 )
@@ -113,6 +116,45 @@ _read(
     START,
     END,
     errors={400: BAD, 404: NO_BOT},
+    security=OPTIONAL_KEY,
+)
+_read(
+    "/v1/bot/{botId}/export",
+    "exportBot",
+    "A bot's data for a range as a file: its buckets or every post, CSV or JSON lines",
+    Reply(
+        description=(
+            "The file (`Content-Disposition: attachment`), written as it is read. `data=buckets`: "
+            "one row or line per bucket, the same buckets as `GET /v1/bot/{botId}?returnStats=true`; "
+            "`data=posts`: every stored post of the range, oldest first. CSV's first row names the "
+            "columns; a text cell starting like a formula gets a leading `'`."
+        ),
+        body=str,
+        content_type=("text/csv", "application/x-ndjson"),
+        headers={"Content-Disposition": '`attachment; filename="bot-<id>-<data>.<format>"`.'},
+    ),
+    BOT,
+    Param(name="format", type=Literal["csv", "jsonl"], description="The file's format (default csv)."),
+    Param(name="data", type=Literal["buckets", "posts"], description="Buckets (default) or every post."),
+    Param(
+        name="dataPoints",
+        type=Annotated[int, Meta(ge=1, le=1000)],
+        description="Buckets for `data=buckets` (default 90).",
+    ),
+    Param(
+        name="start", type=Timestamp, description="Start of the range (inclusive); default a day before end."
+    ),
+    END,
+    description=(
+        "The range covers at most BOTPULSE_EXPORT_MAX_DAYS (default 90 days). Privacy as for the "
+        "bot itself: a private bot is 404 to anyone but its account (a read or manage key, or a "
+        "signed-in dashboard session); an ingest key may not read (403)."
+    ),
+    errors={
+        400: BAD,
+        403: error_reply("The key has the ingest scope, which may not read."),
+        404: NO_BOT,
+    },
     security=OPTIONAL_KEY,
 )
 _read(
@@ -231,10 +273,10 @@ _DG_ERRORS = {
     400: BAD,
     401: error_reply("No API key, or an unknown one."),
 }
-_ONE = Param(name="partner_node_id", type=s.BotId, required=True, example=EXAMPLE_BOT)
+_ONE = Param(name="partner_node_id", type=bodies.BotId, required=True, example=EXAMPLE_BOT)
 _MANY = Param(
     name="partner_node_id[]",
-    type=Annotated[list[s.BotId], Meta(min_length=1, max_length=100)],
+    type=Annotated[list[bodies.BotId], Meta(min_length=1, max_length=100)],
     required=True,
     description="Repeat for each bot (at most 100).",
 )
@@ -335,7 +377,7 @@ _account(
     "createBot",
     "Register a bot for the calling account",
     (201, Reply(description="The bot.", body=s.BotView)),
-    body=s.BotCreate,
+    body=bodies.BotCreate,
     example={"id": EXAMPLE_BOT, "username": "My Bot", "private": False},
     errors={409: error_reply("A bot with this id exists.")},
 )
@@ -346,7 +388,7 @@ _account(
     "Change one of the calling account's bots",
     (200, Reply(description="The bot.", body=s.BotView)),
     params=(BOT,),
-    body=s.BotPatch,
+    body=bodies.BotPatch,
     example={"username": "Renamed"},
     errors=_MANAGED,
 )
@@ -420,7 +462,7 @@ _account(
     "createKey",
     "Create a named key with a scope (ingest, read or manage)",
     (201, Reply(description="The key, shown this once.", body=s.CreatedKey)),
-    body=s.KeyCreate,
+    body=bodies.KeyCreate,
     example={"name": "bot config", "scope": "ingest"},
     errors={**_KEY_ERRORS, 404: error_reply("No such bot among the account's.")},
 )
@@ -450,7 +492,7 @@ _account(
     "Change the bot's vote webhook (DBots)",
     (200, Reply(description="The settings.", body=s.ApiView)),
     params=(BOT,),
-    body=s.WebhookPatch,
+    body=bodies.WebhookPatch,
     example={"voteWebhookURL": "https://example.com/votes"},
     tags=("dbots", "accounts"),
     errors=_MANAGED,
@@ -463,7 +505,7 @@ _MANAGE_ONLY = error_reply("The key lacks the manage scope.")
 _BUSY = error_reply("Too many registry changes this minute.", retry=True)
 _NO_RULE = error_reply("No such rule, or it is another account's.")
 RULE = Param(name="id", where="path", type=s.RuleId, example="alr_0123456789abcdef")
-DESTINATION = Param(name="id", where="path", type=s.DestinationId, example="dst_0123456789abcdef")
+DESTINATION = Param(name="id", where="path", type=bodies.DestinationId, example="dst_0123456789abcdef")
 _account(
     "POST",
     "/v1/alerts/destinations",
@@ -475,7 +517,7 @@ _account(
             description="The destination; a webhook's `secret`, shown this once.", body=s.CreatedDestination
         ),
     ),
-    body=s.DestinationCreate,
+    body=bodies.DestinationCreate,
     example={"name": "ops", "type": "webhook", "url": "https://hooks.example.com/botpulse"},
     tags=("alerts",),
     errors={
@@ -514,7 +556,7 @@ _account(
     "createAlertRule",
     "Add a rule watching one of the account's bots (offline, threshold or change)",
     (201, Reply(description="The rule with its state.", body=s.RuleWithState)),
-    body=s.RuleCreate,
+    body=bodies.RuleCreate,
     example={
         "name": "down",
         "bot": EXAMPLE_BOT,
@@ -536,7 +578,7 @@ _account(
     "listAlertRules",
     "The account's rules",
     (200, Reply(description="The rules, oldest first.", body=s.RuleList)),
-    params=(Param(name="bot", type=s.BotId, description="Only this bot's rules."),),
+    params=(Param(name="bot", type=bodies.BotId, description="Only this bot's rules."),),
     tags=("alerts",),
     errors={403: _READ_OR_MANAGE},
 )
@@ -557,7 +599,7 @@ _account(
     "Change a rule (any field but `bot` and `kind`)",
     (200, Reply(description="The rule with its state.", body=s.RuleWithState)),
     params=(RULE,),
-    body=s.RuleChanges,
+    body=bodies.RuleChanges,
     example={"muted": True},
     tags=("alerts",),
     errors={403: _MANAGE_ONLY, 404: _NO_RULE, 429: _BUSY},
@@ -585,46 +627,32 @@ _account(
 
 
 # --- operator ---------------------------------------------------------------------------------------
-_ADMIN_SHAPES: dict[str, tuple[int, Any, Any, tuple[Param, ...]]] = {
-    # operation -> (success status, answer, body, parameters)
-    "accounts.create": (201, s.CreatedAccount, s.AccountCreate, ()),
-    "accounts.list": (200, s.AccountList, None, ()),
-    "keys.regenerate": (
-        200,
-        s.AccountToken,
-        None,
-        (Param(name="accountId", where="path", type=s.AccountId),),
-    ),
-    "keys.list": (200, s.KeyList, None, (Param(name="accountId", where="path", type=s.AccountId),)),
+_ADMIN_SHAPES: dict[str, tuple[int, Any, tuple[Param, ...]]] = {
+    # operation -> (success status, answer, parameters); the body is the operation's own struct
+    # (`Operation.body`, the one its handler decodes with)
+    "accounts.create": (201, s.CreatedAccount, ()),
+    "accounts.list": (200, s.AccountList, ()),
+    "keys.regenerate": (200, s.AccountToken, (Param(name="accountId", where="path", type=s.AccountId),)),
+    "keys.list": (200, s.KeyList, (Param(name="accountId", where="path", type=s.AccountId),)),
     "keys.revoke": (
         200,
         s.Revoked,
-        None,
         (
             Param(name="accountId", where="path", type=s.AccountId),
             Param(name="keyId", where="path", type=s.KeyId),
         ),
     ),
-    "limits.get": (200, s.AccountLimits, None, (Param(name="accountId", where="path", type=s.AccountId),)),
-    "limits.set": (
-        200,
-        s.AccountLimits,
-        s.LimitsPatch,
-        (Param(name="accountId", where="path", type=s.AccountId),),
-    ),
-    "bots.list": (
-        200,
-        s.BotList,
-        None,
-        (Param(name="account", type=str, description="Only this account's."),),
-    ),
-    "bots.add": (201, s.BotView, s.AdminBotCreate, ()),
-    "bots.set": (200, s.BotView, s.AdminBotPatch, (BOT,)),
-    "bots.remove": (200, s.Removed, None, (BOT,)),
-    "registry.sync": (200, s.Synced, None, ()),
+    "limits.get": (200, s.AccountLimits, (Param(name="accountId", where="path", type=s.AccountId),)),
+    "limits.set": (200, s.AccountLimits, (Param(name="accountId", where="path", type=s.AccountId),)),
+    "bots.list": (200, s.BotList, (Param(name="account", type=str, description="Only this account's."),)),
+    "bots.add": (201, s.BotView, ()),
+    "bots.set": (200, s.BotView, (BOT,)),
+    "bots.remove": (200, s.Removed, (BOT,)),
+    "registry.sync": (200, s.Synced, ()),
 }
 for name, operation in OPERATIONS.items():
-    status, answer, body, params = _ADMIN_SHAPES[name]
+    status, answer, params = _ADMIN_SHAPES[name]
+    body = operation.body
     replies = {
         status: Reply(description="Done.", body=answer),
         400: error_reply("The body or a parameter is not valid; `field` names it."),

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from botpulse.registry.quotas import MAX_EVENT_TYPES
 from botpulse.runtime.clickhouse import Store
+from botpulse.schemas.account import MAX_EVENT_TYPES
 from botpulse.schemas.stats import AVG_FIELDS, LAST_FIELDS
 
 _HOUR = 3_600_000

@@ -9,49 +9,27 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import math
 import re
 import secrets
 import zoneinfo
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 import redis.asyncio as aioredis
 
-from botpulse.registry.model import Invalid, NotFound, decode_object
+from botpulse.registry.model import Invalid, NotFound, require_changes
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.logs import get_logger
-from botpulse.schemas.alerts import (
-    CUSTOM_PREFIX,
-    METRICS,
-    RULES_VERSION_KEY,
-    DeliveryEntry,
-    Destination,
-    QuietHours,
-    Rule,
-    log_key,
-)
-from botpulse.schemas.registry import BOT_ID
+from botpulse.schemas.account import DestinationCreate, RuleChanges, RuleCreate
+from botpulse.schemas.alerts import RULES_VERSION_KEY, DeliveryEntry, Destination, Rule, log_key
 
 log = get_logger(__name__)
 
-MAX_NAME = 100
-MAX_URL = 2048
-MAX_DESTINATIONS = 10
 MAX_RULES_PER_ACCOUNT = 500
 MAX_DESTINATIONS_PER_ACCOUNT = 50
-_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
-_CUSTOM_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _DISCORD_PATH = re.compile(r"^/api(/v\d+)?/webhooks/\d{1,25}/[A-Za-z0-9_.-]{1,200}/?$")
 _ID = re.compile(r"^(alr|dst)_[0-9a-f]{16}$")
-
-RULE_FIELDS = (
-    "name", "bot", "kind", "destinations", "minutes", "metric", "op", "value", "ofMetric",
-    "percent", "hours", "muted", "mutedUntil", "quietHours", "minIntervalMinutes",
-)  # fmt: skip
-# Fields a PATCH may change (bot and kind fix what a rule is: make a new rule instead).
-RULE_PATCH = tuple(f for f in RULE_FIELDS if f not in ("bot", "kind"))
-DESTINATION_FIELDS = ("name", "type", "url")
 
 
 def now_ms() -> int:
@@ -59,121 +37,25 @@ def now_ms() -> int:
 
 
 # --- validation ---------------------------------------------------------------------------------
-def _only(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
-    for name in body:
-        if name not in allowed:
-            raise Invalid(f"Unknown field {name!r}; expected one of: {', '.join(allowed)}", name)
-
-
-def _name(value: object, field: str = "name") -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise Invalid(f"{field} must be a non-empty string", field)
-    if len(value) > MAX_NAME:
-        raise Invalid(f"{field} must be at most {MAX_NAME} characters", field)
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise Invalid(f"{field} must not contain control characters", field)
-    return value
-
-
-def _number(body: dict[str, Any], field: str, low: float, high: float) -> float:
-    value = body[field]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise Invalid(f"{field} must be a number from {low:g} to {high:g}", field)
-    if not low <= value <= high:
-        raise Invalid(f"{field} must be a number from {low:g} to {high:g}", field)
-    return float(value)
-
-
-def _metric(value: object, field: str) -> str:
-    if isinstance(value, str) and value in METRICS:
-        return value
-    if (
-        isinstance(value, str)
-        and value.startswith(CUSTOM_PREFIX)
-        and _CUSTOM_NAME.match(value[len(CUSTOM_PREFIX) :])
-    ):
-        return value
-    raise Invalid(f"{field} must be one of {', '.join(METRICS)} or custom.<name>", field)
-
-
-def _quiet(value: object) -> QuietHours | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise Invalid("quietHours must be an object {start, end, timezone} or null", "quietHours")
-    _only(value, ("start", "end", "timezone"))
-    for part in ("start", "end"):
-        if not isinstance(value.get(part), str) or not _HHMM.match(value[part]):
-            raise Invalid(f"quietHours.{part} must be a time HH:MM", f"quietHours.{part}")
-    tz = value.get("timezone", "UTC")
+# The bodies' fields, types and bounds are `RuleCreate`'s, `RuleChanges`' and `DestinationCreate`'s
+# (schemas/account.py, decoded by `model.decode`); what follows is what a struct cannot say.
+def _check_quiet(quiet: dict[str, Any]) -> None:
     try:
-        if not isinstance(tz, str):
-            raise ValueError
-        zoneinfo.ZoneInfo(tz)
+        zoneinfo.ZoneInfo(quiet["timezone"])
     except (ValueError, zoneinfo.ZoneInfoNotFoundError):
         raise Invalid("quietHours.timezone must be an IANA time zone such as Europe/Berlin",
                       "quietHours.timezone") from None  # fmt: skip
-    if value["start"] == value["end"]:
+    if quiet["start"] == quiet["end"]:
         raise Invalid("quietHours.start and quietHours.end must differ", "quietHours.end")
-    return QuietHours(start=value["start"], end=value["end"], timezone=tz)
 
 
 def _fields(body: dict[str, Any], base: dict[str, Any], heartbeat_window_s: int) -> dict[str, Any]:
     """`base` (a rule's current fields, API names) updated with `body`, checked as a whole."""
-    spec = dict(base)
-    if "name" in body:
-        spec["name"] = _name(body["name"])
-    if "bot" in body:
-        if not isinstance(body["bot"], str) or not BOT_ID.match(body["bot"]):
-            raise Invalid("bot must be a bot id (1-64 characters of A-Z a-z 0-9 _ . : -)", "bot")
-        spec["bot"] = body["bot"]
-    if "kind" in body:
-        if body["kind"] not in ("offline", "threshold", "change"):
-            raise Invalid("kind must be one of offline, threshold, change", "kind")
-        spec["kind"] = body["kind"]
+    spec = base | body
+    if body.get("quietHours") is not None:
+        _check_quiet(body["quietHours"])
     if "destinations" in body:
-        dests = body["destinations"]
-        if (
-            not isinstance(dests, list)
-            or not 1 <= len(dests) <= MAX_DESTINATIONS
-            or not all(isinstance(d, str) and _ID.match(d) and d.startswith("dst_") for d in dests)
-        ):
-            raise Invalid(
-                f"destinations must be a list of 1 to {MAX_DESTINATIONS} destination ids (dst_…)",
-                "destinations",
-            )
-        spec["destinations"] = list(dict.fromkeys(dests))
-    for field, low, high in (
-        ("minutes", 1, 7 * 1440),
-        ("value", -1e15, 1e15),
-        ("percent", 0.01, 100),
-        ("hours", 1 / 60, 24 * 30),
-        ("minIntervalMinutes", 0, 7 * 1440),
-    ):
-        if field in body:
-            spec[field] = _number(body, field, low, high)
-    if "muted" in body:
-        if not isinstance(body["muted"], bool):
-            raise Invalid("muted must be true or false", "muted")
-        spec["muted"] = body["muted"]
-    if "mutedUntil" in body:
-        until = body["mutedUntil"]
-        if until is not None and (
-            isinstance(until, bool) or not isinstance(until, int) or not 0 <= until < 10**14
-        ):
-            raise Invalid("mutedUntil must be a time in ms since the epoch, or null", "mutedUntil")
-        spec["mutedUntil"] = until
-    if "quietHours" in body:
-        quiet = _quiet(body["quietHours"])
-        spec["quietHours"] = None if quiet is None else msgspec.to_builtins(quiet)
-    for field in ("metric", "ofMetric"):
-        if field in body:
-            spec[field] = None if body[field] is None and field == "ofMetric" else _metric(body[field], field)
-    if "op" in body:
-        spec["op"] = body["op"]
-    for field in ("name", "bot", "kind", "destinations"):
-        if field not in spec:
-            raise Invalid(f"{field} is required", field)
+        spec["destinations"] = list(dict.fromkeys(body["destinations"]))
     _check_kind(spec, heartbeat_window_s)
     return spec
 
@@ -210,18 +92,18 @@ def _check_kind(spec: dict[str, Any], heartbeat_window_s: int) -> None:
 
 
 def rule_from_body(
-    body: dict[str, Any], *, account: str, heartbeat_window_s: int, current: Rule | None = None
+    body: RuleCreate | RuleChanges, *, account: str, heartbeat_window_s: int, current: Rule | None = None
 ) -> Rule:
-    """A new rule (current=None), or `current` with the body's changes; `Invalid` names the field."""
-    _only(body, RULE_FIELDS if current is None else RULE_PATCH)
-    if current is not None and not body:
-        raise Invalid(f"Nothing to change; give at least one of: {', '.join(RULE_PATCH)}")
+    """A new rule (`RuleCreate`, current=None), or `current` with the changes of a `RuleChanges`;
+    `Invalid` names the field."""
     base: dict[str, Any] = {}
     if current is not None:
+        require_changes(body)
         base = msgspec.to_builtins(current)
         for key in ("id", "account", "createdAt", "updatedAt"):
             base.pop(key, None)
-    spec = _fields(body, base, heartbeat_window_s)
+    # The given fields only (UNSET ones are left out), under their API names.
+    spec = _fields(msgspec.to_builtins(body), base, heartbeat_window_s)
     at = now_ms()
     spec |= {
         "id": current.id if current else "alr_" + secrets.token_hex(8),
@@ -235,27 +117,15 @@ def rule_from_body(
         raise Invalid(f"Invalid rule: {exc}") from None
 
 
-def destination_from_body(body: dict[str, Any], *, account: str) -> Destination:
-    _only(body, DESTINATION_FIELDS)
-    for field in DESTINATION_FIELDS:
-        if field not in body:
-            raise Invalid(f"{field} is required", field)
-    if body["type"] not in ("discord", "webhook"):
-        raise Invalid("type must be discord or webhook", "type")
-    url = body["url"]
-    if not isinstance(url, str) or not url or len(url) > MAX_URL or any(c.isspace() for c in url):
-        raise Invalid(f"url must be a URL of at most {MAX_URL} characters without spaces", "url")
-    if body["type"] == "discord":
-        from urllib.parse import urlsplit
-
-        if not _DISCORD_PATH.match(urlsplit(url).path):
-            raise Invalid("url must be a Discord webhook URL (…/api/webhooks/<id>/<token>)", "url")
+def destination_from_body(body: DestinationCreate, *, account: str) -> Destination:
+    if body.type == "discord" and not _DISCORD_PATH.match(urlsplit(body.url).path):
+        raise Invalid("url must be a Discord webhook URL (…/api/webhooks/<id>/<token>)", "url")
     return Destination(
         id="dst_" + secrets.token_hex(8),
         account=account,
-        name=_name(body["name"]),
-        type=body["type"],
-        url=url,
+        name=body.name,
+        type=body.type,
+        url=body.url,
         created_at=now_ms(),
     )
 
@@ -404,7 +274,3 @@ async def delivery_log(redis: aioredis.Redis, rule_id: str, limit: int) -> list[
     """The rule's newest delivery attempts, newest first (the evaluator keeps the last 200)."""
     raw = await redis.lrange(log_key(rule_id), 0, limit - 1)
     return [msgspec.json.decode(item, type=DeliveryEntry) for item in raw]
-
-
-def decode_body(raw: bytes) -> dict[str, Any]:
-    return decode_object(raw)

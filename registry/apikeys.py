@@ -20,10 +20,11 @@ import redis.asyncio as aioredis
 from botpulse.registry import audit, index
 from botpulse.registry.catalog import _after, _utc, get_account, now, registry_lock, stamp
 from botpulse.registry.keys import generate_key, hash_key, key_hint
-from botpulse.registry.model import Invalid, NotFound, QuotaExceeded, bot_id
+from botpulse.registry.model import Invalid, NotFound, QuotaExceeded
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.logs import get_logger
-from botpulse.schemas.registry import ACCOUNT_KEY_ID, INGEST, SCOPES, IndexedKey
+from botpulse.schemas.account import KeyCreate
+from botpulse.schemas.registry import ACCOUNT_KEY_ID, INGEST, IndexedKey
 
 log = get_logger(__name__)
 
@@ -31,8 +32,6 @@ COLUMNS = [
     "id", "account_id", "name", "scope", "bots", "bot", "key_hash", "key_prefix",
     "created_at", "updated_at", "revoked",
 ]  # fmt: skip
-MAX_NAME = 100
-MAX_KEY_BOTS = 100
 
 
 class ApiKey(msgspec.Struct, frozen=True):
@@ -78,27 +77,13 @@ async def _live_rows(store: Store, where: str, params: dict[str, Any]) -> list[_
     return [_row(r) for r in rows]
 
 
-def parse_new_key(body: dict[str, Any]) -> tuple[str, str, tuple[str, ...]]:
-    """(name, scope, bots) of a key to create: `{name, scope, bots?}`."""
-    for field in body:
-        if field not in ("name", "scope", "bots"):
-            raise Invalid(f"Unknown field {field!r}; expected one of: name, scope, bots", field)
-    name = body.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
-        raise Invalid(f"name must be a non-empty string of at most {MAX_NAME} characters", "name")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise Invalid("name must not contain control characters", "name")
-    scope = body.get("scope")
-    if scope not in SCOPES:
-        raise Invalid(f"scope must be one of: {', '.join(SCOPES)}", "scope")
-    bots = body.get("bots", [])
-    if bots is None:
-        bots = []
-    if not isinstance(bots, list) or len(bots) > MAX_KEY_BOTS:
-        raise Invalid(f"bots must be a list of at most {MAX_KEY_BOTS} bot ids", "bots")
-    if bots and scope != INGEST:
+def new_key_fields(body: KeyCreate) -> tuple[str, str, tuple[str, ...]]:
+    """(name, scope, bots) of a key to create; what `KeyCreate` cannot say: only an ingest key
+    is limited to bots."""
+    bots = tuple(dict.fromkeys(body.bots or ()))
+    if bots and body.scope != INGEST:
         raise Invalid("bots limits an ingest key; read and manage keys cover every bot", "bots")
-    return name, scope, tuple(dict.fromkeys(bot_id(b, "bots") for b in bots))
+    return body.name, body.scope, bots
 
 
 async def _insert_locked(

@@ -188,7 +188,12 @@ class RegistryCache:
     async def credential(self, key: str) -> IndexedKey | None:
         """Whose key this is and what it may do; None for an unknown key — or, when `ready` is
         now False, because the index is missing (callers answer 503 then, not 401)."""
-        return await self._lookup(self._keys, hash_key(key), key_entry, decode_key, None)
+        return await self.credential_for_hash(hash_key(key))
+
+    async def credential_for_hash(self, key_hash: str) -> IndexedKey | None:
+        """`credential` by the key's hash: what a dashboard session keeps instead of the key, so
+        the session ends when that key is regenerated or revoked, and has the key's scope."""
+        return await self._lookup(self._keys, key_hash, key_entry, decode_key, None)
 
     async def account_for_key(self, key: str) -> str | None:
         """The account the key belongs to, whatever its scope (see `credential`)."""

@@ -1,22 +1,24 @@
-"""What a valid account or bot write looks like, and the errors every registry operation raises.
+"""The errors every registry operation raises, and how a request body becomes its struct.
 
-Request bodies are JSON objects; each parser takes the decoded object, refuses unknown fields
-and wrong values with a `RegistryError` naming the field (the same `{"message", "field"}` 4xx
-shape as the gateway), and returns only the fields that were given.
+A body is decoded straight into its struct (`schemas/account.py`, the one definition of its
+fields and bounds, which the OpenAPI document shows) by `decode`: a body that does not fit is an
+`Invalid` naming the field (the same `{"message", "field"}` 4xx shape as the gateway). The few
+checks a struct cannot state run after decoding: `check_url` and `require_changes` here, the
+rest beside the operation that needs them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
+import msgspec.inspect as mi
 
 from botpulse.schemas.registry import BOT_ID
 
-MAX_URL = 2048
-MAX_TEXT = 256
-MAX_SLOTS = 1000
+T = TypeVar("T")
 # Who made a change when it was not an account's key: the operator (CLI or admin token).
 OPERATOR = "operator"
 
@@ -109,84 +111,125 @@ class Busy(RegistryError):
     status = 503
 
 
-def decode_object(raw: bytes) -> dict[str, Any]:
-    """A request body that must be a JSON object."""
+# --- request bodies -----------------------------------------------------------------------------
+def decode(raw: bytes, struct: type[T]) -> T:
+    """The request body as `struct`, or `Invalid` naming the field at fault."""
     if not raw.strip():
         raise Invalid("Request body must be a JSON object")
     try:
-        value = msgspec.json.decode(raw)
+        return msgspec.json.decode(raw, type=struct)
+    except msgspec.ValidationError as exc:
+        raise _refusal(str(exc), struct) from None
     except msgspec.DecodeError as exc:
         raise Invalid(f"Invalid JSON: {exc}") from None
     except RecursionError:
         raise Invalid("Invalid JSON: nested too deeply") from None
-    if not isinstance(value, dict):
-        raise Invalid("Request body must be a JSON object")
-    return value
 
 
-def _only(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
-    for name in body:
-        if name not in allowed:
-            raise Invalid(f"Unknown field {name!r}; expected one of: {', '.join(allowed)}", name)
+# msgspec's errors: "<problem> - at `$.<path>`", the suffix absent for the body itself.
+_AT = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 
 
-def _text(body: dict[str, Any], name: str, limit: int = MAX_TEXT) -> str:
-    value = body[name]
-    if not isinstance(value, str) or not value.strip():
-        raise Invalid(f"{name} must be a non-empty string", name)
-    if len(value) > limit:
-        raise Invalid(f"{name} must be at most {limit} characters", name)
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise Invalid(f"{name} must not contain control characters", name)
-    return value
+def _refusal(text: str, struct: type) -> Invalid:
+    match = _AT.match(text)
+    problem, path = (match["problem"], (match["path"] or "").removeprefix(".")) if match else (text, "")
+    named = re.search(r"`([^`]*)`", problem)
+    if problem.startswith("Object missing required field") and named:
+        field = f"{path}.{named[1]}" if path else named[1]
+        return Invalid(f"`{field}` is required", field)
+    if problem.startswith("Object contains unknown field") and named:
+        field = f"{path}.{named[1]}" if path else named[1]
+        known = ", ".join(f.encode_name for f in _struct_at(struct, path))
+        return Invalid(f"Unknown field `{named[1]}`; expected one of: {known}", field)
+    if not path:
+        return Invalid("Request body must be a JSON object")
+    expected = _description(struct, path) if "matching regex" in problem else None
+    if expected:  # the pattern's own words rather than the regex
+        return Invalid(f"Invalid `{path}`: expected {expected[0].lower()}{expected[1:].rstrip('.')}", path)
+    choices = _choices(struct, path) if problem.startswith("Invalid enum value") else ()
+    if choices:
+        return Invalid(f"Invalid `{path}`: expected one of {', '.join(map(str, choices))}", path)
+    return Invalid(f"Invalid `{path}`: {problem[0].lower()}{problem[1:]}", path)
 
 
-def _url(body: dict[str, Any], name: str) -> str | None:
-    """An http(s) URL of at most 2048 characters, or null (meaning: none)."""
-    value = body[name]
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise Invalid(f"{name} must be an http or https URL, or null", name)
-    if len(value) > MAX_URL:
-        raise Invalid(f"{name} must be at most {MAX_URL} characters", name)
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
-        raise Invalid(f"{name} must be an http or https URL without spaces", name)
+def _members(t: mi.Type) -> list[mi.Type]:
+    """`t` and, through Annotated metadata and unions, the types it is made of."""
+    found = [t]
+    if isinstance(t, mi.Metadata):
+        found += _members(t.type)
+    elif isinstance(t, mi.UnionType):
+        for member in t.types:
+            found += _members(member)
+    return found
+
+
+def _type_at(struct: type, path: str) -> mi.Type | None:
+    """The declared type at an error's path (`quietHours.start`, `bots[0]`), if it resolves."""
+    t: mi.Type | None = mi.type_info(struct)
+    for part in re.findall(r"[^.\[\]]+", path):
+        step = None
+        for member in _members(t) if t is not None else []:
+            if isinstance(member, mi.StructType):
+                step = next((f.type for f in member.fields if f.encode_name == part), None)
+            elif isinstance(member, mi.ListType) and part.isdigit():
+                step = member.item_type
+            if step is not None:
+                break
+        t = step
+    return t
+
+
+def _struct_at(struct: type, path: str) -> tuple[mi.Field, ...]:
+    t = _type_at(struct, path)
+    found = [m for m in _members(t) if isinstance(m, mi.StructType)] if t is not None else []
+    return found[0].fields if found else ()
+
+
+def _description(struct: type, path: str) -> str | None:
+    t = _type_at(struct, path)
+    for member in _members(t) if t is not None else []:
+        if isinstance(member, mi.Metadata) and (member.extra_json_schema or {}).get("description"):
+            return str(member.extra_json_schema["description"])  # type: ignore[index]
+    return None
+
+
+def _choices(struct: type, path: str) -> tuple[Any, ...]:
+    t = _type_at(struct, path)
+    for member in _members(t) if t is not None else []:
+        if isinstance(member, mi.LiteralType):
+            return member.values
+    return ()
+
+
+def given(body: msgspec.Struct) -> dict[str, Any]:
+    """The fields of a body (or of `BotFields`) that were set: UNSET means absent."""
+    return {k: v for k, v in msgspec.structs.asdict(body).items() if v is not msgspec.UNSET}
+
+
+def require_changes(body: msgspec.Struct) -> None:
+    """A PATCH body must change something (a struct cannot say "at least one field")."""
+    if not given(body):
+        names = ", ".join(f.encode_name for f in msgspec.structs.fields(body))
+        raise Invalid(f"Nothing to change; give at least one of: {names}")
+
+
+def check_url(value: str, field: str) -> None:
+    """What the `Url` pattern leaves out: a port that is a number from 0 to 65535."""
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        raise Invalid(f"{name} must be a valid http or https URL", name) from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Invalid(f"{name} must be an http or https URL", name)
-    return value
-
-
-def _bool(body: dict[str, Any], name: str) -> bool:
-    value = body[name]
-    if not isinstance(value, bool):
-        raise Invalid(f"{name} must be true or false", name)
-    return value
-
-
-def _slots(body: dict[str, Any], name: str) -> int:
-    value = body[name]
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SLOTS:
-        raise Invalid(f"{name} must be an integer from 0 to {MAX_SLOTS}", name)
-    return value
+        message = f"Invalid `{field}`: expected an http or https URL with a port up to 65535"
+        raise Invalid(message, field) from None
+    if not parts.hostname:
+        raise Invalid(f"Invalid `{field}`: expected an http or https URL with a host", field)
 
 
 def bot_id(value: object, field: str = "id") -> str:
+    """A bot id given in a path (bodies declare `BotId`)."""
     if not isinstance(value, str) or not BOT_ID.match(value):
         raise Invalid(f"{field} must be 1-64 characters of A-Z a-z 0-9 _ . : -", field)
     return value
-
-
-def account_name(body: dict[str, Any]) -> str:
-    _only(body, ("name",))
-    if "name" not in body:
-        raise Invalid("name is required", "name")
-    return _text(body, "name")
 
 
 class BotFields(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -200,51 +243,15 @@ class BotFields(msgspec.Struct, kw_only=True, omit_defaults=True):
     account_id: str | msgspec.UnsetType = msgspec.UNSET
 
 
-# API field name -> (BotFields attribute, parser). Who may send which is decided per endpoint.
-_BOT_FIELDS = {
-    "username": ("username", _text),
-    "avatar": ("avatar", _url),
-    "private": ("private", _bool),
-    "voteWebhookURL": ("vote_webhook_url", _url),
-    "customSlots": ("custom_slots", _slots),
-    "account": ("account_id", _text),
-}
-OWNER_CREATE = ("id", "username", "avatar", "private")
-OWNER_PATCH = ("username", "avatar", "private")
-WEBHOOK_PATCH = ("voteWebhookURL",)
-OPERATOR_CREATE = ("id", "account", "username", "avatar", "private", "voteWebhookURL", "customSlots")
-OPERATOR_PATCH = ("account", "username", "avatar", "private", "voteWebhookURL", "customSlots")
+# A bot body's API names that are not `BotFields`' own.
+_BOT_ATTRS = {"voteWebhookURL": "vote_webhook_url", "customSlots": "custom_slots", "account": "account_id"}
 
 
-def bot_fields(
-    body: dict[str, Any], allowed: tuple[str, ...], *, required: tuple[str, ...] = ()
-) -> BotFields:
-    _only(body, allowed)
-    for name in required:
-        if name not in body:
-            raise Invalid(f"{name} is required", name)
-    fields = BotFields()
-    for name, (attr, parse) in _BOT_FIELDS.items():
-        if name in body:
-            setattr(fields, attr, parse(body, name))
-    return fields
-
-
-def new_bot(body: dict[str, Any], allowed: tuple[str, ...]) -> tuple[str, BotFields]:
-    """The id and fields of a bot to create (`id` and `username` required, plus `account` for
-    the operator)."""
-    required = ("id", "account", "username") if "account" in allowed else ("id", "username")
-    fields = bot_fields(body, allowed, required=required)
-    return bot_id(body["id"]), fields
-
-
-def bot_changes(body: dict[str, Any], allowed: tuple[str, ...]) -> BotFields:
-    fields = bot_fields(body, allowed)
-    if not given(fields):
-        raise Invalid(f"Nothing to change; give at least one of: {', '.join(allowed)}")
-    return fields
-
-
-def given(fields: BotFields) -> dict[str, Any]:
-    """The attributes that were set."""
-    return {k: v for k, v in msgspec.structs.asdict(fields).items() if v is not msgspec.UNSET}
+def bot_fields(body: msgspec.Struct) -> BotFields:
+    """The `BotFields` of a decoded bot body (any of `schemas.account`'s; its `id` aside), its
+    URLs checked. Which fields a caller may send is its body struct's choice."""
+    values = {k: v for k, v in given(body).items() if k != "id"}
+    for name in ("avatar", "voteWebhookURL"):
+        if isinstance(values.get(name), str):
+            check_url(values[name], name)
+    return BotFields(**{_BOT_ATTRS.get(k, k): v for k, v in values.items()})

@@ -19,12 +19,13 @@ import redis.asyncio as aioredis
 
 from botpulse.registry import index
 from botpulse.registry.catalog import get_account, now, registry_lock, stamp
-from botpulse.registry.model import Invalid, NotFound, TooManyWrites
+from botpulse.registry.model import NotFound, TooManyWrites
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.settings import Settings
 from botpulse.schemas.registry import IndexedAccount
 
-# API name -> (column, the setting giving its default)
+# API name -> (column, the setting giving its default); `schemas.account.LimitsPatch` has the same
+# fields, with their bounds.
 FIELDS: dict[str, tuple[str, str]] = {
     "bots": ("bots", "max_bots_per_account"),
     "keys": ("api_keys", "max_keys_per_account"),
@@ -32,9 +33,6 @@ FIELDS: dict[str, tuple[str, str]] = {
     "registryWritesPerMin": ("registry_writes_per_min", "registry_writes_per_min"),
     "postsPerMin": ("posts_per_min", "account_posts_per_min"),
 }
-MAX_VALUE = 10_000_000
-# Types are bounded like custom metrics: every stats answer holds a total per type.
-MAX_EVENT_TYPES = 1000
 _COLUMNS = [column for column, _ in FIELDS.values()]
 
 
@@ -62,23 +60,6 @@ async def limits_for(store: Store, settings: Settings, account_id: str) -> Limit
     own = await _overrides(store, account_id)
     values = {name: own.get(name, getattr(settings, setting)) for name, (_, setting) in FIELDS.items()}
     return Limits(values, tuple(own))
-
-
-def parse_overrides(body: dict[str, Any]) -> dict[str, int | None]:
-    changes: dict[str, int | None] = {}
-    for name, value in body.items():
-        if name not in FIELDS:
-            raise Invalid(f"Unknown field {name!r}; expected one of: {', '.join(FIELDS)}", name)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_VALUE
-        ):
-            raise Invalid(f"{name} must be an integer from 1 to {MAX_VALUE}, or null for the default", name)
-        if name == "customEventTypes" and value is not None and value > MAX_EVENT_TYPES:
-            raise Invalid(f"customEventTypes must be at most {MAX_EVENT_TYPES}", name)
-        changes[name] = value
-    if not changes:
-        raise Invalid(f"Nothing to change; give at least one of: {', '.join(FIELDS)}")
-    return changes
 
 
 async def set_overrides(

@@ -78,7 +78,8 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
     body: Any = None  # a struct or type; None: no body
     headers: dict[str, str] = {}  # header name -> description
     example: Any = msgspec.UNSET
-    content_type: str = "application/json"
+    # One media type, or several sharing the body's schema (an answer whose format a parameter picks).
+    content_type: str | tuple[str, ...] = "application/json"
 
 
 class Route(msgspec.Struct, frozen=True, kw_only=True):
@@ -171,7 +172,8 @@ def document(
                 media = {"schema": next(schema_of)}
                 if reply.example is not msgspec.UNSET:
                     media["example"] = reply.example
-                answer["content"] = {reply.content_type: media}
+                kinds = (reply.content_type,) if isinstance(reply.content_type, str) else reply.content_type
+                answer["content"] = {kind: media for kind in kinds}
             if reply.headers:
                 answer["headers"] = {
                     name: {"description": text, "schema": {"type": "string"}}

@@ -91,6 +91,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # inserts and DDL have `insert_timeout_s`.
     query_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 10.0
     query_metrics_port: Port = 0
+    # --- dashboard ----------------------------------------------------------------------------
+    # Believe X-Forwarded-Proto / X-Forwarded-For: only behind a proxy that sets them itself.
+    trust_proxy: bool = False
+    session_idle_s: Annotated[int, Meta(ge=60, le=30 * 86400)] = 43_200
+    session_max_s: Annotated[int, Meta(ge=60, le=365 * 86400)] = 604_800
+    # Wrong account keys one client address may try per window before sign-in answers 429.
+    signin_max_failures: Annotated[int, Meta(ge=1, le=10_000)] = 10
+    signin_window_s: Annotated[int, Meta(ge=1, le=86400)] = 900
+    # Longest range one export may cover.
+    export_max_days: Annotated[int, Meta(ge=1, le=3660)] = 90
+    # Seconds a badge's numbers are reused (and its Cache-Control max-age).
+    public_cache_s: Annotated[int, Meta(ge=0, le=3600)] = 60
     # --- accounts -----------------------------------------------------------------------------
     admin_token: str | None = None
     default_custom_slots: Annotated[int, Meta(ge=0, le=1000)] = 10

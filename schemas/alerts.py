@@ -2,8 +2,9 @@
 destinations, the delivery jobs and log entries the evaluator keeps in Redis, and their keys.
 
 A rule is stored as the JSON of `Rule` (API field names, camelCase); adding a kind of rule
-(e.g. "N shards down") means a new `kind` value here, its fields' validation in
-`registry.alerts`, and its condition in `alerts.conditions.CONDITIONS`.
+(e.g. "N shards down") means a new `kind` value here, its fields in the request bodies
+(`schemas/account.py`), the checks across them in `registry.alerts`, and its condition in
+`alerts.conditions.CONDITIONS`.
 """
 
 from __future__ import annotations

@@ -6,9 +6,12 @@ import re
 
 import msgspec
 
-# What a bot id may be (Discord ids are digit strings): the one rule every service checks. `\A…\Z`,
-# not `^…$`: `$` also matches before a trailing newline, and "123\n" would pass as a look-alike of 123.
-BOT_ID = re.compile(r"\A[A-Za-z0-9_.:-]{1,64}\Z")
+# What a bot id may be (Discord ids are digit strings): the one rule every service checks, and the
+# pattern request bodies declare (schemas/account.py) and the OpenAPI document shows. `$(?!\n)`,
+# not `$`: Python's `$` also matches before a trailing newline, and "123\n" would pass as a
+# look-alike of 123; JSON Schema's `$` (ECMA-262) means the end already, and `\Z` is not ECMA-262.
+BOT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$(?!\n)"
+BOT_ID = re.compile(BOT_ID_PATTERN)
 
 
 class IndexedBot(msgspec.Struct, frozen=True, forbid_unknown_fields=False):

@@ -22,6 +22,7 @@ OWN_DOCS = [
     ROOT / "docs" / "architecture.md",
     ROOT / "docs" / "operations.md",
     ROOT / "docs" / "api" / "README.md",
+    ROOT / "docs" / "dashboard.md",
     ROOT / "deploy" / "CLUSTER.md",
     ROOT / "deploy" / "kubernetes" / "README.md",
 ]

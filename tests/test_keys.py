@@ -115,7 +115,7 @@ async def test_named_keys_are_shown_once_listed_with_their_scope_and_stored_as_h
         ({"scope": "read"}, "name"),
         ({"name": "x", "scope": "read", "bots": ["11"]}, "bots"),
         ({"name": "x", "scope": "ingest", "bots": ["nope"]}, "bots"),
-        ({"name": "x", "scope": "ingest", "bots": ["11\n"]}, "bots"),
+        ({"name": "x", "scope": "ingest", "bots": ["11\n"]}, "bots[0]"),  # the element at fault
         ({"name": "x", "scope": "ingest", "color": 1}, "color"),
     ]:
         resp = await api.post("/v1/account/keys", json=body, headers=_auth(key))

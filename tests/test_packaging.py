@@ -37,3 +37,11 @@ def test_wheel_has_one_top_level_name(tmp_path: Path) -> None:
     for package in ("ingest", "workers", "query", "schemas", "registry", "runtime", "bench"):
         assert f"botpulse/{package}/__init__.py" in names, package
     assert any(n.startswith("botpulse/schemas/ddl/") and n.endswith(".sql") for n in names)
+    # The dashboard's templates and static files (package data) install with it: every one the
+    # repository holds, so a new template or asset cannot be left out of the wheel.
+    dashboard = ROOT / "query" / "dashboard"
+    for folder in ("templates", "static"):
+        files = [p for p in (dashboard / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+        assert files, folder
+        for path in files:
+            assert f"botpulse/query/dashboard/{path.relative_to(dashboard).as_posix()}" in names, path

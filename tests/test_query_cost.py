@@ -131,7 +131,7 @@ async def test_listing_and_leaderboard_answers_are_cached_for_the_ttl(make_setti
 
 async def test_a_stats_answer_holds_at_most_the_type_bound(make_settings, store, redis):
     """Types posted before they took slots (or by the operator's store) cannot grow the answer."""
-    from botpulse.registry.quotas import MAX_EVENT_TYPES
+    from botpulse.schemas.account import MAX_EVENT_TYPES
 
     client = TestClient(
         TestServer(query_app.build_app(make_settings(admin_token=ADMIN), store), host="127.0.0.1")

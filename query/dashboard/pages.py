@@ -1,0 +1,593 @@
+"""The dashboard's pages, badges and export, served by the query service.
+
+Pages are server-rendered (Jinja2, autoescaped) shells; their numbers come from the public
+query API, fetched by `static/app.js` (the same routes any client uses), so a page and the API
+never disagree. Every HTML answer carries a `Content-Security-Policy` with `default-src 'self'`
+and no inline script. Only the owner's forms write, each with the session's CSRF token, through
+the same validation as the account API (`registry.model`), whose messages are shown next to the
+field they name. What a session may do is what its key may do at the account API
+(`accounts_api.require_scope`): a read key's session shows every page of its account's bots but
+changes nothing (403 with the reason); a form's write counts against the account's registry
+writes per minute like the API's (`accounts_api.charge`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import jinja2
+import msgspec
+from aiohttp import web
+
+from botpulse.query import accounts_api
+from botpulse.query.dashboard import badges, export, sessions, status_pages
+from botpulse.query.dashboard.assets import Assets
+from botpulse.query.resources import REDIS, REGISTRY, SETTINGS, STORE
+from botpulse.query.responses import error
+from botpulse.query.uptime import connection_status, last_seen, now_ms, uptimes
+from botpulse.registry import audit, catalog, model
+from botpulse.registry.catalog import Bot
+from botpulse.registry.keys import hash_key
+from botpulse.schemas.account import BotPatch, WebhookPatch
+from botpulse.schemas.registry import INGEST, MANAGE, READ
+
+ASSETS = web.AppKey("dashboard_assets", Assets)
+TEMPLATES = web.AppKey("dashboard_templates", jinja2.Environment)
+SLUGS = web.AppKey("dashboard_status_slugs", status_pages.SlugCache)
+
+# Avatars are the only third-party content a page shows (images only, never sent a referrer).
+CSP = (
+    "default-src 'self'; img-src 'self' https: http:; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+_PAGE_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
+AUDIT_PAGE = 20
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+BADGE_METRICS = {
+    "status": "status",
+    "uptime-24h": "uptime 24h",
+    "uptime-7d": "uptime 7d",
+    "uptime-30d": "uptime 30d",
+    "guilds": "guilds",
+    "users": "users",
+}
+_UPTIME_SPANS = {"uptime-24h": DAY_MS, "uptime-7d": 7 * DAY_MS, "uptime-30d": 30 * DAY_MS}
+
+
+def avatar_url(url: str | None) -> str:
+    """The avatar if it is an http(s) URL (the registry accepts nothing else; checked again
+    here so no other scheme ever reaches a page), else empty."""
+    if not url or any(c.isspace() or ord(c) < 32 for c in url):
+        return ""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    return url if parts.scheme in ("http", "https") and parts.hostname else ""
+
+
+def templates() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("botpulse.query.dashboard", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["avatar"] = avatar_url
+    env.filters["compact"] = badges.compact
+    env.filters["iso"] = audit.iso
+    return env
+
+
+def base_path(request: web.Request) -> str:
+    return request.app[SETTINGS].query_prefix
+
+
+def render(
+    request: web.Request, name: str, status: int = 200, *, cache: str = "private, no-store", **context: Any
+) -> web.Response:
+    base = base_path(request)
+    assets = request.app[ASSETS]
+    html = (
+        request.app[TEMPLATES]
+        .get_template(name)
+        .render(
+            base=base,
+            asset=lambda logical: assets.url(base, logical),
+            signed_in=context.pop("signed_in", None),
+            **context,
+        )
+    )
+    headers = {**_PAGE_HEADERS, "Cache-Control": cache, "Vary": "Cookie"}
+    return web.Response(text=html, status=status, content_type="text/html", charset="utf-8", headers=headers)
+
+
+def redirect(location: str) -> web.Response:
+    return web.Response(status=303, headers={**_PAGE_HEADERS, "Location": location})
+
+
+def not_found(request: web.Request, signed_in: sessions.SignedIn | None) -> web.Response:
+    return render(request, "not_found.html", 404, signed_in=signed_in)
+
+
+def refused(request: web.Request, signed_in: sessions.SignedIn | None, message: str) -> web.HTTPForbidden:
+    """A 403 page saying why (raised: the handlers' checks stop the request there)."""
+    page = render(request, "refused.html", 403, signed_in=signed_in, message=message)
+    return web.HTTPForbidden(text=page.text, content_type="text/html", headers=_PAGE_HEADERS)
+
+
+def _safe_next(request: web.Request, raw: str | None) -> str:
+    base = base_path(request)
+    default = f"{base}/dashboard"
+    if not raw or "//" in raw or "\\" in raw or any(ord(c) < 33 for c in raw):
+        return default
+    return raw if raw.startswith((f"{base}/dashboard", f"{base}/status/")) else default
+
+
+async def _bot_records(request: web.Request, bot_id: str) -> Bot | None:
+    from botpulse.query.app import BOT_RECORDS  # app registers these routes, so it imports us
+
+    if not model.BOT_ID.match(bot_id):
+        return None
+    return await request.app[BOT_RECORDS].get(request.app[STORE], request.app[REDIS], bot_id)
+
+
+# --- sign-in ------------------------------------------------------------------------------------
+async def signin_page(request: web.Request) -> web.StreamResponse:
+    if await sessions.current(request) is not None:
+        return redirect(_safe_next(request, request.query.get("next")))
+    return _signin_form(request, 200)
+
+
+def _signin_form(
+    request: web.Request, status: int, message: str = "", next_url: str | None = None
+) -> web.Response:
+    import secrets
+
+    token = secrets.token_urlsafe(24)
+    response = render(
+        request,
+        "signin.html",
+        status,
+        csrf=token,
+        message=message,
+        next=_safe_next(request, next_url if next_url is not None else request.query.get("next")),
+    )
+    sessions.set_cookie(request, response, sessions.SIGNIN_COOKIE, token, 3600)
+    return response
+
+
+async def signin(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    next_url = str(form.get("next", ""))
+    if not sessions.csrf_ok(request.cookies.get(sessions.SIGNIN_COOKIE), str(form.get("csrf", ""))):
+        return _signin_form(request, 403, "This sign-in form expired; please try again.", next_url)
+    wait = await sessions.signin_blocked_for(request)
+    if wait:
+        minutes = max(1, round(wait / 60))
+        response = _signin_form(
+            request, 429, f"Too many wrong keys from your address; try again in {minutes} min.", next_url
+        )
+        response.headers["Retry-After"] = str(wait)
+        return response
+    key = str(form.get("key", "")).strip()
+    registry = request.app[REGISTRY]
+    found = await registry.credential(key) if key and len(key) <= 256 else None
+    if found is None:
+        if key and not registry.ready:
+            return _signin_form(
+                request, 503, "The registry is being rebuilt; try again in a moment.", next_url
+            )
+        await sessions.signin_failed(request)
+        return _signin_form(request, 401, "That key is not a key of any account.", next_url)
+    await sessions.signin_succeeded(request)  # a real key, whatever its scope: not a guess
+    if not sessions.may_sign_in(found):
+        why = model.MissingScope(INGEST, READ, "viewing the dashboard").message
+        return _signin_form(
+            request,
+            403,
+            f"{why}: it may post stats (for its bots) but not read them. Sign in with the account "
+            "key, or a named key with the read or manage scope.",
+            next_url,
+        )
+    registry.used(found.usage_id)
+    token = await sessions.open_session(request, found, hash_key(key))
+    response = redirect(_safe_next(request, next_url))
+    sessions.set_cookie(request, response, sessions.COOKIE, token, request.app[SETTINGS].session_max_s)
+    sessions.clear_cookie(request, response, sessions.SIGNIN_COOKIE)
+    return response
+
+
+async def _owner(request: web.Request) -> sessions.SignedIn:
+    """The signed-in session, or a redirect to sign-in."""
+    session = await sessions.current(request)
+    if session is None:
+        location = f"{base_path(request)}/dashboard/signin?next={quote(request.path_qs)}"
+        raise web.HTTPSeeOther(location, headers=_PAGE_HEADERS)
+    return session
+
+
+def _may_manage(request: web.Request, session: sessions.SignedIn) -> None:
+    """The account API's rule for the session's key: changing anything (or opening a page made
+    to change it: bot settings with the audit log and webhook, which the API shows only to a
+    manage key) needs the manage scope; 403 saying so otherwise."""
+    try:
+        accounts_api.require_scope(session.key, MANAGE)
+    except model.MissingScope as exc:
+        raise refused(
+            request,
+            session,
+            f"{exc.message}. This session is read-only: sign in with the account key or a manage key "
+            "to change settings.",
+        ) from None
+
+
+async def _form_of(request: web.Request, session: sessions.SignedIn) -> dict[str, str]:
+    """The posted form, refused (403) without this session's CSRF token."""
+    form = await request.post()
+    if not sessions.csrf_ok(session.csrf, str(form.get("csrf", ""))):
+        raise refused(
+            request,
+            session,
+            "This form did not come from your dashboard session (missing or wrong CSRF token).",
+        )
+    return {k: str(v) for k, v in form.items()}
+
+
+async def _manager(request: web.Request) -> tuple[sessions.SignedIn, dict[str, str] | None]:
+    """For a page that changes things: the session (else sign-in), its form checked for the
+    CSRF token when this is a POST, and the manage scope. A write is counted against the
+    account's registry writes per minute (429 past it, shown on the page)."""
+    session = await _owner(request)
+    form = await _form_of(request, session) if request.method == "POST" else None
+    _may_manage(request, session)
+    return session, form
+
+
+async def signout(request: web.Request) -> web.StreamResponse:
+    session = await sessions.current(request)
+    if session is not None:
+        await _form_of(request, session)
+        await sessions.close_session(request)
+    response = redirect(f"{base_path(request)}/dashboard/signin")
+    sessions.clear_cookie(request, response, sessions.COOKIE)
+    return response
+
+
+# --- my bots ------------------------------------------------------------------------------------
+async def my_bots(request: web.Request) -> web.StreamResponse:
+    session = await _owner(request)
+    store = request.app[STORE]
+    account = await catalog.get_account(store, session.account)
+    bots = await catalog.list_bots(store, session.account)
+    return render(request, "my_bots.html", signed_in=session, account=account, bots=bots)
+
+
+# --- the bot page -------------------------------------------------------------------------------
+async def bot_page(request: web.Request) -> web.StreamResponse:
+    session = await sessions.current(request)
+    bot = await _bot_records(request, request.match_info["botId"])
+    owner = bot is not None and session is not None and session.account == bot.account_id
+    if bot is None or (bot.private and not owner):
+        return not_found(request, session)
+    manager = owner and session is not None and not session.read_only
+    return render(request, "bot.html", signed_in=session, bot=bot, owner=owner, manager=manager)
+
+
+# --- settings -----------------------------------------------------------------------------------
+async def _owned_bot(request: web.Request, session: sessions.SignedIn) -> Bot | None:
+    """The path's bot if it is the session's account's (another account's is not found, public
+    or not: 404, never its settings)."""
+    bot_id = request.match_info["botId"]
+    if not model.BOT_ID.match(bot_id):
+        return None
+    bot = await catalog.get_bot(request.app[STORE], bot_id)
+    return bot if bot is not None and bot.account_id == session.account else None
+
+
+async def _settings_page(
+    request: web.Request,
+    session: sessions.SignedIn,
+    bot: Bot,
+    status: int = 200,
+    errors: dict[str, str] | None = None,
+    values: dict[str, Any] | None = None,
+    saved: bool = False,
+) -> web.Response:
+    store = request.app[STORE]
+    try:
+        page = max(1, min(1_000_000, int(request.query.get("page", "1"))))
+    except ValueError:
+        page = 1
+    changes, total = await audit.bot_log(
+        store, bot.id, bot.account_id, bot.created_at, limit=AUDIT_PAGE, offset=(page - 1) * AUDIT_PAGE
+    )
+    account = await catalog.get_account(store, session.account)
+    shown = {
+        "username": bot.username,
+        "avatar": bot.avatar or "",
+        "private": bot.private,
+        "voteWebhookURL": bot.vote_webhook_url or "",
+    } | (values or {})
+    return render(
+        request,
+        "settings.html",
+        status,
+        signed_in=session,
+        bot=bot,
+        account=account,
+        values=shown,
+        errors=errors or {},
+        saved=saved,
+        changes=changes,
+        page=page,
+        pages=max(1, -(-total // AUDIT_PAGE)),
+        custom_names=await catalog.custom_metric_names(store, bot.id),
+    )
+
+
+async def settings_page(request: web.Request) -> web.StreamResponse:
+    session, _ = await _manager(request)
+    bot = await _owned_bot(request, session)
+    if bot is None:
+        return not_found(request, session)
+    return await _settings_page(request, session, bot, saved=request.query.get("saved") == "1")
+
+
+async def save_settings(request: web.Request) -> web.StreamResponse:
+    session, posted = await _manager(request)
+    form = posted or {}
+    bot = await _owned_bot(request, session)
+    if bot is None:
+        return not_found(request, session)
+    if form.get("action") == "webhook":
+        body: dict[str, Any] = {"voteWebhookURL": form.get("voteWebhookURL", "").strip() or None}
+        shape: type[msgspec.Struct] = WebhookPatch
+    else:
+        body = {
+            "username": form.get("username", ""),
+            "avatar": form.get("avatar", "").strip() or None,
+            "private": form.get("private") == "on",
+        }
+        shape = BotPatch
+    store, redis = request.app[STORE], request.app[REDIS]
+    try:
+        # The form goes through the API's own body struct: one definition of what is valid.
+        patch = model.decode(msgspec.json.encode(body), shape)
+        model.require_changes(patch)
+        fields = model.bot_fields(patch)
+        await accounts_api.charge(request, session.account)
+        await catalog.update_bot(store, redis, bot.id, fields, by=session.account, owner=session.account)
+    except model.RegistryError as exc:
+        values = {k: ("" if v is None else v) for k, v in body.items()}
+        return await _settings_page(
+            request, session, bot, exc.status, {exc.field or "form": exc.message}, values
+        )
+    finally:
+        request.app[REGISTRY].invalidate()
+    return redirect(f"{base_path(request)}/dashboard/bot/{quote(bot.id)}/settings?saved=1")
+
+
+async def regenerate_key(request: web.Request) -> web.StreamResponse:
+    session, _ = await _manager(request)
+    store, redis = request.app[STORE], request.app[REDIS]
+    try:
+        await accounts_api.charge(request, session.account)
+    except model.RegistryError as exc:
+        page = render(request, "refused.html", exc.status, signed_in=session, message=exc.message)
+        if exc.retry_after_s is not None:
+            page.headers["Retry-After"] = str(exc.retry_after_s)
+        return page
+    account, key = await catalog.regenerate_key(store, redis, session.account, by=session.account)
+    request.app[REGISTRY].invalidate()
+    await sessions.rebind(request, hash_key(key))
+    signed_in = await sessions.current(request)
+    return render(request, "new_key.html", signed_in=signed_in, account=account, key=key)
+
+
+# --- status page --------------------------------------------------------------------------------
+async def _status_settings(
+    request: web.Request, session: sessions.SignedIn, status: int = 200, errors: dict[str, str] | None = None,
+    page: status_pages.StatusPage | None = None, saved: bool = False,
+) -> web.Response:  # fmt: skip
+    store = request.app[STORE]
+    account = await catalog.get_account(store, session.account)
+    if page is None:
+        page = await status_pages.for_account(store, session.account) or status_pages.StatusPage(
+            session.account, "", f"{account.name if account else 'Our'} bots", [], False
+        )
+    bots = await catalog.list_bots(store, session.account)
+    return render(
+        request, "status_settings.html", status, signed_in=session, page=page, bots=bots,
+        errors=errors or {}, saved=saved,
+    )  # fmt: skip
+
+
+async def status_settings(request: web.Request) -> web.StreamResponse:
+    session, _ = await _manager(request)
+    return await _status_settings(request, session, saved=request.query.get("saved") == "1")
+
+
+async def save_status_settings(request: web.Request) -> web.StreamResponse:
+    session, posted = await _manager(request)
+    form = posted or {}
+    chosen = [str(v) for v in (await request.post()).getall("bots", [])]
+    store = request.app[STORE]
+    owned = {b.id for b in await catalog.list_bots(store, session.account)}
+    try:
+        page = status_pages.parse(form, chosen, owned)
+        await accounts_api.charge(request, session.account)
+        await status_pages.save(store, request.app[REDIS], session.account, page)
+    except model.RegistryError as exc:
+        draft = status_pages.StatusPage(
+            session.account, form.get("slug", ""), form.get("title", ""), chosen, form.get("enabled") == "on"
+        )
+        return await _status_settings(request, session, exc.status, {exc.field or "form": exc.message}, draft)
+    request.app[SLUGS].clear()
+    return redirect(f"{base_path(request)}/dashboard/status-page?saved=1")
+
+
+async def public_status(request: web.Request) -> web.StreamResponse:
+    page = await request.app[SLUGS].get(request.app[STORE], request.match_info["slug"])
+    if page is None:
+        return not_found(request, None)
+    shown = []
+    for bot_id in page.bot_ids:
+        bot = await _bot_records(request, bot_id)
+        if bot is not None and not bot.private and bot.account_id == page.account_id:
+            shown.append(bot)
+    cache = f"public, max-age={request.app[SETTINGS].public_cache_s}"
+    return render(request, "status.html", page=page, bots=shown, cache=cache)
+
+
+# --- badges -------------------------------------------------------------------------------------
+class BadgeValues:
+    """(bot, metric) -> (text, colour) for BOTPULSE_PUBLIC_CACHE_S, computed once however many
+    requests arrive meanwhile (they wait for the one read in flight)."""
+
+    MAX_ENTRIES = 50_000
+
+    def __init__(self, ttl_s: int) -> None:
+        self.ttl_s = ttl_s
+        self._values: dict[tuple[str, str], tuple[float, tuple[str, str]]] = {}
+        self._flights: dict[tuple[str, str], asyncio.Future[tuple[str, str]]] = {}
+
+    async def get(self, request: web.Request, bot_id: str, metric: str) -> tuple[str, str]:
+        key = (bot_id, metric)
+        hit = self._values.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        flight = self._flights.get(key)
+        if flight is not None:
+            return await asyncio.shield(flight)
+        flight = asyncio.get_running_loop().create_future()
+        self._flights[key] = flight
+        try:
+            value = await _badge_value(request, bot_id, metric)
+        except BaseException as exc:
+            flight.set_exception(exc)
+            flight.exception()  # retrieved: waiters re-raise it, no "never retrieved" warning
+            raise
+        finally:
+            self._flights.pop(key, None)
+        if len(self._values) >= self.MAX_ENTRIES:
+            self._values.clear()
+        self._values[key] = (time.monotonic() + self.ttl_s, value)
+        flight.set_result(value)
+        return value
+
+
+BADGE_VALUES = web.AppKey("dashboard_badge_values", BadgeValues)
+
+_LATEST_SQL = (
+    "SELECT argMaxIf(guilds, ts, guilds IS NOT NULL), argMaxIf(users, ts, users IS NOT NULL)"
+    " FROM bot_stats WHERE bot_id = {id:String}"
+)
+
+
+async def _badge_value(request: web.Request, bot_id: str, metric: str) -> tuple[str, str]:
+    store = request.app[STORE]
+    window_ms = request.app[SETTINGS].heartbeat_window_s * 1000
+    if metric == "status":
+        seen = (await last_seen(store, [bot_id])).get(bot_id)
+        up = connection_status(seen, window_ms) == "connected"
+        return ("online", "brightgreen") if up else ("offline", "red")
+    if metric in _UPTIME_SPANS:
+        end = now_ms()
+        start = end - _UPTIME_SPANS[metric]
+        up_ms = (await uptimes(store, [bot_id], start, end, window_ms))[bot_id]
+        percent = up_ms * 100 / (end - start)
+        text = f"{percent:.2f}".rstrip("0").rstrip(".") + "%"
+        return text, badges.uptime_color(percent)
+    guilds, users = (await store.query(_LATEST_SQL, {"id": bot_id}))[0]
+    value = guilds if metric == "guilds" else users
+    return (badges.compact(int(value)), "blue") if value is not None else ("no data", "grey")
+
+
+async def badge(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["metric"]
+    metric = name.removesuffix(".svg")
+    if not name.endswith(".svg") or metric not in BADGE_METRICS:
+        return error(404, f"No such badge; one of: {', '.join(m + '.svg' for m in BADGE_METRICS)}", "metric")
+    style = request.query.get("style", "flat")
+    if style not in badges.STYLES:
+        return error(400, "style must be flat or flat-square", "style")
+    label = request.query.get("label", BADGE_METRICS[metric])
+    bot = await _bot_records(request, request.match_info["botId"])
+    # Never a private bot's numbers, whoever asks (a badge is embedded on other sites, where no
+    # session cookie goes): a private or unknown bot is 404 alike, with an "unknown" badge as the
+    # body so an embed still shows something.
+    hidden = bot is None or bot.private
+    if hidden:
+        value, color = "unknown", "grey"
+    else:
+        value, color = await request.app[BADGE_VALUES].get(request, bot.id, metric)  # type: ignore[union-attr]
+    svg = badges.render(label, value, color, style).encode()
+    etag = '"' + hashlib.sha256(svg).hexdigest()[:24] + '"'
+    headers = {
+        "Cache-Control": f"public, max-age={request.app[SETTINGS].public_cache_s}",
+        "ETag": etag,
+        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if hidden:
+        return web.Response(status=404, body=svg, content_type="image/svg+xml", headers=headers)
+    if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=svg, content_type="image/svg+xml", headers=headers)
+
+
+async def asset(request: web.Request) -> web.StreamResponse:
+    return request.app[ASSETS].response(request)
+
+
+async def home(request: web.Request) -> web.StreamResponse:
+    return redirect(f"{base_path(request)}/dashboard")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# The browser's routes: HTML pages, their static files and the SVG badges. They are not part of
+# the JSON API, so the OpenAPI document leaves them out (tests/test_openapi.py ignores exactly
+# these paths); tests/test_dashboard.py's BOLA matrix covers every one of them.
+BROWSER_ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/dashboard", my_bots),
+    ("GET", "/dashboard/", home),
+    ("GET", "/dashboard/signin", signin_page),
+    ("POST", "/dashboard/signin", signin),
+    ("POST", "/dashboard/signout", signout),
+    ("GET", "/dashboard/bot/{botId}", bot_page),
+    ("GET", "/dashboard/bot/{botId}/settings", settings_page),
+    ("POST", "/dashboard/bot/{botId}/settings", save_settings),
+    ("POST", "/dashboard/account/key", regenerate_key),
+    ("GET", "/dashboard/status-page", status_settings),
+    ("POST", "/dashboard/status-page", save_status_settings),
+    ("GET", "/dashboard/assets/{name}", asset),
+    ("GET", "/status/{slug}", public_status),
+    ("GET", "/badge/{botId}/{metric}", badge),
+)
+# The dashboard's JSON-API-style routes: described in query/spec.py like every API route.
+API_ROUTES: tuple[tuple[str, str, Handler], ...] = (("GET", "/v1/bot/{botId}/export", export.export),)
+
+
+def add_routes(app: web.Application) -> None:
+    settings = app[SETTINGS]
+    app[ASSETS] = Assets()
+    app[TEMPLATES] = templates()
+    app[SLUGS] = status_pages.SlugCache(settings.public_cache_s)
+    app[BADGE_VALUES] = BadgeValues(settings.public_cache_s)
+    for method, path, handler in (*BROWSER_ROUTES, *API_ROUTES):
+        if method == "GET":
+            app.router.add_get(path, handler)  # with HEAD, as every GET route of the service
+        else:
+            app.router.add_route(method, path, handler)
