@@ -352,6 +352,8 @@ def run(b: Bench, found: dict[str, str] | None = None) -> None:
     reads: dict[str, dict[str, dict[str, Any]]] = {}
     checks: dict[str, dict[str, dict[str, Any]]] = {}
     ingest: dict[str, gateway.Run] = {}
+    # A peer that breaks leaves the other's figures standing; the phase still fails at the end.
+    errors: dict[str, str] = {}
     s = b.sizes
     all_spans: list[Span] = []
     if found:
@@ -372,9 +374,15 @@ def run(b: Bench, found: dict[str, str] | None = None) -> None:
             answers = _botpulse_reads(b, env, bots, all_spans, reads)
             for name in (VM, INFLUX):
                 if name in found:
-                    _peer_reads(b, name, found[name], csv_path, bots, all_spans, reads, checks, answers)
+                    try:
+                        _peer_reads(b, name, found[name], csv_path, bots, all_spans, reads, checks, answers)
+                    except Exception as exc:  # reported in its figures, raised below
+                        errors[name] = _failure(b, NAMES[name], exc)
             if INFLUX in found:
-                _ingest(b, found[INFLUX], env, b.write_targets(PHASE, seeded), redis, ingest)
+                try:
+                    _ingest(b, found[INFLUX], env, b.write_targets(PHASE, seeded), redis, ingest)
+                except Exception as exc:  # as above
+                    errors["ingest"] = _failure(b, "InfluxDB ingest", exc)
         finally:
             b.stop_redis(redis, "redis (peers phase)")
     b.raw[PHASE] = {
@@ -384,8 +392,17 @@ def run(b: Bench, found: dict[str, str] | None = None) -> None:
         "checks": checks,
         "ingest": msgspec.to_builtins(ingest),
         "influx_line": INGEST_LINE,
+        "errors": errors,
     }
-    _figures(b, found, reads, checks, ingest)
+    _figures(b, found, reads, checks, ingest, errors)
+    if errors:
+        raise RuntimeError("; ".join(f"{k}: {v}" for k, v in errors.items()))
+
+
+def _failure(b: Bench, what: str, exc: Exception) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    b.say(f"peers: {what} FAILED: {text}")
+    return text
 
 
 def _export(b: Bench, env: dict[str, str], bots: list[str]) -> Path:
@@ -496,6 +513,7 @@ def _figures(
     reads: dict[str, Any],
     checks: dict[str, Any],
     ingest: dict[str, gateway.Run],
+    errors: dict[str, str],
 ) -> None:
     s = b.sizes
     labels = {"aligned": "hour-aligned, ending now", "any": "any range"}
@@ -504,11 +522,12 @@ def _figures(
         for key, range_label in labels.items():
             target = READ_TARGETS.get((name, key))
             target_text = f"≤ {target:.1f}x" if target else ""
-            if name not in found:
+            if name not in found or name in errors:
+                why = SKIPPED if name not in found else f"failed: {errors[name]}"
                 b.figure(Figure(f"peer_{name}_{key}_p50", f"{peer} {what} {s.query_days} d, 90 buckets, "
-                                f"{range_label} p50", None, "ms", note=SKIPPED))  # fmt: skip
+                                f"{range_label} p50", None, "ms", note=why))  # fmt: skip
                 b.figure(Figure(f"peer_ratio_{name}_{key}", f"botpulse / {peer} read, {range_label} (p50)",
-                                None, "x", target_text, None, SKIPPED))  # fmt: skip
+                                None, "x", target_text, None, why))  # fmt: skip
                 continue
             mine, theirs, check = reads["botpulse"][key], reads[name][key], checks[name][key]
             agree = not check["mismatch_count"] and check["values_agreeing"] > 0
@@ -535,10 +554,11 @@ def _figures(
         n = f"{workers} process" + ("es" if workers > 1 else "")
         influx, gw = ingest.get(f"influxdb_{workers}p"), ingest.get(f"gateway_{workers}p")
         if influx is None or gw is None:
+            why = f"failed: {errors['ingest']}" if "ingest" in errors else SKIPPED
             b.figure(Figure(f"peer_influx_writes_{workers}p", f"InfluxDB /write req/s, one line each, {n}",
-                            None, "req/s", note=SKIPPED))  # fmt: skip
+                            None, "req/s", note=why))  # fmt: skip
             b.figure(Figure(f"peer_ratio_ingest_{workers}p", f"gateway / InfluxDB writes per s, {n}",
-                            None, "x", note=SKIPPED))  # fmt: skip
+                            None, "x", note=why))  # fmt: skip
             continue
         notes = [
             f"p50 {influx.result.p50_ms} ms, p99 {influx.result.p99_ms} ms; cores busy {influx.server_cores}"
