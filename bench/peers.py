@@ -106,6 +106,8 @@ def _http(url: str, data: bytes | None = None, timeout: float = 300) -> bytes:
 
 
 def _load_vm(base: str, csv_path: Path) -> None:
+    # The export has no empty fields: the seeded history gives every stats column a value
+    # (seed.py's _SYNTHETIC); VictoriaMetrics' CSV import would skip a whole line with one.
     url = f"{base}/api/v1/import/csv?format={urllib.parse.quote(VM_CSV_FORMAT)}"
     for chunk in _csv_chunks(csv_path, 50_000):
         _http(url, "".join(chunk).encode())
