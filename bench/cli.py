@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Phase name -> module with `run(bench)`; imported when a run starts, so registering the
 # subcommand costs every other `botpulse` command nothing.
-PHASES = ["gateway", "worker", "e2e", "query"]
+PHASES = ["gateway", "worker", "e2e", "query", "peers"]
 GATEWAY_RSS_TARGET_MB = 80
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from botpulse.bench import spy, wrk
-from botpulse.bench.loadgen import Result
+from botpulse.bench.loadgen import DEFAULT_PATH, Result
 from botpulse.bench.procs import Service
 from botpulse.bench.seed import Seeded, Spec
 from botpulse.bench.sizes import Sizes
@@ -217,19 +217,23 @@ class Bench:
         connections: int | None = None,
         env: dict[str, str] | None = None,
         builtin: bool = False,
+        path: str = DEFAULT_PATH,
+        body: str = STATS_BODY,
     ) -> Result:
-        """`builtin`: the built-in generator even when wrk would be used (fixed rates always are)."""
+        """`builtin`: the built-in generator even when wrk would be used (fixed rates always are).
+        `path` and `body`: another server's write (a peer's), `{bot}` standing for each bot id."""
         s = self.sizes
         duration = duration or s.duration_s
         connections = connections or s.connections
         if self.use_wrk(rate is not None or builtin):
             return wrk.run(
-                port, targets[1], STATS_BODY, connections=connections, duration=duration, warmup=s.warmup_s
-            )
+                port, targets[1], body, connections=connections, duration=duration, warmup=s.warmup_s,
+                path=path,
+            )  # fmt: skip
         out = self.phase_dir(phase) / f"load-{port}-{time.monotonic_ns()}.json"
         args = [
             sys.executable, "-m", "botpulse.bench.loadgen", "--port", str(port), "--targets", str(targets[0]),
-            "--body", STATS_BODY, "--connections", str(connections), "--duration", str(duration),
+            "--body", body, "--path", path, "--connections", str(connections), "--duration", str(duration),
             "--warmup", str(s.warmup_s), "--out", str(out),
         ]  # fmt: skip
         if rate is not None:

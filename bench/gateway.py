@@ -40,14 +40,20 @@ class Run(msgspec.Struct):
 
 
 def _start(
-    b: Bench, kind: str, workers: int, env: dict[str, str], profile: bool = False, tag: str = ""
+    b: Bench,
+    kind: str,
+    workers: int,
+    env: dict[str, str],
+    profile: bool = False,
+    tag: str = "",
+    phase: str = PHASE,
 ) -> tuple[Service, int]:
     p = port()
     if kind == "baseline":
         args = ["-m", "botpulse.bench.baseline", "--port", str(p), "--workers", str(workers)]
     else:
         args = ["-m", "botpulse", "gateway", "--port", str(p), "--workers", str(workers)]
-    svc = b.service(f"{kind}-{workers}p{tag}", PHASE, args, env, profile="gateway" if profile else None)
+    svc = b.service(f"{kind}-{workers}p{tag}", phase, args, env, profile="gateway" if profile else None)
     svc.wait_http(f"http://127.0.0.1:{p}/healthz", timeout=60)
     time.sleep(0.5 + 0.5 * workers)  # forked processes bind after the first one answers
     return svc, p
@@ -137,12 +143,14 @@ def _measure(
     *,
     builtin: bool = False,
     connections: int | None = None,
+    phase: str = PHASE,
 ) -> Run:
+    """One peak run; `phase`: whose directory holds the logs (the peers phase pairs runs too)."""
     _empty_streams(redis, env)
-    svc, p = _start(b, kind, workers, env, tag="-builtin" if builtin else "")
+    svc, p = _start(b, kind, workers, env, tag="-builtin" if builtin else "", phase=phase)
     try:
         started, cpu, redis_cpu = time.monotonic(), svc.cpu(), _cpu(redis)
-        result = b.load(PHASE, p, targets, builtin=builtin, connections=connections)
+        result = b.load(phase, p, targets, builtin=builtin, connections=connections)
         wall = time.monotonic() - started
         server_cores = round((svc.cpu() - cpu) / wall, 2)
         redis_cores = round((_cpu(redis) - redis_cpu) / wall, 2)
@@ -151,7 +159,7 @@ def _measure(
     finally:
         svc.stop()
     b.say(
-        f"gateway: {kind} {workers}p{' (built-in generator)' if builtin else ''} {result.rps:.0f} req/s "
+        f"{phase}: {kind} {workers}p{' (built-in generator)' if builtin else ''} {result.rps:.0f} req/s "
         f"p50 {result.p50_ms} ms "
         f"p99 {result.p99_ms} ms statuses {result.statuses} alive {alive}/{workers}, "
         f"cores busy: server {server_cores}, redis {redis_cores}"

@@ -52,15 +52,21 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[rank - 1]
 
 
-def build_requests(port: int, targets: list[list[str]], body: bytes) -> list[bytes]:
+# `{bot}` in the path and the body is each target's bot id (a peer's write names the bot in both).
+BOT = "{bot}"
+DEFAULT_PATH = "/v1/bot/{bot}"
+
+
+def build_requests(port: int, targets: list[list[str]], body: bytes, path: str = DEFAULT_PATH) -> list[bytes]:
     """One prepared request per (bot id, key): many distinct bots and keys, so caches are honest."""
     requests = []
     for bot_id, key in targets:
+        data = body.replace(BOT.encode(), bot_id.encode())
         head = (
-            f"POST /v1/bot/{bot_id} HTTP/1.1\r\nHost: {HOST}:{port}\r\nAuthorization: {key}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            f"POST {path.replace(BOT, bot_id)} HTTP/1.1\r\nHost: {HOST}:{port}\r\nAuthorization: {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
         )
-        requests.append(head.encode() + body)
+        requests.append(head.encode() + data)
     return requests
 
 
@@ -213,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m botpulse.bench.loadgen")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--targets", type=Path, required=True, help="JSON list of [bot id, key]")
-    parser.add_argument("--body", default='{"guilds": 1234}')
+    parser.add_argument("--body", default='{"guilds": 1234}', help="request body; {bot} is the bot id")
+    parser.add_argument("--path", default=DEFAULT_PATH, help="request path; {bot} is the bot id")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=1.0)
@@ -225,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
         uvloop.install()
     targets = json.loads(args.targets.read_text())
-    requests = build_requests(args.port, targets, args.body.encode())
+    requests = build_requests(args.port, targets, args.body.encode(), args.path)
     result = asyncio.run(
         run_load(
             args.port,

@@ -173,14 +173,43 @@ def count_rows(table: str) -> int:
         store.close()
 
 
+def export_history(bot_ids: list[str], out: Path) -> int:
+    """Write the bots' stats rows as CSV lines `bot,ts_ms,<STATS_FIELDS columns>` (an empty
+    field for NULL), read back from `bot_stats`: the peers of bench/peers.py load exactly what
+    botpulse serves. One bot at a time, so memory stays at one bot's history."""
+    settings = load_settings()
+    configure_logging(settings)
+    store = Store(settings)
+    columns = ", ".join(f.column for f in STATS_FIELDS)
+    sql = (
+        f"SELECT toUnixTimestamp64Milli(ts), {columns} FROM bot_stats "
+        "WHERE bot_id = {bot:String} ORDER BY ts"
+    )
+    rows = 0
+    try:
+        with out.open("w") as f:
+            for bid in bot_ids:
+                for row in store.query_rows(sql, {"bot": bid}):
+                    values = ",".join("" if v is None else repr(v) for v in row[1:])
+                    f.write(f"{bid},{row[0]},{values}\n")
+                    rows += 1
+    finally:
+        store.close()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m botpulse.bench.seed")
     parser.add_argument("--spec", help="JSON Spec")
     parser.add_argument("--count", metavar="TABLE", help="print the row count of TABLE instead")
+    parser.add_argument("--export", metavar="BOT_IDS", help="write these bots' stats rows as CSV instead")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.count:
         args.out.write_text(str(count_rows(args.count)))
+        return 0
+    if args.export:
+        export_history(args.export.split(","), args.out)
         return 0
     spec = msgspec.json.decode(args.spec, type=Spec)
     args.out.write_bytes(msgspec.json.encode(asyncio.run(seed(spec))))

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from botpulse.bench.loadgen import Result
+from botpulse.bench.loadgen import DEFAULT_PATH, Result
 
 SCRIPT = Path(__file__).with_name("wrk_post.lua")
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
@@ -53,12 +53,21 @@ def parse(output: str, connections: int, duration: float) -> Result:
 
 
 def run(
-    port: int, targets_file: Path, body: str, *, connections: int, duration: float, warmup: float
+    port: int,
+    targets_file: Path,
+    body: str,
+    *,
+    connections: int,
+    duration: float,
+    warmup: float,
+    path: str = DEFAULT_PATH,
 ) -> Result:
+    """`{bot}` in `body` and `path` is each target's bot id (as in the built-in generator)."""
+
     def wrk(seconds: float) -> str:
         args = [
             "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-            "-s", str(SCRIPT), f"http://127.0.0.1:{port}", "--", str(targets_file), body,
+            "-s", str(SCRIPT), f"http://127.0.0.1:{port}", "--", str(targets_file), body, path,
         ]  # fmt: skip
         done = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30, check=False)
         if done.returncode != 0:

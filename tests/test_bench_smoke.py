@@ -71,6 +71,9 @@ def test_tiny_run_produces_every_figure(tmp_path):
             "-m",
             "bench",
             "--tiny",
+            # The peers phase has its own smoke test (tests/test_bench_peers.py).
+            "--only",
+            "gateway,worker,e2e,query",
             "--generator",
             "builtin",
             "--no-docs",

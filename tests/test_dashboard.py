@@ -292,7 +292,8 @@ async def test_settings_forms_need_the_csrf_token_and_show_the_apis_messages(wor
     )
     assert resp.status == 400
     text = await resp.text()
-    assert re.search(r'data-error-for="avatar"[^>]*>Invalid `avatar`: expected an http or https URL', text), text
+    shown = r'data-error-for="avatar"[^>]*>Invalid `avatar`: expected an http or https URL'
+    assert re.search(shown, text), text
     resp = await c.post(
         "/dashboard/bot/100/settings",
         data={"csrf": token, "action": "bot", "username": "Renamed", "avatar": "https://cdn.test/a.png"},

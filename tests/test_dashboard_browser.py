@@ -334,7 +334,8 @@ def test_making_a_bot_private_hides_its_public_page(
         page.goto(f"{stack.url}/dashboard/bot/503/settings")
         page.fill("#avatar", "javascript:alert(1)")
         page.click("#save-bot")
-        assert page.inner_text('[data-error-for="avatar"]') .startswith("Invalid `avatar`: expected an http or https URL")
+        shown = page.inner_text('[data-error-for="avatar"]')
+        assert shown.startswith("Invalid `avatar`: expected an http or https URL"), shown
         shot(page, tmp_path, "settings-error")
     finally:
         anonymous.close()
