@@ -31,6 +31,7 @@ from botpulse.schemas.http import (
     StatcordBody,
     StatsBody,
 )
+from botpulse.schemas.refusals import explain
 from botpulse.schemas.stream import CustomPayload, ShardEntry, ShardsPayload, StatsPayload
 
 
@@ -41,7 +42,6 @@ class BadInput(Exception):
         self.field = field
 
 
-_PATH = re.compile(r"^(.*?) - at `\$\.?(.*)`$")
 _generic = msgspec.json.Decoder()
 _plain_stats = msgspec.json.Decoder(PlainStatsBody)
 _custom = msgspec.json.Decoder(CustomEntry)
@@ -49,30 +49,15 @@ _dbots = msgspec.json.Decoder(DBotsBody)
 _statcord = msgspec.json.Decoder(StatcordBody)
 
 
-def _validation(exc: msgspec.ValidationError, rename: dict[str, str] | None = None) -> BadInput:
-    text = str(exc)
-    match = _PATH.match(text) or re.match(r"^(Object missing required field `.*`)()$", text)
-    if match is None:
-        if text.startswith("Expected `object`"):
-            return BadInput("The body must be a JSON object")
-        return BadInput(text)
-    problem, field = match.group(1), match.group(2)
-    if rename:
-        head = re.split(r"[.\[]", field, maxsplit=1)[0]
-        if head in rename:
-            field = rename[head] + field[len(head) :]
-    if problem.startswith("Object missing required field"):
-        missing = problem.split("`")[1]
-        field = f"{field}.{missing}" if field else missing
-        return BadInput(f"`{field}` is required", field)
-    return BadInput(f"Invalid `{field}`: {problem[0].lower()}{problem[1:]}", field)
+def _validation(exc: msgspec.ValidationError, struct: Any, rename: dict[str, str] | None = None) -> BadInput:
+    return BadInput(*explain(exc, struct, rename))
 
 
 def _decode(decoder: msgspec.json.Decoder, body: bytes) -> Any:
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise _validation(exc) from None
+        raise _validation(exc, decoder.type) from None
     except msgspec.DecodeError as exc:
         raise BadInput(f"Invalid JSON: {exc}") from None
     except RecursionError:
@@ -130,7 +115,7 @@ def parse_stats(body: bytes, shard_limit: int = DEFAULT_SHARD_LIMIT) -> StatsPos
         pass  # aliases, custom metrics, shards or an error: the general path below names the field
     raw = _decode(_generic, body)
     if not isinstance(raw, dict):
-        raise BadInput("The body must be a JSON object")
+        raise BadInput("Request body must be a JSON object")
     known: dict[str, Any] = {}
     sent_as: dict[str, str] = {}
     metrics: dict[str, float] = {}
@@ -170,7 +155,7 @@ def parse_stats(body: bytes, shard_limit: int = DEFAULT_SHARD_LIMIT) -> StatsPos
     try:
         stats = msgspec.convert(known, StatsBody)
     except msgspec.ValidationError as exc:
-        raise _validation(exc, {k: v for k, v in sent_as.items() if k != v}) from None
+        raise _validation(exc, StatsBody, {k: v for k, v in sent_as.items() if k != v}) from None
     if shard_list is not None:
         shard_count = stats.shards if stats.shards is not None else len(shard_list)
         stats.shards = max(shard_count, len(shard_list))

@@ -9,13 +9,12 @@ rest beside the operation that needs them.
 
 from __future__ import annotations
 
-import re
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
-import msgspec.inspect as mi
 
+from botpulse.schemas.refusals import explain
 from botpulse.schemas.registry import BOT_ID
 
 T = TypeVar("T")
@@ -119,86 +118,11 @@ def decode(raw: bytes, struct: type[T]) -> T:
     try:
         return msgspec.json.decode(raw, type=struct)
     except msgspec.ValidationError as exc:
-        raise _refusal(str(exc), struct) from None
+        raise Invalid(*explain(exc, struct)) from None
     except msgspec.DecodeError as exc:
         raise Invalid(f"Invalid JSON: {exc}") from None
     except RecursionError:
         raise Invalid("Invalid JSON: nested too deeply") from None
-
-
-# msgspec's errors: "<problem> - at `$.<path>`", the suffix absent for the body itself.
-_AT = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-
-
-def _refusal(text: str, struct: type) -> Invalid:
-    match = _AT.match(text)
-    problem, path = (match["problem"], (match["path"] or "").removeprefix(".")) if match else (text, "")
-    named = re.search(r"`([^`]*)`", problem)
-    if problem.startswith("Object missing required field") and named:
-        field = f"{path}.{named[1]}" if path else named[1]
-        return Invalid(f"`{field}` is required", field)
-    if problem.startswith("Object contains unknown field") and named:
-        field = f"{path}.{named[1]}" if path else named[1]
-        known = ", ".join(f.encode_name for f in _struct_at(struct, path))
-        return Invalid(f"Unknown field `{named[1]}`; expected one of: {known}", field)
-    if not path:
-        return Invalid("Request body must be a JSON object")
-    expected = _description(struct, path) if "matching regex" in problem else None
-    if expected:  # the pattern's own words rather than the regex
-        return Invalid(f"Invalid `{path}`: expected {expected[0].lower()}{expected[1:].rstrip('.')}", path)
-    choices = _choices(struct, path) if problem.startswith("Invalid enum value") else ()
-    if choices:
-        return Invalid(f"Invalid `{path}`: expected one of {', '.join(map(str, choices))}", path)
-    return Invalid(f"Invalid `{path}`: {problem[0].lower()}{problem[1:]}", path)
-
-
-def _members(t: mi.Type) -> list[mi.Type]:
-    """`t` and, through Annotated metadata and unions, the types it is made of."""
-    found = [t]
-    if isinstance(t, mi.Metadata):
-        found += _members(t.type)
-    elif isinstance(t, mi.UnionType):
-        for member in t.types:
-            found += _members(member)
-    return found
-
-
-def _type_at(struct: type, path: str) -> mi.Type | None:
-    """The declared type at an error's path (`quietHours.start`, `bots[0]`), if it resolves."""
-    t: mi.Type | None = mi.type_info(struct)
-    for part in re.findall(r"[^.\[\]]+", path):
-        step = None
-        for member in _members(t) if t is not None else []:
-            if isinstance(member, mi.StructType):
-                step = next((f.type for f in member.fields if f.encode_name == part), None)
-            elif isinstance(member, mi.ListType) and part.isdigit():
-                step = member.item_type
-            if step is not None:
-                break
-        t = step
-    return t
-
-
-def _struct_at(struct: type, path: str) -> tuple[mi.Field, ...]:
-    t = _type_at(struct, path)
-    found = [m for m in _members(t) if isinstance(m, mi.StructType)] if t is not None else []
-    return found[0].fields if found else ()
-
-
-def _description(struct: type, path: str) -> str | None:
-    t = _type_at(struct, path)
-    for member in _members(t) if t is not None else []:
-        if isinstance(member, mi.Metadata) and (member.extra_json_schema or {}).get("description"):
-            return str(member.extra_json_schema["description"])  # type: ignore[index]
-    return None
-
-
-def _choices(struct: type, path: str) -> tuple[Any, ...]:
-    t = _type_at(struct, path)
-    for member in _members(t) if t is not None else []:
-        if isinstance(member, mi.LiteralType):
-            return member.values
-    return ()
 
 
 def given(body: msgspec.Struct) -> dict[str, Any]:
