@@ -13,14 +13,17 @@ import math
 import re
 import secrets
 import zoneinfo
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from yarl import URL
 
 from botpulse.registry.model import Invalid, NotFound, decode_object
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.logs import get_logger
+from botpulse.runtime.settings import Settings
 from botpulse.schemas.alerts import (
     CUSTOM_PREFIX,
     METRICS,
@@ -42,7 +45,13 @@ MAX_RULES_PER_ACCOUNT = 500
 MAX_DESTINATIONS_PER_ACCOUNT = 50
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _CUSTOM_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-_DISCORD_PATH = re.compile(r"^/api(/v\d+)?/webhooks/\d{1,25}/[A-Za-z0-9_.-]{1,200}/?$")
+_DISCORD_PATH = re.compile(r"^/api(/v\d+)?/webhooks/(\d{1,25})/([A-Za-z0-9_.-]{1,200})/?$")
+# Where Discord serves webhooks; BOTPULSE_ALERTS_DISCORD_HOSTS adds others (a relay, tests).
+DISCORD_HOSTS = frozenset(
+    f"{sub}{domain}" for domain in ("discord.com", "discordapp.com") for sub in ("", "canary.", "ptb.")
+)
+MAX_TIMEZONE = 64  # as `QuietHours.timezone` caps it; the longest IANA name is about 30
+OPS = ("above", "below", "drop", "rise")
 _ID = re.compile(r"^(alr|dst)_[0-9a-f]{16}$")
 
 RULE_FIELDS = (
@@ -107,10 +116,11 @@ def _quiet(value: object) -> QuietHours | None:
             raise Invalid(f"quietHours.{part} must be a time HH:MM", f"quietHours.{part}")
     tz = value.get("timezone", "UTC")
     try:
-        if not isinstance(tz, str):
+        if not isinstance(tz, str) or not 0 < len(tz) <= MAX_TIMEZONE:
             raise ValueError
         zoneinfo.ZoneInfo(tz)
-    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+    # OSError: a name the file system refuses (too long, odd characters) is no zone either.
+    except (ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):
         raise Invalid("quietHours.timezone must be an IANA time zone such as Europe/Berlin",
                       "quietHours.timezone") from None  # fmt: skip
     if value["start"] == value["end"]:
@@ -170,6 +180,8 @@ def _fields(body: dict[str, Any], base: dict[str, Any], heartbeat_window_s: int)
         if field in body:
             spec[field] = None if body[field] is None and field == "ofMetric" else _metric(body[field], field)
     if "op" in body:
+        if body["op"] not in OPS:
+            raise Invalid(f"op must be one of {', '.join(OPS)}", "op")
         spec["op"] = body["op"]
     for field in ("name", "bot", "kind", "destinations"):
         if field not in spec:
@@ -235,7 +247,12 @@ def rule_from_body(
         raise Invalid(f"Invalid rule: {exc}") from None
 
 
-def destination_from_body(body: dict[str, Any], *, account: str) -> Destination:
+def extra_discord_hosts(settings: Settings) -> frozenset[str]:
+    """Hosts a `discord` destination may name besides Discord's (BOTPULSE_ALERTS_DISCORD_HOSTS)."""
+    return frozenset(h.strip().lower() for h in settings.alerts_discord_hosts.split(",") if h.strip())
+
+
+def destination_from_body(body: dict[str, Any], *, account: str, discord_hosts: Iterable[str]) -> Destination:
     _only(body, DESTINATION_FIELDS)
     for field in DESTINATION_FIELDS:
         if field not in body:
@@ -245,11 +262,19 @@ def destination_from_body(body: dict[str, Any], *, account: str) -> Destination:
     url = body["url"]
     if not isinstance(url, str) or not url or len(url) > MAX_URL or any(c.isspace() for c in url):
         raise Invalid(f"url must be a URL of at most {MAX_URL} characters without spaces", "url")
+    try:
+        parsed = URL(url)
+        host = (parsed.host or "").lower()
+    except (ValueError, TypeError):
+        raise Invalid("url: not a valid URL", "url") from None
+    if "#" in url:  # never sent, and a place where a listing would show what it should not
+        raise Invalid("url must not have a fragment (#…)", "url")
     if body["type"] == "discord":
-        from urllib.parse import urlsplit
-
-        if not _DISCORD_PATH.match(urlsplit(url).path):
+        if not _DISCORD_PATH.match(parsed.raw_path):
             raise Invalid("url must be a Discord webhook URL (…/api/webhooks/<id>/<token>)", "url")
+        allowed = DISCORD_HOSTS | {h.lower() for h in discord_hosts}
+        if host not in allowed:
+            raise Invalid("url must be a Discord webhook URL on discord.com or discordapp.com", "url")
     return Destination(
         id="dst_" + secrets.token_hex(8),
         account=account,
@@ -265,12 +290,43 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+def _discord_token(url: str) -> str | None:
+    try:
+        found = _DISCORD_PATH.match(URL(url).raw_path)
+    except (ValueError, TypeError):
+        return None
+    return found.group(3) if found else None
+
+
 def redacted_url(destination: Destination) -> str:
-    """A Discord webhook URL holds its token: show only up to the webhook id."""
+    """The URL as listings show it. A Discord webhook URL holds its token: shown up to the
+    webhook id, rebuilt from its parts (no query, no fragment, so nothing after the id leaks).
+    A generic webhook's query values may be credentials (`?token=…`): shown without them."""
+    try:
+        parsed = URL(destination.url)
+        origin = f"{parsed.scheme}://{parsed.host_port_subcomponent}"  # never userinfo
+        found = _DISCORD_PATH.match(parsed.raw_path)
+    except (ValueError, TypeError):
+        return "…"
     if destination.type == "discord":
-        head, _, _token = destination.url.rstrip("/").rpartition("/")
-        return head + "/…"
-    return destination.url
+        if found is None:
+            return origin + "/…"
+        return f"{origin}{parsed.raw_path[: found.start(2)]}{found.group(2)}/…"
+    shown = origin + parsed.raw_path
+    if parsed.raw_query_string:
+        shown += "?" + "&".join(
+            part.split("=", 1)[0] + "=…" if "=" in part else "…"
+            for part in parsed.raw_query_string.split("&")
+            if part
+        )
+    return shown
+
+
+def scrub(destination: Destination, text: str) -> str:
+    """`text` (an error quoting the URL, perhaps) without the destination's secrets."""
+    text = text.replace(destination.url, redacted_url(destination))
+    token = _discord_token(destination.url) if destination.type == "discord" else None
+    return text.replace(token, "…") if token else text
 
 
 def destination_view(destination: Destination) -> dict[str, Any]:
