@@ -1,7 +1,8 @@
 """Account API for alerts (docs/alerts.md): destinations (Discord or signed webhooks) and rules
 per bot, with each rule's current state and delivery log. Authenticated like the rest of the
 account API (`accounts_api.caller`): reading takes a read or manage key, every change a manage
-key (and counts against the account's registry writes per minute, as bot and key changes do);
+key (and counts against the account's registry writes per minute, as bot and key changes do;
+a destination the SSRF rules refuse counts too);
 an ingest key is refused everywhere. An account sees only its own rules and destinations (another
 account's are 404, like unknown ones), and a rule can only watch a bot the account manages.
 Bodies decode into the structs of `schemas/account.py` and answers are the structs of
@@ -20,7 +21,7 @@ from botpulse.query.resources import REDIS, SETTINGS, STORE
 from botpulse.query.responses import json_response
 from botpulse.registry import alerts as rules_db
 from botpulse.registry import catalog, model
-from botpulse.runtime.egress import Refused, check_destination
+from botpulse.runtime.egress import Refused, Unresolved, check_destination
 from botpulse.schemas.account import DestinationCreate, RuleChanges, RuleCreate
 from botpulse.schemas.alerts import DELIVERY_LOG_MAX, Rule, state_key
 from botpulse.schemas.registry import BOT_ID, READ
@@ -46,18 +47,23 @@ def _limit(request: web.Request) -> int:
 async def create_destination(request: web.Request) -> web.Response:
     account = await caller(request)
     app = request.app
-    body = model.decode(await request.read(), DestinationCreate)
-    destination = rules_db.destination_from_body(body, account=account)
+    destination = rules_db.destination_from_body(
+        model.decode(await request.read(), DestinationCreate),
+        account=account,
+        discord_hosts=rules_db.extra_discord_hosts(app[SETTINGS]),
+    )
     if (
         len(await rules_db.list_destinations(app[STORE], account=account))
         >= rules_db.MAX_DESTINATIONS_PER_ACCOUNT
     ):
         raise model.Conflict(f"An account has at most {rules_db.MAX_DESTINATIONS_PER_ACCOUNT} destinations")
+    # Charged before the check: each check is a DNS lookup from inside the operator's network,
+    # and refused ones must not come for free.
+    await charge(request, account)
     try:
         await check_destination(destination.url, app[SETTINGS])
-    except Refused as exc:
-        raise model.Invalid(f"url {exc}", "url") from None
-    await charge(request, account)
+    except (Refused, Unresolved) as exc:
+        raise model.Invalid(f"url: {exc}", "url") from None
     secret = rules_db.new_secret() if destination.type == "webhook" else ""
     await rules_db.save_destination(app[STORE], app[REDIS], destination, secret)
     view = rules_db.destination_view(destination)
@@ -109,7 +115,11 @@ async def _state(request: web.Request, rule_id: str) -> dict[str, Any]:
 
 async def _checked(request: web.Request, rule: Rule, account: str) -> None:
     store = request.app[STORE]
-    await catalog.managed_bot(store, rule.bot, account)
+    try:
+        await catalog.managed_bot(store, rule.bot, account)
+    except (model.NotFound, model.NotManageable):
+        # One answer for both: which bot ids exist (in other accounts) is not this account's to learn.
+        raise model.Invalid("bot must be a bot this account manages", "bot") from None
     await rules_db.check_destinations_owned(store, account, rule.destinations)
 
 

@@ -521,6 +521,10 @@ _account(
     example={"name": "ops", "type": "webhook", "url": "https://hooks.example.com/botpulse"},
     tags=("alerts",),
     errors={
+        400: error_reply(
+            "The body is not valid; `field` names it (`url` for one the SSRF rules refuse: such a "
+            "refusal counts against the registry writes too)."
+        ),
         403: _MANAGE_ONLY,
         409: error_reply("The account has as many destinations as it may (50)."),
         429: _BUSY,
@@ -566,8 +570,11 @@ _account(
     },
     tags=("alerts",),
     errors={
+        400: error_reply(
+            "The body is not valid; `field` names it (`bot` for a bot the account does not manage, "
+            "whether or not it exists)."
+        ),
         403: _MANAGE_ONLY,
-        404: error_reply("No such bot."),
         409: error_reply("The account has as many rules as it may (500)."),
         429: _BUSY,
     },

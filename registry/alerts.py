@@ -12,15 +12,17 @@ import datetime as dt
 import re
 import secrets
 import zoneinfo
+from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 import redis.asyncio as aioredis
+from yarl import URL
 
 from botpulse.registry.model import Invalid, NotFound, require_changes
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.logs import get_logger
+from botpulse.runtime.settings import Settings
 from botpulse.schemas.account import DestinationCreate, RuleChanges, RuleCreate
 from botpulse.schemas.alerts import RULES_VERSION_KEY, DeliveryEntry, Destination, Rule, log_key
 
@@ -28,7 +30,11 @@ log = get_logger(__name__)
 
 MAX_RULES_PER_ACCOUNT = 500
 MAX_DESTINATIONS_PER_ACCOUNT = 50
-_DISCORD_PATH = re.compile(r"^/api(/v\d+)?/webhooks/\d{1,25}/[A-Za-z0-9_.-]{1,200}/?$")
+_DISCORD_PATH = re.compile(r"^/api(/v\d+)?/webhooks/(\d{1,25})/([A-Za-z0-9_.-]{1,200})/?$")
+# Where Discord serves webhooks; BOTPULSE_ALERTS_DISCORD_HOSTS adds others (a relay, tests).
+DISCORD_HOSTS = frozenset(
+    f"{sub}{domain}" for domain in ("discord.com", "discordapp.com") for sub in ("", "canary.", "ptb.")
+)
 _ID = re.compile(r"^(alr|dst)_[0-9a-f]{16}$")
 
 
@@ -42,7 +48,8 @@ def now_ms() -> int:
 def _check_quiet(quiet: dict[str, Any]) -> None:
     try:
         zoneinfo.ZoneInfo(quiet["timezone"])
-    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+    # OSError: a name the file system refuses (odd characters) is no zone either.
+    except (ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):
         raise Invalid("quietHours.timezone must be an IANA time zone such as Europe/Berlin",
                       "quietHours.timezone") from None  # fmt: skip
     if quiet["start"] == quiet["end"]:
@@ -117,9 +124,27 @@ def rule_from_body(
         raise Invalid(f"Invalid rule: {exc}") from None
 
 
-def destination_from_body(body: DestinationCreate, *, account: str) -> Destination:
-    if body.type == "discord" and not _DISCORD_PATH.match(urlsplit(body.url).path):
-        raise Invalid("url must be a Discord webhook URL (…/api/webhooks/<id>/<token>)", "url")
+def extra_discord_hosts(settings: Settings) -> frozenset[str]:
+    """Hosts a `discord` destination may name besides Discord's (BOTPULSE_ALERTS_DISCORD_HOSTS)."""
+    return frozenset(h.strip().lower() for h in settings.alerts_discord_hosts.split(",") if h.strip())
+
+
+def destination_from_body(
+    body: DestinationCreate, *, account: str, discord_hosts: Iterable[str]
+) -> Destination:
+    try:
+        parsed = URL(body.url)  # aiohttp's own parser: the host checked is the host connected to
+        host = (parsed.host or "").lower()
+    except (ValueError, TypeError, UnicodeError):
+        raise Invalid("url: not a valid URL", "url") from None
+    if "#" in body.url:  # never sent, and a place where a listing would show what it should not
+        raise Invalid("url must not have a fragment (#…)", "url")
+    if body.type == "discord":
+        if not _DISCORD_PATH.match(parsed.raw_path):
+            raise Invalid("url must be a Discord webhook URL (…/api/webhooks/<id>/<token>)", "url")
+        allowed = DISCORD_HOSTS | {h.lower() for h in discord_hosts}
+        if host not in allowed:
+            raise Invalid("url must be a Discord webhook URL on discord.com or discordapp.com", "url")
     return Destination(
         id="dst_" + secrets.token_hex(8),
         account=account,
@@ -135,12 +160,43 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+def _discord_token(url: str) -> str | None:
+    try:
+        found = _DISCORD_PATH.match(URL(url).raw_path)
+    except (ValueError, TypeError):
+        return None
+    return found.group(3) if found else None
+
+
 def redacted_url(destination: Destination) -> str:
-    """A Discord webhook URL holds its token: show only up to the webhook id."""
+    """The URL as listings show it. A Discord webhook URL holds its token: shown up to the
+    webhook id, rebuilt from its parts (no query, no fragment, so nothing after the id leaks).
+    A generic webhook's query values may be credentials (`?token=…`): shown without them."""
+    try:
+        parsed = URL(destination.url)
+        origin = f"{parsed.scheme}://{parsed.host_port_subcomponent}"  # never userinfo
+        found = _DISCORD_PATH.match(parsed.raw_path)
+    except (ValueError, TypeError):
+        return "…"
     if destination.type == "discord":
-        head, _, _token = destination.url.rstrip("/").rpartition("/")
-        return head + "/…"
-    return destination.url
+        if found is None:
+            return origin + "/…"
+        return f"{origin}{parsed.raw_path[: found.start(2)]}{found.group(2)}/…"
+    shown = origin + parsed.raw_path
+    if parsed.raw_query_string:
+        shown += "?" + "&".join(
+            part.split("=", 1)[0] + "=…" if "=" in part else "…"
+            for part in parsed.raw_query_string.split("&")
+            if part
+        )
+    return shown
+
+
+def scrub(destination: Destination, text: str) -> str:
+    """`text` (an error quoting the URL, perhaps) without the destination's secrets."""
+    text = text.replace(destination.url, redacted_url(destination))
+    token = _discord_token(destination.url) if destination.type == "discord" else None
+    return text.replace(token, "…") if token else text
 
 
 def destination_view(destination: Destination) -> dict[str, Any]:

@@ -10,6 +10,13 @@
   and the connection (rebinding);
 - redirects are never followed; a response body is read up to a size cap, within a timeout.
 
+- the host checked is the one aiohttp connects to: yarl, aiohttp's URL parser, derives it, and
+  a host aiohttp takes for an IP address (which it connects to without resolving) must be a
+  canonical address that passes;
+- a refusal tells the account no more than "not a public address": not the address a name
+  resolved to, nor (at creation) whether it resolved at all; the operator's log has the detail.
+  At delivery a name that does not resolve is retried (`Unresolved`), not refused.
+
 `check_url` runs at creation (the account API) and again before every delivery.
 """
 
@@ -19,10 +26,11 @@ import asyncio
 import ipaddress
 import socket
 import time
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.helpers import is_ip_address
+from yarl import URL
 
 from botpulse.runtime.settings import Settings
 
@@ -33,8 +41,29 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 USER_AGENT = "botpulse-alerts/1"
 
 
+# What a refusal says to the account that asked: never the address a name resolved to, nor
+# whether it resolved at all (both would make the API an oracle for the internal DNS).
+NOT_PUBLIC = "host not allowed (it does not resolve to a public address)"
+_NOT_PUBLIC_LITERAL = "host not allowed (not a public address)"
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")  # deprecated (RFC 3879), yet `is_global` here
+
+
 class Refused(Exception):
-    """The URL, or an address its host resolves to, is not allowed; the message says why."""
+    """The URL, or an address its host resolves to, is not allowed. The message is what the
+    account is told; `detail` (for the operator's log) may name the address."""
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail or message
+
+
+class Unresolved(Exception):
+    """The host did not resolve (no such name, a DNS failure, or no answer in time): refused at
+    creation, retried at delivery (DNS failures pass)."""
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail or message
 
 
 def allowed_networks(settings: Settings) -> list[IPNetwork]:
@@ -70,6 +99,7 @@ def refusal(ip: IPAddress, allowed: list[IPNetwork]) -> str | None:
         (ip.is_unspecified, "unspecified"),
         (ip.is_loopback, "loopback"),
         (ip.is_link_local, "link-local"),
+        (ip.version == 6 and ip in _SITE_LOCAL, "site-local"),
         (ip.is_multicast, "multicast"),
         (ip.is_private, "private"),
         (ip.is_reserved, "reserved"),
@@ -80,34 +110,55 @@ def refusal(ip: IPAddress, allowed: list[IPNetwork]) -> str | None:
     return None
 
 
-def check_url(url: str, settings: Settings) -> tuple[str, int]:
-    """The host and port of an allowed URL; `Refused` names what is wrong with it."""
+def _check_host_name(host: str) -> None:
+    """A DNS name the resolver can take: labels of 1-63 characters, 253 in all (the IDNA
+    codec raises on anything else, which must be a refusal and not a crash)."""
+    name = host[:-1] if host.endswith(".") else host
+    if len(name) > 253 or any(not 1 <= len(label) <= 63 for label in name.split(".")):
+        raise Refused("host is not a valid host name")
+
+
+def check_url(url: str | URL, settings: Settings) -> URL:
+    """The URL as aiohttp will use it, if allowed; `Refused` says what is wrong with it.
+
+    The host is the one yarl (aiohttp's own URL parser) derives, so the check sees what the
+    connection will: yarl maps e.g. fullwidth digits (U+FF10…) to ASCII ones, so 127.0.0.1 in
+    fullwidth digits is 127.0.0.1.
+    A host aiohttp takes for an IP address connects without our resolver, so it must be an
+    address `ipaddress` reads and allows (decimal, octal or short forms such as `2130706433`,
+    `0177.0.0.1`, `127.1` are refused)."""
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
+        parsed = url if isinstance(url, URL) else URL(url)
+        host = parsed.raw_host
+        port = parsed.port
+        credentials = parsed.user is not None or parsed.password is not None
+        credentials = credentials or "@" in (parsed.raw_authority or "")
+    except (ValueError, TypeError):  # UnicodeError is a ValueError
         raise Refused("not a valid URL") from None
-    if parts.scheme != "https" and not (parts.scheme == "http" and settings.alerts_allow_http):
+    if parsed.scheme != "https" and not (parsed.scheme == "http" and settings.alerts_allow_http):
         raise Refused(
             "must be an https URL" + ("" if settings.alerts_allow_http else " (http is not allowed here)")
         )
-    if not parts.hostname:
-        raise Refused("has no host")
-    if parts.username is not None or parts.password is not None:
+    if not host or not port:
+        raise Refused("has no host" if not host else "has no valid port")
+    if credentials:
         raise Refused("must not carry credentials")
-    host = parts.hostname
-    try:
-        literal = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
-    if literal is not None and (reason := refusal(literal, allowed_networks(settings))):
-        raise Refused(f"points to a forbidden address: {reason}")
-    return host, port or (443 if parts.scheme == "https" else 80)
+    if is_ip_address(host):
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            raise Refused("host not allowed (not a canonical IP address)") from None
+        if reason := refusal(literal, allowed_networks(settings)):
+            raise Refused(_NOT_PUBLIC_LITERAL, f"{host}: {reason}")
+    else:
+        _check_host_name(host)
+    return parsed
 
 
 async def resolve_checked(host: str, port: int, settings: Settings) -> list[IPAddress]:
     """Every address `host` resolves to, if all of them are allowed (one forbidden address
-    refuses the host: which one a client would pick is not ours to guess)."""
+    refuses the host: which one a client would pick is not ours to guess). The lookup is bounded
+    by BOTPULSE_ALERTS_TIMEOUT_S, as the request it serves is."""
     try:
         literal = ipaddress.ip_address(host)
     except ValueError:
@@ -117,22 +168,32 @@ async def resolve_checked(host: str, port: int, settings: Settings) -> list[IPAd
     else:
         loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), settings.alerts_timeout_s
+            )
+        except TimeoutError:
+            raise Unresolved(
+                NOT_PUBLIC, f"DNS lookup of {host!r} timed out after {settings.alerts_timeout_s} s"
+            ) from None
         except OSError as exc:
-            raise Refused(f"host {host!r} does not resolve ({exc.strerror or exc})") from None
+            raise Unresolved(NOT_PUBLIC, f"host {host!r} does not resolve ({exc.strerror or exc})") from None
+        except ValueError:  # the IDNA codec (UnicodeError), or a NUL in the name
+            raise Refused("host is not a valid host name") from None
         addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
     if not addresses:
-        raise Refused(f"host {host!r} does not resolve")
+        raise Unresolved(NOT_PUBLIC, f"host {host!r} does not resolve")
     allowed = allowed_networks(settings)
     for ip in addresses:
         if reason := refusal(ip, allowed):
-            raise Refused(f"host {host!r} resolves to a forbidden address: {reason}")
+            raise Refused(NOT_PUBLIC, f"host {host!r} resolves to a forbidden address: {reason}")
     return addresses
 
 
 async def check_destination(url: str, settings: Settings) -> None:
-    host, port = check_url(url, settings)
-    await resolve_checked(host, port, settings)
+    """`check_url`, then the resolution of its host (creation time: `Unresolved` is a refusal)."""
+    parsed = check_url(url, settings)
+    assert parsed.raw_host is not None and parsed.port is not None  # checked above
+    await resolve_checked(parsed.raw_host, parsed.port, settings)
 
 
 class _CheckedResolver(AbstractResolver):
@@ -201,21 +262,25 @@ class Egress:
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Answer:
         """POST `body`; `Refused` when the URL or its addresses are not allowed (nothing is
-        sent then). Network failures and timeouts come back as an `Answer` with an error."""
-        check_url(url, self._settings)
+        sent then). Network failures, DNS failures and timeouts come back as an `Answer` with
+        an error (they may pass)."""
+        # The URL object checked is the one requested: aiohttp does not parse it again.
+        checked = check_url(url, self._settings)
         cap = self._settings.alerts_max_response_bytes
         started = time.monotonic()
         try:
-            async with self._client().post(url, data=body, headers=headers, allow_redirects=False) as resp:
+            async with self._client().post(
+                checked, data=body, headers=headers, allow_redirects=False
+            ) as resp:
                 data = bytearray()
                 while len(data) < cap and (chunk := await resp.content.read(cap - len(data))):
                     data += chunk
                 return Answer(resp.status, bytes(data), _ms_since(started), None, dict(resp.headers))
-        except Refused:
+        except Refused:  # raised inside the resolver
             raise
+        except Unresolved as exc:
+            return Answer(None, b"", _ms_since(started), exc.detail)
         except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, Refused):  # raised inside the resolver
-                raise exc.os_error from None
             return Answer(None, b"", _ms_since(started), f"connection failed: {exc.os_error or exc}")
         except TimeoutError:
             return Answer(

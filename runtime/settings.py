@@ -136,6 +136,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     alerts_allow_http: bool = False
     # Comma-separated networks (CIDR) destinations may resolve to although not public.
     alerts_allow_networks: str = ""
+    # Comma-separated hosts a `discord` destination may name besides Discord's own
+    # (discord.com, discordapp.com and their canary/ptb subdomains): a relay, tests.
+    alerts_discord_hosts: str = ""
     # The bot page an alert links to; `{bot}` becomes the bot id. Unset: the query service's
     # `/v1/bot/{bot}` on BOTPULSE_QUERY_LISTEN:BOTPULSE_QUERY_PORT.
     alerts_bot_url: str = ""

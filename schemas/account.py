@@ -176,7 +176,9 @@ HHMM = Annotated[str, Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]" + END, desc
 class QuietHoursSpec(msgspec.Struct, forbid_unknown_fields=True):
     start: HHMM
     end: HHMM
-    timezone: Annotated[str, Meta(description="An IANA time zone.", examples=["Europe/Berlin"])] = "UTC"
+    timezone: Annotated[
+        str, Meta(min_length=1, max_length=64, description="An IANA time zone.", examples=["Europe/Berlin"])
+    ] = "UTC"
 
 
 Destinations = Annotated[list[DestinationId], Meta(min_length=1, max_length=MAX_RULE_DESTINATIONS)]

@@ -9,7 +9,7 @@ A rule is stored as the JSON of `Rule` (API field names, camelCase); adding a ki
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -35,7 +35,8 @@ class QuietHours(msgspec.Struct, frozen=True, kw_only=True):
 
     start: str
     end: str
-    timezone: str = "UTC"
+    # IANA names are short; the cap keeps a long one from reaching the tz database lookup.
+    timezone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"
 
 
 class Rule(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):

@@ -50,9 +50,10 @@ class Received:
 
 @dataclass
 class Receiver:
-    """Answers each request with the next of `statuses` (then 200), and records it."""
+    """Answers each request with the next of `statuses` (then 200) and `headers`, and records it."""
 
     statuses: list[int] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
     redirect_to: str | None = None
     received: list[Received] = field(default_factory=list)
     url: str = ""
@@ -63,7 +64,7 @@ class Receiver:
         if self.redirect_to:
             return web.Response(status=302, headers={"Location": self.redirect_to})
         status = self.statuses.pop(0) if self.statuses else 200
-        return web.json_response({"ok": status < 300}, status=status)
+        return web.json_response({"ok": status < 300}, status=status, headers=self.headers)
 
     async def start(self, host: str = "127.0.0.1") -> Receiver:
         app = web.Application()
@@ -82,11 +83,13 @@ class Receiver:
 
 
 def alert_settings(make_settings: Callable[..., Settings], **overrides: object) -> Settings:
-    """The operator setting that lets the local receiver in: http, and 127.0.0.1 only."""
+    """The operator settings that let the local receiver in: http, 127.0.0.1 only, and
+    127.0.0.1 as a host `discord` destinations may name."""
     base: dict[str, object] = {
         "admin_token": ADMIN,
         "alerts_allow_http": True,
         "alerts_allow_networks": "127.0.0.1/32",
+        "alerts_discord_hosts": "127.0.0.1",
         "alerts_interval_s": 0.2,
         "alerts_lease_s": 1.0,
         "alerts_bot_url": "https://stats.example.com/bots/{bot}",

@@ -134,7 +134,7 @@ async def test_refusals_across_accounts(env):
         json={"name": "x", "bot": "999", "kind": "offline", "destinations": [env["hook"]["id"]]},
         headers=_h(key),
     )
-    assert resp.status == 400 and (await resp.json())["message"] == "Bot not manageable"
+    assert resp.status == 400 and (await resp.json())["field"] == "bot"
     resp = await api.post(
         "/v1/alerts/rules",
         json={"name": "x", "bot": "999", "kind": "offline", "destinations": [env["hook"]["id"]]},
