@@ -7,15 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
 
 import aiohttp
+import pytest
 
 from botpulse.query.dashboard import pages
 from botpulse.registry import apikeys
-from tests.test_dashboard import World, _save_status, _world, csrf_of, signin, world  # noqa: F401
+from tests.test_dashboard import World, _save_status, _world, csrf_of, nonce_of, signin
 
 MULTIPART = {"Content-Type": "multipart/form-data; boundary=zz"}
 BROKEN = b"\xff\xfe"
+
+
+@pytest.fixture
+async def world(make_settings, store, redis) -> AsyncIterator[World]:  # type: ignore[no-untyped-def]
+    w = await _world(make_settings, store, redis)
+    yield w
+    await w.client.close()
 
 
 async def _form_token(w: World) -> str:
@@ -154,8 +163,7 @@ async def test_posting_the_regeneration_again_does_not_regenerate_again(world: W
     await signin(world, world.key)
     html = await (await c.get("/dashboard/bot/100/settings")).text()
     assert "sessions opened with a named key keep working" in html
-    nonce = re.search(r'name="nonce" value="([^"]+)"', html).group(1)  # type: ignore[union-attr]
-    form = {"csrf": csrf_of(html), "nonce": nonce}
+    form = {"csrf": csrf_of(html), "nonce": nonce_of(html)}
     first = await c.post("/dashboard/account/key", data=form)
     key = re.search(r'id="new-key" value="(DS-[^"]+)"', await first.text()).group(1)  # type: ignore[union-attr]
     again = await c.post("/dashboard/account/key", data=form)  # a reload of the answer
