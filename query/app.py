@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import msgspec
@@ -558,11 +558,22 @@ async def cors(
         response = await handler(request)
     except web.HTTPException as exc:
         if request.method in ("GET", "HEAD"):
-            exc.headers.update(_CORS)
+            _add_cors(exc.headers)
         raise
     if request.method in ("GET", "HEAD"):
-        response.headers.update(_CORS)
+        _add_cors(response.headers)
     return response
+
+
+def _add_cors(headers: MutableMapping[str, str]) -> None:
+    """The CORS headers, with `Origin` added to any `Vary` the handler set (the dashboard's
+    pages vary by `Cookie`: replacing it would let a shared cache hand one session's page to
+    another)."""
+    headers["Access-Control-Allow-Origin"] = "*"
+    vary = [v.strip() for v in headers.get("Vary", "").split(",") if v.strip()]
+    if "origin" not in {v.lower() for v in vary}:
+        vary.append("Origin")
+    headers["Vary"] = ", ".join(vary)
 
 
 @web.middleware

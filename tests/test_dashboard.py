@@ -77,6 +77,11 @@ def csrf_of(html: str) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', html).group(1)  # type: ignore[union-attr]
 
 
+def nonce_of(html: str) -> str:
+    """The key regeneration form's nonce (taken once: the same form posted again is refused)."""
+    return re.search(r'name="nonce" value="([^"]+)"', html).group(1)  # type: ignore[union-attr]
+
+
 async def test_signin_sets_a_strict_httponly_session_and_reads_private_bots_through_the_api(world):
     c = world.client
     assert (await c.get("/v1/bot/200")).status == 404  # anonymous: private is not found
@@ -234,7 +239,7 @@ async def test_a_session_acts_with_its_keys_scope(world):
                                                   max_keys=None)  # fmt: skip
     await _until_signed_in(world, manage_key)
     html = await (await c.get("/dashboard/bot/100/settings")).text()
-    resp = await c.post("/dashboard/account/key", data={"csrf": csrf_of(html)})
+    resp = await c.post("/dashboard/account/key", data={"csrf": csrf_of(html), "nonce": nonce_of(html)})
     assert resp.status == 200
     assert (await c.get("/dashboard/bot/100/settings")).status == 200  # still its own key's session
     await apikeys.revoke_key(store, redis, world.account, manage.id, by="t")
@@ -318,7 +323,7 @@ async def test_regenerating_in_the_dashboard_shows_the_key_once_and_keeps_this_s
     c = world.client
     await signin(world, world.key)
     html = await (await c.get("/dashboard/bot/100/settings")).text()
-    resp = await c.post("/dashboard/account/key", data={"csrf": csrf_of(html)})
+    resp = await c.post("/dashboard/account/key", data={"csrf": csrf_of(html), "nonce": nonce_of(html)})
     text = await resp.text()
     new_key = re.search(r'id="new-key" value="(DS-[^"]+)"', text).group(1)  # type: ignore[union-attr]
     assert resp.headers["Cache-Control"] == "private, no-store"

@@ -233,7 +233,8 @@ async def test_dashboard_bola_matrix_every_route_every_key_kind(dash: TestClient
 
         # --- regenerating the account key, then signing out (they end sessions: last) -----------
         for h in holders:
-            got, html = await call(h, "POST", "/dashboard/account/key", data={"csrf": h.csrf})
+            form = {"csrf": h.csrf, "nonce": f"once-{h.label}"}
+            got, html = await call(h, "POST", "/dashboard/account/key", data=form)
             want(f"POST /dashboard/account/key key={h.label}", got, by_scope(h, 200))
             if got == 200 and 'id="new-key"' not in html:
                 failures.append(f"POST /dashboard/account/key key={h.label}: no new key shown")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,6 +24,8 @@ from urllib.parse import quote, urlsplit
 import jinja2
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from multidict import MultiDict, MultiDictProxy
 
 from botpulse.query import accounts_api
 from botpulse.query.dashboard import badges, export, sessions, status_pages
@@ -40,9 +43,10 @@ ASSETS = web.AppKey("dashboard_assets", Assets)
 TEMPLATES = web.AppKey("dashboard_templates", jinja2.Environment)
 SLUGS = web.AppKey("dashboard_status_slugs", status_pages.SlugCache)
 
-# Avatars are the only third-party content a page shows (images only, never sent a referrer).
+# Avatars are the only third-party content a page shows (images only, never sent a referrer),
+# and only over https: a plain-http image would let anyone on the path see and change it.
 CSP = (
-    "default-src 'self'; img-src 'self' https: http:; object-src 'none'; base-uri 'none'; "
+    "default-src 'self'; img-src 'self' https:; object-src 'none'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
 _PAGE_HEADERS = {
@@ -66,15 +70,16 @@ _UPTIME_SPANS = {"uptime-24h": DAY_MS, "uptime-7d": 7 * DAY_MS, "uptime-30d": 30
 
 
 def avatar_url(url: str | None) -> str:
-    """The avatar if it is an http(s) URL (the registry accepts nothing else; checked again
-    here so no other scheme ever reaches a page), else empty."""
+    """The avatar if it is an https URL (the registry accepts http too, but the pages' CSP
+    loads images over https only, so an http avatar is shown as none rather than as a broken
+    image; checked here so no other scheme ever reaches a page), else empty."""
     if not url or any(c.isspace() or ord(c) < 32 for c in url):
         return ""
     try:
         parts = urlsplit(url)
     except ValueError:
         return ""
-    return url if parts.scheme in ("http", "https") and parts.hostname else ""
+    return url if parts.scheme == "https" and parts.hostname else ""
 
 
 def templates() -> jinja2.Environment:
@@ -108,8 +113,14 @@ def render(
             **context,
         )
     )
-    headers = {**_PAGE_HEADERS, "Cache-Control": cache, "Vary": "Cookie"}
-    return web.Response(text=html, status=status, content_type="text/html", charset="utf-8", headers=headers)
+    return web.Response(
+        text=html, status=status, content_type="text/html", charset="utf-8", headers=_headers(cache)
+    )
+
+
+def _headers(cache: str = "private, no-store") -> dict[str, str]:
+    """Every page's headers: what a page answer carries whether returned or raised."""
+    return {**_PAGE_HEADERS, "Cache-Control": cache, "Vary": "Cookie"}
 
 
 def redirect(location: str) -> web.Response:
@@ -120,10 +131,41 @@ def not_found(request: web.Request, signed_in: sessions.SignedIn | None) -> web.
     return render(request, "not_found.html", 404, signed_in=signed_in)
 
 
-def refused(request: web.Request, signed_in: sessions.SignedIn | None, message: str) -> web.HTTPForbidden:
-    """A 403 page saying why (raised: the handlers' checks stop the request there)."""
-    page = render(request, "refused.html", 403, signed_in=signed_in, message=message)
-    return web.HTTPForbidden(text=page.text, content_type="text/html", headers=_PAGE_HEADERS)
+def refused(
+    request: web.Request,
+    signed_in: sessions.SignedIn | None,
+    message: str,
+    status: type[web.HTTPException] = web.HTTPForbidden,
+) -> web.HTTPException:
+    """A page saying why (403 unless told; raised: the handlers' checks stop the request there).
+    It carries render()'s headers: it holds the sign-out form's CSRF token, so it is never
+    cached (`private, no-store`)."""
+    page = render(request, "refused.html", status.status_code, signed_in=signed_in, message=message)
+    return status(text=page.text, content_type="text/html", headers=_headers())
+
+
+class BadForm(Exception):
+    """A posted body that is not a form of text fields (the message names the field)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+async def read_form(request: web.Request) -> MultiDictProxy[str]:
+    """The posted form, the one way every dashboard form is read: text fields only. A body that
+    cannot be parsed (a broken multipart body, bytes that are not text) or a field sent as a
+    file (whose str() would be stored as `FileField(...)`) is `BadForm`, a 400, never a 500."""
+    try:
+        form = await request.post()
+    except (ValueError, RuntimeError, HttpProcessingError):
+        raise BadForm("The form could not be read (a malformed body); please send it again.") from None
+    fields: MultiDict[str] = MultiDict()
+    for name, value in form.items():
+        if not isinstance(value, str):
+            raise BadForm(f"The field `{name}` was sent as a file; the dashboard's forms take text only.")
+        fields.add(name, value)
+    return MultiDictProxy(fields)
 
 
 def _safe_next(request: web.Request, raw: str | None) -> str:
@@ -152,8 +194,6 @@ async def signin_page(request: web.Request) -> web.StreamResponse:
 def _signin_form(
     request: web.Request, status: int, message: str = "", next_url: str | None = None
 ) -> web.Response:
-    import secrets
-
     token = secrets.token_urlsafe(24)
     response = render(
         request,
@@ -168,11 +208,16 @@ def _signin_form(
 
 
 async def signin(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
+    try:
+        form = await read_form(request)
+    except BadForm as exc:
+        return _signin_form(request, 400, exc.message, "")
     next_url = str(form.get("next", ""))
     if not sessions.csrf_ok(request.cookies.get(sessions.SIGNIN_COOKIE), str(form.get("csrf", ""))):
         return _signin_form(request, 403, "This sign-in form expired; please try again.", next_url)
-    wait = await sessions.signin_blocked_for(request)
+    # This attempt is counted before the key is looked up (one atomic INCR), so parallel
+    # attempts cannot all pass a check made before any of them is counted.
+    wait = await sessions.signin_attempt(request)
     if wait:
         minutes = max(1, round(wait / 60))
         response = _signin_form(
@@ -185,12 +230,15 @@ async def signin(request: web.Request) -> web.StreamResponse:
     found = await registry.credential(key) if key and len(key) <= 256 else None
     if found is None:
         if key and not registry.ready:
+            await sessions.signin_not_a_guess(request)
             return _signin_form(
                 request, 503, "The registry is being rebuilt; try again in a moment.", next_url
             )
-        await sessions.signin_failed(request)
         return _signin_form(request, 401, "That key is not a key of any account.", next_url)
-    await sessions.signin_succeeded(request)  # a real key, whatever its scope: not a guess
+    # A real key, whatever its scope, is not a guess: its own attempt is taken back, and only
+    # that one (the wrong keys before it still count, so alternating with a valid key of one's
+    # own account gains no tries).
+    await sessions.signin_not_a_guess(request)
     if not sessions.may_sign_in(found):
         why = model.MissingScope(INGEST, READ, "viewing the dashboard").message
         return _signin_form(
@@ -201,6 +249,7 @@ async def signin(request: web.Request) -> web.StreamResponse:
             next_url,
         )
     registry.used(found.usage_id)
+    await sessions.close_session(request)  # this browser's previous session, if any, ends here
     token = await sessions.open_session(request, found, hash_key(key))
     response = redirect(_safe_next(request, next_url))
     sessions.set_cookie(request, response, sessions.COOKIE, token, request.app[SETTINGS].session_max_s)
@@ -233,15 +282,19 @@ def _may_manage(request: web.Request, session: sessions.SignedIn) -> None:
 
 
 async def _form_of(request: web.Request, session: sessions.SignedIn) -> dict[str, str]:
-    """The posted form, refused (403) without this session's CSRF token."""
-    form = await request.post()
+    """The posted form, refused (403) without this session's CSRF token (400 when it is no form
+    of text fields)."""
+    try:
+        form = await read_form(request)
+    except BadForm as exc:
+        raise refused(request, session, exc.message, web.HTTPBadRequest) from None
     if not sessions.csrf_ok(session.csrf, str(form.get("csrf", ""))):
         raise refused(
             request,
             session,
             "This form did not come from your dashboard session (missing or wrong CSRF token).",
         )
-    return {k: str(v) for k, v in form.items()}
+    return dict(form.items())
 
 
 async def _manager(request: web.Request) -> tuple[sessions.SignedIn, dict[str, str] | None]:
@@ -333,6 +386,7 @@ async def _settings_page(
         page=page,
         pages=max(1, -(-total // AUDIT_PAGE)),
         custom_names=await catalog.custom_metric_names(store, bot.id),
+        nonce=secrets.token_urlsafe(16),
     )
 
 
@@ -378,9 +432,31 @@ async def save_settings(request: web.Request) -> web.StreamResponse:
     return redirect(f"{base_path(request)}/dashboard/bot/{quote(bot.id)}/settings?saved=1")
 
 
+# How long a regeneration form's nonce is remembered: longer than a settings page is kept open
+# and reloaded, within reason (a form older than this may be sent once more).
+NONCE_S = 86_400
+
+
 async def regenerate_key(request: web.Request) -> web.StreamResponse:
-    session, _ = await _manager(request)
+    """The new key is shown once, in the answer to the post. Reloading that answer posts the
+    same form again: its nonce (one per rendered settings page) is taken once, with SET NX, so
+    the repeat is refused (409) instead of regenerating again, which would end the key just
+    shown."""
+    session, posted = await _manager(request)
     store, redis = request.app[STORE], request.app[REDIS]
+    nonce = (posted or {}).get("nonce", "")
+    if not nonce or len(nonce) > 64:
+        raise refused(request, session, "The form's `nonce` is missing; reload the settings page.",
+                      web.HTTPBadRequest)  # fmt: skip
+    entry = "bp:form:nonce:" + hashlib.sha256(f"{session.account}:{nonce}".encode()).hexdigest()
+    if not await redis.set(entry, b"1", nx=True, ex=NONCE_S):
+        raise refused(
+            request,
+            session,
+            "This form was already sent: the key was regenerated then and is not regenerated again. "
+            "Open the settings page to regenerate it once more.",
+            web.HTTPConflict,
+        )
     try:
         await accounts_api.charge(request, session.account)
     except model.RegistryError as exc:
@@ -421,7 +497,7 @@ async def status_settings(request: web.Request) -> web.StreamResponse:
 async def save_status_settings(request: web.Request) -> web.StreamResponse:
     session, posted = await _manager(request)
     form = posted or {}
-    chosen = [str(v) for v in (await request.post()).getall("bots", [])]
+    chosen = (await read_form(request)).getall("bots", [])  # read (and checked) by _manager
     store = request.app[STORE]
     owned = {b.id for b in await catalog.list_bots(store, session.account)}
     try:
@@ -559,7 +635,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # The browser's routes: HTML pages, their static files and the SVG badges. They are not part of
 # the JSON API, so the OpenAPI document leaves them out (tests/test_openapi.py ignores exactly
-# these paths); tests/test_dashboard.py's BOLA matrix covers every one of them.
+# these paths); tests/test_dashboard_bola.py's BOLA matrix covers every one of them.
 BROWSER_ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/dashboard", my_bots),
     ("GET", "/dashboard/", home),

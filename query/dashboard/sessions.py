@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import time
 from typing import Any
@@ -115,12 +116,22 @@ def is_https(request: web.Request) -> bool:
 def client_address(request: web.Request) -> str:
     """Who is signing in, for the wrong-key limit: the peer, or behind a trusted proxy the
     address that proxy appended to `X-Forwarded-For` (the last one; earlier ones are the
-    client's own claims)."""
+    client's own claims). An IPv6 client counts as its /64: one host is usually given a whole
+    /64, so counting single addresses would give it 2^64 windows."""
+    address = request.remote or "unknown"
     if request.app[SETTINGS].trust_proxy:
         forwarded = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",") if a.strip()]
         if forwarded:
-            return forwarded[-1]
-    return request.remote or "unknown"
+            address = forwarded[-1]
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def cookie_path(settings: Settings) -> str:
@@ -236,26 +247,28 @@ def csrf_ok(expected: str | None, given: str | None) -> bool:
 
 
 # --- wrong keys ----------------------------------------------------------------------------------
-async def signin_blocked_for(request: web.Request) -> int:
-    """Seconds until this client may try another key (0: it may now)."""
+async def signin_attempt(request: web.Request) -> int:
+    """Count this sign-in attempt against the client's window (one atomic INCR, the window's
+    EXPIRE set by the first); the seconds until it may try again if it is past the limit, else
+    0. An attempt whose key turns out to be real is taken back (`signin_not_a_guess`)."""
     settings, redis = request.app[SETTINGS], request.app[REDIS]
     entry = _fail_entry(client_address(request))
-    failures, ttl = await redis.pipeline(transaction=False).get(entry).ttl(entry).execute()
-    if failures is not None and int(failures) >= settings.signin_max_failures:
+    attempts, _, ttl = await (
+        redis.pipeline(transaction=True)
+        .incr(entry)
+        .expire(entry, settings.signin_window_s, nx=True)
+        .ttl(entry)
+        .execute()
+    )
+    if int(attempts) > settings.signin_max_failures:
         return max(1, int(ttl))
     return 0
 
 
-async def signin_failed(request: web.Request) -> None:
+async def signin_not_a_guess(request: web.Request) -> None:
+    """Take back this request's own attempt (never the others': no reset on success)."""
     settings, redis = request.app[SETTINGS], request.app[REDIS]
     entry = _fail_entry(client_address(request))
-    await (
-        redis.pipeline(transaction=False)
-        .incr(entry)
-        .expire(entry, settings.signin_window_s, nx=True)
-        .execute()
-    )
-
-
-async def signin_succeeded(request: web.Request) -> None:
-    await request.app[REDIS].delete(_fail_entry(client_address(request)))
+    # (the EXPIRE: should the window have just ended, the count left is never kept for good)
+    pipe = redis.pipeline(transaction=True)
+    await pipe.decr(entry).expire(entry, settings.signin_window_s, nx=True).execute()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
+import unicodedata
 
 import msgspec
 import redis.asyncio as aioredis
@@ -22,6 +23,10 @@ from botpulse.runtime.clickhouse import Store
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,62}[a-z0-9])$")
 MAX_BOTS = 100
 MAX_TITLE = 100
+# Characters a title may not hold: controls (C0, DEL, C1), format characters (bidi overrides
+# such as U+202E, zero-width spaces), surrogates and the line/paragraph separators — each makes
+# the title show as something other than what it holds.
+_UNSHOWN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 COLUMNS = ["account_id", "slug", "title", "bot_ids", "enabled", "updated_at"]
 
 
@@ -56,8 +61,12 @@ def parse(form: dict[str, str], bot_ids: list[str], owned: set[str]) -> StatusPa
     if not SLUG.match(slug):
         raise Invalid("slug must be 3-64 characters of a-z 0-9 and -, not starting or ending with -", "slug")
     title = form.get("title", "").strip()
-    if not title or len(title) > MAX_TITLE or any(ord(c) < 32 for c in title):
-        raise Invalid(f"title must be 1-{MAX_TITLE} characters without control characters", "title")
+    if not title or len(title) > MAX_TITLE or any(unicodedata.category(c) in _UNSHOWN for c in title):
+        raise Invalid(
+            f"title must be 1-{MAX_TITLE} characters without control, format or line/paragraph "
+            "separator characters",
+            "title",
+        )
     if len(bot_ids) > MAX_BOTS:
         raise Invalid(f"a status page shows at most {MAX_BOTS} bots", "bots")
     unknown = [b for b in bot_ids if b not in owned]
