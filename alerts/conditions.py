@@ -7,10 +7,12 @@ tell" (no data to judge): the rule's state stays as it is.
 - offline: the bot's newest post (`bot_latest`, one row per bot) is older than `minutes`;
 - threshold: every post since `minutes` ago, and the last post before that, meet the
   condition (`apiPing` above 500; `ramUsage` above 90 % of `ramTotal`; `custom.<name>`);
-- change: the metric's newest value against its value `hours` ago, in percent.
+- change: the metric's newest value against its value `hours` ago, in percent;
+- shards_down: at least `count` of the bot's shards are down, by the rule the shards read uses
+  (`runtime.shards`).
 
-A new kind (e.g. "N shards down", from shard-aware stats) is one more function registered in
-`CONDITIONS` and its fields in `schemas.alerts.Rule` and `registry.alerts`.
+A new kind is one more function registered in `CONDITIONS` and its fields in
+`schemas.alerts.Rule` and `registry.alerts`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import msgspec
 
 from botpulse.runtime.clickhouse import Store
+from botpulse.runtime.shards import shard_states
 from botpulse.schemas.alerts import CUSTOM_PREFIX, METRICS, Rule
 
 
@@ -211,4 +214,35 @@ async def change(ctx: Context, rules: list[Rule]) -> dict[str, Verdict | None]:
     return out
 
 
-CONDITIONS: dict[str, Condition] = {"offline": offline, "threshold": threshold, "change": change}
+def _ids(shard_ids: list[int], most: int = 10) -> str:
+    shown = ", ".join(str(s) for s in shard_ids[:most])
+    return shown + (f" and {len(shard_ids) - most} more" if len(shard_ids) > most else "")
+
+
+async def shards_down(ctx: Context, rules: list[Rule]) -> dict[str, Verdict | None]:
+    states = await shard_states(ctx.store, [r.bot for r in rules], ctx.now, ctx.heartbeat_ms)
+    out: dict[str, Verdict | None] = {}
+    for rule in rules:
+        shards = states.get(rule.bot)
+        if not shards:
+            out[rule.id] = None  # never posted per shard: no shards to count
+            continue
+        down = [shard_id for shard_id, up in shards if not up]
+        firing = len(down) >= rule.count
+        detail = f"{len(down)} of {len(shards)} shards down (limit {rule.count})"
+        out[rule.id] = Verdict(
+            firing=firing,
+            holding=firing,
+            since=ctx.now,
+            detail=detail + (f": {_ids(down)}" if down else ""),
+            value=float(len(down)),
+        )
+    return out
+
+
+CONDITIONS: dict[str, Condition] = {
+    "offline": offline,
+    "threshold": threshold,
+    "change": change,
+    "shards_down": shards_down,
+}

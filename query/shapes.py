@@ -386,6 +386,7 @@ class RuleView(msgspec.Struct, omit_defaults=True, kw_only=True, forbid_unknown_
     ofMetric: str | UnsetType = UNSET
     percent: float | UnsetType = UNSET
     hours: float | UnsetType = UNSET
+    count: int | UnsetType = UNSET
     muted: bool | UnsetType = UNSET
     mutedUntil: Millis | UnsetType = UNSET
     quietHours: QuietHoursSpec | UnsetType = UNSET

@@ -1,8 +1,7 @@
 """Per-shard reads and a bot's extra properties.
 
-A shard is up while its last post is younger than the heartbeat window (the same window as the
-bot's uptime) and that post did not report a down status. A bot's shards are those that posted
-in the last `SHARD_FORGET_MS`; with any, the bot's `connectionState` is `connected` (all up),
+A shard is up, and one of the bot's shards, by the rule in `runtime.shards` (shared with the
+`shards_down` alerts). With any shards, the bot's `connectionState` is `connected` (all up),
 `degraded` (some up) or `disconnected` (none), next to the unchanged two-valued
 `connectionStatus`. Per-shard uptime over a range follows the bot's definition (a post at `t`
 marks the shard up during `[t, t + window)`, cut short by the shard's next post), counting only
@@ -16,7 +15,7 @@ from typing import Any
 import msgspec
 
 from botpulse.runtime.clickhouse import Store
-from botpulse.schemas.stream import SHARD_FORGET_MS
+from botpulse.runtime.shards import is_known, is_up
 
 # One round trip for what a bot's answer adds: its properties and each shard's last post.
 EXTRAS_SQL = (
@@ -56,16 +55,12 @@ class Extras(msgspec.Struct, frozen=True):
     shards: ShardSummary | None  # None: the bot never posted per shard
 
 
-def _is_up(last: int, up: int, now: int, window_ms: int) -> bool:
-    return bool(up) and now - last < window_ms
-
-
 async def extras(store: Store, bot_id: str, now: int, window_ms: int) -> Extras:
     props, shards = (await store.query(EXTRAS_SQL, {"id": bot_id}))[0]
-    known = [(int(last), int(up)) for _, last, up in shards if now - int(last) < SHARD_FORGET_MS]
+    known = [(int(last), int(up)) for _, last, up in shards if is_known(int(last), now)]
     summary = None
     if known:
-        summary = ShardSummary(sum(_is_up(last, up, now, window_ms) for last, up in known), len(known))
+        summary = ShardSummary(sum(is_up(last, up, now, window_ms) for last, up in known), len(known))
     return Extras({name: value for name, value in props}, summary)
 
 
@@ -79,16 +74,16 @@ def connection_state(status: str, shards: ShardSummary | None) -> str:
 
 
 async def shard_grid(store: Store, bot_id: str, now: int, window_ms: int) -> list[dict[str, Any]]:
-    """Every shard the bot posted for in the last `SHARD_FORGET_MS`, with its latest values."""
+    """Every shard the bot still has (`runtime.shards.is_known`), with its latest values."""
     rows = await store.query(GRID_SQL, {"id": bot_id})
     grid = []
     for shard_id, first, last, up, status, guilds, users, ping in rows:
-        if now - int(last) >= SHARD_FORGET_MS:
+        if not is_known(int(last), now):
             continue
         grid.append(
             {
                 "id": int(shard_id),
-                "status": "up" if _is_up(int(last), int(up), now, window_ms) else "down",
+                "status": "up" if is_up(int(last), int(up), now, window_ms) else "down",
                 "reportedStatus": status,
                 "firstSeen": int(first),
                 "lastSeen": int(last),

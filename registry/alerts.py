@@ -72,7 +72,12 @@ def _check_kind(spec: dict[str, Any], heartbeat_window_s: int) -> None:
     given = {k for k, v in spec.items() if v is not None}
     if kind == "offline":
         spec.setdefault("minutes", max(1.0, heartbeat_window_s / 60))
-        extra = given & {"metric", "op", "value", "ofMetric", "percent", "hours"}
+        extra = given & {"metric", "op", "value", "ofMetric", "percent", "hours", "count"}
+    elif kind == "shards_down":
+        # A shard is down once silent for the heartbeat window: that is the rule's wait.
+        if "count" not in spec:
+            raise Invalid("count is required for a shards_down rule", "count")
+        extra = given & {"metric", "op", "value", "ofMetric", "percent", "hours", "minutes"}
     elif kind == "threshold":
         spec.setdefault("minutes", 5.0)
         for field in ("metric", "op", "value"):
@@ -84,7 +89,7 @@ def _check_kind(spec: dict[str, Any], heartbeat_window_s: int) -> None:
             raise Invalid("minutes must be at most 1440 (a day) for a threshold rule", "minutes")
         if spec.get("ofMetric") is not None and not 0 <= spec["value"] <= 1000:
             raise Invalid("value is a percentage of ofMetric here: from 0 to 1000", "value")
-        extra = given & {"percent", "hours"}
+        extra = given & {"percent", "hours", "count"}
     else:
         spec.setdefault("hours", 24.0)
         for field in ("metric", "op", "percent"):
@@ -92,7 +97,7 @@ def _check_kind(spec: dict[str, Any], heartbeat_window_s: int) -> None:
                 raise Invalid(f"{field} is required for a change rule", field)
         if spec["op"] not in ("drop", "rise"):
             raise Invalid("op must be drop or rise for a change rule", "op")
-        extra = given & {"value", "ofMetric", "minutes"}
+        extra = given & {"value", "ofMetric", "minutes", "count"}
     if extra:
         field = sorted(extra)[0]
         raise Invalid(f"{field} does not apply to a {kind} rule", field)

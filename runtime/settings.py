@@ -16,6 +16,7 @@ import msgspec
 from msgspec import Meta
 
 from botpulse.runtime.redact import redact
+from botpulse.schemas.stream import MAX_SHARD_LIMIT
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Positive = Annotated[int, Meta(ge=1)]
@@ -64,7 +65,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Extra (non-numeric) properties a bot keeps; further names are dropped and reported.
     property_slots: Annotated[int, Meta(ge=0, le=50)] = 5
     # Shard ids a bot may post for: 0 to shard_limit - 1 (also the most entries of a `shards` array).
-    shard_limit: Annotated[int, Meta(ge=1, le=100_000)] = 2048
+    shard_limit: Annotated[int, Meta(ge=1, le=MAX_SHARD_LIMIT)] = 2048
     # How often the totals of a bot whose shards post separately are written (see ingest/shards.py).
     shard_total_interval_s: Annotated[int, Meta(ge=1, le=3600)] = 60
     gateway_metrics_port: Port = 0

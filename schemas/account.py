@@ -24,6 +24,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from botpulse.schemas.alerts import CUSTOM_PREFIX, METRICS, DestinationType, RuleKind
 from botpulse.schemas.registry import BOT_ID_PATTERN
+from botpulse.schemas.stream import MAX_SHARD_LIMIT
 
 # The end of the text in both regex dialects: Python's `$` (msgspec runs `re.search`) also matches
 # before a trailing newline, JSON Schema's (ECMA-262) does not, and `\Z` is Python's only.
@@ -170,6 +171,15 @@ AlertMetric = Annotated[
 ]
 RuleOp = Literal["above", "below", "drop", "rise"]
 Minutes = Annotated[float, Meta(ge=1, le=7 * 1440)]
+ShardCount = Annotated[
+    int,
+    Meta(
+        ge=1,
+        le=MAX_SHARD_LIMIT,
+        description="shards_down: fire when at least this many of the bot's shards are down "
+        f"(1 to {MAX_SHARD_LIMIT}, the most shards a bot can have).",
+    ),
+]
 HHMM = Annotated[str, Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]" + END, description="A time as HH:MM.")]
 
 
@@ -195,6 +205,7 @@ class _RuleOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     ofMetric: AlertMetric | UnsetType | None = UNSET
     percent: Annotated[float, Meta(ge=0.01, le=100)] | UnsetType = UNSET
     hours: Annotated[float, Meta(ge=1 / 60, le=24 * 30)] | UnsetType = UNSET
+    count: ShardCount | UnsetType = UNSET
     muted: bool | UnsetType = UNSET
     mutedUntil: Annotated[int, Meta(ge=0, lt=10**14, description="Unix ms.")] | UnsetType | None = UNSET
     quietHours: QuietHoursSpec | UnsetType | None = UNSET

@@ -2,7 +2,7 @@
 destinations, the delivery jobs and log entries the evaluator keeps in Redis, and their keys.
 
 A rule is stored as the JSON of `Rule` (API field names, camelCase); adding a kind of rule
-(e.g. "N shards down") means a new `kind` value here, its fields in the request bodies
+(as `shards_down` did) means a new `kind` value here, its fields in the request bodies
 (`schemas/account.py`), the checks across them in `registry.alerts`, and its condition in
 `alerts.conditions.CONDITIONS`.
 """
@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-RuleKind = Literal["offline", "threshold", "change"]
+RuleKind = Literal["offline", "threshold", "change", "shards_down"]
 DestinationType = Literal["discord", "webhook"]
 Event = Literal["opened", "resolved"]
 # Standard metrics under their API names -> bot_stats columns. Custom metrics are "custom.NAME".
@@ -57,6 +57,8 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defau
     # change: by more than `percent` % over the last `hours`.
     percent: float = 0.0
     hours: float = 0.0
+    # shards_down: at least this many of the bot's shards are down.
+    count: int = 0
     muted: bool = False
     muted_until: int | None = None  # ms since the epoch
     quiet_hours: QuietHours | None = None

@@ -81,6 +81,9 @@ def shard_state_key(partition: int, bot_id: str) -> str:
 # A shard silent this long is no longer one of the bot's shards (removed by resharding): it drops
 # out of the bot's totals (gateway) and of `shardsTotal` (query).
 SHARD_FORGET_MS = 86_400_000
+# The most shards a bot can have: the upper bound of `BOTPULSE_SHARD_LIMIT` and of a
+# `shards_down` rule's `count`.
+MAX_SHARD_LIMIT = 100_000
 
 
 def custom_types_key(partition: int, bot_id: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import re
@@ -31,7 +32,9 @@ from alerts_fixtures import (
 
 from botpulse.alerts import payloads
 from botpulse.alerts.evaluator import Evaluator, quiet_until, slot_of
+from botpulse.runtime.shards import shard_states
 from botpulse.schemas.alerts import ALERT_SLOTS, QuietHours
+from botpulse.workers.rows import SHARDS_COLUMNS
 
 BOT = "200000000000000001"
 MIN = 60_000
@@ -187,6 +190,84 @@ async def test_threshold_with_a_ratio_holds_for_m_minutes_then_resolves(env, sto
     finally:
         await ev.deliverer.close()
         await client.aclose()
+
+
+async def _shard_posts(store, at_ms: int, *shards: int, up: int = 1) -> None:
+    """One post per shard as the worker stores it (`shard_stats`; the view feeds `shard_latest`)."""
+    status = None if up else "disconnected"
+    rows = [[BOT, s, _utc(at_ms), f"e{s}-{at_ms}", up, status, 100 + s, None, 40.0] for s in shards]
+    await store.insert("shard_stats", rows, SHARDS_COLUMNS)
+
+
+def _utc(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+
+
+async def test_shards_down_fires_at_n_down_shards_then_clears_when_they_post(env, store, redis, receiver):
+    clock = Clock()
+    window = env["settings"].heartbeat_window_s * 1000
+    r = await rule(
+        env["api"],
+        env["key"],
+        {"name": "shards", "bot": BOT, "kind": "shards_down", "count": 2,
+         "destinations": [env["webhook"]["id"]]},
+    )  # fmt: skip
+    assert r["kind"] == "shards_down" and r["count"] == 2
+    ev, client = _evaluator(env["settings"], store, clock, "solo")
+    try:
+        # Posts land as time passes (the read takes each shard's newest post, as in real time).
+        await _shard_posts(store, T0, 0, 1, 2, 3)
+        # Shards 0, 1 and 3 post every minute; 2 falls silent after T0; 3 reports itself down at 5 min.
+        for minute in range(1, 5):
+            await _shard_posts(store, T0 + minute * MIN, 0, 1, 3)
+            clock.now = T0 + minute * MIN + 10_000
+            if clock.now - T0 < window:  # shard 2 silent less than the window: still up
+                await ev.tick()
+        clock.now = T0 + window - 1000
+        await ev.tick()
+        clock.now = T0 + 4 * MIN + 10_000  # shard 2 down, the others up: 1 < 2
+        await ev.tick()
+        assert receiver.received == []
+        await _shard_posts(store, T0 + 5 * MIN, 0, 1)
+        await _shard_posts(store, T0 + 5 * MIN, 3, up=0)
+        clock.now = T0 + 5 * MIN + 10_000  # shard 3 said it is down: 2 of 4
+        await ev.tick()
+        assert _events(receiver) == ["alert.opened"]
+        opened = receiver.received[0].json()
+        assert opened["state"] == "firing" and opened["value"] == 2
+        assert opened["detail"] == "2 of 4 shards down (limit 2): 2, 3"
+        # Still down: nothing more is sent.
+        clock.now = T0 + 6 * MIN
+        await ev.tick()
+        assert len(receiver.received) == 1
+        # Shard 3 posts up again: 1 down, below the count, so the incident resolves.
+        await _shard_posts(store, T0 + 6 * MIN + 5_000, 0, 1, 3)
+        clock.now = T0 + 6 * MIN + 10_000
+        await ev.tick()
+        assert _events(receiver) == ["alert.opened", "alert.resolved"]
+        resolved = receiver.received[1].json()
+        assert resolved["incident"]["id"] == opened["incident"]["id"]
+        assert resolved["detail"] == "1 of 4 shards down (limit 2): 2"
+        url = f"/v1/alerts/rules/{r['id']}"
+        state = (await (await env["api"].get(url, headers={"Authorization": env["key"]})).json())["state"]
+        assert state["status"] == "ok"
+    finally:
+        await ev.deliverer.close()
+        await client.aclose()
+
+
+async def test_shards_down_counts_as_the_shards_read_does(env, store, redis):
+    """The rule and GET /v1/bot/{id}/shards judge a shard by the same rule (runtime.shards)."""
+    at = int(time.time() * 1000)
+    window = env["settings"].heartbeat_window_s * 1000
+    await _shard_posts(store, at - window - 1000, 0)  # silent past the window
+    await _shard_posts(store, at - 1000, 1)
+    await _shard_posts(store, at - 1000, 2, up=0)
+    resp = await env["api"].get(f"/v1/bot/{BOT}/shards", headers={"Authorization": env["key"]})
+    grid = (await resp.json())["shards"]
+    read = {s["id"]: s["status"] == "up" for s in grid}
+    states = await shard_states(store, [BOT], at, window)
+    assert dict(states[BOT]) == read == {0: False, 1: True, 2: False}
 
 
 async def test_threshold_on_a_custom_metric_below(env, store, redis, receiver):

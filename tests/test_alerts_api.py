@@ -110,6 +110,12 @@ BAD_RULES = [
         },
         "minutes",
     ),
+    ({"name": "x", "bot": BOT, "kind": "shards_down"}, "count"),
+    ({"name": "x", "bot": BOT, "kind": "shards_down", "count": 0}, "count"),
+    ({"name": "x", "bot": BOT, "kind": "shards_down", "count": 100_001}, "count"),
+    ({"name": "x", "bot": BOT, "kind": "shards_down", "count": 1.5}, "count"),
+    ({"name": "x", "bot": BOT, "kind": "shards_down", "count": 2, "minutes": 5}, "minutes"),
+    ({"name": "x", "bot": BOT, "kind": "offline", "count": 2}, "count"),
     ({"name": "x", "bot": BOT, "kind": "offline", "surprise": 1}, "surprise"),
     ({"name": "x", "bot": "bad id!", "kind": "offline"}, "bot"),
 ]

@@ -29,8 +29,8 @@ from botpulse.runtime.migrations import migrate
 from botpulse.runtime.processes import free_port
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import load_settings
-from botpulse.workers.rows import CUSTOM_COLUMNS, STATS_COLUMNS
-from tests.test_query_stats import entry, stat
+from botpulse.workers.rows import CUSTOM_COLUMNS, SHARDS_COLUMNS, STATS_COLUMNS
+from tests.test_query_stats import entry, stat, ts
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -97,6 +97,16 @@ async def _seed(store: Store, settings: Any) -> tuple[str, str, str]:
     await store.insert("bot_stats", rows, STATS_COLUMNS)
     await store.insert("bot_stats", [stat("503", t_now - 2 * MIN, guilds=7)], STATS_COLUMNS)
     await store.insert("custom_events", events, CUSTOM_COLUMNS)
+    # Bot 500 posts per shard: 0, 1 and 3 a minute ago (3 reporting itself down), 2 two hours ago
+    # (past the 30-minute heartbeat window): two of four down.
+    shard_rows = [
+        ["500", s, ts(at), f"s{s}-{at}", up, said, 250 + s, None, 40.0 + s]
+        for s, at, up, said in [
+            (0, t_now - MIN, 1, None), (1, t_now - MIN, 1, None),
+            (2, t_now - 2 * HOUR, 1, None), (3, t_now - MIN, 0, "disconnected"),
+        ]
+    ]  # fmt: skip
+    await store.insert("shard_stats", shard_rows, SHARDS_COLUMNS)
     return key, other_key, read_key
 
 
@@ -291,6 +301,36 @@ def test_bot_page_charts_match_the_api_and_the_range_picker(
     check(336)
     assert "range=7d" in page.url
     shot(page, tmp_path, "bot-page-7d")
+
+
+def test_shard_grid_has_a_cell_per_shard_coloured_by_the_api(
+    stack: Stack, context: BrowserContext, tmp_path: Path
+) -> None:
+    page = context.new_page()
+    page.goto(f"{stack.url}/dashboard/bot/500")  # public: the grid reads the public API
+    loaded(page)
+    grid = api(page, "/v1/bot/500/shards")
+    cells = page.locator("#shard-grid .cell")
+    assert cells.count() == len(grid["shards"]) == 4
+    shown = [(c.get_attribute("data-shard"), c.get_attribute("data-status")) for c in cells.all()]
+    assert shown == [(str(s["id"]), s["status"]) for s in grid["shards"]]
+    assert shown == [("0", "up"), ("1", "up"), ("2", "down"), ("3", "down")]
+    down = page.locator('#shard-grid .cell[data-shard="2"]')
+    assert "down" in (down.get_attribute("class") or "").split()
+    # Red, not the up cells' green: the colour comes from the class.
+    colours = page.evaluate(
+        "[...document.querySelectorAll('#shard-grid .cell')].map(c => getComputedStyle(c).backgroundColor)"
+    )
+    assert colours[0] == colours[1] != colours[2] == colours[3]
+    title = page.locator('#shard-grid .cell[data-shard="3"]').get_attribute("title") or ""
+    assert title.startswith("Shard 3: down (reported disconnected)") and "253 guilds" in title
+    assert "latency 43 ms" in title and "last seen" in title
+    assert page.inner_text("#shards-summary").startswith("2 of 4 up")
+    shot(page, tmp_path, "shard-grid")
+    page.goto(f"{stack.url}/dashboard/bot/503")  # never posted per shard: no grid
+    loaded(page)
+    assert page.locator("#shards-card").is_hidden()
+    assert page.locator("#shard-grid .cell").count() == 0
 
 
 def test_uptime_bar_cells_match_the_apis_uptime(

@@ -249,6 +249,29 @@
       if (truncated) ul.appendChild(el("li", { class: "muted" }, "… more periods than can be listed."));
     }
 
+    // The shards' current state (not the range's): one cell per shard, from GET /v1/bot/{id}/shards.
+    async function shardGrid() {
+      const info = await api(`/v1/bot/${enc(id)}/shards`);
+      const card = document.getElementById("shards-card");
+      card.hidden = !info.shards.length;
+      if (!info.shards.length) return;
+      document.getElementById("shards-summary").textContent =
+        `${info.shardsUp} of ${info.shardsTotal} up · ${info.connectionState}`;
+      const box = document.getElementById("shard-grid");
+      box.replaceChildren();
+      for (const s of info.shards) {
+        const said = s.reportedStatus ? ` (reported ${s.reportedStatus})` : "";
+        const title = `Shard ${s.id}: ${s.status}${said} · ${fmtNum(s.guilds)} guilds · `
+          + `latency ${s.latency == null ? "—" : fmtNum(s.latency) + " ms"} · `
+          + `last seen ${localTime(s.lastSeen)} (${ago(s.lastSeen)})`;
+        box.appendChild(el("span", {
+          class: "cell " + (s.status === "up" ? "up" : "down"), role: "listitem", title,
+          "aria-label": title, "data-shard": String(s.id), "data-status": s.status,
+        }, String(s.id)));
+      }
+      state.shards = info;
+    }
+
     let ninety = null;
     async function load(r) {
       state.range = { start: r.start, end: r.end, dataPoints: r.points, name: r.name };
@@ -276,6 +299,7 @@
         const up = await api(`/v1/bot/${enc(id)}/uptime?start=${r.start}&end=${r.end}`);
         offlineList(up.offline, up.offlineTruncated);
       }
+      await shardGrid();
       state.loaded = (state.loaded || 0) + 1;
       document.body.dataset.loaded = String(state.loaded);
     }
