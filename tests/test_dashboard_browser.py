@@ -154,7 +154,9 @@ def stack(redis_url: str, clickhouse_url: str, tmp_path_factory: pytest.TempPath
         store.close()
 
 
-@pytest.fixture(scope="session")
+# Module-scoped: the sync API keeps an event loop running in this thread while it lives, and
+# every async test after this module would find it there.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(
