@@ -583,7 +583,8 @@ async def alerts_page(request: web.Request) -> web.StreamResponse:
 async def add_alert_destination(request: web.Request) -> web.StreamResponse:
     session, posted = await _manager(request)
     form = posted or {}
-    body = {name: form.get(name, "").strip() for name in _DESTINATION_FIELDS}
+    body = {name: form.get(name, "") for name in _DESTINATION_FIELDS}
+    body["url"] = body["url"].strip()  # as the settings' URLs: a pasted URL's stray spaces
     try:
         decoded = model.decode(msgspec.json.encode(body), DestinationCreate)
         await _take_nonce(request, session, form, "alerts", "the destination was added then (its secret "
