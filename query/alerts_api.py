@@ -6,7 +6,8 @@ a destination the SSRF rules refuse counts too);
 an ingest key is refused everywhere. An account sees only its own rules and destinations (another
 account's are 404, like unknown ones), and a rule can only watch a bot the account manages.
 Bodies decode into the structs of `schemas/account.py` and answers are the structs of
-`query/shapes.py`: the OpenAPI document is generated from both."""
+`query/shapes.py`: the OpenAPI document is generated from both. Each change is one function
+(`add_destination`, `add_rule`, …) that the dashboard's Alerts page calls too."""
 
 from __future__ import annotations
 
@@ -43,14 +44,13 @@ def _limit(request: web.Request) -> int:
 
 
 # --- destinations -------------------------------------------------------------------------------
-@guarded
-async def create_destination(request: web.Request) -> web.Response:
-    account = await caller(request)
+# Each change is one function the API's handler and the dashboard's form both call (the body
+# decoded by the caller into the struct of `schemas/account.py`), so the two cannot disagree.
+async def add_destination(request: web.Request, account: str, body: DestinationCreate) -> dict[str, Any]:
+    """The new destination's view, with its signing `secret` for a webhook (shown that once)."""
     app = request.app
     destination = rules_db.destination_from_body(
-        model.decode(await request.read(), DestinationCreate),
-        account=account,
-        discord_hosts=rules_db.extra_discord_hosts(app[SETTINGS]),
+        body, account=account, discord_hosts=rules_db.extra_discord_hosts(app[SETTINGS])
     )
     if (
         len(await rules_db.list_destinations(app[STORE], account=account))
@@ -69,7 +69,27 @@ async def create_destination(request: web.Request) -> web.Response:
     view = rules_db.destination_view(destination)
     if secret:
         view["secret"] = secret  # shown this once
-    return _answer(201, shapes.CreatedDestination, view)
+    return view
+
+
+async def remove_destination(request: web.Request, account: str, destination_id: str) -> None:
+    """404 for another account's (or an unknown) destination, 409 while a rule uses it."""
+    store = request.app[STORE]
+    destination, secret = await rules_db.get_destination(store, destination_id, account)
+    users = [
+        r.id for r in await rules_db.list_rules(store, account=account) if destination.id in r.destinations
+    ]
+    if users:
+        raise model.Conflict(f"Destination is used by rules {', '.join(users)}; change or delete them first")
+    await charge(request, account)
+    await rules_db.save_destination(store, request.app[REDIS], destination, secret, deleted=True)
+
+
+@guarded
+async def create_destination(request: web.Request) -> web.Response:
+    account = await caller(request)
+    body = model.decode(await request.read(), DestinationCreate)
+    return _answer(201, shapes.CreatedDestination, await add_destination(request, account, body))
 
 
 @guarded
@@ -84,15 +104,7 @@ async def list_destinations(request: web.Request) -> web.Response:
 @guarded
 async def delete_destination(request: web.Request) -> web.Response:
     account = await caller(request)
-    store = request.app[STORE]
-    destination, secret = await rules_db.get_destination(store, request.match_info["id"], account)
-    users = [
-        r.id for r in await rules_db.list_rules(store, account=account) if destination.id in r.destinations
-    ]
-    if users:
-        raise model.Conflict(f"Destination is used by rules {', '.join(users)}; change or delete them first")
-    await charge(request, account)
-    await rules_db.save_destination(store, request.app[REDIS], destination, secret, deleted=True)
+    await remove_destination(request, account, request.match_info["id"])
     return web.Response(status=204)
 
 
@@ -101,7 +113,8 @@ def _rule(rule: Rule, state: dict[str, Any]) -> web.Response:
     return _answer(200, shapes.RuleWithState, rules_db.rule_view(rule) | {"state": state})
 
 
-async def _state(request: web.Request, rule_id: str) -> dict[str, Any]:
+async def rule_state(request: web.Request, rule_id: str) -> dict[str, Any]:
+    """The rule's current state as the API shows it (the evaluator's entry in Redis)."""
     raw = await request.app[REDIS].hgetall(state_key(rule_id))
     state = {k.decode(): v.decode() for k, v in raw.items()}
     firing = state.get("status") == "firing"
@@ -123,18 +136,43 @@ async def _checked(request: web.Request, rule: Rule, account: str) -> None:
     await rules_db.check_destinations_owned(store, account, rule.destinations)
 
 
-@guarded
-async def create_rule(request: web.Request) -> web.Response:
-    account = await caller(request)
+async def add_rule(request: web.Request, account: str, body: RuleCreate) -> Rule:
     app = request.app
-    body = model.decode(await request.read(), RuleCreate)
     rule = rules_db.rule_from_body(body, account=account, heartbeat_window_s=app[SETTINGS].heartbeat_window_s)
     await _checked(request, rule, account)
     if len(await rules_db.list_rules(app[STORE], account=account)) >= rules_db.MAX_RULES_PER_ACCOUNT:
         raise model.Conflict(f"An account has at most {rules_db.MAX_RULES_PER_ACCOUNT} rules")
     await charge(request, account)
     await rules_db.save_rule(app[STORE], app[REDIS], rule)
-    view = rules_db.rule_view(rule) | {"state": await _state(request, rule.id)}
+    return rule
+
+
+async def change_rule(request: web.Request, account: str, current: Rule, body: RuleChanges) -> Rule:
+    """`current` (the account's, from `rules_db.get_rule`) with the changes of `body`."""
+    app = request.app
+    rule = rules_db.rule_from_body(
+        body, account=account, heartbeat_window_s=app[SETTINGS].heartbeat_window_s, current=current
+    )
+    await _checked(request, rule, account)
+    await charge(request, account)
+    await rules_db.save_rule(app[STORE], app[REDIS], rule)
+    return rule
+
+
+async def remove_rule(request: web.Request, account: str, rule_id: str) -> None:
+    """404 for another account's (or an unknown) rule."""
+    app = request.app
+    rule = await rules_db.get_rule(app[STORE], rule_id, account)
+    await charge(request, account)
+    await rules_db.save_rule(app[STORE], app[REDIS], rule, deleted=True)
+    await app[REDIS].delete(state_key(rule.id))
+
+
+@guarded
+async def create_rule(request: web.Request) -> web.Response:
+    account = await caller(request)
+    rule = await add_rule(request, account, model.decode(await request.read(), RuleCreate))
+    view = rules_db.rule_view(rule) | {"state": await rule_state(request, rule.id)}
     return _answer(201, shapes.RuleWithState, view)
 
 
@@ -152,32 +190,23 @@ async def list_rules(request: web.Request) -> web.Response:
 async def get_rule(request: web.Request) -> web.Response:
     account = await caller(request, READ)
     rule = await rules_db.get_rule(request.app[STORE], request.match_info["id"], account)
-    return _rule(rule, await _state(request, rule.id))
+    return _rule(rule, await rule_state(request, rule.id))
 
 
 @guarded
 async def patch_rule(request: web.Request) -> web.Response:
     account = await caller(request)
-    app = request.app
-    current = await rules_db.get_rule(app[STORE], request.match_info["id"], account)
+    # The rule is looked up before the body is read: another account's rule is 404 whatever is sent.
+    current = await rules_db.get_rule(request.app[STORE], request.match_info["id"], account)
     body = model.decode(await request.read(), RuleChanges)
-    rule = rules_db.rule_from_body(
-        body, account=account, heartbeat_window_s=app[SETTINGS].heartbeat_window_s, current=current
-    )
-    await _checked(request, rule, account)
-    await charge(request, account)
-    await rules_db.save_rule(app[STORE], app[REDIS], rule)
-    return _rule(rule, await _state(request, rule.id))
+    rule = await change_rule(request, account, current, body)
+    return _rule(rule, await rule_state(request, rule.id))
 
 
 @guarded
 async def delete_rule(request: web.Request) -> web.Response:
     account = await caller(request)
-    app = request.app
-    rule = await rules_db.get_rule(app[STORE], request.match_info["id"], account)
-    await charge(request, account)
-    await rules_db.save_rule(app[STORE], app[REDIS], rule, deleted=True)
-    await app[REDIS].delete(state_key(rule.id))
+    await remove_rule(request, account, request.match_info["id"])
     return web.Response(status=204)
 
 

@@ -13,6 +13,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
+import markupsafe
 import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -21,6 +23,7 @@ from botpulse.query.app import build_app
 from botpulse.query.dashboard import export, sessions
 from botpulse.registry import apikeys
 from botpulse.registry.catalog import Bot, create_account, now, regenerate_key, write_bot
+from botpulse.schemas.alerts import DeliveryEntry, log_key
 from botpulse.workers.rows import STATS_COLUMNS
 from tests.test_query_stats import stat
 
@@ -515,3 +518,317 @@ async def test_the_bot_page_weighs_under_150_kb_compressed(world):
         assert resp.headers["Content-Encoding"] == "gzip"
         total += int(resp.headers["Content-Length"])
     assert total < 150_000
+
+
+# --- alerts ---------------------------------------------------------------------------------------
+# As the alerts tests run: http allowed, 127.0.0.1 the one network let in, and 127.0.0.1 a host a
+# `discord` destination may name (nothing is ever sent: the page only adds and lists).
+ALERTS = {
+    "alerts_allow_http": True,
+    "alerts_allow_networks": "127.0.0.1/32",
+    "alerts_discord_hosts": "127.0.0.1",
+}
+
+
+async def _api_message(w: World, path: str, body: dict[str, Any]) -> str:
+    """What the account API says to the same body (the page must show exactly that)."""
+    resp = await w.client.post(path, json=body, headers={"Authorization": w.key})
+    assert resp.status == 400, await resp.text()
+    return str((await resp.json())["message"])
+
+
+def _shown(html: str, field: str, message: str) -> bool:
+    """`message` (escaped as Jinja escapes it) in the error span next to `field`."""
+    return f'data-error-for="{field}" role="alert">{markupsafe.escape(message)}</span>' in html
+
+
+async def test_alerts_page_adds_lists_mutes_and_deletes_through_the_alerts_api(make_settings, store, redis):
+    w = await _world(make_settings, store, redis, **ALERTS)
+    c, auth = w.client, {"Authorization": w.key}
+    try:
+        await signin(w, w.key)
+        html = await (await c.get("/dashboard")).text()
+        assert 'id="nav-alerts" ' in html or 'id="nav-alerts">' in html
+        html = await (await c.get("/dashboard/alerts")).text()
+        csrf = csrf_of(html)
+        hook = {"name": HOSTILE, "type": "webhook", "url": "http://127.0.0.1:9/hook?token=hook-cred&x"}
+
+        # Without the CSRF token: 403, nothing added.
+        resp = await c.post("/dashboard/alerts/destinations", data=hook | {"nonce": nonce_of(html)})
+        assert resp.status == 403
+        # A URL the SSRF rules refuse: the API's own message, next to `url`; nothing added.
+        metadata = {"name": "meta", "type": "webhook", "url": "http://169.254.169.254/latest/meta-data"}
+        expected = await _api_message(w, "/v1/alerts/destinations", metadata)
+        resp = await c.post(
+            "/dashboard/alerts/destinations", data=metadata | {"csrf": csrf, "nonce": nonce_of(html)}
+        )
+        text = await resp.text()
+        assert resp.status == 400 and _shown(text, "destination.url", expected), text
+        assert 'value="http://169.254.169.254/latest/meta-data"' in text  # the form as sent
+        # A bad type: the struct's message next to `type`.
+        bad_type = {"name": "x", "type": "email", "url": "http://127.0.0.1:9/h"}
+        expected = await _api_message(w, "/v1/alerts/destinations", bad_type)
+        resp = await c.post(
+            "/dashboard/alerts/destinations", data=bad_type | {"csrf": csrf, "nonce": nonce_of(text)}
+        )
+        assert resp.status == 400 and _shown(await resp.text(), "destination.type", expected)
+        assert (await (await c.get("/v1/alerts/destinations", headers=auth)).json())["destinations"] == []
+
+        # A webhook: its secret shown this once, never cached; the same form again is refused.
+        html = await (await c.get("/dashboard/alerts")).text()
+        form = hook | {"csrf": csrf, "nonce": nonce_of(html)}
+        resp = await c.post("/dashboard/alerts/destinations", data=form)
+        text = await resp.text()
+        assert resp.status == 200 and resp.headers["Cache-Control"] == "private, no-store"
+        secret = re.search(r'id="new-secret" value="(whsec_[^"]+)"', text).group(1)  # type: ignore[union-attr]
+        assert HOSTILE not in text and str(markupsafe.escape(HOSTILE)) in text
+        resp = await c.post("/dashboard/alerts/destinations", data=form)
+        assert resp.status == 409 and "already sent" in await resp.text()
+        # A Discord webhook: back to the page.
+        html = await (await c.get("/dashboard/alerts")).text()
+        discord = {
+            "name": "ops",
+            "type": "discord",
+            "url": "http://127.0.0.1:9/api/webhooks/42/very-secret-token",
+        }
+        resp = await c.post(
+            "/dashboard/alerts/destinations",
+            data=discord | {"csrf": csrf, "nonce": nonce_of(html)},
+            allow_redirects=False,
+        )
+        assert resp.status == 303 and resp.headers["Location"] == "/dashboard/alerts?saved=destination"
+
+        listed = (await (await c.get("/v1/alerts/destinations", headers=auth)).json())["destinations"]
+        assert len(listed) == 2
+        html = await (await c.get("/dashboard/alerts")).text()
+        for d in listed:  # each URL exactly as the API's listing shows it
+            assert f'<code data-field="url">{markupsafe.escape(d["url"])}</code>' in html, d
+        for leak in (secret, "very-secret-token", "hook-cred", HOSTILE):
+            assert leak not in html
+        hook_id = next(d["id"] for d in listed if d["type"] == "webhook")
+        ops_id = next(d["id"] for d in listed if d["type"] == "discord")
+
+        # Rules: a number that is none, the API's message next to `minutes`.
+        rule = [
+            ("csrf", csrf),
+            ("name", "Down"),
+            ("bot", "100"),
+            ("kind", "offline"),
+            ("destinations", hook_id),
+        ]
+        expected = await _api_message(
+            w,
+            "/v1/alerts/rules",
+            {"name": "Down", "bot": "100", "kind": "offline", "destinations": [hook_id], "minutes": "soon"},
+        )
+        resp = await c.post("/dashboard/alerts/rules", data=[*rule, ("minutes", "soon")])
+        assert resp.status == 400 and _shown(await resp.text(), "rule.minutes", expected)
+        # A bot that is not the account's (the form lists only its own): refused naming `bot`.
+        expected = await _api_message(
+            w,
+            "/v1/alerts/rules",
+            {"name": "Down", "bot": "999", "kind": "offline", "destinations": [hook_id]},
+        )
+        resp = await c.post("/dashboard/alerts/rules", data=[*rule[:2], ("bot", "999"), *rule[3:]])
+        assert resp.status == 400 and _shown(await resp.text(), "rule.bot", expected)
+        # No destination chosen: the struct's message next to `destinations`.
+        resp = await c.post("/dashboard/alerts/rules", data=rule[:-1])
+        assert resp.status == 400 and 'data-error-for="rule.destinations"' in await resp.text()
+        # A threshold field on an offline rule: the API's cross-field check.
+        resp = await c.post("/dashboard/alerts/rules", data=[*rule, ("metric", "guilds")])
+        assert resp.status == 400 and _shown(
+            await resp.text(), "rule.metric", "metric does not apply to a offline rule"
+        )
+
+        resp = await c.post("/dashboard/alerts/rules", data=[*rule, ("minutes", "7")], allow_redirects=False)
+        assert resp.status == 303
+        threshold = [
+            ("csrf", csrf),
+            ("name", "Few guilds"),
+            ("bot", "200"),
+            ("kind", "threshold"),
+            ("destinations", hook_id),
+            ("destinations", ops_id),
+            ("metric", "guilds"),
+            ("op", "below"),
+            ("value", "10"),
+            ("minutes", ""),
+        ]
+        resp = await c.post("/dashboard/alerts/rules", data=threshold, allow_redirects=False)
+        assert resp.status == 303
+        rules = (await (await c.get("/v1/alerts/rules", headers=auth)).json())["rules"]
+        offline = next(r for r in rules if r["kind"] == "offline")
+        below = next(r for r in rules if r["kind"] == "threshold")
+        assert offline["minutes"] == 7 and offline["destinations"] == [hook_id] and offline["bot"] == "100"
+        assert below["minutes"] == 5 and below["op"] == "below" and below["value"] == 10  # the API's default
+        assert below["destinations"] == [hook_id, ops_id]
+
+        # The delivery log the evaluator writes is shown (escaped), newest first.
+        entry = DeliveryEntry(
+            at=1_780_000_061_000,
+            destination=hook_id,
+            destination_type="webhook",
+            incident="inc_1",
+            event="opened",
+            attempt=2,
+            outcome="failed",
+            status=500,
+            latency_ms=12,
+            error=HOSTILE,
+        )
+        await redis.lpush(log_key(offline["id"]), msgspec.json.encode(entry))
+        html = await (await c.get("/dashboard/alerts")).text()
+        block = html.split(f'data-rule="{offline["id"]}"', 1)[1].split("</article>", 1)[0]
+        assert 'data-field="kind">offline<' in block and 'data-field="state" class="ok">ok<' in block
+        assert "not muted" in block and "failed" in block and "HTTP 500" in block
+        assert HOSTILE not in html and "2026-05-28T" in block
+
+        # Mute, unmute.
+        resp = await c.post(
+            f"/dashboard/alerts/rules/{offline['id']}/mute",
+            data={"csrf": csrf, "muted": "true"},
+            allow_redirects=False,
+        )
+        assert resp.status == 303
+        got = await (await c.get(f"/v1/alerts/rules/{offline['id']}", headers=auth)).json()
+        assert got["muted"] is True
+        html = await (await c.get("/dashboard/alerts")).text()
+        block = html.split(f'data-rule="{offline["id"]}"', 1)[1].split("</article>", 1)[0]
+        assert 'data-field="muted">muted<' in block and ">Unmute<" in block
+        resp = await c.post(
+            f"/dashboard/alerts/rules/{offline['id']}/mute",
+            data={"csrf": csrf, "muted": "false"},
+            allow_redirects=False,
+        )
+        assert resp.status == 303
+        assert (await (await c.get(f"/v1/alerts/rules/{offline['id']}", headers=auth)).json()).get(
+            "muted", False
+        ) is False
+        # Without the CSRF token: 403, nothing changes.
+        resp = await c.post(f"/dashboard/alerts/rules/{offline['id']}/mute", data={"muted": "true"})
+        assert resp.status == 403
+        assert (await (await c.get(f"/v1/alerts/rules/{offline['id']}", headers=auth)).json()).get(
+            "muted", False
+        ) is False
+
+        # A destination a rule uses: the API's 409, said on the page.
+        resp = await c.post(f"/dashboard/alerts/destinations/{hook_id}/delete", data={"csrf": csrf})
+        assert resp.status == 409
+        assert re.search(
+            r'data-error-for="action.form" role="alert">Destination is used by rules alr_', await resp.text()
+        )
+
+        # Another account's session: the rules and destinations are not found (404), and stay.
+        other = await _signed_in_client(w, w.other_key)
+        try:
+            page = await other.get("/dashboard/alerts")
+            other_html = await page.text()
+            assert page.status == 200 and hook_id not in other_html and offline["id"] not in other_html
+            other_csrf = csrf_of(other_html)
+            for path, data in (
+                (f"/dashboard/alerts/rules/{offline['id']}/mute", {"muted": "true"}),
+                (f"/dashboard/alerts/rules/{offline['id']}/delete", {}),
+                (f"/dashboard/alerts/destinations/{ops_id}/delete", {}),
+                ("/dashboard/alerts/rules/alr_0000000000000000/delete", {}),
+                ("/dashboard/alerts/rules/not-an-id/mute", {"muted": "true"}),
+            ):
+                resp = await other.post(path, data=data | {"csrf": other_csrf})
+                assert resp.status == 404, path
+            # ... nor can it point a rule of its own at them.
+            resp = await other.post(
+                "/dashboard/alerts/rules",
+                data=[
+                    ("csrf", other_csrf),
+                    ("name", "x"),
+                    ("bot", "100"),
+                    ("kind", "offline"),
+                    ("destinations", hook_id),
+                ],
+            )
+            assert resp.status == 400 and 'data-error-for="rule.bot"' in await resp.text()
+        finally:
+            await other.close()
+        got = await (await c.get(f"/v1/alerts/rules/{offline['id']}", headers=auth)).json()
+        assert got.get("muted", False) is False  # (the API leaves out a false `muted`)
+        assert len((await (await c.get("/v1/alerts/destinations", headers=auth)).json())["destinations"]) == 2
+
+        # Delete the rules, then the destination they used.
+        for r in (offline, below):
+            resp = await c.post(
+                f"/dashboard/alerts/rules/{r['id']}/delete", data={"csrf": csrf}, allow_redirects=False
+            )
+            assert resp.status == 303
+            assert (await c.get(f"/v1/alerts/rules/{r['id']}", headers=auth)).status == 404
+        resp = await c.post(
+            f"/dashboard/alerts/destinations/{hook_id}/delete", data={"csrf": csrf}, allow_redirects=False
+        )
+        assert resp.status == 303
+        listed = (await (await c.get("/v1/alerts/destinations", headers=auth)).json())["destinations"]
+        assert [d["id"] for d in listed] == [ops_id]
+    finally:
+        await w.client.close()
+
+
+async def _signed_in_client(w: World, key: str) -> aiohttp.ClientSession:
+    """A second browser (its own cookie jar) on the same server, signed in with `key`."""
+    jar = aiohttp.CookieJar(unsafe=True)  # the test server is 127.0.0.1
+    client = aiohttp.ClientSession(base_url=str(w.client.make_url("")), cookie_jar=jar)
+    page = await client.get("/dashboard/signin")
+    resp = await client.post(
+        "/dashboard/signin",
+        data={"csrf": csrf_of(await page.text()), "key": key, "next": ""},
+        allow_redirects=False,
+    )
+    assert resp.status == 303
+    return client
+
+
+async def test_alerts_page_is_read_only_for_a_read_session(make_settings, store, redis):
+    w = await _world(make_settings, store, redis, **ALERTS)
+    c, auth = w.client, {"Authorization": w.key}
+    try:
+        made = await c.post(
+            "/v1/alerts/destinations",
+            headers=auth,
+            json={"name": "ops", "type": "webhook", "url": "http://127.0.0.1:9/h"},
+        )
+        hook_id = (await made.json())["id"]
+        made = await c.post(
+            "/v1/alerts/rules",
+            headers=auth,
+            json={"name": "Down", "bot": "100", "kind": "offline", "destinations": [hook_id]},
+        )
+        rule_id = (await made.json())["id"]
+        _, read_key = await apikeys.create_key(store, redis, w.account, "ro", "read", by="t", max_keys=None)
+        await _until_signed_in(w, read_key)
+        page = await c.get("/dashboard/alerts")
+        html = await page.text()
+        assert page.status == 200 and 'id="alerts-read-only"' in html
+        assert f'data-rule="{rule_id}"' in html and f'data-destination="{hook_id}"' in html
+        assert (
+            'id="destination-form"' not in html and 'id="rule-form"' not in html and "data-mute=" not in html
+        )
+        csrf = csrf_of(html)
+        for path, data in (
+            (
+                "/dashboard/alerts/destinations",
+                {"name": "x", "type": "webhook", "url": "http://127.0.0.1:9/x", "nonce": "n1"},
+            ),
+            (
+                "/dashboard/alerts/rules",
+                {"name": "x", "bot": "100", "kind": "offline", "destinations": hook_id},
+            ),
+            (f"/dashboard/alerts/rules/{rule_id}/mute", {"muted": "true"}),
+            (f"/dashboard/alerts/rules/{rule_id}/delete", {}),
+            (f"/dashboard/alerts/destinations/{hook_id}/delete", {}),
+        ):
+            resp = await c.post(path, data=data | {"csrf": csrf})
+            text = await resp.text()
+            assert resp.status == 403, path
+            assert "read scope" in text and "manage scope" in text, path
+        assert len((await (await c.get("/v1/alerts/rules", headers=auth)).json())["rules"]) == 1
+        assert len((await (await c.get("/v1/alerts/destinations", headers=auth)).json())["destinations"]) == 1
+        got = await (await c.get(f"/v1/alerts/rules/{rule_id}", headers=auth)).json()
+        assert got.get("muted", False) is False  # (the API leaves out a false `muted`)
+    finally:
+        await w.client.close()

@@ -39,6 +39,12 @@ COVERED = {
     ("POST", "/dashboard/account/key"),
     ("GET", "/dashboard/status-page"),
     ("POST", "/dashboard/status-page"),
+    ("GET", "/dashboard/alerts"),
+    ("POST", "/dashboard/alerts/destinations"),
+    ("POST", "/dashboard/alerts/destinations/{id}/delete"),
+    ("POST", "/dashboard/alerts/rules"),
+    ("POST", "/dashboard/alerts/rules/{id}/mute"),
+    ("POST", "/dashboard/alerts/rules/{id}/delete"),
     ("GET", "/dashboard/assets/{name}"),
     ("GET", "/status/{slug}"),
     ("GET", "/badge/{botId}/{metric}"),
@@ -108,6 +114,31 @@ async def test_dashboard_bola_matrix_every_route_every_key_kind(dash: TestClient
     for owner, bots, enabled in (("A", ["1001", "1002"], True), ("B", ["2001"], False)):
         page = status_pages.StatusPage("", f"{owner.lower()}-status", owner, bots, enabled)
         await status_pages.save(store, redis, w.accounts[owner], page)
+
+    # Alerts (their destinations point at 127.0.0.1, which ROOMY lets in; nothing is sent): per
+    # account a destination and a rule that stay (the other account tries them), and per key
+    # holder a rule with a destination of its own, which a manage session then deletes.
+    async def alert(owner: str) -> tuple[str, str]:
+        auth = {"Authorization": w.keys[(owner, "account")]}
+        made = await dash.post(
+            "/v1/alerts/destinations",
+            headers=auth,
+            json={"name": "d", "type": "webhook", "url": "http://127.0.0.1:9/h"},
+        )
+        assert made.status == 201, await made.text()
+        dst = (await made.json())["id"]
+        rule = {
+            "name": "r",
+            "bot": "1001" if owner == "A" else "2001",
+            "kind": "offline",
+            "destinations": [dst],
+        }
+        made = await dash.post("/v1/alerts/rules", headers=auth, json=rule)
+        assert made.status == 201, await made.text()
+        return dst, (await made.json())["id"]
+
+    shared = {owner: await alert(owner) for owner in ("A", "B")}
+    own_alerts = {(owner, kind): await alert(owner) for owner in ("A", "B") for kind in SCOPE_OF}
     asset = re.search(r'href="(/dashboard/assets/[^"]+)"', await (await dash.get("/dashboard/signin")).text())
     assert asset, "the sign-in page links no stylesheet"
     base = str(dash.make_url(""))
@@ -187,6 +218,58 @@ async def test_dashboard_bola_matrix_every_route_every_key_kind(dash: TestClient
             got, _ = await call(h, "GET", "/dashboard/assets/nope.css")
             want(f"GET /dashboard/assets/nope.css {label}", got, 404)
 
+            # --- alerts --------------------------------------------------------------------------
+            got, html = await call(h, "GET", "/dashboard/alerts")
+            want(f"GET /dashboard/alerts {label}", got, 200 if h.signed_in else 303)
+            mine_at = h.owner or "A"
+            theirs_at = "B" if mine_at == "A" else "A"
+            own_dst, own_rule = own_alerts.get((mine_at, h.kind or ""), shared[mine_at])
+            their_dst, their_rule = shared[theirs_at]
+            if got == 200:
+                listed = set(re.findall(r'data-rule="(alr_[0-9a-f]+)"', html))
+                theirs = {shared[theirs_at][1]} | {
+                    r for (o, _), (_, r) in own_alerts.items() if o == theirs_at
+                }
+                if listed & theirs or own_rule not in listed or shared[mine_at][1] not in listed:
+                    failures.append(f"GET /dashboard/alerts {label} lists {sorted(listed)}")
+                if ('id="rule-form"' in html) != h.manager:
+                    failures.append(
+                        f"GET /dashboard/alerts {label}: the forms are shown to the wrong session"
+                    )
+            hook = {
+                "csrf": h.csrf,
+                "nonce": f"n-{h.label}",
+                "name": "d",
+                "type": "webhook",
+                "url": "http://127.0.0.1:9/hook",
+            }
+            got, _ = await call(h, "POST", "/dashboard/alerts/destinations", data=hook)
+            want(f"POST /dashboard/alerts/destinations {label}", got, by_scope(h, 200))
+            bot_of = {"A": "1001", "B": "2001"}
+            for bot, dst, ok in (
+                (bot_of[mine_at], shared[mine_at][0], 303),
+                (bot_of[theirs_at], shared[mine_at][0], 400),  # another account's bot
+                (bot_of[mine_at], their_dst, 400),  # another account's destination
+            ):
+                rule = {"csrf": h.csrf, "name": "r", "bot": bot, "kind": "offline", "destinations": dst}
+                got, _ = await call(h, "POST", "/dashboard/alerts/rules", data=rule)
+                want(
+                    f"POST /dashboard/alerts/rules bot={bot} destination={dst} {label}", got, by_scope(h, ok)
+                )
+            for path, ok in (
+                (f"/dashboard/alerts/rules/{their_rule}/mute", 404),
+                (f"/dashboard/alerts/rules/{their_rule}/delete", 404),
+                (f"/dashboard/alerts/destinations/{their_dst}/delete", 404),
+                (f"/dashboard/alerts/rules/{own_rule}/mute", 303),
+                (f"/dashboard/alerts/rules/{own_rule}/delete", 303),
+                (f"/dashboard/alerts/destinations/{own_dst}/delete", 303),
+            ):
+                # Without the CSRF token first: refused whoever holds the session.
+                got, _ = await call(h, "POST", path, data={"muted": "true"})
+                want(f"POST {path} without CSRF {label}", got, 403 if h.signed_in else 303)
+                got, _ = await call(h, "POST", path, data={"csrf": h.csrf, "muted": "true"})
+                want(f"POST {path} {label}", got, by_scope(h, ok))
+
             # --- per bot -------------------------------------------------------------------------
             for bot, (owner, private) in w.bots.items():
                 mine = h.signed_in and owner == h.owner
@@ -230,6 +313,29 @@ async def test_dashboard_bola_matrix_every_route_every_key_kind(dash: TestClient
             name = (await resp.json())["username"]
             if name not in (f"{owner} {bot}", f"by {owner}/account", f"by {owner}/manage"):
                 failures.append(f"bot {bot} of {owner} was renamed to {name!r}")
+
+        # Nobody muted or deleted another account's rule or destination; only a manage session
+        # deleted its own.
+        for owner in ("A", "B"):
+            auth = {"Authorization": w.keys[(owner, "account")]}
+            resp = await dash.get(f"/v1/alerts/rules/{shared[owner][1]}", headers=auth)
+            if resp.status != 200 or (await resp.json()).get("muted"):
+                failures.append(f"the shared rule of {owner} was changed: {resp.status}")
+            listed = {
+                d["id"]
+                for d in (await (await dash.get("/v1/alerts/destinations", headers=auth)).json())[
+                    "destinations"
+                ]
+            }
+            if shared[owner][0] not in listed:
+                failures.append(f"the shared destination of {owner} was deleted")
+            for kind in SCOPE_OF:
+                kept = SCOPE_OF[kind] != "manage" or kind not in SIGNS_IN
+                got = (
+                    await dash.get(f"/v1/alerts/rules/{own_alerts[(owner, kind)][1]}", headers=auth)
+                ).status
+                if got != (200 if kept else 404):
+                    failures.append(f"the rule of {owner}/{kind}: {got}")
 
         # --- regenerating the account key, then signing out (they end sessions: last) -----------
         for h in holders:

@@ -14,7 +14,9 @@ writes per minute like the API's (`accounts_api.charge`).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -27,16 +29,17 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDict, MultiDictProxy
 
-from botpulse.query import accounts_api
+from botpulse.query import accounts_api, alerts_api
 from botpulse.query.dashboard import badges, export, sessions, status_pages
 from botpulse.query.dashboard.assets import Assets
 from botpulse.query.resources import REDIS, REGISTRY, SETTINGS, STORE
 from botpulse.query.responses import error
 from botpulse.query.uptime import connection_status, last_seen, now_ms, uptimes
+from botpulse.registry import alerts as rules_db
 from botpulse.registry import audit, catalog, model
 from botpulse.registry.catalog import Bot
 from botpulse.registry.keys import hash_key
-from botpulse.schemas.account import BotPatch, WebhookPatch
+from botpulse.schemas.account import BotPatch, DestinationCreate, RuleChanges, RuleCreate, WebhookPatch
 from botpulse.schemas.registry import INGEST, MANAGE, READ
 
 ASSETS = web.AppKey("dashboard_assets", Assets)
@@ -82,6 +85,11 @@ def avatar_url(url: str | None) -> str:
     return url if parts.scheme == "https" and parts.hostname else ""
 
 
+def iso_ms(ms: int) -> str:
+    """A time in ms since the epoch (the alerts' times), as the audit log shows its times."""
+    return audit.iso(dt.datetime.fromtimestamp(ms / 1000, dt.UTC))
+
+
 def templates() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("botpulse.query.dashboard", "templates"),
@@ -91,6 +99,7 @@ def templates() -> jinja2.Environment:
     env.filters["avatar"] = avatar_url
     env.filters["compact"] = badges.compact
     env.filters["iso"] = audit.iso
+    env.filters["iso_ms"] = iso_ms
     return env
 
 
@@ -437,6 +446,21 @@ async def save_settings(request: web.Request) -> web.StreamResponse:
 NONCE_S = 86_400
 
 
+async def _take_nonce(
+    request: web.Request, session: sessions.SignedIn, form: dict[str, str], page: str, done: str
+) -> None:
+    """Take the form's nonce (one per rendered page) once, with SET NX: a form whose answer shows
+    a secret once (a new key, a webhook's signing secret) posted again — a reload of that answer —
+    is refused (409, "already sent: `done`") instead of doing it again."""
+    nonce = form.get("nonce", "")
+    if not nonce or len(nonce) > 64:
+        raise refused(request, session, f"The form's `nonce` is missing; reload the {page} page.",
+                      web.HTTPBadRequest)  # fmt: skip
+    entry = "bp:form:nonce:" + hashlib.sha256(f"{session.account}:{nonce}".encode()).hexdigest()
+    if not await request.app[REDIS].set(entry, b"1", nx=True, ex=NONCE_S):
+        raise refused(request, session, f"This form was already sent: {done}", web.HTTPConflict)
+
+
 async def regenerate_key(request: web.Request) -> web.StreamResponse:
     """The new key is shown once, in the answer to the post. Reloading that answer posts the
     same form again: its nonce (one per rendered settings page) is taken once, with SET NX, so
@@ -444,19 +468,14 @@ async def regenerate_key(request: web.Request) -> web.StreamResponse:
     shown."""
     session, posted = await _manager(request)
     store, redis = request.app[STORE], request.app[REDIS]
-    nonce = (posted or {}).get("nonce", "")
-    if not nonce or len(nonce) > 64:
-        raise refused(request, session, "The form's `nonce` is missing; reload the settings page.",
-                      web.HTTPBadRequest)  # fmt: skip
-    entry = "bp:form:nonce:" + hashlib.sha256(f"{session.account}:{nonce}".encode()).hexdigest()
-    if not await redis.set(entry, b"1", nx=True, ex=NONCE_S):
-        raise refused(
-            request,
-            session,
-            "This form was already sent: the key was regenerated then and is not regenerated again. "
-            "Open the settings page to regenerate it once more.",
-            web.HTTPConflict,
-        )
+    await _take_nonce(
+        request,
+        session,
+        posted or {},
+        "settings",
+        "the key was regenerated then and is not regenerated again. Open the settings page to "
+        "regenerate it once more.",
+    )
     try:
         await accounts_api.charge(request, session.account)
     except model.RegistryError as exc:
@@ -469,6 +488,164 @@ async def regenerate_key(request: web.Request) -> web.StreamResponse:
     await sessions.rebind(request, hash_key(key))
     signed_in = await sessions.current(request)
     return render(request, "new_key.html", signed_in=signed_in, account=account, key=key)
+
+
+# --- alerts -------------------------------------------------------------------------------------
+# The page lists what GET /v1/alerts/destinations and /v1/alerts/rules list (the same views) and
+# its forms make the account API's changes by calling the functions its handlers call
+# (`alerts_api.add_destination`, `add_rule`, `change_rule`, `remove_rule`, `remove_destination`),
+# each body decoded first through the API's own struct: one definition of what is valid.
+ALERT_DELIVERIES = 5  # each rule's last deliveries shown (the API's deliveries route has them all)
+RULE_FORM_KINDS = ("offline", "threshold")  # the other kinds are made through the API
+_DESTINATION_FIELDS = ("name", "type", "url")
+_RULE_FIELDS = ("name", "bot", "kind", "destinations", "minutes", "metric", "op", "value", "ofMetric")
+_RULE_NUMBERS = ("minutes", "value")
+
+
+def _number(text: str) -> float | str:
+    """A number field as a JSON number when it is one; otherwise the text as typed, so the
+    struct refuses it with its own message naming the field."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return value if math.isfinite(value) else text
+
+
+def _alerts_url(request: web.Request, saved: str = "") -> str:
+    return f"{base_path(request)}/dashboard/alerts" + (f"?saved={saved}" if saved else "")
+
+
+def _form_error(exc: model.RegistryError, form: str, fields: tuple[str, ...]) -> dict[str, str]:
+    """The refusal's message, keyed by the form and the field it names (`destinations[0]` is the
+    `destinations` field); a field this form does not have, or none, is the form's own."""
+    root = (exc.field or "").split("[", 1)[0].split(".", 1)[0]
+    return {f"{form}.{root if root in fields else 'form'}": exc.message}
+
+
+async def _alerts_page(
+    request: web.Request,
+    session: sessions.SignedIn,
+    status: int = 200,
+    errors: dict[str, str] | None = None,
+    values: dict[str, Any] | None = None,
+    retry_after_s: int | None = None,
+) -> web.Response:
+    store, redis = request.app[STORE], request.app[REDIS]
+    found = await rules_db.list_destinations(store, account=session.account)
+    destinations = [rules_db.destination_view(d) for d, _ in found]
+    rules = [
+        {
+            "rule": rule,
+            "state": await alerts_api.rule_state(request, rule.id),
+            "deliveries": await rules_db.delivery_log(redis, rule.id, ALERT_DELIVERIES),
+        }
+        for rule in await rules_db.list_rules(store, account=session.account)
+    ]
+    page = render(
+        request,
+        "alerts.html",
+        status,
+        signed_in=session,
+        destinations=destinations,
+        destination_names={d["id"]: d["name"] for d in destinations},
+        rules=rules,
+        bots=await catalog.list_bots(store, session.account),
+        kinds=RULE_FORM_KINDS,
+        errors=errors or {},
+        values=values or {},
+        failed=next(iter(errors)).split(".", 1)[0] if errors else "",  # the form shown again as sent
+        saved=request.query.get("saved", ""),
+        nonce=secrets.token_urlsafe(16),
+    )
+    if retry_after_s is not None:
+        page.headers["Retry-After"] = str(retry_after_s)
+    return page
+
+
+async def _refused_change(
+    request: web.Request, session: sessions.SignedIn, exc: model.RegistryError, form: str,
+    fields: tuple[str, ...], values: dict[str, Any] | None = None,
+) -> web.Response:  # fmt: skip
+    """A change the API refuses: another account's (or an unknown) rule or destination is the
+    404 page, as at the API; anything else the page again with the message by its field."""
+    if isinstance(exc, model.NotFound):
+        return not_found(request, session)
+    errors = _form_error(exc, form, fields)
+    return await _alerts_page(request, session, exc.status, errors, values, exc.retry_after_s)
+
+
+async def alerts_page(request: web.Request) -> web.StreamResponse:
+    session = await _owner(request)  # a read-only session sees the page (its forms answer 403)
+    return await _alerts_page(request, session)
+
+
+async def add_alert_destination(request: web.Request) -> web.StreamResponse:
+    session, posted = await _manager(request)
+    form = posted or {}
+    body = {name: form.get(name, "") for name in _DESTINATION_FIELDS}
+    body["url"] = body["url"].strip()  # as the settings' URLs: a pasted URL's stray spaces
+    try:
+        decoded = model.decode(msgspec.json.encode(body), DestinationCreate)
+        await _take_nonce(request, session, form, "alerts", "the destination was added then (its secret "
+                          "was shown once) and is not added again.")  # fmt: skip
+        view = await alerts_api.add_destination(request, session.account, decoded)
+    except model.RegistryError as exc:
+        return await _refused_change(request, session, exc, "destination", _DESTINATION_FIELDS, body)
+    if "secret" not in view:
+        return redirect(_alerts_url(request, "destination"))
+    # The signing secret, this once: render()'s `private, no-store`, like a regenerated key.
+    return render(request, "alert_secret.html", signed_in=session, destination=view)
+
+
+async def add_alert_rule(request: web.Request) -> web.StreamResponse:
+    session, posted = await _manager(request)
+    form = posted or {}
+    chosen = (await read_form(request)).getall("destinations", [])  # read (and checked) by _manager
+    body: dict[str, Any] = {"name": form.get("name", ""), "bot": form.get("bot", ""),
+                            "kind": form.get("kind", ""), "destinations": chosen}  # fmt: skip
+    # An empty field is a field not given (the API's default, or its message that it is needed).
+    for name in ("metric", "op", "ofMetric", *_RULE_NUMBERS):
+        text = form.get(name, "").strip()
+        if text:
+            body[name] = _number(text) if name in _RULE_NUMBERS else text
+    try:
+        decoded = model.decode(msgspec.json.encode(body), RuleCreate)
+        await alerts_api.add_rule(request, session.account, decoded)
+    except model.RegistryError as exc:
+        values = {k: v for k, v in form.items() if k in _RULE_FIELDS} | {"destinations": chosen}
+        return await _refused_change(request, session, exc, "rule", _RULE_FIELDS, values)
+    return redirect(_alerts_url(request, "rule"))
+
+
+async def mute_alert_rule(request: web.Request) -> web.StreamResponse:
+    session, posted = await _manager(request)
+    muted = (posted or {}).get("muted") == "true"
+    try:
+        current = await rules_db.get_rule(request.app[STORE], request.match_info["id"], session.account)
+        body = model.decode(msgspec.json.encode({"muted": muted}), RuleChanges)
+        await alerts_api.change_rule(request, session.account, current, body)
+    except model.RegistryError as exc:
+        return await _refused_change(request, session, exc, "action", ())
+    return redirect(_alerts_url(request, "muted" if muted else "unmuted"))
+
+
+async def delete_alert_rule(request: web.Request) -> web.StreamResponse:
+    session, _ = await _manager(request)
+    try:
+        await alerts_api.remove_rule(request, session.account, request.match_info["id"])
+    except model.RegistryError as exc:
+        return await _refused_change(request, session, exc, "action", ())
+    return redirect(_alerts_url(request, "rule-deleted"))
+
+
+async def delete_alert_destination(request: web.Request) -> web.StreamResponse:
+    session, _ = await _manager(request)
+    try:
+        await alerts_api.remove_destination(request, session.account, request.match_info["id"])
+    except model.RegistryError as exc:  # 409 while a rule uses it: said on the page
+        return await _refused_change(request, session, exc, "action", ())
+    return redirect(_alerts_url(request, "destination-deleted"))
 
 
 # --- status page --------------------------------------------------------------------------------
@@ -648,6 +825,12 @@ BROWSER_ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/dashboard/account/key", regenerate_key),
     ("GET", "/dashboard/status-page", status_settings),
     ("POST", "/dashboard/status-page", save_status_settings),
+    ("GET", "/dashboard/alerts", alerts_page),
+    ("POST", "/dashboard/alerts/destinations", add_alert_destination),
+    ("POST", "/dashboard/alerts/destinations/{id}/delete", delete_alert_destination),
+    ("POST", "/dashboard/alerts/rules", add_alert_rule),
+    ("POST", "/dashboard/alerts/rules/{id}/mute", mute_alert_rule),
+    ("POST", "/dashboard/alerts/rules/{id}/delete", delete_alert_rule),
     ("GET", "/dashboard/assets/{name}", asset),
     ("GET", "/status/{slug}", public_status),
     ("GET", "/badge/{botId}/{metric}", badge),
