@@ -30,7 +30,15 @@ from botpulse.query.listing import (
 from botpulse.query.params import BadParam
 from botpulse.query.resources import ANSWERS, READINESS, REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
 from botpulse.query.responses import error, json_response
-from botpulse.query.shards import ShardSummary, connection_state, extras, shard_grid, shard_uptimes
+from botpulse.query.shards import (
+    EXTRAS_COLUMNS,
+    Extras,
+    ShardSummary,
+    connection_state,
+    extras_of,
+    shard_grid,
+    shard_uptimes,
+)
 from botpulse.query.spec import SPECS
 from botpulse.query.stats import add_custom_names, buckets, custom_totals
 from botpulse.query.uptime import EPOCH_MS, HOUR_MS, connection_status, now_ms, uptime_with_periods
@@ -144,30 +152,48 @@ _NAMES = "(SELECT arraySort(groupUniqArray(name)) FROM custom_metric_names WHERE
 # Without the first post, the last one is the newest row of `bot_stats` by its
 # `(bot_id, ts)` key: a read-in-order of one granule per part, cheaper than the daily roll-up's
 # per-month parts.
-_LAST_AND_NAMES_SQL = (
-    "SELECT (SELECT groupArray(toUnixTimestamp64Milli(ts)) FROM (SELECT ts FROM bot_stats"
-    " WHERE bot_id = {id:String} ORDER BY ts DESC LIMIT 1)), " + _NAMES
+_LAST = (
+    "(SELECT groupArray(toUnixTimestamp64Milli(ts)) FROM (SELECT ts FROM bot_stats"
+    " WHERE bot_id = {id:String} ORDER BY ts DESC LIMIT 1))"
 )
+# First and last post from the daily roll-up, and its row count (0: the bot never posted).
+_FIRST_LAST = (
+    "(SELECT (toUnixTimestamp64Milli(min(first_ts)), toUnixTimestamp64Milli(max(last_ts)), count())"
+    " FROM bot_stats_1d WHERE bot_id = {id:String})"
+)
+_FIRST_LAST_SQL = f"SELECT {_FIRST_LAST}, {_NAMES}"
+# A bot's answer reads what it shows beside the stats in one statement: each statement has a
+# fixed cost in the engine of about what these small reads cost together.
+_SEEN_FROM_POSTS_SQL = f"SELECT {_LAST}, {_NAMES}, {EXTRAS_COLUMNS}"
+_SEEN_FROM_DAYS_SQL = f"SELECT {_FIRST_LAST}, {_NAMES}, {EXTRAS_COLUMNS}"
 
 
-async def _last_seen_and_names(store: Store, bot_id: str) -> _Seen:
-    """Last post and custom-graph names (for requests that need no first post)."""
-    last, names = (await store.query(_LAST_AND_NAMES_SQL, {"id": bot_id}))[0]
+def _seen_of(last: list[int], names: list[str]) -> _Seen:
     return _Seen(None, int(last[0]) if last else None, list(names))
+
+
+def _first_last_of(first_last: tuple[int, int, int], names: list[str]) -> _Seen:
+    first, last, count = first_last
+    if not count:
+        return _Seen(None, None, list(names))
+    return _Seen(int(first), int(last), list(names))
 
 
 async def _seen(store: Store, bot_id: str) -> _Seen:
     """First and last post (from the daily roll-up) and custom-graph names, in one round trip."""
-    rows = await store.query(
-        "SELECT (SELECT (toUnixTimestamp64Milli(min(first_ts)), toUnixTimestamp64Milli(max(last_ts)),"
-        " count()) FROM bot_stats_1d WHERE bot_id = {id:String}),"
-        " (SELECT arraySort(groupUniqArray(name)) FROM custom_metric_names WHERE bot_id = {id:String})",
-        {"id": bot_id},
-    )
-    (first, last, count), names = rows[0]
-    if not count:
-        return _Seen(None, None, list(names))
-    return _Seen(int(first), int(last), list(names))
+    first_last, names = (await store.query(_FIRST_LAST_SQL, {"id": bot_id}))[0]
+    return _first_last_of(first_last, names)
+
+
+async def _seen_and_extras(
+    store: Store, bot_id: str, now: int, window_ms: int, *, with_first: bool
+) -> tuple[_Seen, Extras]:
+    """Last post (and first, when asked: from the daily roll-up), custom-graph names,
+    properties and shards."""
+    sql = _SEEN_FROM_DAYS_SQL if with_first else _SEEN_FROM_POSTS_SQL
+    seen, names, props, shards = (await store.query(sql, {"id": bot_id}))[0]
+    extras = extras_of(props, shards, now, window_ms)
+    return (_first_last_of(seen, names) if with_first else _seen_of(seen, names)), extras
 
 
 # --- DisStat ----------------------------------------------------------------------------------
@@ -198,14 +224,13 @@ async def get_bot_info(request: web.Request) -> web.Response:
             start, end = _range(request, None)
         except BadParam as exc:
             return error(400, exc.message, exc.field)
-        seen, stats, totals, more = await asyncio.gather(
-            _last_seen_and_names(store, bot_id),
+        (seen, more), stats, totals = await asyncio.gather(
+            _seen_and_extras(store, bot_id, now, window_ms, with_first=False),
             buckets(store, bot_id, start, end, points, []),
             custom_totals(store, bot_id, start, end),
-            extras(store, bot_id, now, window_ms),
         )
     else:
-        seen, more = await asyncio.gather(_seen(store, bot_id), extras(store, bot_id, now, window_ms))
+        seen, more = await _seen_and_extras(store, bot_id, now, window_ms, with_first=True)
     last, names = seen.last, seen.custom_names
     status = connection_status(last, window_ms)
     body: dict[str, Any] = {

@@ -17,9 +17,10 @@ import msgspec
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.shards import is_known, is_up
 
-# One round trip for what a bot's answer adds: its properties and each shard's last post.
-EXTRAS_SQL = (
-    "SELECT (SELECT groupArray((name, v)) FROM (SELECT name, argMax(value, ts) AS v FROM bot_props"
+# What a bot's answer adds, as two scalar columns for the statement that reads its last post
+# (query/app.py): its properties and each shard's last post.
+EXTRAS_COLUMNS = (
+    "(SELECT groupArray((name, v)) FROM (SELECT name, argMax(value, ts) AS v FROM bot_props"
     " WHERE bot_id = {id:String} GROUP BY name ORDER BY name)),"
     " (SELECT groupArray((shard_id, last, up)) FROM (SELECT shard_id,"
     " toUnixTimestamp64Milli(max(last_ts)) AS last, argMaxMerge(up) AS up FROM shard_latest"
@@ -55,8 +56,10 @@ class Extras(msgspec.Struct, frozen=True):
     shards: ShardSummary | None  # None: the bot never posted per shard
 
 
-async def extras(store: Store, bot_id: str, now: int, window_ms: int) -> Extras:
-    props, shards = (await store.query(EXTRAS_SQL, {"id": bot_id}))[0]
+def extras_of(
+    props: list[tuple[str, str]], shards: list[tuple[int, int, int]], now: int, window_ms: int
+) -> Extras:
+    """The two `EXTRAS_COLUMNS` values as the bot's properties and shard summary."""
     known = [(int(last), int(up)) for _, last, up in shards if is_known(int(last), now)]
     summary = None
     if known:

@@ -7,8 +7,11 @@ Definition: `[start, end)` is split into `n` buckets; a post at `t` (ms) falls i
 fields, the mean of the non-null values of the averaged fields, and per custom metric the mean
 over the posts that carried it.
 
-Plans. Up to `RAW_MAX_HOURS` the posts of the range are aggregated directly (one read of
-`bot_stats`; below ~40 days of 1-minute posts this beats the two-level plan's fixed costs).
+Plans. When every bucket edge and both range ends fall on an hour (the dashboard's ranges, and
+any client that asks that way), the hourly roll-up alone answers: one read of `bot_stats_1h`, a
+row per hour, whatever the range's length. Otherwise, up to `RAW_MAX_HOURS` the posts of the
+range are aggregated directly (one read of `bot_stats`; below ~40 days of 1-minute posts this
+beats the two-level plan's fixed costs).
 Longer ranges use the two-level plan: an hour of `bot_stats_1h` is used when the whole hour lies
 inside one bucket; the posts of every other hour in the range (the "ragged" hours, which hold a
 bucket edge or a range end) come from `bot_stats`, the raw posts in 128-row granules, so
@@ -82,6 +85,21 @@ RAW_BUCKETS_SQL = (
 # meet (`python -m botpulse.bench.plans` compares them; docs/benchmarks.md has the figures).
 RAW_MAX_HOURS = 960
 
+# Every bucket edge on an hour (the dashboard asks this way; see `ragged_hours`): the hourly
+# roll-up alone answers, exactly, whatever the range's length. The hour that holds now is whole
+# in the range too (the range ends at or after its end), and its row already holds every post.
+HOURLY_BUCKETS_SQL = (
+    "SELECT "
+    + _IDX.format(t="toInt64(toUnixTimestamp(bucket)) * 1000")
+    + " AS i, sum(posts), "
+    + ", ".join(
+        [f"argMaxMerge({c})" for c in LAST_FIELDS.values()] + [f"avgMerge({c})" for c in AVG_FIELDS.values()]
+    )
+    + ", sumMap(custom_sum), sumMap(custom_count) FROM bot_stats_1h WHERE bot_id = {id:String} "
+    "AND bucket >= toDateTime(intDiv({start:Int64}, 1000), 'UTC') "
+    "AND bucket < toDateTime(intDiv({end:Int64}, 1000), 'UTC') GROUP BY i ORDER BY i"
+)
+
 BUCKETS_SQL = (
     "SELECT i, sum(posts), "
     + ", ".join(
@@ -125,16 +143,22 @@ def ragged_hours(start: int, end: int, n: int) -> list[int]:
     return sorted({e // _HOUR for e in edges if e % _HOUR})
 
 
+def plan(start: int, end: int, n: int, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The statement that answers `[start, end)` in `n` buckets, and its parameters."""
+    hours = ragged_hours(start, end, n)
+    if not hours:
+        return HOURLY_BUCKETS_SQL, params
+    if end - start <= RAW_MAX_HOURS * _HOUR:
+        return RAW_BUCKETS_SQL, params
+    return BUCKETS_SQL, {**params, "hours": hours}
+
+
 async def buckets(
     store: Store, bot_id: str, start: int, end: int, n: int, custom_names: list[str]
 ) -> list[dict[str, Any]]:
     span = end - start
     params: dict[str, Any] = {"id": bot_id, "start": start, "end": end, "n": n, "span": span}
-    if span <= RAW_MAX_HOURS * _HOUR:
-        rows = await store.query(RAW_BUCKETS_SQL, params)
-    else:
-        params["hours"] = ragged_hours(start, end, n)
-        rows = await store.query(BUCKETS_SQL, params)
+    rows = await store.query(*plan(start, end, n, params))
     by_index = {int(r[0]): r for r in rows}
     names = set(custom_names)
     for r in rows:
