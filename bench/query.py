@@ -224,10 +224,12 @@ def _bot_page(bot_id: str, end: int, days: int) -> list[str]:
     HTML, the 90-day uptime, the stats of the range (720 buckets) and the 1-year uptime. The
     assets are immutable and cached by the browser, so they are not counted."""
     ninety = end // DAY_MS * DAY_MS - 89 * DAY_MS
+    # app.js ends a chart's range at the end of the bucket that holds now (here hours).
+    chart_end = -(-end // HOUR_MS) * HOUR_MS
     return [
         f"/dashboard/bot/{bot_id}",
         f"/v1/bot/{bot_id}/uptime?start={ninety}&end={end}",
-        f"/v1/bot/{bot_id}?returnStats=true&start={end - days * DAY_MS}&end={end}&dataPoints=720",
+        f"/v1/bot/{bot_id}?returnStats=true&start={chart_end - days * DAY_MS}&end={chart_end}&dataPoints=720",
         f"/v1/bot/{bot_id}/uptime?start={end - 365 * DAY_MS}&end={end}",
     ]
 

@@ -271,6 +271,11 @@ def test_bot_page_charts_match_the_api_and_the_range_picker(
     def check(expected_points: int) -> list[Any]:
         r = page.evaluate("window.botpulse.range")
         assert r["dataPoints"] == expected_points
+        # The range ends at the end of the bucket holding now: every edge on a multiple of the
+        # bucket width (for 30 days and longer, on hours: the hourly roll-up answers alone).
+        width = (r["end"] - r["start"]) // expected_points
+        assert r["end"] % width == 0 and (r["end"] - r["start"]) % expected_points == 0
+        assert r["end"] - width <= page.evaluate("Date.now()")
         body = api(
             page,
             f"/v1/bot/500?returnStats=true&start={r['start']}&end={r['end']}&dataPoints={r['dataPoints']}",
@@ -306,6 +311,10 @@ def test_bot_page_charts_match_the_api_and_the_range_picker(
     check(336)
     assert "range=7d" in page.url
     shot(page, tmp_path, "bot-page-7d")
+    page.click('#ranges [data-range="30d"]')
+    loaded(page, 3)
+    check(720)
+    assert page.evaluate("window.botpulse.range.end") % 3_600_000 == 0
 
 
 def test_shard_grid_has_a_cell_per_shard_coloured_by_the_api(

@@ -151,7 +151,12 @@
       if (start < end) return { name: "custom", start, end, points: Math.max(1, Math.min(1000, Math.round((end - start) / (5 * MIN)))) };
     }
     const name = RANGES[q.get("range")] ? q.get("range") : "24h";
-    return { name, start: now - RANGES[name][0], end: now, points: RANGES[name][1] };
+    // The range ends at the end of the bucket that holds now, so every bucket edge sits on a
+    // multiple of the bucket width: the 30-day, 90-day and 1-year charts (whole hours) are then
+    // read from the hourly roll-up alone.
+    const [span, points] = RANGES[name];
+    const width = span / points, end = Math.ceil(now / width) * width;
+    return { name, start: end - span, end, points };
   }
   function toLocalInput(ms) {
     const d = new Date(ms - new Date(ms).getTimezoneOffset() * MIN);
