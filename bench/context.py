@@ -175,22 +175,20 @@ class Bench:
         for server in self._redis:
             server.stop()
 
+    def child(self, what: str, env: dict[str, str], module: str, args: list[str], timeout: float) -> None:
+        """Run `python -m module args` to its end (a phase's seeding or engine timing: each opens
+        the phase's embedded ClickHouse while no service holds it)."""
+        done = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"{what} failed:\n{done.stderr[-3000:]}")
+
     def seed(self, phase: str, env: dict[str, str], spec: Spec, timeout: float = 600) -> Seeded:
         out = self.phase_dir(phase) / "seeded.json"
-        args = [
-            sys.executable,
-            "-m",
-            "botpulse.bench.seed",
-            "--spec",
-            msgspec.json.encode(spec).decode(),
-            "--out",
-            str(out),
-        ]
-        done = subprocess.run(
-            args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"seeding {phase} failed:\n{done.stderr[-3000:]}")
+        args = ["--spec", msgspec.json.encode(spec).decode(), "--out", str(out)]
+        self.child(f"seeding {phase}", env, "botpulse.bench.seed", args, timeout)
         return msgspec.json.decode(out.read_bytes(), type=Seeded)
 
     # --- load ---------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import aiohttp
+import msgspec
 
 from botpulse.bench.context import Bench, Figure, port
+from botpulse.bench.engine import EngineCase, EngineTime
 from botpulse.bench.loadgen import percentile
 from botpulse.bench.seed import DAY_MS, History, Spec
 
@@ -96,11 +98,23 @@ def run(b: Bench) -> None:
         # The uptime range may reach back at most 2 weeks; an hour of margin for the rounding.
         two_weeks_ago = now_ms - 14 * DAY_MS + HOUR_MS
         stats = "/v1/bot/{}?returnStats=true&dataPoints=90&start={}&end={}"
+        aligned_end = -(-end // HOUR_MS) * HOUR_MS  # the end of the hour that holds the last post
+        engine_cases = [
+            EngineCase("query_bot_30d", month, end - s.query_days * DAY_MS, end, 90),
+            EngineCase("query_bot_30d_aligned", month, aligned_end - s.query_days * DAY_MS, aligned_end, 90),
+        ]
         cases = [
             Case(
                 "query_bot_30d",
                 f"GET /v1/bot/{{id}} {s.query_days} d, 90 buckets",
                 [stats.format(i, end - s.query_days * DAY_MS, end) for i in month],
+                [{}],
+                check="stats",
+            ),
+            Case(
+                "query_bot_30d_aligned",
+                f"GET /v1/bot/{{id}} {s.query_days} d, 90 buckets, hour-aligned (the dashboard's way)",
+                [stats.format(i, aligned_end - s.query_days * DAY_MS, aligned_end) for i in month],
                 [{}],
                 check="stats",
             ),
@@ -161,7 +175,8 @@ def run(b: Bench) -> None:
             b.note_rss("query", svc)
         finally:
             svc.stop()
-        _figures(b, cases, seeded.rows)
+        engine = _engine_times(b, env, engine_cases, s.query_requests)
+        _figures(b, cases, seeded.rows, engine)
         if s.profile:
             _profile(b, env, cases)
     finally:
@@ -249,8 +264,22 @@ def _profile(b: Bench, env: dict[str, str], cases: list[Case]) -> None:
         svc.stop()
 
 
-def _figures(b: Bench, cases: list[Case], rows: int) -> None:
+def _engine_times(
+    b: Bench, env: dict[str, str], cases: list[EngineCase], repeat: int
+) -> dict[str, EngineTime]:
+    """The engine's own time for the statements of each case (bench/engine.py)."""
+    out = b.phase_dir(PHASE) / "engine.json"
+    args = ["--cases", msgspec.json.encode(cases).decode(), "--repeat", str(repeat), "--out", str(out)]
+    b.child("engine timing (query phase)", env, "botpulse.bench.engine", args, timeout=600)
+    times = msgspec.json.decode(out.read_bytes(), type=list[EngineTime])
+    for t in times:
+        b.say(f"query: {t.key}: engine {t.total_ms} ms for its statements {t.statements_ms}")
+    return {t.key: t for t in times}
+
+
+def _figures(b: Bench, cases: list[Case], rows: int, engine: dict[str, EngineTime]) -> None:
     raw: dict[str, object] = {"rows_loaded": rows}
+    raw["engine"] = {k: msgspec.to_builtins(v) for k, v in engine.items()}
     p50s: dict[str, float | None] = {}
     for case in cases:
         case.latencies.sort()
@@ -290,6 +319,17 @@ def _figures(b: Bench, cases: list[Case], rows: int) -> None:
         2 * base if base else None,
         f"≤ 2x unsharded 30-day ({2 * base:.1f} ms)" if base else "≤ 2x unsharded 30-day",
     )
+    add("query_bot_30d_aligned", "", None, "figure (against VictoriaMetrics: peers phase)")
+    for key in ("query_bot_30d", "query_bot_30d_aligned"):
+        service, own = p50s[key], engine.get(key)
+        ratio = round(service / own.total_ms, 2) if service and own and own.total_ms else None
+        label = next(c.label for c in cases if c.key == key)
+        b.figure(Figure(
+            f"{key}_engine_ratio", f"{label}: service p50 / engine time of its statements", ratio, "x",
+            "≤ 1.15x", None if ratio is None else ratio <= 1.15,
+            f"engine {own.total_ms} ms ({len(own.statements_ms)} statements one after another, "
+            f"each {own.statements_ms} ms), service p50 {service} ms" if own else "no engine time",
+        ))  # fmt: skip
     add("query_uptime_2w", "", 15, "≤ 15 ms")
     add("query_bots_page", "", 20, "≤ 20 ms")
     # The dashboard's figures stand beside the API's own 30-day p50 (no target of their own).

@@ -164,7 +164,7 @@ _FIRST_LAST = (
 _FIRST_LAST_SQL = f"SELECT {_FIRST_LAST}, {_NAMES}"
 # A bot's answer reads what it shows beside the stats in one statement: each statement has a
 # fixed cost in the engine of about what these small reads cost together.
-_SEEN_FROM_POSTS_SQL = f"SELECT {_LAST}, {_NAMES}, {EXTRAS_COLUMNS}"
+SEEN_FROM_POSTS_SQL = f"SELECT {_LAST}, {_NAMES}, {EXTRAS_COLUMNS}"
 _SEEN_FROM_DAYS_SQL = f"SELECT {_FIRST_LAST}, {_NAMES}, {EXTRAS_COLUMNS}"
 
 
@@ -190,7 +190,7 @@ async def _seen_and_extras(
 ) -> tuple[_Seen, Extras]:
     """Last post (and first, when asked: from the daily roll-up), custom-graph names,
     properties and shards."""
-    sql = _SEEN_FROM_DAYS_SQL if with_first else _SEEN_FROM_POSTS_SQL
+    sql = _SEEN_FROM_DAYS_SQL if with_first else SEEN_FROM_POSTS_SQL
     seen, names, props, shards = (await store.query(sql, {"id": bot_id}))[0]
     extras = extras_of(props, shards, now, window_ms)
     return (_first_last_of(seen, names) if with_first else _seen_of(seen, names)), extras

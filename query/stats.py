@@ -143,12 +143,15 @@ def ragged_hours(start: int, end: int, n: int) -> list[int]:
     return sorted({e // _HOUR for e in edges if e % _HOUR})
 
 
-def plan(start: int, end: int, n: int, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The statement that answers `[start, end)` in `n` buckets, and its parameters."""
+def buckets_statement(bot_id: str, start: int, end: int, n: int) -> tuple[str, dict[str, Any]]:
+    """The statement that answers `[start, end)` in `n` buckets (the plans above), and its
+    parameters."""
+    span = end - start
+    params: dict[str, Any] = {"id": bot_id, "start": start, "end": end, "n": n, "span": span}
     hours = ragged_hours(start, end, n)
     if not hours:
         return HOURLY_BUCKETS_SQL, params
-    if end - start <= RAW_MAX_HOURS * _HOUR:
+    if span <= RAW_MAX_HOURS * _HOUR:
         return RAW_BUCKETS_SQL, params
     return BUCKETS_SQL, {**params, "hours": hours}
 
@@ -157,8 +160,7 @@ async def buckets(
     store: Store, bot_id: str, start: int, end: int, n: int, custom_names: list[str]
 ) -> list[dict[str, Any]]:
     span = end - start
-    params: dict[str, Any] = {"id": bot_id, "start": start, "end": end, "n": n, "span": span}
-    rows = await store.query(*plan(start, end, n, params))
+    rows = await store.query(*buckets_statement(bot_id, start, end, n))
     by_index = {int(r[0]): r for r in rows}
     names = set(custom_names)
     for r in rows:
@@ -189,16 +191,24 @@ def add_custom_names(stats: list[dict[str, Any]], names: list[str]) -> None:
         bucket["custom"] = {k: merged[k] for k in sorted(merged)}
 
 
-async def custom_totals(
-    store: Store, bot_id: str, start: int, end: int, *, limit: int = 10, type_: str | None = None
-) -> dict[str, dict[str, Any]]:
-    """Per custom-graph type in `[start, end)`: the count of entries and the top `value1`s."""
+def totals_statement(
+    bot_id: str, start: int, end: int, *, limit: int = 10, type_: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The statement of `custom_totals` and its parameters (it asks for one more than `limit`)."""
     sql = CUSTOM_TOTALS_SQL.replace("{type_filter}", "AND type = {type:String}" if type_ else "")
     params: dict[str, Any] = {
         "id": bot_id, "start": start, "end": end, "limit": limit + 1, "max_types": MAX_EVENT_TYPES,
     }  # fmt: skip
     if type_:
         params["type"] = type_
+    return sql, params
+
+
+async def custom_totals(
+    store: Store, bot_id: str, start: int, end: int, *, limit: int = 10, type_: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per custom-graph type in `[start, end)`: the count of entries and the top `value1`s."""
+    sql, params = totals_statement(bot_id, start, end, limit=limit, type_=type_)
     rows = await store.query(sql, params)
     totals: dict[str, dict[str, Any]] = {}
     for type_name, value, count, total in rows:

@@ -107,6 +107,15 @@ def test_tiny_run_produces_every_figure(tmp_path):
     for key in ("query_bot_30d_p50", "query_bot_1y_p50", "query_uptime_2w_p50", "query_bots_page_p50"):
         # A figure, or the honest reason there is none (a route not served yet).
         assert figures[key].get("value") or figures[key]["note"], figures[key]
+    # The engine's own time for the statements of the stats answer, run by a child after the
+    # service stopped, and the service's p50 divided by it.
+    engine = doc["raw"]["query"]["engine"]
+    for key in ("query_bot_30d", "query_bot_30d_aligned"):
+        assert engine[key]["total_ms"] > 0 and len(engine[key]["statements_ms"]) == 3, engine
+        ratio = figures[f"{key}_engine_ratio"]
+        assert ratio["target"] == "≤ 1.15x" and ratio["value"] == round(
+            figures[f"{key}_p50"]["value"] / engine[key]["total_ms"], 2
+        ), ratio
     assert figures["gateway_peak_rss"]["value"] > 0
     # The listing's scaling figure: both registries measured, the ratio reported against 2x.
     assert figures["query_listing_small_p50"]["value"] > 0, figures["query_listing_small_p50"]

@@ -94,7 +94,7 @@ async def test_hour_aligned_ranges_are_served_by_the_hourly_rollup_alone(world):
         (T0 - 2 * 86_400_000, T0 + 86_400_000, 3),
     ]
     for start, end, n in cases:
-        sql, _ = query_stats.plan(start, end, n, {})
+        sql, _ = query_stats.buckets_statement("100", start, end, n)
         assert sql == query_stats.HOURLY_BUCKETS_SQL, (start, end, n)
         status, body = await get(c, "/v1/bot/100", returnStats="true", start=start, end=end, dataPoints=n)
         assert status == 200
@@ -115,5 +115,5 @@ async def test_hour_aligned_ranges_are_served_by_the_hourly_rollup_alone(world):
 def test_edges_off_the_hour_are_not_served_by_the_hourly_rollup():
     hour = 3_600_000
     for start, end, n in [(T0, T0 + 30 * hour, 7), (T0 + 1, T0 + 24 * hour + 1, 24), (T0, T0 + hour - 1, 1)]:
-        assert query_stats.plan(start, end, n, {})[0] != query_stats.HOURLY_BUCKETS_SQL
-    assert query_stats.plan(T0, T0 + 2000 * hour, 7, {})[0] == query_stats.BUCKETS_SQL
+        assert query_stats.buckets_statement("100", start, end, n)[0] != query_stats.HOURLY_BUCKETS_SQL
+    assert query_stats.buckets_statement("100", T0, T0 + 2000 * hour, 7)[0] == query_stats.BUCKETS_SQL
