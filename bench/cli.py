@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Phase name -> module with `run(bench)`; imported when a run starts, so registering the
 # subcommand costs every other `botpulse` command nothing.
-PHASES = ["gateway", "worker", "e2e", "query", "peers"]
+PHASES = ["gateway", "worker", "e2e", "sustain", "query", "peers"]
 GATEWAY_RSS_TARGET_MB = 80
 
 
@@ -57,8 +57,11 @@ def run(args: argparse.Namespace) -> int:
     from botpulse.bench.sizes import BY_NAME
 
     sizes = BY_NAME["tiny" if args.tiny else "quick" if args.quick else "full"]
-    phases = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = [name for name in phases if name not in PHASES]
+    asked = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in asked if name not in PHASES]
+    # Always in PHASES' order: a phase that reads an earlier one's figure (sustain reads the
+    # gateway's peak) finds it whatever order --only names them in.
+    phases = [name for name in PHASES if name in asked]
     if unknown:
         print(f"botpulse bench: unknown phase(s) {', '.join(unknown)}", file=sys.stderr)
         return 2

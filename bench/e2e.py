@@ -12,6 +12,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import msgspec
@@ -62,6 +63,47 @@ async def probe(
                 await asyncio.sleep(POLL_S)
 
 
+async def probe_all(
+    gateway: str, query: str, targets: list[Target], until: float, lags: list[float], misses: list[str]
+) -> None:
+    """Every probe bot at once until `until`: each lag sample lands in `lags`, each failure in `misses`."""
+    await asyncio.gather(*(probe(gateway, query, t, until, lags, misses) for t in targets))
+
+
+def start_background(
+    b: Bench,
+    env: dict[str, str],
+    gport: int,
+    targets: Path,
+    rate: float,
+    duration: float,
+    connections: int,
+    out: Path,
+) -> subprocess.Popen[bytes]:
+    """The built-in generator posting to `targets` at a fixed `rate` (after the run's warm-up), in
+    the background while the probes measure; `finish_background` collects its result from `out`."""
+    args = [
+        sys.executable, "-m", "botpulse.bench.loadgen",
+        "--port", str(gport), "--targets", str(targets),
+        "--body", STATS_BODY, "--connections", str(connections),
+        "--duration", str(duration), "--warmup", str(b.sizes.warmup_s),
+        "--rate", str(rate), "--out", str(out),
+    ]  # fmt: skip
+    return subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def finish_background(loader: subprocess.Popen[bytes], out: Path, timeout: float) -> Result:
+    try:
+        _, err = loader.communicate(timeout=timeout)
+    finally:
+        if loader.poll() is None:
+            loader.kill()
+            loader.wait()
+    if loader.returncode != 0:
+        raise RuntimeError(f"background load failed:\n{err.decode()[-2000:]}")
+    return msgspec.json.decode(out.read_bytes(), type=Result)
+
+
 def run(b: Bench) -> None:
     s = b.sizes
     redis = b.redis(PHASE)
@@ -82,37 +124,18 @@ def run(b: Bench) -> None:
         try:
             query.wait_http(f"http://127.0.0.1:{qport}/healthz", timeout=90)
             gateway.wait_http(f"http://127.0.0.1:{gport}/healthz", timeout=60)
+            connections = PACED_CONNECTIONS if s.mode != "tiny" else 4
             load_out = b.phase_dir(PHASE) / "background.json"
-            args = [
-                sys.executable, "-m", "botpulse.bench.loadgen",
-                "--port", str(gport), "--targets", str(targets[0]),
-                "--body", STATS_BODY, "--connections", str(PACED_CONNECTIONS if s.mode != "tiny" else 4),
-                "--duration", str(s.e2e_duration_s), "--warmup", str(s.warmup_s),
-                "--rate", str(s.e2e_rate), "--out", str(load_out),
-            ]  # fmt: skip
-            loader = subprocess.Popen(
-                args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            loader = start_background(
+                b, env, gport, targets[0], s.e2e_rate, s.e2e_duration_s, connections, load_out
             )
             time.sleep(s.warmup_s)
             lags: list[float] = []
             misses: list[str] = []
             until = time.monotonic() + s.e2e_duration_s
-
-            async def probes_run() -> None:
-                await asyncio.gather(
-                    *(
-                        probe(
-                            f"http://127.0.0.1:{gport}", f"http://127.0.0.1:{qport}", t, until, lags, misses
-                        )
-                        for t in probes
-                    )
-                )
-
-            asyncio.run(probes_run())
-            _, err = loader.communicate(timeout=s.e2e_duration_s + s.warmup_s + 60)
-            if loader.returncode != 0:
-                raise RuntimeError(f"background load failed:\n{err.decode()[-2000:]}")
-            background_result = msgspec.json.decode(load_out.read_bytes(), type=Result)
+            gateway_url, query_url = f"http://127.0.0.1:{gport}", f"http://127.0.0.1:{qport}"
+            asyncio.run(probe_all(gateway_url, query_url, probes, until, lags, misses))
+            background_result = finish_background(loader, load_out, s.e2e_duration_s + s.warmup_s + 60)
             b.note_rss("gateway (e2e)", gateway)
             b.note_rss("query + worker (e2e)", query)
         finally:

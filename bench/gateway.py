@@ -7,11 +7,12 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import redis as redis_sync
 
-from botpulse.bench import spy
+from botpulse.bench import scrape, spy
 from botpulse.bench.context import PACED_CONNECTIONS, RAISED_LIMITS, Bench, Figure, port
 from botpulse.bench.loadgen import Result
 from botpulse.bench.procs import Service, cpu_seconds
@@ -21,6 +22,16 @@ from botpulse.runtime.settings import load_settings
 from botpulse.schemas.stream import stream_key
 
 PHASE = "gateway"
+ROUTE = "/v1/bot/{botId}"
+# Read off the gateway's own metrics path around the paced run (ingest/metrics.py): key ->
+# (histogram, scale, unit, what one observation is). The appender's are per write, not per post.
+INSIDE = {
+    "posts_per_write": ("botpulse_gateway_append_posts", 1.0, "", "writes"),
+    "oldest_wait_ms": ("botpulse_gateway_append_wait_seconds", 1000.0, " ms", "writes"),
+    "redis_round_trip_ms": ("botpulse_gateway_redis_duration_seconds", 1000.0, " ms", "writes"),
+    "request_ms": ("botpulse_gateway_request_duration_seconds", 1000.0, " ms", "posts"),
+}
+P99_VS_BARE_TARGET = 3.0
 
 
 class Run(msgspec.Struct):
@@ -32,6 +43,9 @@ class Run(msgspec.Struct):
     # machine's time went, server against the Redis it appends to.
     server_cores: float | None = None
     redis_cores: float | None = None
+    # Inside the gateway during a paced run (`INSIDE`'s keys): each a `scrape.summary`, plus its
+    # one-line `text`.
+    inside: dict[str, Any] | None = None
 
     @property
     def rejected(self) -> int:
@@ -91,12 +105,15 @@ def run(b: Bench) -> None:
         if peak > 0:
             rate = round(0.7 * peak, 1)
             _empty_streams(redis, env)
-            paced = _paced(b, "gateway", env, targets, rate, connections, rss_label="gateway (1p)")
-            runs["gateway_1p_70pct"] = Run(1, paced)
+            paced, inside = _paced(b, "gateway", env, targets, rate, connections, rss_label="gateway (1p)")
+            runs["gateway_1p_70pct"] = Run(1, paced, inside=inside)
             b.say(f"gateway: 70% of peak ({0.7 * peak:.0f}/s) p99 {paced.p99_ms} ms")
+            for key in INSIDE:
+                if inside and key in inside:
+                    b.say(f"gateway: 70% of peak, {key.replace('_', ' ')}: {inside[key]['text']}")
             # The bare handler at the same rate, same generator: what the machine (the
             # generator and the server sharing its cores) adds to any server's tail.
-            base = _paced(b, "baseline", env, targets, rate, connections)
+            base, _ = _paced(b, "baseline", env, targets, rate, connections)
             runs["baseline_1p_70pct"] = Run(1, base)
             b.say(f"gateway: bare handler at the same rate p99 {base.p99_ms} ms")
         if s.profile:
@@ -121,16 +138,41 @@ def _paced(
     connections: int | None,
     *,
     rss_label: str | None = None,
-) -> Result:
-    """One single-process `kind` server under the built-in generator at a fixed rate."""
+) -> tuple[Result, dict[str, Any] | None]:
+    """One single-process `kind` server under the built-in generator at a fixed rate; for the
+    gateway, also what its metrics saw meanwhile (`inside`: warm-up included, paced alike)."""
     svc, p = _start(b, kind, 1, env, tag="-paced")
+    metrics_url = f"http://127.0.0.1:{p}{load_settings(env).metrics_path}"
     try:
+        before = inside_of(metrics_url) if kind == "gateway" else None
         result = b.load(PHASE, p, targets, rate=rate, connections=connections)
+        inside = summarize_inside(inside_of(metrics_url), before) if before is not None else None
         if rss_label:
             b.note_rss(rss_label, svc)
     finally:
         svc.stop()
-    return result
+    return result, inside
+
+
+def inside_of(metrics_url: str) -> dict[str, scrape.Histogram]:
+    """`INSIDE`'s histograms as a gateway's metrics path shows them now (the post route's only)."""
+    text = scrape.fetch(metrics_url)
+    names = [name for key, (name, *_) in INSIDE.items() if key != "request_ms"]
+    found = scrape.parse(text, names)
+    found.update(scrape.parse(text, [INSIDE["request_ms"][0]], {"route": ROUTE}))
+    return found
+
+
+def summarize_inside(
+    after: dict[str, scrape.Histogram], before: dict[str, scrape.Histogram] | None = None
+) -> dict[str, Any]:
+    """`INSIDE`'s histograms observed between two scrapes, as distributions (see bench/scrape.py)."""
+    out: dict[str, Any] = {}
+    for key, (name, scale, unit, what) in INSIDE.items():
+        if name in after:
+            h = after[name].minus((before or {}).get(name))
+            out[key] = {**scrape.summary(h, scale), "text": scrape.describe(h, unit, scale, what)}
+    return out
 
 
 def _measure(
@@ -284,3 +326,53 @@ def _figures(b: Bench, runs: dict[str, Run]) -> None:
                 note,
             )
         )
+        _tail_figures(b, paced, paced_base)
+
+
+def _tail_figures(b: Bench, paced: Run, paced_base: Run | None) -> None:
+    """The 70 % tail against the bare handler at the same rate, and where a post waits inside."""
+    p99 = paced.result.p99_ms
+    base_p99 = paced_base.result.p99_ms if paced_base else None
+    ratio = round(p99 / base_p99, 2) if p99 is not None and base_p99 else None
+    b.figure(
+        Figure(
+            "gateway_p99_70pct_vs_bare",
+            "gateway p99 / bare handler p99 at 70% of peak, 1 process",
+            ratio,
+            "x",
+            f"≤ {P99_VS_BARE_TARGET:g}x",
+            None if ratio is None else (ratio <= P99_VS_BARE_TARGET and not paced.rejected),
+            f"gateway p99 {p99} ms, bare aiohttp 204 p99 {base_p99} ms, same rate, same generator"
+            if paced_base
+            else "not available: the bare handler was not paced",
+        )
+    )
+    inside = paced.inside or {}
+    posts, wait = inside.get("posts_per_write"), inside.get("oldest_wait_ms")
+    b.figure(
+        Figure(
+            "gateway_70pct_posts_per_write",
+            "posts per append write at 70% of peak (mean)",
+            round(posts["mean"], 2) if posts and posts["mean"] is not None else None,
+            "posts",
+            note=posts["text"] if posts else "not available: no append write was observed",
+        )
+    )
+    rest = "; ".join(
+        f"{label} {inside[key]['text']}"
+        for key, label in (
+            ("redis_round_trip_ms", "Redis round trip per write:"),
+            ("request_ms", "whole post:"),
+        )
+        if key in inside
+    )
+    p99_wait = wait["p99_at_most"] if wait else None
+    b.figure(
+        Figure(
+            "gateway_70pct_oldest_wait_p99",
+            "append wait of a write's oldest post at 70% of peak, p99 (bucket bound)",
+            p99_wait if isinstance(p99_wait, float | int) else None,
+            "ms",
+            note=(f"{wait['text']}; {rest}" if wait else "not available: no append write was observed"),
+        )
+    )

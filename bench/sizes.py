@@ -24,6 +24,14 @@ class Sizes(msgspec.Struct, frozen=True, kw_only=True):
     e2e_rate: float
     e2e_duration_s: float
     e2e_probes: int
+    # sustain (the `botpulse dev` box at the highest rate it holds): the reported rate held for
+    # sustain_s; the search before it runs up to sustain_steps steps of sustain_step_s, then up
+    # to sustain_confirms runs of sustain_s, all within sustain_budget_s (start-up not counted).
+    sustain_s: float
+    sustain_step_s: float
+    sustain_steps: int
+    sustain_confirms: int
+    sustain_budget_s: float
     # query
     query_bots: int
     query_days: int
@@ -49,6 +57,11 @@ FULL = Sizes(
     e2e_rate=2000,
     e2e_duration_s=30,
     e2e_probes=4,
+    sustain_s=60,
+    sustain_step_s=10,
+    sustain_steps=5,
+    sustain_confirms=2,
+    sustain_budget_s=300,
     query_bots=50,
     query_days=30,
     query_long_days=365,
@@ -68,6 +81,11 @@ QUICK = Sizes(
     e2e_rate=2000,
     e2e_duration_s=5,
     e2e_probes=2,
+    sustain_s=8,
+    sustain_step_s=3,
+    sustain_steps=2,
+    sustain_confirms=1,
+    sustain_budget_s=30,
     query_bots=5,
     query_days=30,
     query_long_days=90,
@@ -91,6 +109,11 @@ TINY = Sizes(
     e2e_rate=100,
     e2e_duration_s=1.5,
     e2e_probes=1,
+    sustain_s=1.5,
+    sustain_step_s=1,
+    sustain_steps=0,
+    sustain_confirms=1,
+    sustain_budget_s=10,
     query_bots=2,
     query_days=2,
     query_long_days=7,

@@ -39,7 +39,7 @@ import redis.asyncio as aioredis
 from hiredis import pack_command
 from redis.exceptions import NoScriptError, ResponseError
 
-from botpulse.ingest.metrics import REDIS_DURATION
+from botpulse.ingest.metrics import REDIS_DURATION, write_sent
 from botpulse.runtime.logs import get_logger
 from botpulse.schemas.stream import (
     ENTRY_FIELD,
@@ -420,6 +420,7 @@ class Appender:
         self.timeout_s = timeout_s
         self._pending: list[tuple[Post, asyncio.Future[Result]]] = []
         self._oldest = 0.0  # loop time the oldest pending post arrived
+        self._oldest_at = 0.0  # the same on perf_counter, for metrics (uvloop's loop.time() ticks in ms)
         self._scheduled = False
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -430,6 +431,7 @@ class Appender:
         future: asyncio.Future[Result] = loop.create_future()
         if not self._pending:
             self._oldest = loop.time()
+            self._oldest_at = time.perf_counter()
         self._pending.append((post, future))
         if not self._scheduled and self._in_flight < self.MAX_IN_FLIGHT:
             self._scheduled = True
@@ -443,6 +445,7 @@ class Appender:
         if not self._pending or self._in_flight >= self.MAX_IN_FLIGHT:
             return
         batch, self._pending = self._pending, []
+        write_sent(len(batch), time.perf_counter() - self._oldest_at)
         self._in_flight += 1
         task = asyncio.get_running_loop().create_task(self._run(batch, self._oldest + self.timeout_s))
         self._tasks.add(task)

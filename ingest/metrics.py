@@ -41,6 +41,20 @@ REDIS_DURATION = Histogram(
     "Round trip of one coalesced append write to Redis (one or more posts).",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+# How posts queue in the appender (ingest/append.py), one observation per write, never per post:
+# the bench reads both to split the gateway's tail at 70 % of peak (docs/benchmarks.md).
+APPEND_POSTS = Histogram(
+    "botpulse_gateway_append_posts",
+    "Posts carried by one coalesced append write: those of one event-loop tick, or every post "
+    "that arrived while the writes in flight held all the slots.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+)
+APPEND_WAIT = Histogram(
+    "botpulse_gateway_append_wait_seconds",
+    "How long the oldest post of an append write waited before the write was sent: the rest of "
+    "its event-loop tick, or until a write in flight freed a slot.",
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
 DROPPED_METRICS = Counter(
     "botpulse_gateway_custom_metrics_dropped_total",
     "Custom metric values dropped because the bot had no free custom-graph slot.",
@@ -77,3 +91,9 @@ def appended(route: str) -> None:
 
 def refused(reason: str) -> None:
     REFUSALS.labels(reason).inc()
+
+
+def write_sent(posts: int, oldest_waited_s: float) -> None:
+    """One append write leaves: how many posts it carries, how long the oldest of them waited."""
+    APPEND_POSTS.observe(posts)
+    APPEND_WAIT.observe(oldest_waited_s)

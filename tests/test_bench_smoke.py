@@ -73,7 +73,7 @@ def test_tiny_run_produces_every_figure(tmp_path):
             "--tiny",
             # The peers phase has its own smoke test (tests/test_bench_peers.py).
             "--only",
-            "gateway,worker,e2e,query",
+            "gateway,worker,e2e,sustain,query",
             "--generator",
             "builtin",
             "--no-docs",
@@ -101,6 +101,12 @@ def test_tiny_run_produces_every_figure(tmp_path):
     assert paced_base["rate"] == doc["raw"]["gateway"]["runs"]["gateway_1p_70pct"]["result"]["rate"]
     assert f"same rate: p99 {paced_base['p99_ms']} ms" in figures["gateway_p99_70pct"]["note"]
     assert doc["raw"]["gateway"]["runs"]["gateway_1p"]["result"]["statuses"].get("204", 0) > 0
+    # The 70 % tail against the bare handler at the same rate, with the 3x target.
+    vs_bare = figures["gateway_p99_70pct_vs_bare"]
+    assert vs_bare["value"] > 0 and vs_bare["target"] == "≤ 3x"
+    assert f"bare aiohttp 204 p99 {paced_base['p99_ms']} ms" in vs_bare["note"]
+    _assert_appender_distribution(doc, figures)
+    _assert_sustain(doc, figures)
     assert doc["raw"]["worker"]["embedded_1p"]["stored_rows"] == doc["sizes"]["drain_entries"]
     assert doc["raw"]["e2e"]["samples"] >= 1
     assert figures["e2e_lag_p99"]["value"] > 0
@@ -120,6 +126,50 @@ def test_tiny_run_produces_every_figure(tmp_path):
     # The listing's scaling figure: both registries measured, the ratio reported against 2x.
     assert figures["query_listing_small_p50"]["value"] > 0, figures["query_listing_small_p50"]
     assert figures["query_listing_scale"]["value"] > 0 and figures["query_listing_scale"]["target"] == "≤ 2x"
+
+
+def _assert_appender_distribution(doc: dict, figures: dict) -> None:
+    """What the paced gateway's appender saw: every post of the run in some write, once."""
+    paced = doc["raw"]["gateway"]["runs"]["gateway_1p_70pct"]
+    result, inside = paced["result"], paced["inside"]
+    posts = inside["posts_per_write"]
+    counted = result["statuses"].get("204", 0) + result["warmup_statuses"].get("204", 0)
+    sent = sum(result["statuses"].values()) + sum(result["warmup_statuses"].values())
+    # Answered posts were all appended; at most one per connection more was still in flight.
+    assert counted <= posts["sum"] <= sent + result["connections"], (posts, result)
+    assert 1 <= posts["count"] <= posts["sum"]
+    assert sum(posts["buckets"].values()) == posts["count"]
+    assert inside["oldest_wait_ms"]["count"] == posts["count"]  # both are per write
+    assert inside["request_ms"]["count"] >= counted  # the whole post, one per request
+    assert figures["gateway_70pct_posts_per_write"]["value"] == round(posts["mean"], 2) >= 1
+    assert f"{posts['count']:,.0f} writes" in figures["gateway_70pct_posts_per_write"]["note"]
+    wait = figures["gateway_70pct_oldest_wait_p99"]
+    assert wait["value"] is None or wait["value"] > 0, wait
+    assert "Redis round trip per write: p50" in wait["note"] and "whole post: p50" in wait["note"]
+
+
+def _assert_sustain(doc: dict, figures: dict) -> None:
+    """The box ran (`botpulse dev`), the full-duration run happened, and the ratio is taken
+    against this run's gateway peak, or there is none and the figures say why."""
+    raw = doc["raw"]["sustain"]
+    peak = figures["gateway_rps_1p"]["value"]
+    assert raw["peak"] == peak and raw["start_rate"] == round(0.5 * peak, 1)
+    holds = [s for s in raw["steps"] if s["kind"] == "hold"]
+    assert holds and holds[0]["duration_s"] == doc["sizes"]["sustain_s"]
+    for step in raw["steps"]:
+        assert step["lag_samples"] >= 1 or step["why"], step
+        assert step["held"] == (step["why"] == ""), step
+        assert step["inside"]["posts_per_write"]["sum"] >= 1, step  # the box's gateway took posts
+    rate, ratio = figures["sustain_rps"], figures["sustain_ratio"]
+    assert ratio["target"] == "≥ 0.8"
+    if raw["held"] is not None:
+        assert rate["value"] == raw["held"]["achieved"] > 0
+        assert ratio["value"] == round(rate["value"] / peak, 3)
+        assert ratio["ok"] == (ratio["value"] >= 0.8)
+        assert f"1-process gateway peak {peak:,.0f} req/s" in ratio["note"]
+    else:  # a loaded machine may hold nothing: a miss, with the reason
+        assert rate.get("value") is None and rate["note"].startswith("no rate held for")
+        assert ratio.get("value") is None and ratio["ok"] is False and "no rate held" in ratio["note"]
 
 
 def test_py_spy_stacks_are_summed_by_function(tmp_path):

@@ -217,9 +217,10 @@ def test_names_help_and_labels_follow_prometheus_conventions() -> None:
         if family.type == "counter":
             assert all(s.name.endswith(("_total", "_created")) for s in family.samples), family.name
         if family.type == "histogram":
-            assert family.name.endswith("_seconds") or family.name.endswith(("_rows", "_entries")), (
-                family.name
-            )
+            # A count's unit is what it counts: rows, stream entries, posts (per append write).
+            assert family.name.endswith("_seconds") or family.name.endswith(
+                ("_rows", "_entries", "_posts")
+            ), family.name
         assert not any(u in family.name for u in ("_ms", "_milliseconds", "_kb", "_mb")), family.name
         for sample in family.samples:
             assert not set(sample.labels) & FORBIDDEN_LABELS, (family.name, sample.labels)
