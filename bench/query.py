@@ -14,7 +14,7 @@ import aiohttp
 import msgspec
 
 from botpulse.bench.context import Bench, Figure, port
-from botpulse.bench.engine import EngineCase, EngineTime
+from botpulse.bench.engine_reads import EngineCase, EngineTime
 from botpulse.bench.loadgen import percentile
 from botpulse.bench.seed import DAY_MS, History, Spec
 
@@ -267,10 +267,10 @@ def _profile(b: Bench, env: dict[str, str], cases: list[Case]) -> None:
 def _engine_times(
     b: Bench, env: dict[str, str], cases: list[EngineCase], repeat: int
 ) -> dict[str, EngineTime]:
-    """The engine's own time for the statements of each case (bench/engine.py)."""
+    """The engine's own time for the statements of each case (bench/engine_reads.py)."""
     out = b.phase_dir(PHASE) / "engine.json"
     args = ["--cases", msgspec.json.encode(cases).decode(), "--repeat", str(repeat), "--out", str(out)]
-    b.child("engine timing (query phase)", env, "botpulse.bench.engine", args, timeout=600)
+    b.child("engine timing (query phase)", env, "botpulse.bench.engine_reads", args, timeout=600)
     times = msgspec.json.decode(out.read_bytes(), type=list[EngineTime])
     for t in times:
         b.say(f"query: {t.key}: engine {t.total_ms} ms for its statements {t.statements_ms}")

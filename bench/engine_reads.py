@@ -1,5 +1,5 @@
 """The engine's own time for what a bot's stats answer runs, as a child of the query phase
-(`python -m botpulse.bench.engine`, after the query service has stopped: embedded chDB allows
+(`python -m botpulse.bench.engine_reads`, after the query service has stopped: embedded chDB allows
 one engine per path, and this needs the phase's data).
 
 For each case it builds the very statements `GET /v1/bot/{id}?returnStats=true&start=…` runs
@@ -68,7 +68,7 @@ def measure(store: Store, case: EngineCase, repeat: int) -> EngineTime:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m botpulse.bench.engine")
+    parser = argparse.ArgumentParser(prog="python -m botpulse.bench.engine_reads")
     parser.add_argument("--cases", required=True, help="JSON list of EngineCase")
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--out", required=True)
