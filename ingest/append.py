@@ -12,12 +12,17 @@ stream length (`XLEN`, counted on as the call appends) and every post's rate-lim
      the rest are dropped (and removed from the stats event before it is written); the same for
      extra properties and the bot's property slots; custom-event types the same way in the
      bot's type set, an entry whose type has no slot is not written;
-  4. XADD of every event of the post.
-Then one `HSET` stores the rate state of every post that passed. A post is written only if every
-check passed, so a refused post leaves no trace. Posts of the same partition share one call:
-Redis runs one script instead of one per post, and the gateway parses one reply. Per post that
-is one `XADD` (plus the slot commands when it carries custom metrics): the rate limit costs a
-field in two commands per call, not a `GET` and a `SET` per post.
+  4. every event of the post joins the call's stream entry (`LUA_ENTRY`, schemas/stream.py).
+Then the entry is written (one `XADD` for the events of the whole call, a new entry only every
+`MAX_ENTRY_EVENTS` events or `MAX_ENTRY_BYTES`) and one `HSET` stores the rate state of every
+post that passed. A post is written only if every check passed, so a refused post leaves no
+trace, and the posts that passed keep their own event ids in the shared entry. Posts of the same
+partition share one call: Redis runs one script instead of one per post, and the gateway parses
+one reply. Per call that is `TIME`, `XLEN`, `HMGET`, `HSET` and one `XADD` per entry (plus the
+slot commands for posts that carry custom metrics): the rate limit costs a field in two commands
+per call, not a `GET` and a `SET` per post, and the stream an entry per call, not one per post
+(Redis's work per entry, its append-only file's and the worker's all shrink with it). The backlog
+check counts entries, as `XLEN` does.
 
 The rate-limit and slot steps are `LUA_ADMIT`, which the shard script (ingest/shards.py) runs
 too, so a post made by one shard is admitted exactly like any other; both scripts answer in the
@@ -29,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
-import string
 import time
 from collections.abc import Sequence
 
@@ -42,8 +46,8 @@ from redis.exceptions import NoScriptError, ResponseError
 from botpulse.ingest.metrics import REDIS_DURATION
 from botpulse.runtime.logs import get_logger
 from botpulse.schemas.stream import (
-    ENTRY_FIELD,
     LUA_DROP_METRICS,
+    LUA_ENTRY,
     custom_slots_key,
     custom_types_key,
     prop_slots_key,
@@ -111,8 +115,8 @@ end
 #       types of those last n_typed events).
 # Returns one reply per post: `reply_with`'s | {1, retry_after_ms, 1 (the bot's limit) or 2 (the
 #       account's)} | {2}.
-# The stream contract (the entry's field, the event encoding `drop_metrics` edits) comes from
-# schemas/stream.py: `$field` is filled in once, at import.
+# The stream contract (the entry's form that `entry_add` writes, the event encoding
+# `drop_metrics` edits) comes from schemas/stream.py.
 _BODY = """
 local stream, rates = KEYS[1], KEYS[2]
 local high_water = tonumber(ARGV[1])
@@ -208,8 +212,7 @@ for p = 1, #starts do
           event = drop_props(event, dropped_props)
         end
         if i <= m - ty or not no_slot[ARGV[types + i - 1 - (m - ty)]] then
-          redis.call('XADD', stream, '*', '$field', event)
-          length = length + 1
+          length = length + entry_add(stream, event)
         end
       end
       remember(field, new_tat)
@@ -218,6 +221,7 @@ for p = 1, #starts do
     end
   end
 end
+entry_flush(stream)
 if #updates > 0 then
   local args = {}
   for _, field in ipairs(updates) do
@@ -228,7 +232,7 @@ if #updates > 0 then
 end
 return replies
 """
-SCRIPT = LUA_DROP_METRICS + LUA_ADMIT + string.Template(_BODY).substitute(field=ENTRY_FIELD)
+SCRIPT = LUA_ENTRY + LUA_DROP_METRICS + LUA_ADMIT + _BODY
 SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 # Posts per script call: bounds how long one call holds Redis.
 MAX_CALL_POSTS = 128

@@ -32,6 +32,7 @@ from botpulse.schemas.stream import (
     StreamEvent,
     custom_slots_key,
     decode_event,
+    entry_events,
     partition_of,
     stream_key,
 )
@@ -55,9 +56,8 @@ class Env:
     async def entries(self, bot_id: str = BOT) -> list[StreamEvent]:
         partition = partition_of(bot_id, self.settings.stream_partitions)
         raw = await self.redis.xrange(stream_key(partition))
-        return [
-            decode_event(fields[b"e"]) for _, fields in raw if decode_event(fields[b"e"]).bot_id == bot_id
-        ]
+        # Posts appended in one script call share an entry: every event of every entry.
+        return [e for _, fields in raw for e in entry_events(fields[b"e"]) if e.bot_id == bot_id]
 
     async def stream_length(self) -> int:
         total = 0
@@ -664,7 +664,7 @@ async def test_partitions_spread_bots_over_streams(make_env) -> None:  # type: i
     ).status == 200
     for bot in (BOT, OTHER_BOT):
         raw = await env.redis.xrange(stream_key(partition_of(bot, 8)))
-        assert [decode_event(f[b"e"]).bot_id for _, f in raw].count(bot) == 1
+        assert [e.bot_id for _, f in raw for e in entry_events(f[b"e"])].count(bot) == 1
     assert partition_of(BOT, 8) != partition_of(OTHER_BOT, 8)  # or this test proves nothing
 
 
