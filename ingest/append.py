@@ -40,7 +40,6 @@ from collections.abc import Sequence
 import hiredis
 import msgspec
 import redis.asyncio as aioredis
-from hiredis import pack_command
 from redis.exceptions import NoScriptError, ResponseError
 
 from botpulse.ingest.metrics import REDIS_DURATION
@@ -281,33 +280,82 @@ class Post(msgspec.Struct, frozen=True):
     prop_names: Sequence[str] = ()
 
 
+def _bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+# The small counts every post sends, encoded once.
+_COUNTS = [_bulk(b"%d" % i) for i in range(256)]
+# Each post's first four arguments (its rate field, its account's field, interval and burst),
+# encoded once per bot and account: the same few thousand come back post after post.
+_HEADS: dict[tuple[bool, str, str, int, int], bytes] = {}
+_MAX_HEADS = 50_000
+
+
+def _count(value: int) -> bytes:
+    return _COUNTS[value] if 0 <= value < 256 else _bulk(b"%d" % value)
+
+
+def _head(post: Post) -> bytes:
+    """`script_call` looks the head up itself first (a call less per post)."""
+    if len(_HEADS) >= _MAX_HEADS:
+        _HEADS.clear()
+    field = ("s:" if post.stats else "c:") + post.bot_id
+    key = (post.stats, post.bot_id, post.account_id, post.account_interval_ms, post.account_burst)
+    head = _HEADS[key] = b"".join(
+        _bulk(str(v).encode())
+        for v in (field, "a:" + post.account_id, post.account_interval_ms, post.account_burst)
+    )
+    return head
+
+
 def script_call(verb: str, script: str, posts: Sequence[Post], high_water: int, limits: Limits) -> bytes:
-    """The packed EVALSHA/EVAL for posts of one partition."""
+    """The packed EVALSHA/EVAL for posts of one partition: the RESP of `verb script numkeys
+    keys... args...`, laid out as the comment above `_BODY` says. Encoded here rather than by
+    hiredis's `pack_command`, which converts every argument on its own, about ten a post
+    (docs/api/ingest.md, Round 3)."""
     partition = posts[0].partition
-    keys: list[object] = [stream_key(partition), rate_key(partition)]
-    args: list[object] = [
-        high_water,
-        limits.stats_interval_ms,
-        limits.stats_burst,
-        limits.custom_interval_ms,
-        limits.custom_burst,
-    ]
+    keys = [_bulk(stream_key(partition).encode()), _bulk(rate_key(partition).encode())]
+    limits_args = (high_water, limits.stats_interval_ms, limits.stats_burst, limits.custom_interval_ms,
+                   limits.custom_burst)  # fmt: skip
+    args = [_bulk(b"%d" % v) for v in limits_args]
+    argc = 3 + len(args)  # and the verb, the script and the key count
+    heads, counts = _HEADS, _COUNTS
     for post in posts:
-        names, props, types = post.metric_names, post.prop_names, post.types
-        field = ("s:" if post.stats else "c:") + post.bot_id
-        args += (field, "a:" + post.account_id, post.account_interval_ms, post.account_burst,
-                 len(names), len(props), len(post.events), len(types))  # fmt: skip
-        if names:
-            keys.append(custom_slots_key(partition, post.bot_id))
-            args.append(post.slot_limit)
-        if props:
-            keys.append(prop_slots_key(partition, post.bot_id))
-            args.append(post.prop_limit)
-        if types:
-            keys.append(custom_types_key(partition, post.bot_id))
-            args.append(post.type_limit)
-        args += (*names, *props, *post.events, *types)
-    return pack_command((verb, script, len(keys), *keys, *args))
+        names, props, types, events = post.metric_names, post.prop_names, post.types, post.events
+        key = (post.stats, post.bot_id, post.account_id, post.account_interval_ms, post.account_burst)
+        head = heads.get(key)
+        if head is None:
+            head = _head(post)
+        m = len(events)
+        if not (names or props or types) and m < 256:
+            # The common post: nothing but its events (one, a stats post without entries).
+            args += (head, counts[0], counts[0], counts[m], counts[0])
+            argc += 8 + m
+        else:
+            args += (head, _count(len(names)), _count(len(props)), _count(m), _count(len(types)))
+            argc += 8 + len(names) + len(props) + m + len(types)
+            if names:
+                keys.append(_bulk(custom_slots_key(partition, post.bot_id).encode()))
+                args.append(_count(post.slot_limit))
+            if props:
+                keys.append(_bulk(prop_slots_key(partition, post.bot_id).encode()))
+                args.append(_count(post.prop_limit))
+            if types:
+                keys.append(_bulk(custom_types_key(partition, post.bot_id).encode()))
+                args.append(_count(post.type_limit))
+            argc += bool(names) + bool(props) + bool(types)
+            for text in (*names, *props):
+                args.append(_bulk(text.encode()))
+        for event in events:
+            args.append(b"$%d\r\n%b\r\n" % (len(event), event))
+        for text in types:
+            args.append(_bulk(text.encode()))
+    argc += len(keys)
+    return b"".join(
+        (b"*%d\r\n" % argc, _bulk(verb.encode()), _bulk(script.encode()), _count(len(keys)), *keys, *args)
+    )
 
 
 APPENDED = Result(Outcome.APPENDED)
