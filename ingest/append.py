@@ -61,7 +61,7 @@ log = get_logger(__name__)
 # theoretical arrival time to store and the time the post is allowed at (refused while > now).
 # `take_slots`: the names of ARGV[from..to) that hold or take a slot of set `key` (at most
 # `limit` members) pass; the others are returned, to be dropped. A name seen twice counts once.
-# `reply_with`: the success reply, naming what was dropped: {0} | {0, n_metrics, n_props,
+# `reply_with`: the success reply, naming what was dropped: 0 | {0, n_metrics, n_props,
 # metric names..., property names..., custom-event types...}.
 LUA_ADMIT = """
 local function gcra(tat, now, interval, burst)
@@ -91,7 +91,7 @@ local function take_slots(key, limit, from, to)
 end
 local function reply_with(dropped, dropped_props, dropped_types)
   if #dropped == 0 and #dropped_props == 0 and #dropped_types == 0 then
-    return {0}
+    return 0  -- the common reply: a bare integer, no table for Redis to build nor the gateway to parse
   end
   local reply = {0, #dropped, #dropped_props}
   for _, list in ipairs({dropped, dropped_props, dropped_types}) do
@@ -365,12 +365,13 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def result_of(reply: list[object]) -> Result:
+def result_of(reply: list[object] | int) -> Result:
     """A post script's reply (the append's or the shard script's) as a `Result`."""
+    if reply == 0:
+        return APPENDED  # the common case: nothing dropped, nothing to build
+    assert isinstance(reply, list)
     code = reply[0]
     if code == 0:
-        if len(reply) == 1:
-            return APPENDED  # the common case: nothing dropped, nothing to build
         n_metrics, n_props = int(reply[1]), int(reply[2])  # type: ignore[call-overload]
         names = tuple(_text(n) for n in reply[3:])
         return Result(
