@@ -276,3 +276,53 @@ async def test_a_split_batch_of_shared_entries_recovered_after_a_crash_stores_ea
     assert await stored_counts(store) == {e.event_id: 1 for e in [*events, fixable]}
     rollup = await store.query("SELECT sum(posts) FROM bot_stats_1h WHERE bot_id = 'sc'")
     assert rollup == [(len(events) + 1,)]
+
+
+# --- the whole path ----------------------------------------------------------------------------
+
+
+async def test_concurrent_http_posts_share_entries_and_are_each_stored_once(make_settings, store, redis):
+    """Through a real gateway: concurrent posts land in entries of several events, and a worker
+    stores every event of every entry once."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from botpulse.ingest import app as ingest_app
+    from botpulse.registry import index
+    from botpulse.registry.catalog import Bot, create_account, now, write_bot
+
+    settings = make_settings(**FAST)
+    account, key = await create_account(store, redis, "entries")
+    bots = [str(5_100 + i) for i in range(8)]
+    for bot in bots:
+        await write_bot(store, redis, Bot(bot, account.id, "Bot", None, False, 10, None, now()))
+    await redis.set(index.READY_KEY, "1")  # what the query service's index rebuild sets
+    gateway = TestClient(TestServer(ingest_app.build_app(settings), host="127.0.0.1"))
+    await gateway.start_server()
+    auth = {"Authorization": key}
+    try:
+        requests = [
+            gateway.post(
+                f"/v1/bot/{bot}",
+                json={"guilds": i, "customData": [{"type": "t", "value1": i}]},
+                headers=auth,
+            )
+            for i, bot in enumerate(bots * 3)
+        ] + [
+            gateway.post(f"/v1/bot/{bot}/custom", json={"type": "c", "value1": bot}, headers=auth)
+            for bot in bots
+        ]
+        statuses = [r.status for r in await asyncio.gather(*requests)]
+    finally:
+        await gateway.close()
+    assert statuses == [204] * 24 + [200] * 8
+    values = [f[FIELD] for _, f in await redis.xrange(stream_key(0))]
+    events = [e for v in values for e in entry_events(v)]
+    # Fewer entries than events: a post's events share one at least (the posts one call took
+    # share it too: test_posts_appended_together_share_an_entry_and_are_each_admitted).
+    assert len(events) == 24 * 2 + 8 and len(values) <= 24 + 8 < len(events)
+    async with worker_task(settings, store):
+        await drained(redis)
+    stats = sorted(e.event_id for e in events if e.kind == "stats")
+    custom = sorted(e.event_id for e in events if e.kind == "custom")
+    assert await stored_ids(store) == stats and len(stats) == 24
+    assert await stored_ids(store, "custom_events") == custom and len(custom) == 32
