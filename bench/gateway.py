@@ -46,6 +46,10 @@ class Run(msgspec.Struct):
     # Inside the gateway during a paced run (`INSIDE`'s keys): each a `scrape.summary`, plus its
     # one-line `text`.
     inside: dict[str, Any] | None = None
+    # From the Redis's `INFO commandstats` over the run (warm-up included, like the posts they are
+    # divided by): every command it ran per accepted post, and posts per append-script call.
+    redis_commands_per_post: float | None = None
+    posts_per_call: float | None = None
 
     @property
     def rejected(self) -> int:
@@ -191,22 +195,29 @@ def _measure(
     _empty_streams(redis, env)
     svc, p = _start(b, kind, workers, env, tag="-builtin" if builtin else "", phase=phase)
     try:
-        started, cpu, redis_cpu = time.monotonic(), svc.cpu(), _cpu(redis)
+        started, cpu, redis_cpu, calls = time.monotonic(), svc.cpu(), _cpu(redis), _calls(redis)
         result = b.load(phase, p, targets, builtin=builtin, connections=connections)
         wall = time.monotonic() - started
         server_cores = round((svc.cpu() - cpu) / wall, 2)
         redis_cores = round((_cpu(redis) - redis_cpu) / wall, 2)
+        commands, scripts = (after - before for after, before in zip(_calls(redis), calls, strict=True))
         alive = len(svc.processes())
         b.note_rss(f"{kind} ({workers}p)", svc)
     finally:
         svc.stop()
+    # Warm-up included: the command counts are.
+    answers = (*result.statuses.items(), *result.warmup_statuses.items())
+    ok = sum(n for status, n in answers if status in ("204", "2xx/3xx"))
+    per_post = round(commands / ok, 3) if ok and kind == "gateway" else None
+    per_call = round(ok / scripts, 1) if scripts and kind == "gateway" else None
     b.say(
         f"{phase}: {kind} {workers}p{' (built-in generator)' if builtin else ''} {result.rps:.0f} req/s "
         f"p50 {result.p50_ms} ms "
         f"p99 {result.p99_ms} ms statuses {result.statuses} alive {alive}/{workers}, "
         f"cores busy: server {server_cores}, redis {redis_cores}"
+        + (f", redis commands per post {per_post}, posts per script call {per_call}" if per_post else "")
     )
-    return Run(alive, result, server_cores, redis_cores)
+    return Run(alive, result, server_cores, redis_cores, per_post, per_call)
 
 
 def _empty_streams(redis: EmbeddedRedis, env: dict[str, str]) -> None:
@@ -235,6 +246,18 @@ def _cpu_us(run: Run, *, with_redis: bool) -> float | None:
 
 def _cpu(redis: EmbeddedRedis) -> float:
     return (cpu_seconds(redis.proc.pid) or 0.0) if redis.proc else 0.0
+
+
+def _calls(redis: EmbeddedRedis) -> tuple[int, int]:
+    """Commands Redis has run so far, and of them append-script calls (`EVALSHA` and `EVAL`; the
+    registry's and admission's own scripts are a few a second)."""
+    client = redis_sync.Redis.from_url(redis.url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    calls = {name.removeprefix("cmdstat_"): int(v.get("calls", 0)) for name, v in stats.items()}
+    return sum(calls.values()), calls.get("evalsha", 0) + calls.get("eval", 0)
 
 
 def profile_gateway(b: Bench, env: dict[str, str], targets: tuple[Path, Path]) -> None:
@@ -286,7 +309,9 @@ def _figures(b: Bench, runs: dict[str, Run]) -> None:
                 _cpu_us(gw_run, with_redis=True),
                 "us",
                 note=f"baseline {_cpu_us(base_run, with_redis=False)} us; cores busy: gateway "
-                f"{gw_run.server_cores}, redis {gw_run.redis_cores}, baseline {base_run.server_cores}",
+                f"{gw_run.server_cores}, redis {gw_run.redis_cores}, baseline {base_run.server_cores}; "
+                f"redis commands per post {gw_run.redis_commands_per_post}, posts per script call "
+                f"{gw_run.posts_per_call}",
             )
         )
         b.figure(

@@ -326,17 +326,13 @@ class Gateway:
     ) -> list[bytes]:
         received = int(time.time() * 1000)
         base = self.next_event_id()
+        bot_id, account_id = bot.id, poster.account_id
+        if len(payloads) == 1:  # the common post (no custom entries): no comprehension's frame
+            return [encode_event(StreamEvent(base, received, bot_id, account_id, payloads[0]))]
+        ids = [base, *(f"{base}-{i}" for i in range(1, len(payloads)))]
         return [
-            encode_event(
-                StreamEvent(
-                    event_id=base if i == 0 else f"{base}-{i}",
-                    received_ms=received,
-                    bot_id=bot.id,
-                    account_id=poster.account_id,
-                    payload=payload,
-                )
-            )
-            for i, payload in enumerate(payloads)
+            encode_event(StreamEvent(event_id, received, bot_id, account_id, payload))
+            for event_id, payload in zip(ids, payloads, strict=True)
         ]
 
     def _admit(self, partition: int) -> None:
@@ -358,6 +354,8 @@ class Gateway:
 
     def _checked(self, result: Result, poster: Poster, types: list[str], *, stats: bool) -> Result:
         """The script's refusals as answers (the same for every post script)."""
+        if result is APPENDED:  # the common answer: nothing refused, nothing dropped
+            return result
         if result.outcome is Outcome.RATE_LIMITED:
             seconds = max(1, math.ceil(result.retry_after_ms / 1000))
             if result.account_limited:

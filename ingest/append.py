@@ -12,12 +12,17 @@ stream length (`XLEN`, counted on as the call appends) and every post's rate-lim
      the rest are dropped (and removed from the stats event before it is written); the same for
      extra properties and the bot's property slots; custom-event types the same way in the
      bot's type set, an entry whose type has no slot is not written;
-  4. XADD of every event of the post.
-Then one `HSET` stores the rate state of every post that passed. A post is written only if every
-check passed, so a refused post leaves no trace. Posts of the same partition share one call:
-Redis runs one script instead of one per post, and the gateway parses one reply. Per post that
-is one `XADD` (plus the slot commands when it carries custom metrics): the rate limit costs a
-field in two commands per call, not a `GET` and a `SET` per post.
+  4. every event of the post joins the call's stream entry (`LUA_ENTRY`, schemas/stream.py).
+Then the entry is written (one `XADD` for the events of the whole call, a new entry only every
+`MAX_ENTRY_EVENTS` events or `MAX_ENTRY_BYTES`) and one `HSET` stores the rate state of every
+post that passed. A post is written only if every check passed, so a refused post leaves no
+trace, and the posts that passed keep their own event ids in the shared entry. Posts of the same
+partition share one call: Redis runs one script instead of one per post, and the gateway parses
+one reply. Per call that is `TIME`, `XLEN`, `HMGET`, `HSET` and one `XADD` per entry (plus the
+slot commands for posts that carry custom metrics): the rate limit costs a field in two commands
+per call, not a `GET` and a `SET` per post, and the stream an entry per call, not one per post
+(Redis's work per entry, its append-only file's and the worker's all shrink with it). The backlog
+check counts entries, as `XLEN` does.
 
 The rate-limit and slot steps are `LUA_ADMIT`, which the shard script (ingest/shards.py) runs
 too, so a post made by one shard is admitted exactly like any other; both scripts answer in the
@@ -29,21 +34,19 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
-import string
 import time
 from collections.abc import Sequence
 
 import hiredis
 import msgspec
 import redis.asyncio as aioredis
-from hiredis import pack_command
 from redis.exceptions import NoScriptError, ResponseError
 
 from botpulse.ingest.metrics import REDIS_DURATION, write_sent
 from botpulse.runtime.logs import get_logger
 from botpulse.schemas.stream import (
-    ENTRY_FIELD,
     LUA_DROP_METRICS,
+    LUA_ENTRY,
     custom_slots_key,
     custom_types_key,
     prop_slots_key,
@@ -58,7 +61,7 @@ log = get_logger(__name__)
 # theoretical arrival time to store and the time the post is allowed at (refused while > now).
 # `take_slots`: the names of ARGV[from..to) that hold or take a slot of set `key` (at most
 # `limit` members) pass; the others are returned, to be dropped. A name seen twice counts once.
-# `reply_with`: the success reply, naming what was dropped: {0} | {0, n_metrics, n_props,
+# `reply_with`: the success reply, naming what was dropped: 0 | {0, n_metrics, n_props,
 # metric names..., property names..., custom-event types...}.
 LUA_ADMIT = """
 local function gcra(tat, now, interval, burst)
@@ -88,7 +91,7 @@ local function take_slots(key, limit, from, to)
 end
 local function reply_with(dropped, dropped_props, dropped_types)
   if #dropped == 0 and #dropped_props == 0 and #dropped_types == 0 then
-    return {0}
+    return 0  -- the common reply: a bare integer, no table for Redis to build nor the gateway to parse
   end
   local reply = {0, #dropped, #dropped_props}
   for _, list in ipairs({dropped, dropped_props, dropped_types}) do
@@ -111,8 +114,8 @@ end
 #       types of those last n_typed events).
 # Returns one reply per post: `reply_with`'s | {1, retry_after_ms, 1 (the bot's limit) or 2 (the
 #       account's)} | {2}.
-# The stream contract (the entry's field, the event encoding `drop_metrics` edits) comes from
-# schemas/stream.py: `$field` is filled in once, at import.
+# The stream contract (the entry's form that `entry_add` writes, the event encoding
+# `drop_metrics` edits) comes from schemas/stream.py.
 _BODY = """
 local stream, rates = KEYS[1], KEYS[2]
 local high_water = tonumber(ARGV[1])
@@ -208,8 +211,7 @@ for p = 1, #starts do
           event = drop_props(event, dropped_props)
         end
         if i <= m - ty or not no_slot[ARGV[types + i - 1 - (m - ty)]] then
-          redis.call('XADD', stream, '*', '$field', event)
-          length = length + 1
+          length = length + entry_add(stream, event)
         end
       end
       remember(field, new_tat)
@@ -218,6 +220,7 @@ for p = 1, #starts do
     end
   end
 end
+entry_flush(stream)
 if #updates > 0 then
   local args = {}
   for _, field in ipairs(updates) do
@@ -228,7 +231,7 @@ if #updates > 0 then
 end
 return replies
 """
-SCRIPT = LUA_DROP_METRICS + LUA_ADMIT + string.Template(_BODY).substitute(field=ENTRY_FIELD)
+SCRIPT = LUA_ENTRY + LUA_DROP_METRICS + LUA_ADMIT + _BODY
 SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 # Posts per script call: bounds how long one call holds Redis.
 MAX_CALL_POSTS = 128
@@ -277,33 +280,82 @@ class Post(msgspec.Struct, frozen=True):
     prop_names: Sequence[str] = ()
 
 
+def _bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+# The small counts every post sends, encoded once.
+_COUNTS = [_bulk(b"%d" % i) for i in range(256)]
+# Each post's first four arguments (its rate field, its account's field, interval and burst),
+# encoded once per bot and account: the same few thousand come back post after post.
+_HEADS: dict[tuple[bool, str, str, int, int], bytes] = {}
+_MAX_HEADS = 50_000
+
+
+def _count(value: int) -> bytes:
+    return _COUNTS[value] if 0 <= value < 256 else _bulk(b"%d" % value)
+
+
+def _head(post: Post) -> bytes:
+    """`script_call` looks the head up itself first (a call less per post)."""
+    if len(_HEADS) >= _MAX_HEADS:
+        _HEADS.clear()
+    field = ("s:" if post.stats else "c:") + post.bot_id
+    key = (post.stats, post.bot_id, post.account_id, post.account_interval_ms, post.account_burst)
+    head = _HEADS[key] = b"".join(
+        _bulk(str(v).encode())
+        for v in (field, "a:" + post.account_id, post.account_interval_ms, post.account_burst)
+    )
+    return head
+
+
 def script_call(verb: str, script: str, posts: Sequence[Post], high_water: int, limits: Limits) -> bytes:
-    """The packed EVALSHA/EVAL for posts of one partition."""
+    """The packed EVALSHA/EVAL for posts of one partition: the RESP of `verb script numkeys
+    keys... args...`, laid out as the comment above `_BODY` says. Encoded here rather than by
+    hiredis's `pack_command`, which converts every argument on its own, about ten a post
+    (docs/api/ingest.md, Round 3)."""
     partition = posts[0].partition
-    keys: list[object] = [stream_key(partition), rate_key(partition)]
-    args: list[object] = [
-        high_water,
-        limits.stats_interval_ms,
-        limits.stats_burst,
-        limits.custom_interval_ms,
-        limits.custom_burst,
-    ]
+    keys = [_bulk(stream_key(partition).encode()), _bulk(rate_key(partition).encode())]
+    limits_args = (high_water, limits.stats_interval_ms, limits.stats_burst, limits.custom_interval_ms,
+                   limits.custom_burst)  # fmt: skip
+    args = [_bulk(b"%d" % v) for v in limits_args]
+    argc = 3 + len(args)  # and the verb, the script and the key count
+    heads, counts = _HEADS, _COUNTS
     for post in posts:
-        names, props, types = post.metric_names, post.prop_names, post.types
-        field = ("s:" if post.stats else "c:") + post.bot_id
-        args += (field, "a:" + post.account_id, post.account_interval_ms, post.account_burst,
-                 len(names), len(props), len(post.events), len(types))  # fmt: skip
-        if names:
-            keys.append(custom_slots_key(partition, post.bot_id))
-            args.append(post.slot_limit)
-        if props:
-            keys.append(prop_slots_key(partition, post.bot_id))
-            args.append(post.prop_limit)
-        if types:
-            keys.append(custom_types_key(partition, post.bot_id))
-            args.append(post.type_limit)
-        args += (*names, *props, *post.events, *types)
-    return pack_command((verb, script, len(keys), *keys, *args))
+        names, props, types, events = post.metric_names, post.prop_names, post.types, post.events
+        key = (post.stats, post.bot_id, post.account_id, post.account_interval_ms, post.account_burst)
+        head = heads.get(key)
+        if head is None:
+            head = _head(post)
+        m = len(events)
+        if not (names or props or types) and m < 256:
+            # The common post: nothing but its events (one, a stats post without entries).
+            args += (head, counts[0], counts[0], counts[m], counts[0])
+            argc += 8 + m
+        else:
+            args += (head, _count(len(names)), _count(len(props)), _count(m), _count(len(types)))
+            argc += 8 + len(names) + len(props) + m + len(types)
+            if names:
+                keys.append(_bulk(custom_slots_key(partition, post.bot_id).encode()))
+                args.append(_count(post.slot_limit))
+            if props:
+                keys.append(_bulk(prop_slots_key(partition, post.bot_id).encode()))
+                args.append(_count(post.prop_limit))
+            if types:
+                keys.append(_bulk(custom_types_key(partition, post.bot_id).encode()))
+                args.append(_count(post.type_limit))
+            argc += bool(names) + bool(props) + bool(types)
+            for text in (*names, *props):
+                args.append(_bulk(text.encode()))
+        for event in events:
+            args.append(b"$%d\r\n%b\r\n" % (len(event), event))
+        for text in types:
+            args.append(_bulk(text.encode()))
+    argc += len(keys)
+    return b"".join(
+        (b"*%d\r\n" % argc, _bulk(verb.encode()), _bulk(script.encode()), _count(len(keys)), *keys, *args)
+    )
 
 
 APPENDED = Result(Outcome.APPENDED)
@@ -313,12 +365,13 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def result_of(reply: list[object]) -> Result:
+def result_of(reply: list[object] | int) -> Result:
     """A post script's reply (the append's or the shard script's) as a `Result`."""
+    if reply == 0:
+        return APPENDED  # the common case: nothing dropped, nothing to build
+    assert isinstance(reply, list)
     code = reply[0]
     if code == 0:
-        if len(reply) == 1:
-            return APPENDED  # the common case: nothing dropped, nothing to build
         n_metrics, n_props = int(reply[1]), int(reply[2])  # type: ignore[call-overload]
         names = tuple(_text(n) for n in reply[3:])
         return Result(

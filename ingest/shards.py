@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from botpulse.ingest.append import LUA_ADMIT, Result, result_of
 from botpulse.ingest.metrics import REDIS_DURATION
 from botpulse.schemas.stream import (
-    ENTRY_FIELD,
+    LUA_ENTRY,
     SHARD_FORGET_MS,
     custom_types_key,
     rate_key,
@@ -83,7 +83,7 @@ redis.call('HSET', state, ARGV[7], cmsgpack.pack(values))
 local untyped = types - first - typed
 for i = first, types - 1 do
   if i - first < untyped or not no_slot[ARGV[i + typed]] then
-    redis.call('XADD', stream, '*', '$field', ARGV[i])
+    entry_add(stream, ARGV[i])
   end
 end
 local last = tonumber(redis.call('HGET', state, '=last'))
@@ -124,14 +124,16 @@ if last == nil or now - last >= total_every then
     payload['api_ping'] = pings / ping_n
   end
   payload['shards'] = math.max(live, reported)
-  redis.call('XADD', stream, '*', '$field', cmsgpack.pack(event))
+  entry_add(stream, cmsgpack.pack(event))
   redis.call('HSET', state, '=last', string.format('%d', now))
 end
+entry_flush(stream)
 redis.call('PEXPIRE', state, forget)
 return reply_with({}, {}, dropped_types)
 """
-# The entry's field comes from the stream contract, filled in once at import (as in append.py).
-SHARD_SCRIPT = LUA_ADMIT + string.Template(_SHARD_BODY).substitute(field=ENTRY_FIELD)
+# The entries' form comes from the stream contract (`LUA_ENTRY`, as in append.py); `$$` in the
+# body is Lua's `$`.
+SHARD_SCRIPT = LUA_ENTRY + LUA_ADMIT + string.Template(_SHARD_BODY).substitute()
 
 # The values a shard contributes to the bot's totals, by StatsPayload field name.
 SUMMED = ("guilds", "users", "ram_usage", "ram_total", "cpu", "bandwidth")

@@ -6,10 +6,16 @@ Streams are partitioned by bot id. Every key that belongs to a partition carries
 its bots' custom-slot and type sets live in one Redis Cluster slot (one Lua script can touch them
 together) while partitions spread over the cluster.
 
-One Redis stream entry holds one field, `e` (`ENTRY_FIELD`), whose value is a msgpack-encoded
-`StreamEvent`. The payload is a tagged union; its tag is the event's kind. The gateway's append
-script edits encoded stats events inside Redis with `LUA_DROP_METRICS`, defined here beside the
-encoding it relies on (tests/test_stream_contract.py runs it against the encoder).
+One Redis stream entry holds one field, `e` (`ENTRY_FIELD`), whose value is either one
+msgpack-encoded `StreamEvent` (a map) or a msgpack array of up to `MAX_ENTRY_EVENTS` of them: the
+events the gateway appended in one script call share an entry (`LUA_ENTRY`), so Redis runs one
+`XADD` for them and a worker reads, tracks and acknowledges one entry. Each event keeps its own
+`event_id`; the worker stores each one exactly once (workers/batch.py names the events of an
+entry `<entry id>#<index>`). A single event is always written as the bare map, the only form
+gateways wrote before, so entries of either age read the same way (`split_entry`). The payload
+is a tagged union; its tag is the event's kind. The gateway's append script edits encoded stats
+events inside Redis with `LUA_DROP_METRICS`, defined here beside the encoding it relies on
+(tests/test_stream_contract.py runs both Lua parts against the encoder and decoder).
 
 The message structs are `gc=False`: they hold only scalars, str -> scalar dicts and lists of
 scalar-only structs, so they can never be part of a reference cycle, and a worker keeps 10,000
@@ -30,6 +36,8 @@ GROUP = "botpulse-workers"
 
 
 def partition_of(bot_id: str, partitions: int) -> int:
+    if partitions == 1:  # the default: every post asks, no hash needed
+        return 0
     return zlib.crc32(bot_id.encode()) % partitions
 
 
@@ -188,6 +196,43 @@ def decode_event(data: bytes) -> StreamEvent:
     return _decoder.decode(data)
 
 
+# --- entries of several events -----------------------------------------------------------------
+# An entry's value is one encoded event (a msgpack map), or a msgpack array of encoded events.
+# The bounds keep an entry within a stream node's default size (`stream-node-max-bytes` 4096) and
+# bound what one worker read can bring: it asks for entries, sized by the events per entry it
+# saw last (workers/intake.py), so at most `MAX_ENTRY_EVENTS` times `BOTPULSE_BATCH_ROWS` events
+# when the stream switches from single events to full entries between two reads. One event
+# larger than the bytes bound still gets an entry of its own.
+MAX_ENTRY_EVENTS = 16
+MAX_ENTRY_BYTES = 4096
+
+# The first byte of a msgpack array (fixarray, array 16, array 32): an entry of several events.
+_ARRAY_MARKERS = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])
+_parts_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
+
+
+def encode_entry(events: list[bytes]) -> bytes:
+    """The entry value of encoded events, as the append script's `LUA_ENTRY` writes it."""
+    if len(events) == 1:
+        return events[0]
+    return _encoder.encode([msgspec.Raw(e) for e in events])
+
+
+def split_entry(data: bytes) -> list[bytes] | None:
+    """The encoded events of an entry of several events, None for an entry of one (decode it
+    with `decode_event`). Raises msgspec.DecodeError / ValidationError for a value that is an
+    array but not an array of msgpack values (poison)."""
+    if not data or data[0] not in _ARRAY_MARKERS:
+        return None
+    return [bytes(part) for part in _parts_decoder.decode(data)]
+
+
+def entry_events(data: bytes) -> list[StreamEvent]:
+    """Every event of an entry's value, in order (raises like `decode_event`)."""
+    parts = split_entry(data)
+    return [decode_event(data)] if parts is None else [decode_event(p) for p in parts]
+
+
 # --- editing an encoded event in Redis ---------------------------------------------------------
 # A post's custom metrics that find no free slot are dropped inside the append script, in the same
 # atomic call that takes the slots, so the stream never holds a name over the limit. The script
@@ -219,5 +264,43 @@ local function drop_metrics(event, dropped)
 end
 local function drop_props(event, dropped)
   return drop_names(event, '{PROPS_KEY}', dropped)
+end
+"""
+
+
+# Lua: the events a script appends, gathered into entries as `encode_entry` writes them.
+# `entry_add(stream, event)` queues one encoded event and returns 1 when it opened a new entry
+# (the caller counts entries against the backlog as it goes), after writing the entry it closed
+# when that one was full; `entry_flush(stream)` writes the last entry. Every script that appends
+# starts with this (ingest/append.py, ingest/shards.py) and flushes before it returns.
+LUA_ENTRY = f"""
+local entry_events, entry_bytes = {{}}, 0
+local function entry_flush(stream)
+  local n = #entry_events
+  if n == 0 then
+    return
+  end
+  local value = entry_events[1]
+  if n > 1 then
+    local head
+    if n < 16 then
+      head = string.char(144 + n)
+    else
+      head = string.char(220, math.floor(n / 256), n % 256)
+    end
+    value = head .. table.concat(entry_events)
+  end
+  redis.call('XADD', stream, '*', '{ENTRY_FIELD}', value)
+  entry_events, entry_bytes = {{}}, 0
+end
+local function entry_add(stream, event)
+  local n = #entry_events
+  if n > 0 and (n >= {MAX_ENTRY_EVENTS} or entry_bytes + #event > {MAX_ENTRY_BYTES}) then
+    entry_flush(stream)
+    n = 0
+  end
+  entry_events[n + 1] = event
+  entry_bytes = entry_bytes + #event
+  return n == 0 and 1 or 0
 end
 """

@@ -107,6 +107,13 @@ def test_tiny_run_produces_every_figure(tmp_path):
     assert f"bare aiohttp 204 p99 {paced_base['p99_ms']} ms" in vs_bare["note"]
     _assert_appender_distribution(doc, figures)
     _assert_sustain(doc, figures)
+    # Redis's commands per post and posts per script call, from its commandstats over the run.
+    gateway_run = doc["raw"]["gateway"]["runs"]["gateway_1p"]
+    assert gateway_run["redis_commands_per_post"] > 0 and gateway_run["posts_per_call"] >= 1
+    assert (
+        f"redis commands per post {gateway_run['redis_commands_per_post']}"
+        in figures["gateway_cpu_us_1p"]["note"]
+    )
     assert doc["raw"]["worker"]["embedded_1p"]["stored_rows"] == doc["sizes"]["drain_entries"]
     assert doc["raw"]["e2e"]["samples"] >= 1
     assert figures["e2e_lag_p99"]["value"] > 0

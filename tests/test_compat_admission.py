@@ -18,7 +18,7 @@ from test_ingest_faults import assert_refused, servers, until  # noqa: F401 - se
 from botpulse.ingest import app as ingest_app
 from botpulse.ingest.admission import SAMPLE_S
 from botpulse.query import app as query_app
-from botpulse.schemas.stream import partition_of, shard_state_key, stream_key
+from botpulse.schemas.stream import FIELD, entry_events, partition_of, shard_state_key, stream_key
 
 ADMIN = "compat-admission-Qp4Wm7Zx1Ns3Lk6Jh9Gf2Dv5Bc8Rt0Y"
 OPERATOR = {"Authorization": f"Bearer {ADMIN}"}
@@ -57,9 +57,12 @@ async def _key(api: TestClient, auth: dict[str, str], **body: object) -> dict[st
 
 
 async def _trace(redis, bot: str) -> tuple[int, int]:  # type: ignore[no-untyped-def]
-    """What a shard post leaves in Redis: stream entries, fields of the bot's shard hash."""
+    """What a shard post leaves in Redis: stream events (a post's share one entry), fields of the
+    bot's shard hash."""
     partition = partition_of(bot, 1)
-    return await redis.xlen(stream_key(partition)), await redis.hlen(shard_state_key(partition, bot))
+    entries = await redis.xrange(stream_key(partition))
+    events = sum(len(entry_events(fields[FIELD])) for _, fields in entries)
+    return events, await redis.hlen(shard_state_key(partition, bot))
 
 
 async def test_shard_posts_with_a_key_outside_its_scope_are_refused_naming_it(api, make_settings, redis):

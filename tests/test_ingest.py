@@ -32,6 +32,7 @@ from botpulse.schemas.stream import (
     StreamEvent,
     custom_slots_key,
     decode_event,
+    entry_events,
     partition_of,
     stream_key,
 )
@@ -55,9 +56,8 @@ class Env:
     async def entries(self, bot_id: str = BOT) -> list[StreamEvent]:
         partition = partition_of(bot_id, self.settings.stream_partitions)
         raw = await self.redis.xrange(stream_key(partition))
-        return [
-            decode_event(fields[b"e"]) for _, fields in raw if decode_event(fields[b"e"]).bot_id == bot_id
-        ]
+        # Posts appended in one script call share an entry: every event of every entry.
+        return [e for _, fields in raw for e in entry_events(fields[b"e"]) if e.bot_id == bot_id]
 
     async def stream_length(self) -> int:
         total = 0
@@ -664,7 +664,7 @@ async def test_partitions_spread_bots_over_streams(make_env) -> None:  # type: i
     ).status == 200
     for bot in (BOT, OTHER_BOT):
         raw = await env.redis.xrange(stream_key(partition_of(bot, 8)))
-        assert [decode_event(f[b"e"]).bot_id for _, f in raw].count(bot) == 1
+        assert [e.bot_id for _, f in raw for e in entry_events(f[b"e"])].count(bot) == 1
     assert partition_of(BOT, 8) != partition_of(OTHER_BOT, 8)  # or this test proves nothing
 
 
@@ -720,3 +720,47 @@ async def test_batched_calls_answer_each_post_its_own_outcome(make_env) -> None:
     assert sorted(statuses[3:]) == [204, 204, 429]
     assert len(await env.entries(BOT)) == 2
     assert len(await env.entries(OTHER_BOT)) == 2
+
+
+def test_the_appender_encodes_its_calls_as_hiredis_packs_the_same_arguments() -> None:
+    """`script_call` writes the RESP itself (cached per bot and account): byte for byte what
+    `pack_command` makes of the argument list the script reads (ingest/append.py, `_BODY`)."""
+    from hiredis import pack_command
+
+    from botpulse.ingest.append import SHA, Limits, Post, script_call
+    from botpulse.schemas.stream import custom_slots_key, custom_types_key, prop_slots_key, rate_key
+
+    def post(i: int, **extra: object) -> Post:
+        fields: dict[str, object] = {"metric_names": [], "events": [b"event-%d" % i]} | extra
+        return Post(
+            partition=3, bot_id=f"30000000000000000{i}", stats=i % 2 == 0, slot_limit=20 + i,
+            account_id=f"acc_{i % 2}", account_interval_ms=6 + i, account_burst=1000 + i, type_limit=300,
+            prop_limit=7, **fields,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    mixed = {"metric_names": ["m", "Müsik, live"], "prop_names": ["lang"], "types": ["cmd", "vote"]}
+    posts = [
+        post(0),
+        post(1, events=[b"stats", b"c1", b"c2"], **mixed),
+        post(2, types=["only"], events=[b"\x00\r\n$3"]),
+        post(3, prop_names=["p"] * 300),
+        post(0),  # the first post's head again, from the cache
+    ]
+    limits = Limits(30_000, 3, 1_000, 10)
+    keys: list[object] = [stream_key(3), rate_key(3)]
+    args: list[object] = [1_000_000, 30_000, 3, 1_000, 10]
+    for p in posts:
+        names, props, types = list(p.metric_names), list(p.prop_names), list(p.types)
+        args += [("s:" if p.stats else "c:") + p.bot_id, "a:" + p.account_id, p.account_interval_ms,
+                 p.account_burst, len(names), len(props), len(p.events), len(types)]  # fmt: skip
+        for wanted, key, limit in (
+            (names, custom_slots_key(3, p.bot_id), p.slot_limit),
+            (props, prop_slots_key(3, p.bot_id), p.prop_limit),
+            (types, custom_types_key(3, p.bot_id), p.type_limit),
+        ):
+            if wanted:
+                keys.append(key)
+                args.append(limit)
+        args += [*names, *props, *p.events, *types]
+    expected = pack_command(("EVALSHA", SHA, len(keys), *keys, *args))
+    assert script_call("EVALSHA", SHA, posts, 1_000_000, limits) == expected

@@ -18,7 +18,7 @@ from botpulse.schemas.stream import (
     CustomPayload,
     StatsPayload,
     StreamEvent,
-    decode_event,
+    entry_events,
     partition_of,
     stream_key,
 )
@@ -59,7 +59,7 @@ class FakeDiscordClient:
 
 async def stream(redis, settings) -> list[StreamEvent]:  # type: ignore[no-untyped-def]
     raw = await redis.xrange(stream_key(partition_of(str(BOT_ID), settings.stream_partitions)))
-    return [decode_event(fields[b"e"]) for _, fields in raw]
+    return [e for _, fields in raw for e in entry_events(fields[b"e"])]
 
 
 @pytest.fixture

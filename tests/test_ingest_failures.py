@@ -24,7 +24,7 @@ from botpulse.registry import index
 from botpulse.registry.catalog import Bot, create_account, now, write_bot
 from botpulse.runtime.embedded import EmbeddedRedis
 from botpulse.runtime.processes import free_port, pid_alive
-from botpulse.schemas.stream import decode_event, partition_of, stream_key
+from botpulse.schemas.stream import entry_events, partition_of, stream_key
 
 
 async def test_redis_hanging_or_gone_is_503_with_retry_after(make_settings, store, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -161,7 +161,8 @@ async def test_workers_share_the_port_and_die_with_the_parent(settings, store, r
     )
     await asyncio.to_thread(_run_workers, env, free_port(), key, stop)
     raw = await redis.xrange(stream_key(partition_of("88", settings.stream_partitions)))
-    assert sorted(int(decode_event(f[b"e"]).payload.value1) for _, f in raw) == list(range(20))  # type: ignore[union-attr, arg-type]
+    events = [e for _, f in raw for e in entry_events(f[b"e"])]
+    assert sorted(int(e.payload.value1) for e in events) == list(range(20))  # type: ignore[union-attr, arg-type]
 
 
 def _post(url: str, key: str) -> int:

@@ -30,6 +30,7 @@ from botpulse.schemas.stream import (
     StatsPayload,
     StreamEvent,
     batches_key,
+    encode_entry,
     encode_event,
     stream_key,
     worker_stats_key,
@@ -70,10 +71,12 @@ def _events(n: int) -> list[StreamEvent]:
     return out
 
 
-async def _post(redis: aioredis.Redis, events: list[StreamEvent]) -> None:
+async def _post(redis: aioredis.Redis, events: list[StreamEvent], per_entry: int = 1) -> None:
+    """`per_entry` > 1: as a gateway appends posts of one script call, several to an entry."""
     async with redis.pipeline(transaction=False) as pipe:
-        for e in events:
-            pipe.xadd(stream_key(0), {FIELD: encode_event(e)})
+        for i in range(0, len(events), per_entry):
+            value = encode_entry([encode_event(e) for e in events[i : i + per_entry]])
+            pipe.xadd(stream_key(0), {FIELD: value})
         await pipe.execute()
 
 
@@ -92,11 +95,13 @@ async def _wait_for_consumer(redis: aioredis.Redis, proc: subprocess.Popen[bytes
     raise AssertionError("the worker never joined the consumer group")
 
 
-async def _flow(redis: aioredis.Redis, events: list[StreamEvent], until_dead: subprocess.Popen[bytes]) -> int:
+async def _flow(
+    redis: aioredis.Redis, events: list[StreamEvent], until_dead: subprocess.Popen[bytes], per_entry: int = 1
+) -> int:
     """Post in small chunks while the worker runs; returns how many were posted before it died."""
     posted = 0
     while posted < len(events) and until_dead.poll() is None:
-        await _post(redis, events[posted : posted + 10])
+        await _post(redis, events[posted : posted + 10], per_entry)
         posted += 10
         await asyncio.sleep(0.01)
     return posted
@@ -127,11 +132,15 @@ def _assert_exactly_once(report: dict, events: list[StreamEvent]) -> None:
     assert report["rollup_posts"] == [len(stats)] * 3, "roll-ups count a post more than once"
 
 
-@pytest.mark.parametrize("point", ["before", "during", "after"])
+@pytest.mark.parametrize(
+    ("point", "per_entry"),
+    [("before", 1), ("during", 1), ("after", 1), ("before", 5), ("during", 5), ("after", 5)],
+)
 async def test_sigkill_at_each_point_of_a_batch_loses_and_doubles_nothing(
-    point, settings, redis, tmp_path_factory
+    point, per_entry, settings, redis, tmp_path_factory
 ):
-    chdb_dir = tmp_path_factory.mktemp(f"crash-{point}") / "clickhouse"
+    """`per_entry` 5: entries of five events each (posts the gateway appended in one call)."""
+    chdb_dir = tmp_path_factory.mktemp(f"crash-{point}-{per_entry}") / "clickhouse"
     events = _events(POSTS)
     victim = spawn_child(
         [sys.executable, str(DRIVER), "kill", point, "3"],
@@ -142,7 +151,7 @@ async def test_sigkill_at_each_point_of_a_batch_loses_and_doubles_nothing(
     )
     try:
         await _wait_for_consumer(redis, victim)
-        posted = await _flow(redis, events, victim)
+        posted = await _flow(redis, events, victim, per_entry)
         await asyncio.to_thread(victim.wait, 60)
     finally:
         if victim.poll() is None:
@@ -153,7 +162,7 @@ async def test_sigkill_at_each_point_of_a_batch_loses_and_doubles_nothing(
     # The dead worker left its batch behind: the record and its pending entries.
     assert await redis.hlen(batches_key(0)) == 1
     assert (await redis.xpending(stream_key(0), GROUP))["pending"] > 0
-    await _post(redis, events[posted:])  # posts keep coming while nobody works
+    await _post(redis, events[posted:], per_entry)  # posts keep coming while nobody works
 
     report = await asyncio.to_thread(_drain_and_report, settings, chdb_dir)
     _assert_exactly_once(report, events)

@@ -1,5 +1,10 @@
-"""What flows between the stages: an entry (stream id, bytes, decoded event), a batch (entries
-under one write-ahead record), and what the writer and the settling of poison entries decide."""
+"""What flows between the stages: an entry (event id, bytes, decoded event), a batch (entries
+under one write-ahead record), and what the writer and the settling of poison entries decide.
+
+The worker's unit is one event. A stream entry holds one event or several (schemas/stream.py);
+each event of a multi-event entry becomes an `Entry` of its own, named `<entry id>#<index>`
+(`batchlog.part_id`), so each is stored, rejected, retried and dead-lettered on its own while the
+stream entry is acknowledged once, when all of its events are settled."""
 
 from __future__ import annotations
 
@@ -7,17 +12,17 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from botpulse.schemas.stream import FIELD, StreamEvent, decode_event
+from botpulse.schemas.stream import FIELD, StreamEvent, decode_event, split_entry
 from botpulse.workers import batchlog as rec
 
-# (stream id, bytes, reason): an entry that cannot be stored (undecodable, or rejected by
-# ClickHouse for its data).
+# (event id, bytes, reason): an event that cannot be stored (undecodable, or rejected by
+# ClickHouse for its data). The id is the entry's when the whole entry is undecodable.
 Poison = tuple[bytes, bytes, str]
 
 
 class Entry(msgspec.Struct, gc=False):  # untracked by the GC, like StreamEvent: never in a cycle
-    id: bytes
-    data: bytes
+    id: bytes  # the event id: the stream entry id, or `<entry id>#<index>` (module docstring)
+    data: bytes  # the event's own encoded bytes
     event: StreamEvent
 
 
@@ -35,13 +40,46 @@ def payload(fields: object) -> bytes:
     return b""
 
 
-def decode_entry(entry_id: bytes, data: bytes) -> Entry | Poison:
-    """The entry, or (id, bytes, reason) when this reader cannot decode it (another reader
-    version may: it is poison, not garbage)."""
+def decode_entry(entry_id: bytes, data: bytes) -> Entry | Poison | list[Entry | Poison]:
+    """The entry's event, or (id, bytes, reason) when this reader cannot decode it (another
+    reader version may: it is poison, not garbage); for an entry of several events, each of
+    them so (one undecodable event does not take its entry-mates with it)."""
     try:
-        return Entry(entry_id, data, decode_event(data))
+        parts = split_entry(data)
+        if parts is None:
+            return Entry(entry_id, data, decode_event(data))
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return (entry_id, data, f"undecodable: {exc}")
+    if not parts:  # never written by a gateway; nothing in it to settle the entry by
+        return (entry_id, data, "undecodable: an entry of no events")
+    out: list[Entry | Poison] = []
+    for index, part in enumerate(parts):
+        event_id = rec.part_id(entry_id, index)
+        try:
+            out.append(Entry(event_id, part, decode_event(part)))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            out.append((event_id, part, f"undecodable: {exc}"))
+    return out
+
+
+def event_id(decoded: Entry | Poison) -> bytes:
+    return decoded.id if type(decoded) is Entry else decoded[0]  # type: ignore[union-attr,index]
+
+
+def sort_decoded(
+    decoded: Entry | Poison | list[Entry | Poison], entries: list[Entry], poison: list[Poison]
+) -> None:
+    """`decode_entry`'s answer into the events to store and the poison."""
+    if type(decoded) is Entry:
+        entries.append(decoded)
+    elif type(decoded) is list:
+        for one in decoded:
+            if type(one) is Entry:
+                entries.append(one)
+            else:
+                poison.append(one)  # type: ignore[arg-type]
+    else:
+        poison.append(decoded)  # type: ignore[arg-type]
 
 
 @dataclass

@@ -42,21 +42,48 @@ class BatchRecord(msgspec.Struct, array_like=True):
     token: str
     consumer: str
     created_ms: int
-    ids: list[str]
+    ids: list[str]  # stream entry ids
     # Insert tokens of the blocks ClickHouse rejected and the worker split (workers.writer):
     # parts of them may be stored under their own tokens, so they are never inserted whole again.
     split: list[str] = []
+    # Events of a multi-event entry (`part_id`s) when the record holds only those of it (the
+    # poison events of an entry whose others are stored); an entry of `ids` none of whose
+    # events is listed is held whole. Added later: older records decode with none.
+    parts: list[str] = []
 
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(BatchRecord)
 
 
-def id_key(entry_id: bytes | str) -> tuple[int, int]:
-    """Stream ids order by (ms, seq) numerically, not as strings."""
+# An event of an entry that holds several (schemas/stream.py) is named `<entry id>#<index>`;
+# the event of a single-event entry by the entry id itself. Every key of the worker's rows,
+# rejections, poison and dead letters is such an event id; what goes to Redis's stream commands
+# (ownership, XACK, delivery counts, batch records' `ids`) is the entry id (`entry_of`).
+PART = b"#"
+
+
+def part_id(entry_id: bytes, index: int) -> bytes:
+    return b"%b#%d" % (entry_id, index)
+
+
+def entry_of(event_id: bytes) -> bytes:
+    """The stream entry id of an event id (itself for a single-event entry)."""
+    return event_id.partition(PART)[0]
+
+
+def entries_of(event_ids: Iterable[bytes]) -> list[bytes]:
+    """The distinct entry ids of event ids, in their first order."""
+    return list(dict.fromkeys(entry_of(i) for i in event_ids))
+
+
+def id_key(entry_id: bytes | str) -> tuple[int, int, int]:
+    """Stream ids order by (ms, seq) numerically, not as strings; the events of one entry by
+    their index after it (a single-event entry's id sorts as -1)."""
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    text, _, part = text.partition("#")
     ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
+    return int(ms), int(seq or 0), int(part) if part else -1
 
 
 def sort_ids(ids: Iterable[bytes]) -> list[bytes]:
@@ -76,13 +103,18 @@ def token_for(stream: str, ids: Sequence[bytes]) -> str:
     return _digest(stream, sort_ids(ids))
 
 
-def new_record(stream: str, consumer: str, ordered: Sequence[bytes]) -> BatchRecord:
-    """`ordered`: distinct ids in stream order (`sort_ids`)."""
+def new_record(
+    stream: str, consumer: str, ordered: Sequence[bytes], parts: Sequence[bytes] = ()
+) -> BatchRecord:
+    """`ordered`: distinct entry ids in stream order (`sort_ids`). `parts`: the only events of
+    those entries the record holds (`BatchRecord.parts`); the token is then theirs, the one
+    their isolated insert used (`token_for` of their event ids)."""
     return BatchRecord(
-        token=_digest(stream, ordered),
+        token=token_for(stream, parts) if parts else _digest(stream, ordered),
         consumer=consumer,
         created_ms=int(time.time() * 1000),
         ids=[i.decode() for i in ordered],
+        parts=[i.decode() for i in sort_ids(parts)],
     )
 
 

@@ -69,39 +69,48 @@ class Committer:
         ctx = self.ctx
         stream = stream_key(batch.partition)
         limit = ctx.settings.max_deliveries
-        out.deliveries = await self.recovery.delivery_counts(stream, [i for i, _, _ in poison])
-        for entry_id, data, reason in poison:
+        # Delivery counts are the stream entry's: the events of one entry share theirs.
+        out.deliveries = await self.recovery.delivery_counts(stream, rec.entries_of(i for i, _, _ in poison))
+        waiting: dict[bytes, list[bytes]] = {}  # entry id -> its poison events that wait
+        for event_id, data, reason in poison:
+            entry_id = rec.entry_of(event_id)
             count = out.deliveries.get(entry_id)
             if count is None:
                 # Not ours any more (taken over while this batch was written): its new owner
                 # writes this batch again from its record and settles the entry by its own
                 # delivery count, so it is neither acknowledged nor given a record here.
-                out.unowned.append(entry_id)
+                if entry_id not in out.unowned:
+                    out.unowned.append(entry_id)
                 log.warning(
-                    "poison entry taken over meanwhile", partition=batch.partition, id=entry_id.decode()
+                    "poison entry taken over meanwhile", partition=batch.partition, id=event_id.decode()
                 )
                 continue
             if count >= limit:
                 out.dead.append(
-                    (entry_id, data, f"{reason} (delivered {count} times, BOTPULSE_MAX_DELIVERIES={limit})")
+                    (event_id, data, f"{reason} (delivered {count} times, BOTPULSE_MAX_DELIVERIES={limit})")
                 )
                 log.error(
                     "entry moved to dead letters",
                     partition=batch.partition,
-                    id=entry_id.decode(),
+                    id=event_id.decode(),
                     deliveries=count,
                     reason=reason,
                 )
             else:
-                out.waiting.append(rec.new_record(stream, ctx.consumer, [entry_id]))
+                waiting.setdefault(entry_id, []).append(event_id)
                 log.warning(
                     "poison entry left pending for another delivery",
                     partition=batch.partition,
-                    id=entry_id.decode(),
+                    id=event_id.decode(),
                     deliveries=count,
                     max_deliveries=limit,
                     reason=reason,
                 )
+        for entry_id, events in waiting.items():
+            # One record per entry (its ack waits for all of them), holding only its poison
+            # events when it has several (the others are stored: never inserted again).
+            parts = [] if events == [entry_id] else events
+            out.waiting.append(rec.new_record(stream, ctx.consumer, [entry_id], parts))
         return out
 
     async def give_up(self, batch: Batch, deliveries: int) -> None:
@@ -112,15 +121,15 @@ class Committer:
             f"(BOTPULSE_MAX_DELIVERIES={self.ctx.settings.max_deliveries}); it may already be stored"
         )
         dead = [(e.id, e.data, reason) for e in batch.entries] + batch.poison
-        await self.commit(batch, Settlement(dead=dead, deliveries={i: deliveries for i, _, _ in dead}))
+        counts = dict.fromkeys(rec.entries_of(i for i, _, _ in dead), deliveries)
+        await self.commit(batch, Settlement(dead=dead, deliveries=counts))
 
     async def _queue_settle(self, pipe: Pipeline, partition: int, settlement: Settlement) -> None:
         letters: list[object] = []
         per = 0
-        for entry_id, data, reason in settlement.dead:
-            fields = dead_letter_fields(
-                entry_id, data, reason, settlement.deliveries.get(entry_id, 1), self.ctx.consumer
-            )
+        for event_id, data, reason in settlement.dead:
+            count = settlement.deliveries.get(rec.entry_of(event_id), 1)
+            fields = dead_letter_fields(event_id, data, reason, count, self.ctx.consumer)
             per = 2 * len(fields)
             for name, value in fields.items():
                 letters += [name, value]
@@ -162,7 +171,10 @@ class Committer:
         p = batch.partition
         stream = stream_key(p)
         waiting = {i.encode() for r in settlement.waiting for i in r.ids} | set(settlement.unowned)
-        ids = [e.id for e in batch.entries] + [i for i, _, _ in batch.poison] + batch.lost
+        # Stream entries: an entry of several events once, acknowledged only with all of them
+        # settled (stored, dead-lettered, or left to another delivery under a record: waiting).
+        ids = rec.entries_of([*(e.id for e in batch.entries), *(i for i, _, _ in batch.poison)])
+        ids += batch.lost
         if waiting:
             ids = [i for i in ids if i not in waiting]
         if batch.lost:
@@ -193,8 +205,8 @@ class Committer:
     async def dead_letter_free(self, partition: int, poison: list[Poison], deliveries: int) -> None:
         """Entries in no batch record: dead letters + XACK in one MULTI."""
         ctx = self.ctx
-        settlement = Settlement(dead=poison, deliveries={i: deliveries for i, _, _ in poison})
-        ids = [i for i, _, _ in poison]
+        ids = rec.entries_of(i for i, _, _ in poison)
+        settlement = Settlement(dead=poison, deliveries=dict.fromkeys(ids, deliveries))
 
         async def queue(pipe: Pipeline) -> None:
             pipe.xack(stream_key(partition), GROUP, *ids)

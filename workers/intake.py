@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
-from botpulse.schemas.stream import GROUP, stream_key
+from botpulse.schemas.stream import GROUP, MAX_ENTRY_EVENTS, stream_key
 from botpulse.workers import batchlog as rec
 from botpulse.workers import metrics
 from botpulse.workers.batch import Entry, Poison, decode_entry, payload
@@ -46,8 +46,12 @@ class PartitionBuffer:
     def holding(self) -> bool:
         return bool(self.entries or self.undecodable)
 
+    def events(self) -> int:
+        return len(self.entries) + len(self.undecodable)
+
     def ids(self) -> list[bytes]:
-        return [e.id for e in self.entries] + [i for i, _, _ in self.undecodable]
+        """The stream entry ids held (an entry of several events once)."""
+        return rec.entries_of([*(e.id for e in self.entries), *(i for i, _, _ in self.undecodable)])
 
     def accept(self, entries: Sequence[Sequence[object]], *, in_order: bool, read_ms: int | None) -> None:
         """`entries`: (id, fields) pairs, the fields a raw reply's flat list or a dict.
@@ -69,6 +73,12 @@ class PartitionBuffer:
             decoded = decode_entry(entry_id, payload(fields))  # type: ignore[arg-type]
             if type(decoded) is Entry:
                 append(decoded)
+            elif type(decoded) is list:
+                for one in decoded:
+                    if type(one) is Entry:
+                        append(one)
+                    else:
+                        self.undecodable.append(one)  # type: ignore[arg-type]
             else:
                 self.undecodable.append(decoded)  # type: ignore[arg-type]
 
@@ -81,6 +91,10 @@ class Intake:
         # own callbacks, so the shared client keeps its usual replies.
         self._reader = aioredis.Redis(connection_pool=ctx.redis.connection_pool)
         self._reader.set_response_callback("XREADGROUP", _as_is)
+        # Events per entry in the last read (an entry holds up to MAX_ENTRY_EVENTS): a read asks
+        # for the entries that fill the batch at that rate, not for `batch_rows` entries of up
+        # to MAX_ENTRY_EVENTS each. Starts at the most, the safe side for a backlog of full ones.
+        self.events_per_entry = MAX_ENTRY_EVENTS
 
     def take(self, partition: int) -> PartitionBuffer:
         """The partition's buffer, handed to a batch; a fresh one replaces it."""
@@ -122,7 +136,7 @@ class Intake:
         return block
 
     async def read(self) -> None:
-        count = max(1, self.ctx.settings.batch_rows - self.buffered())
+        count = max(1, (self.ctx.settings.batch_rows - self.buffered()) // self.events_per_entry)
         async with self._reader.pipeline(transaction=False) as pipe:
             pipe.time()  # runs just before the read: every entry it delivers is younger
             pipe.xreadgroup(
@@ -135,9 +149,16 @@ class Intake:
             (seconds, micros), reply = await pipe.execute()
         read_ms = int(seconds) * 1000 + int(micros) // 1000
         streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 / RESP2
+        read = events = 0
         for stream, entries in streams:
             metrics.read("new", len(entries))
-            self.accept(self._partition_of(stream), entries, in_order=True, read_ms=read_ms)
+            partition = self._partition_of(stream)
+            before = self.buffers[partition].events()
+            self.accept(partition, entries, in_order=True, read_ms=read_ms)
+            read += len(entries)
+            events += self.buffers[partition].events() - before
+        if read:
+            self.events_per_entry = max(1, min(MAX_ENTRY_EVENTS, -(-events // read)))
 
     def accept(
         self,

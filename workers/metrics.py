@@ -35,7 +35,7 @@ ROWS = Counter(
 )
 BATCH_ENTRIES = Histogram(
     "botpulse_worker_batch_entries",
-    "Entries per batch this worker wrote.",
+    "Events per batch this worker wrote (each event of a stream entry of several counts).",
     buckets=(1, 10, 50, 100, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000),
 )
 INSERT_SECONDS = Histogram(

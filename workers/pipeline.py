@@ -295,7 +295,7 @@ class Worker:
                     log.debug("stream trimmed", partition=p, entries=trimmed)
 
     def _held(self, partition: int) -> list[bytes]:
-        inflight = [e.id for b in self.inflight if b.partition == partition for e in b.entries]
+        inflight = rec.entries_of(e.id for b in self.inflight if b.partition == partition for e in b.entries)
         return self.intake.held_ids(partition) + inflight
 
     async def _keep_fresh(self) -> None:

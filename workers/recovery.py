@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from botpulse.runtime.logs import get_logger
 from botpulse.schemas.stream import GROUP, batches_key, stream_key
 from botpulse.workers import batchlog as rec
-from botpulse.workers.batch import Batch, Entry, Poison, decode_entry, payload
+from botpulse.workers.batch import Batch, Entry, Poison, decode_entry, event_id, payload, sort_decoded
 from botpulse.workers.context import Context
 from botpulse.workers.status import PartitionStats
 
@@ -68,9 +68,11 @@ class Recovery:
         bad = {i: (i, data, reason) for i, data, reason in poison if i not in decoded}
         since = delivered_since_ms
         for _ in range(3):
-            ids = [e.id for e in entries]
+            # The record names stream entries: every event of each (a fresh batch holds whole
+            # entries), each entry once.
+            ids = rec.entries_of(e.id for e in entries)
             if bad:
-                ids = rec.sort_ids([*ids, *bad])
+                ids = rec.sort_ids([*ids, *map(rec.entry_of, bad)])
             record = rec.new_record(stream, ctx.consumer, ids)
             lost = set(
                 await ctx.records.write_if_owned(
@@ -88,8 +90,8 @@ class Recovery:
                 return Batch(partition, record, entries, poison=list(bad.values()))
             # Taken over while buffered (we stalled past claim_idle_ms): theirs now.
             log.warning("entries taken over before their batch was written", count=len(lost))
-            entries = [e for e in entries if e.id not in lost]
-            bad = {i: p for i, p in bad.items() if i not in lost}
+            entries = [e for e in entries if rec.entry_of(e.id) not in lost]
+            bad = {i: p for i, p in bad.items() if rec.entry_of(i) not in lost}
             if not entries and not bad:
                 return None
         return None  # still pending under whoever owns them; never inserted by us
@@ -214,7 +216,12 @@ class Recovery:
                     f"delivered {deliveries[entry_id]} times without being written "
                     f"(BOTPULSE_MAX_DELIVERIES={limit})"
                 )
-                out.tired.append((entry_id, payload(fields), reason))
+                # One dead letter per event, each with its own bytes (as a rejected one gets).
+                events: list[Entry] = []
+                letters: list[Poison] = []
+                sort_decoded(decode_entry(entry_id, payload(fields)), events, letters)
+                out.tired += [(e.id, e.data, reason) for e in events]
+                out.tired += [(i, data, f"{reason}; {why}") for i, data, why in letters]
                 out.tired_deliveries = max(out.tired_deliveries, deliveries[entry_id])
             else:
                 out.free.append((entry_id, fields))
@@ -246,6 +253,12 @@ class Recovery:
                     if not rows:
                         settled.add(i)
         batch = Batch(partition, record, [], recovered=True)
+        # A record holding only some events of an entry (`parts`: its poison events, waiting
+        # for another delivery) gets only those: the others are stored already.
+        only: dict[bytes, set[bytes]] = {}
+        for part in record.parts:
+            held_id = part.encode()
+            only.setdefault(rec.entry_of(held_id), set()).add(held_id)
         for raw_id in record.ids:
             entry_id = raw_id.encode()
             if entry_id in settled:
@@ -255,10 +268,10 @@ class Recovery:
                 batch.lost.append(entry_id)
                 continue
             decoded = decode_entry(entry_id, payload(fields))
-            if type(decoded) is Entry:
-                batch.entries.append(decoded)
-            else:
-                batch.poison.append(decoded)  # type: ignore[arg-type]
+            if entry_id in only and type(decoded) is list:
+                held = only[entry_id]
+                decoded = [d for d in decoded if event_id(d) in held]
+            sort_decoded(decoded, batch.entries, batch.poison)
         return batch
 
     # --- housekeeping -------------------------------------------------------------------------

@@ -172,7 +172,7 @@ class Writer:
         self._last_heartbeat = time.monotonic()
         with contextlib.suppress(*REDIS_ERRORS):
             await ctx.upkeep.touch_own(
-                stream_key(batch.partition), GROUP, ctx.consumer, [e.id for e in batch.entries]
+                stream_key(batch.partition), GROUP, ctx.consumer, rec.entries_of(e.id for e in batch.entries)
             )
             if batch.leased:
                 await ctx.records.renew(batches_key(batch.partition), batch.record.token, ctx.lease_ms)
