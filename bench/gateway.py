@@ -217,7 +217,9 @@ def _measure(
         f"cores busy: server {server_cores}, redis {redis_cores}"
         + (f", redis commands per post {per_post}, posts per script call {per_call}" if per_post else "")
     )
-    return Run(alive, result, server_cores, redis_cores, per_post, per_call)
+    return Run(
+        alive, result, server_cores, redis_cores, redis_commands_per_post=per_post, posts_per_call=per_call
+    )
 
 
 def _empty_streams(redis: EmbeddedRedis, env: dict[str, str]) -> None:
