@@ -41,6 +41,20 @@ from botpulse.workers.rows import (
 log = get_logger("botpulse.workers")
 
 
+def insert_settings(token: str, *, cluster: bool) -> dict[str, object]:
+    """The settings of every block the writer inserts (the bench's engine baseline inserts with
+    them too, so its rate is the engine's for exactly this kind of insert)."""
+    settings: dict[str, object] = {
+        "insert_deduplication_token": token,
+        "deduplicate_blocks_in_dependent_materialized_views": 1,
+    }
+    if cluster:
+        # Through a Distributed table, confirm only once the shards stored the block (the ack
+        # follows this confirmation); the shards' replicated tables deduplicate by token.
+        settings["insert_distributed_sync"] = 1
+    return settings
+
+
 class DataRejected(Exception):
     """ClickHouse refused the rows themselves; the cause holds its error."""
 
@@ -126,14 +140,7 @@ class Writer:
     async def insert(self, batch: Batch, table: str, rows: Block, token: str) -> None:
         """`rows`: the block's columns."""
         ctx = self.ctx
-        settings: dict[str, object] = {
-            "insert_deduplication_token": token,
-            "deduplicate_blocks_in_dependent_materialized_views": 1,
-        }
-        if ctx.store.cluster:
-            # Through a Distributed table, confirm only once the shards stored the block (the
-            # ack follows this confirmation); the shards' replicated tables deduplicate by token.
-            settings["insert_distributed_sync"] = 1
+        settings = insert_settings(token, cluster=bool(ctx.store.cluster))
         attempt = 0
         while True:
             started = time.monotonic()
