@@ -124,7 +124,7 @@ def _assert_exactly_once(report: dict, events: list[StreamEvent]) -> None:
     assert sorted(report["custom_events"]) == custom, "custom rows missing or unexpected"
     assert [k for k, n in report["bot_stats"].items() if n != 1] == [], "stats rows doubled"
     assert [k for k, n in report["custom_events"].items() if n != 1] == [], "custom rows doubled"
-    assert report["rollup_posts"] == [len(stats)] * 3, "roll-ups count a post more than once"
+    assert report["rollup_posts"] == [len(stats)] * 2, "roll-ups count a post more than once"
 
 
 @pytest.mark.parametrize("point", ["before", "during", "after"])
