@@ -143,38 +143,9 @@ def test_the_unread_minute_rollup_is_dropped_and_the_others_still_fill(store):
         assert store.query_rows(f"SELECT sum(posts) FROM {table}") == [(2,)], table
 
 
-def test_the_daily_view_moves_to_the_hourly_rollup_keeping_its_history(store):
-    """An install from before 0038, its daily roll-up filled from the posts: the view switches
-    source in place, the days it holds stay, and posts after the switch add to them once."""
-    store.command_sync("DROP VIEW bot_stats_1d_mv")
-    store.command_sync(_statement("0002_rollups", "CREATE MATERIALIZED VIEW IF NOT EXISTS bot_stats_1d_mv"))
-    assert store.query_rows("SELECT dependencies_table FROM system.tables WHERE database = currentDatabase()"
-                            " AND name = 'bot_stats_1h'") == [([],)]  # fmt: skip
-    for i in range(3):
-        store.command_sync(_POST, {"s": 10 + i, "e": f"old{i}", "g": 10 + i, "p": float(i)})
-    _forget(store, "0038_daily_from_hourly")
-    assert migrate(store) == ["0038_daily_from_hourly"]
-    feeds = dict(
-        store.query_rows(
-            "SELECT name, arraySort(dependencies_table) FROM system.tables WHERE database = currentDatabase()"
-            " AND name IN ('bot_stats', 'bot_stats_1h')"
-        )
-    )
-    assert feeds == {"bot_stats": ["bot_latest_mv", "bot_stats_1h_mv"], "bot_stats_1h": ["bot_stats_1d_mv"]}
-    store.command_sync(_POST, {"s": 0, "e": "new", "g": 99, "p": 6.0})  # the newest post
-    day = store.query_rows(
-        "SELECT sum(posts), argMaxMerge(guilds), avgMerge(api_ping), sumMap(custom_count) FROM bot_stats_1d"
-    )
-    assert day == [(4, 99, 2.25, {"q": 4})]
-    assert migrate(store) == []
-
-
-def test_cluster_rendering_of_the_rollup_changes_names_the_local_tables():
+def test_cluster_rendering_of_the_minute_rollups_drop_names_the_local_table():
     (drop,) = [m for m in available() if m.version == "0037_drop_minute_rollup"]
     text = "\n".join(render(drop.sql, cluster="c1", database="bp", ttl_days=30))
     assert "DROP VIEW IF EXISTS bot_stats_1m_mv ON CLUSTER `c1`" in text
     assert "DROP TABLE IF EXISTS bot_stats_1m_local ON CLUSTER `c1`" in text
-    (chain,) = [m for m in available() if m.version == "0038_daily_from_hourly"]
-    (statement,) = render(chain.sql, cluster="c1", database="bp", ttl_days=30)
-    assert statement.startswith("ALTER TABLE bot_stats_1d_mv ON CLUSTER `c1` MODIFY QUERY")
-    assert "FROM bot_stats_1h_local AS h" in statement and "${" not in statement
+    assert "DROP TABLE IF EXISTS bot_stats_1m ON CLUSTER `c1`" in text and "${" not in text

@@ -1,7 +1,8 @@
-"""The roll-ups on a real chDB: the daily one, fed from the hourly one (0038), holds exactly what
-the raw definition gives (last values by time, averages, sums, first/last post, custom sums
-and counts), and a block inserted again with its token, the worker's retry, counts once at
-every level, also when a view further down refused it the first time."""
+"""The roll-ups on a real chDB: the daily one holds exactly what the raw definition gives (last
+values by time, averages, sums, first/last post, custom sums and counts), the hourly one the
+same posts, and a block inserted again with its token, the worker's retry, counts once in
+every roll-up, also when a view further down refused it the first time. (A retry after the
+engine restarted is the crash test's, tests/test_workers_crash.py.)"""
 
 from __future__ import annotations
 
@@ -112,7 +113,7 @@ def _check_against_raw(store: Store, posts: int) -> None:
     assert hourly == [r[:3] for r in raw]
 
 
-def test_daily_rollup_is_fed_from_the_hourly_one(store):
+def test_every_rollup_is_fed_from_the_posts_and_the_minute_one_is_gone(store):
     # The views each table's inserts feed, as the engine resolves them (not the DDL's text).
     feeds = dict(
         store.query_rows(
@@ -121,8 +122,8 @@ def test_daily_rollup_is_fed_from_the_hourly_one(store):
         )
     )
     assert feeds == {
-        "bot_stats": ["bot_latest_mv", "bot_stats_1h_mv"],
-        "bot_stats_1h": ["bot_stats_1d_mv"],
+        "bot_stats": ["bot_latest_mv", "bot_stats_1d_mv", "bot_stats_1h_mv"],
+        "bot_stats_1h": [],
         "bot_stats_1d": [],
     }
     tables = {n for (n,) in store.query_rows("SHOW TABLES")}
@@ -154,7 +155,7 @@ def test_a_block_inserted_again_with_its_token_counts_once_at_every_level(store)
 def test_a_block_a_view_further_down_refused_is_stored_once_by_its_retry(store, level):
     """A view reading `level` refuses the block after bot_stats (and the roll-ups before it)
     stored it: the writer retries the whole block with its token (never split), which must
-    complete what is missing and double nothing, at both levels of the chain."""
+    complete what is missing and double nothing, in every roll-up."""
     store.command_sync("CREATE TABLE refuse (on UInt8) ENGINE = MergeTree ORDER BY tuple()")
     store.command_sync("INSERT INTO refuse VALUES (1)")
     store.command_sync(
