@@ -3,6 +3,7 @@ under one write-ahead record), and what the writer and the settling of poison en
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import msgspec
@@ -57,6 +58,9 @@ class Batch:
     # True while this worker holds the record's lease (workers/batchlog.py): a recovery from
     # taking it, a fresh batch's writer from its first split.
     leased: bool = False
+    # The writer's insert of this batch, when it was started ahead, while the batch before it
+    # was being committed (workers/pipeline.py); awaited (and cleared) by `Worker.process`.
+    write: asyncio.Task[dict[bytes, str]] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

@@ -121,8 +121,15 @@ class Intake:
             block = min(block, max(1, int(left)))
         return block
 
-    async def read(self) -> None:
-        count = max(1, self.ctx.settings.batch_rows - self.buffered())
+    def room(self) -> int:
+        """How many more entries a read may bring (no buffer grows past one batch)."""
+        return self.ctx.settings.batch_rows - self.buffered()
+
+    async def read(self, *, wait: bool = True) -> int:
+        """One XREADGROUP of new entries into the buffers; returns how many came. `wait=False`:
+        answered at once, with what is there (the read-ahead during an insert never blocks: the
+        insert's end must not wait for new posts)."""
+        count = max(1, self.room())
         async with self._reader.pipeline(transaction=False) as pipe:
             pipe.time()  # runs just before the read: every entry it delivers is younger
             pipe.xreadgroup(
@@ -130,14 +137,17 @@ class Intake:
                 self.ctx.consumer,
                 {stream_key(p): ">" for p in self.ctx.partitions},
                 count=count,
-                block=self.block_ms(),
+                block=self.block_ms() if wait else None,
             )
             (seconds, micros), reply = await pipe.execute()
         read_ms = int(seconds) * 1000 + int(micros) // 1000
         streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 / RESP2
+        n = 0
         for stream, entries in streams:
             metrics.read("new", len(entries))
+            n += len(entries)
             self.accept(self._partition_of(stream), entries, in_order=True, read_ms=read_ms)
+        return n
 
     def accept(
         self,

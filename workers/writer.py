@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 
 from botpulse.runtime.clickhouse import is_data_error, is_view_error
 from botpulse.runtime.logs import get_logger
@@ -69,8 +70,10 @@ class Abandoned(Exception):
 
 
 class Writer:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, held: Callable[[int], list[bytes]] | None = None) -> None:
         self.ctx = ctx
+        # The partition's entries buffered beside the batch (read ahead while it is inserted).
+        self.held = held
         self._last_heartbeat = 0.0
 
     async def write(self, batch: Batch) -> dict[bytes, str]:
@@ -178,8 +181,9 @@ class Writer:
             return
         self._last_heartbeat = time.monotonic()
         with contextlib.suppress(*REDIS_ERRORS):
-            await ctx.upkeep.touch_own(
-                stream_key(batch.partition), GROUP, ctx.consumer, [e.id for e in batch.entries]
-            )
+            ids = [e.id for e in batch.entries]
+            if self.held is not None:
+                ids += self.held(batch.partition)
+            await ctx.upkeep.touch_own(stream_key(batch.partition), GROUP, ctx.consumer, ids)
             if batch.leased:
                 await ctx.records.renew(batches_key(batch.partition), batch.record.token, ctx.lease_ms)
