@@ -4,6 +4,10 @@ The stream and the consumer group are created before the worker starts, so its s
 (imports, chDB, migrations) is not counted: the clock runs from the first entry the group
 hands out to the moment nothing is left unread or pending (entries are acked only after
 ClickHouse confirmed the insert), and the row count in ClickHouse is read back afterwards.
+
+Beside it, in the same run, the engine's own rate for the same rows (bench/engine_inserts.py: pre-built
+10,000-row column blocks, a dedup token each, the writer's insert call and settings, the same
+tables and views): the drain/engine ratio says how much of the engine's speed the worker keeps.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import sys
 import time
 from collections.abc import Callable
 
+import msgspec
 import redis.asyncio as aioredis
 
 from botpulse.bench.context import REPO, Bench, Figure
+from botpulse.bench.engine_inserts import BLOCK_ROWS, EngineRun
 from botpulse.bench.procs import Service
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import load_settings
@@ -34,9 +40,29 @@ from botpulse.schemas.stream import (
 
 PHASE = "worker"
 TARGET_ROWS_S = 100_000
+# The drain against the engine's own insert rate for the same rows (bench/engine_inserts.py).
+TARGET_ENGINE_RATIO = 0.8
 
 
-async def prefill(redis_url: str, entries: int, bots: int = 1000) -> float:
+BOTS = 1000
+
+
+def drain_event(i: int, base_ms: int, bots: int = BOTS) -> StreamEvent:
+    """The `i`-th stats event of the drain (the engine baseline, bench/engine_inserts.py, inserts the
+    rows of the same events)."""
+    return StreamEvent(
+        event_id=f"{i:032x}",
+        received_ms=base_ms + i,
+        bot_id=str(400_000_000_000_000_000 + i % bots),
+        account_id="acc_bench",
+        payload=StatsPayload(
+            guilds=1000 + i % 977, users=50_000 + i % 10_007, shards=2, api_ping=41.5,
+            ram_usage=52_428_800.0, ram_total=1_073_741_824.0, cpu=12.5, bandwidth=1000.0,
+        ),
+    )  # fmt: skip
+
+
+async def prefill(redis_url: str, entries: int, bots: int = BOTS) -> float:
     """Append `entries` stats events for `bots` bots; returns seconds taken."""
     settings = load_settings({}, redis_url=redis_url)
     redis = connect(settings)
@@ -48,19 +74,9 @@ async def prefill(redis_url: str, entries: int, bots: int = 1000) -> float:
         for first in range(0, entries, chunk):
             async with redis.pipeline(transaction=False) as pipe:
                 for i in range(first, min(entries, first + chunk)):
-                    bot_id = str(400_000_000_000_000_000 + i % bots)
-                    event = StreamEvent(
-                        event_id=f"{i:032x}",
-                        received_ms=base_ms + i,
-                        bot_id=bot_id,
-                        account_id="acc_bench",
-                        payload=StatsPayload(
-                            guilds=1000 + i % 977, users=50_000 + i % 10_007, shards=2, api_ping=41.5,
-                            ram_usage=52_428_800.0, ram_total=1_073_741_824.0, cpu=12.5, bandwidth=1000.0,
-                        ),
-                    )  # fmt: skip
+                    event = drain_event(i, base_ms, bots)
                     pipe.xadd(
-                        stream_key(partition_of(bot_id, settings.stream_partitions)),
+                        stream_key(partition_of(event.bot_id, settings.stream_partitions)),
                         {FIELD: encode_event(event)},
                     )
                 await pipe.execute()
@@ -185,6 +201,55 @@ def _stored_rows(b: Bench, phase: str, env: dict[str, str]) -> int | None:
     return int(out.read_text()) if done.returncode == 0 and out.exists() else None
 
 
+def engine(b: Bench, rows: int) -> dict[str, object]:
+    """The engine's own rate for the drain's rows (bench/engine_inserts.py), in a child on a fresh chDB
+    path (this process never opens one)."""
+    phase = f"{PHASE}-engine"
+    # No Redis is used; the settings loader needs a URL all the same.
+    env = b.env(phase, "redis://127.0.0.1:1/0")
+    out = b.phase_dir(phase) / "engine.json"
+    b.say(f"worker: engine baseline, {rows:,} rows in {BLOCK_ROWS:,}-row blocks")
+    args = ["--rows", str(rows), "--out", str(out)]
+    b.child("engine baseline", env, "botpulse.bench.engine_inserts", args, 600)
+    stats = msgspec.to_builtins(msgspec.json.decode(out.read_bytes(), type=EngineRun))
+    b.say(f"worker: engine {stats['rows_per_s']} rows/s, stored {stats['stored_rows']}")
+    return stats
+
+
+def _engine_figures(b: Bench, drain: dict[str, object], base: dict[str, object]) -> None:
+    rows_s = float(base["rows_per_s"])  # type: ignore[arg-type]
+    notes = [f"p50 insert {base['insert_ms_p50']} ms a {base['block_rows']:,}-row block"]
+    if base["stored_rows"] != base["rows"]:
+        notes.append(f"ClickHouse holds {base['stored_rows']} rows for {base['rows']}")
+    posts = base["rollup_posts"]
+    wrong = {t: n for t, n in posts.items() if n != base["rows"]}  # type: ignore[union-attr]
+    if wrong:
+        notes.append(f"roll-ups count {wrong} posts for {base['rows']} rows")
+    b.figure(
+        Figure(
+            "worker_engine_rows_s_embedded",
+            f"engine insert, same rows in {base['block_rows']:,}-row blocks, embedded chDB",
+            rows_s,
+            "rows/s",
+            note="; ".join(notes),
+        )
+    )
+    value = drain["rows_per_s"]
+    ratio = round(float(value) / rows_s, 3) if value is not None and rows_s else None  # type: ignore[arg-type]
+    ok = None if ratio is None else (ratio >= TARGET_ENGINE_RATIO and bool(drain["drained"]) and not wrong)
+    b.figure(
+        Figure(
+            "worker_engine_ratio_embedded",
+            "worker drain / engine insert, embedded chDB, 1p",
+            ratio,
+            "x",
+            f"≥ {TARGET_ENGINE_RATIO}",
+            ok,
+            f"drain {value} rows/s, engine {rows_s} rows/s, same run",
+        )
+    )
+
+
 def _figure(b: Bench, key: str, label: str, stats: dict[str, object], target: bool) -> None:
     value = stats["rows_per_s"]
     notes = []
@@ -209,6 +274,9 @@ def run(b: Bench) -> None:
         "settings": {"batch_rows": defaults.batch_rows, "batch_ms": defaults.batch_ms},
     }
     _figure(b, "worker_rows_s_embedded", f"worker drain, {n} entries, embedded chDB, 1p", stats, True)
+    base = engine(b, b.sizes.drain_entries)
+    b.raw[PHASE]["engine"] = base
+    _engine_figures(b, stats, base)
     if b.sizes.profile:
         # Profiled separately (pyinstrument slows the process down): where a worker's time goes.
         entries = max(10_000, b.sizes.drain_entries // 5)

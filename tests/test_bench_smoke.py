@@ -115,6 +115,15 @@ def test_tiny_run_produces_every_figure(tmp_path):
         in figures["gateway_cpu_us_1p"]["note"]
     )
     assert doc["raw"]["worker"]["embedded_1p"]["stored_rows"] == doc["sizes"]["drain_entries"]
+    # The engine's own insert rate for the same rows, and the drain against it (target 0.8).
+    engine = doc["raw"]["worker"]["engine"]
+    assert engine["rows"] == engine["stored_rows"] == doc["sizes"]["drain_entries"]
+    assert engine["rollup_posts"] and set(engine["rollup_posts"].values()) == {engine["rows"]}
+    assert figures["worker_engine_rows_s_embedded"]["value"] == engine["rows_per_s"] > 0
+    ratio = figures["worker_engine_ratio_embedded"]
+    drain_rate = figures["worker_rows_s_embedded"]["value"]
+    assert ratio["value"] == round(drain_rate / engine["rows_per_s"], 3) and ratio["target"] == "≥ 0.8"
+    assert ratio["ok"] is (ratio["value"] >= 0.8)
     assert doc["raw"]["e2e"]["samples"] >= 1
     assert figures["e2e_lag_p99"]["value"] > 0
     for key in ("query_bot_30d_p50", "query_bot_1y_p50", "query_uptime_2w_p50", "query_bots_page_p50"):

@@ -103,3 +103,49 @@ def test_migrations_are_kept_and_numbered_without_gaps_from_0030():
     assert numbers[:2] == [1, 2]
     assert numbers[2:5] == [30, 31, 32]
     assert numbers == sorted(set(numbers))
+
+
+def _statement(version: str, starts: str) -> str:
+    """The statement of migration `version` (single-server rendering) that starts with `starts`."""
+    (migration,) = [m for m in available() if m.version == version]
+    (statement,) = [
+        s
+        for s in render(migration.sql, cluster=None, database="botpulse", ttl_days=30)
+        if s.startswith(starts)
+    ]
+    return statement
+
+
+def _forget(store, version: str) -> None:
+    store.command_sync(
+        "ALTER TABLE schema_migrations DELETE WHERE version = {v:String} SETTINGS mutations_sync = 2",
+        {"v": version},
+    )
+
+
+_POST = (
+    "INSERT INTO bot_stats (bot_id, ts, event_id, guilds, api_ping, custom)"
+    " SELECT 'm2', now64(3) - {s:UInt32}, {e:String}, {g:UInt64}, {p:Float64}, map('q', {p:Float64})"
+)
+
+
+def test_the_unread_minute_rollup_is_dropped_and_the_others_still_fill(store):
+    # An install from before 0037: the minute roll-up and its view, fed by every insert.
+    store.command_sync(_statement("0002_rollups", "CREATE TABLE IF NOT EXISTS bot_stats_1m"))
+    store.command_sync(_statement("0002_rollups", "CREATE MATERIALIZED VIEW IF NOT EXISTS bot_stats_1m_mv"))
+    store.command_sync(_POST, {"s": 0, "e": "e1", "g": 1, "p": 2.0})
+    assert store.query_rows("SELECT sum(posts) FROM bot_stats_1m") == [(1,)]
+    _forget(store, "0037_drop_minute_rollup")
+    assert migrate(store) == ["0037_drop_minute_rollup"]
+    assert not {"bot_stats_1m", "bot_stats_1m_mv"} & {r[0] for r in store.query_rows("SHOW TABLES")}
+    store.command_sync(_POST, {"s": 1, "e": "e2", "g": 2, "p": 4.0})
+    for table in ("bot_stats_1h", "bot_stats_1d"):
+        assert store.query_rows(f"SELECT sum(posts) FROM {table}") == [(2,)], table
+
+
+def test_cluster_rendering_of_the_minute_rollups_drop_names_the_local_table():
+    (drop,) = [m for m in available() if m.version == "0037_drop_minute_rollup"]
+    text = "\n".join(render(drop.sql, cluster="c1", database="bp", ttl_days=30))
+    assert "DROP VIEW IF EXISTS bot_stats_1m_mv ON CLUSTER `c1`" in text
+    assert "DROP TABLE IF EXISTS bot_stats_1m_local ON CLUSTER `c1`" in text
+    assert "DROP TABLE IF EXISTS bot_stats_1m ON CLUSTER `c1`" in text and "${" not in text

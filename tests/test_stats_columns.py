@@ -39,7 +39,7 @@ def test_bot_stats_columns_are_the_table_in_order_with_its_types():
 
 def test_rollups_aggregate_each_field_by_its_kind():
     tables = _tables()
-    for rollup in ("bot_stats_1m", "bot_stats_1h", "bot_stats_1d"):
+    for rollup in ("bot_stats_1h", "bot_stats_1d"):
         for f in STATS_FIELDS:
             nullable = f"Nullable({f.clickhouse_type})"
             expected = (

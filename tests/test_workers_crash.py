@@ -129,7 +129,7 @@ def _assert_exactly_once(report: dict, events: list[StreamEvent]) -> None:
     assert sorted(report["custom_events"]) == custom, "custom rows missing or unexpected"
     assert [k for k, n in report["bot_stats"].items() if n != 1] == [], "stats rows doubled"
     assert [k for k, n in report["custom_events"].items() if n != 1] == [], "custom rows doubled"
-    assert report["rollup_posts"] == [len(stats)] * 3, "roll-ups count a post more than once"
+    assert report["rollup_posts"] == [len(stats)] * 2, "roll-ups count a post more than once"
 
 
 @pytest.mark.parametrize(
@@ -159,8 +159,9 @@ async def test_sigkill_at_each_point_of_a_batch_loses_and_doubles_nothing(
             victim.wait()
     stderr = victim.stderr.read().decode() if victim.stderr else ""
     assert victim.returncode == -signal.SIGKILL, stderr[-3000:]
-    # The dead worker left its batch behind: the record and its pending entries.
-    assert await redis.hlen(batches_key(0)) == 1
+    # The dead worker left its batch behind: the record and its pending entries. Two records
+    # when the next batch's insert had started before this one's commit (workers/pipeline.py).
+    assert 1 <= await redis.hlen(batches_key(0)) <= 2
     assert (await redis.xpending(stream_key(0), GROUP))["pending"] > 0
     await _post(redis, events[posted:], per_entry)  # posts keep coming while nobody works
 

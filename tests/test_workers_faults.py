@@ -254,9 +254,10 @@ async def test_view_refusing_a_stored_block_is_retried_whole_never_split(
             fast_store.command_sync("DROP VIEW picky")  # the operator fixes the view
             await drained(redis)
     assert await _stored_once(fast_store, events)
-    assert await fast_store.query("SELECT sum(posts) FROM bot_stats_1m WHERE bot_id = 'mv'") == [
-        (len(events),)
-    ]
+    for rollup in ("bot_stats_1h", "bot_stats_1d"):  # the day level is fed from the hour level
+        assert await fast_store.query(f"SELECT sum(posts) FROM {rollup} WHERE bot_id = 'mv'") == [
+            (len(events),)
+        ], rollup
     assert await redis.xlen(dead_letter_key(0)) == 0
 
 

@@ -108,8 +108,7 @@ async def main(argv: list[str]) -> int:
             for table in ("bot_stats", "custom_events")
         }
         report["rollup_posts"] = [
-            store.query_rows(f"SELECT sum(posts) FROM {t}")[0][0]
-            for t in ("bot_stats_1m", "bot_stats_1h", "bot_stats_1d")
+            store.query_rows(f"SELECT sum(posts) FROM {t}")[0][0] for t in ("bot_stats_1h", "bot_stats_1d")
         ]
         report["drained"] = await drained(worker)
         print(json.dumps(report))

@@ -4,8 +4,9 @@ insert holds, exactly once in effect. docs/workers.md has the full argument.
 The stages, in the order an entry meets them (`pipeline.Worker` chains them, one pass at a time):
 
 1. **intake** (`intake.py`): one `XREADGROUP` over every partition; entries decoded into one
-   `PartitionBuffer` per partition (undecodable ones held apart as poison). Memory: one batch
-   per partition, nothing is read while a batch is written.
+   `PartitionBuffer` per partition (undecodable ones held apart as poison), also while a batch
+   is inserted (read ahead, never blocking). Memory: one buffer per partition (at most
+   `BOTPULSE_BATCH_ROWS` entries) beside the batch being inserted and the one being committed.
 2. **recovery** (`recovery.py`, records in `batchlog.py`, server features in `durability.py`):
    a due buffer becomes a batch once its write-ahead record (exact ids + dedup token) is written
    — only while this consumer owns every id (R1, one Lua script) — and confirmed durable
@@ -21,7 +22,8 @@ The stages, in the order an entry meets them (`pipeline.Worker` chains them, one
 4. **commit** (`commit.py`): the last step, reached only after the writer returned, so "ack only
    after the write" holds by construction: one `MULTI` acknowledges the ids, deletes the record
    and its lease, adds the dead letters and the waiting poison entries' own records (R2), through
-   an `allow-oom` script so a full Redis can still be drained.
+   an `allow-oom` script so a full Redis can still be drained. A batch's commit overlaps the
+   next batch's insert (`pipeline.py`), never its own.
 
 `lifecycle.py` is the one lifecycle (start, grace period, drain, close) of `botpulse worker` and
 of the embedded worker; `context.py` what the stages share (settings, parts, consumer name, the

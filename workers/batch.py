@@ -8,6 +8,7 @@ stream entry is acknowledged once, when all of its events are settled."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import msgspec
@@ -95,6 +96,9 @@ class Batch:
     # True while this worker holds the record's lease (workers/batchlog.py): a recovery from
     # taking it, a fresh batch's writer from its first split.
     leased: bool = False
+    # The writer's insert of this batch, when it was started ahead, while the batch before it
+    # was being committed (workers/pipeline.py); awaited (and cleared) by `Worker.process`.
+    write: asyncio.Task[dict[bytes, str]] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

@@ -135,8 +135,16 @@ class Intake:
             block = min(block, max(1, int(left)))
         return block
 
-    async def read(self) -> None:
-        count = max(1, (self.ctx.settings.batch_rows - self.buffered()) // self.events_per_entry)
+    def room(self) -> int:
+        """How many more events a read may bring (no buffer grows past one batch)."""
+        return self.ctx.settings.batch_rows - self.buffered()
+
+    async def read(self, *, wait: bool = True) -> int:
+        """One XREADGROUP of new entries into the buffers; returns how many came. `wait=False`:
+        answered at once, with what is there (the read-ahead during an insert never blocks: the
+        insert's end must not wait for new posts). The count asked is the room in events over
+        the events per entry of the last read."""
+        count = max(1, self.room() // self.events_per_entry)
         async with self._reader.pipeline(transaction=False) as pipe:
             pipe.time()  # runs just before the read: every entry it delivers is younger
             pipe.xreadgroup(
@@ -144,7 +152,7 @@ class Intake:
                 self.ctx.consumer,
                 {stream_key(p): ">" for p in self.ctx.partitions},
                 count=count,
-                block=self.block_ms(),
+                block=self.block_ms() if wait else None,
             )
             (seconds, micros), reply = await pipe.execute()
         read_ms = int(seconds) * 1000 + int(micros) // 1000
@@ -159,6 +167,7 @@ class Intake:
             events += self.buffers[partition].events() - before
         if read:
             self.events_per_entry = max(1, min(MAX_ENTRY_EVENTS, -(-events // read)))
+        return read
 
     def accept(
         self,

@@ -1,9 +1,17 @@
 """The worker: the four stages chained, one pass of the loop at a time.
 
-A pass does exactly one of: finish the batches in flight (records written, not yet committed),
-flush a due buffer, take over idle entries (and upkeep), or read. Never two at once, so memory
-stays bounded by one batch per partition. A batch goes intake → recovery (`open_batch`) →
-writer → commit, and `process` is the only path from a written record to its commit.
+A pass does one of: finish the batches in flight (records written, not yet committed), flush a
+due buffer, take over idle entries (and upkeep), or read. A batch goes intake → recovery
+(`open_batch`) → writer → commit, and `process` is the only path from a written record to its
+commit.
+
+The engine's work and the worker's overlap (issue 18): the insert runs on the store's write
+thread and chDB lets Python threads run meanwhile, so while batch n is inserted the loop reads
+and decodes the next entries (never blocking, `_write_reading_ahead`), and once n is stored the
+record of n+1 is written and its insert started before n is committed (`_start_next`), so the
+engine stores n+1 while Redis acknowledges n. Each batch's commit still follows its own insert;
+only one insert runs at a time. Memory: the batch being inserted, the one before it while it
+is committed, and one buffer (at most `BOTPULSE_BATCH_ROWS` entries) per partition.
 
 Faults: any Redis error (an error reply or a lost connection) in any stage is logged once,
 backed off (bounded) and the same pass retried: the buffer and the batches in flight stay in
@@ -15,6 +23,7 @@ their record if one was written) and are recovered after `BOTPULSE_CLAIM_IDLE_MS
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections import deque
@@ -43,6 +52,12 @@ from botpulse.workers.writer import Abandoned, Superseded, Writer
 log = get_logger("botpulse.workers")
 
 _TRIM_EVERY_S = 1.0
+# The two overlaps, always on; turned off only to measure the worker without them
+# (docs/workers.md, Throughput): read (and decode) the next entries while a batch is inserted
+# (`_write_reading_ahead`), start the next batch's insert before the written one's commit
+# (`_start_next`).
+READ_AHEAD = True
+CHAIN = True
 
 
 class Worker:
@@ -70,7 +85,8 @@ class Worker:
         )
         self.intake = Intake(self.ctx)
         self.recovery = Recovery(self.ctx)
-        self.writer = Writer(self.ctx)
+        # While an insert waits, the entries read ahead are kept fresh with the batch's.
+        self.writer = Writer(self.ctx, held=lambda p: self.intake.held_ids(p))
         self.committer = Committer(self.ctx, self.recovery)
         # Batches whose record is written and that are not committed yet, oldest first.
         self.inflight: deque[Batch] = deque()
@@ -152,7 +168,7 @@ class Worker:
             except Exception:
                 log.exception("worker step failed; entries stay pending and will be recovered")
                 self.intake.reset()
-                self.inflight.clear()
+                self._drop_inflight()
                 metrics.retried("error")
                 await self.ctx.sleep(backoff(3))
         await self.drain()
@@ -173,22 +189,27 @@ class Worker:
     # --- intake → recovery → writer → commit --------------------------------------------------
     async def flush(self) -> None:
         for p in self.partitions:
-            buffer = self.intake.buffers[p]
-            if not buffer.holding:
+            if not self.intake.buffers[p].holding:
                 continue
-            batch = await self.open_batch(
-                p,
-                buffer.entries,
-                in_order=buffer.in_order,
-                poison=buffer.undecodable,
-                delivered_since_ms=buffer.delivered_since if buffer.in_order else None,
-            )
-            # Only now: a Redis error before the record was written leaves the buffer to retry.
-            self.intake.take(p)
-            if batch is not None:
+            if (batch := await self._open_buffer(p)) is not None:
                 self.inflight.append(batch)
                 await self._process_inflight()
         await self.trim()
+
+    async def _open_buffer(self, partition: int) -> Batch | None:
+        """The partition's buffer as a batch under its written record (None: every entry was
+        taken over meanwhile); the buffer is handed over only once the record is written."""
+        buffer = self.intake.buffers[partition]
+        batch = await self.open_batch(
+            partition,
+            buffer.entries,
+            in_order=buffer.in_order,
+            poison=buffer.undecodable,
+            delivered_since_ms=buffer.delivered_since if buffer.in_order else None,
+        )
+        # Only now: a Redis error before the record was written leaves the buffer to retry.
+        self.intake.take(partition)
+        return batch
 
     async def open_batch(
         self,
@@ -209,14 +230,16 @@ class Worker:
             self.inflight.popleft()
 
     async def process(self, batch: Batch) -> None:
-        """Write the batch, settle its poison entries, commit: in this order, nothing else."""
+        """Write the batch, settle its poison entries, commit: in this order. Between the write
+        and the commit, the next due buffer's batch is opened and its insert started."""
         started = time.monotonic()
         try:
-            rejected = await self.writer.write(batch)
+            rejected = await self._write_reading_ahead(batch)
         except Superseded:
             log.warning("batch committed by another worker meanwhile", token=batch.record.token[:12])
             return
         insert_ms = (time.monotonic() - started) * 1000
+        await self._start_next(batch)
         poison = batch.poison
         if rejected:
             poison = [(e.id, e.data, rejected[e.id]) for e in batch.entries if e.id in rejected] + poison
@@ -244,6 +267,81 @@ class Worker:
             )
         except REDIS_ERRORS as exc:
             log.debug("worker stats not updated", error=str(exc))
+
+    async def _write_reading_ahead(self, batch: Batch) -> dict[bytes, str]:
+        """The batch's insert (run here, or already started by `_start_next`) runs on the store's
+        write thread, and the engine lets other threads run meanwhile: while it works, a task
+        reads and decodes the next entries (never blocking, never past one batch per buffer).
+        Reading acknowledges nothing, and the caller commits only once this returned."""
+        started, batch.write = batch.write, None  # a retry of this batch writes it again
+        write = self.writer.write(batch) if started is None else started
+        if not READ_AHEAD or self.stopping:
+            return await write
+        stop = asyncio.Event()
+        reader = asyncio.ensure_future(self._read_ahead(stop))
+        try:
+            rejected = await write
+        except Exception:
+            stop.set()
+            await self._end_read_ahead(reader, quiet=True)
+            raise
+        except BaseException:  # cancelled: the read in flight is abandoned (its entries stay pending)
+            reader.cancel()
+            raise
+        stop.set()
+        # A bug in the read-ahead is raised now, as any pass's: the batch stays uncommitted with
+        # its record, recovered and deduplicated like any other.
+        await self._end_read_ahead(reader, quiet=False)
+        return rejected
+
+    async def _read_ahead(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set() and self.intake.room() > 0:
+                if not await self.intake.read(wait=False):
+                    return
+        except REDIS_ERRORS as exc:
+            # The write in hand finishes and commits first; the loop's next read meets the error.
+            log.debug("read-ahead failed", error=str(exc))
+
+    async def _end_read_ahead(self, reader: asyncio.Future[None], *, quiet: bool) -> None:
+        try:
+            await reader  # lets the read in flight finish: its entries join the buffer
+        except Exception:
+            if not quiet:
+                raise
+            log.exception("read-ahead failed")
+
+    async def _start_next(self, written: Batch) -> None:
+        """`written` is stored, its commit comes next: when a buffer is due (read ahead during
+        that insert), its record is written now and its insert started, so the engine works on
+        it while Redis acknowledges `written`. The new batch joins `inflight` behind `written`;
+        its own commit still waits for its own insert (`process`)."""
+        if not CHAIN or self.stopping or not self.inflight or self.inflight[-1] is not written:
+            return
+        if not self.intake.due():
+            return
+        for p in self.partitions:
+            if not self.intake.buffers[p].holding:
+                continue
+            try:
+                batch = await self._open_buffer(p)
+            except REDIS_ERRORS as exc:
+                # The buffer stays; the loop's next flush opens it (and meets the error).
+                log.debug("next batch not opened ahead", error=str(exc))
+                return
+            if batch is not None:
+                batch.write = asyncio.ensure_future(self.writer.write(batch))
+                self.inflight.append(batch)
+            return
+
+    def _drop_inflight(self) -> None:
+        """Forget the batches in memory (their entries stay pending with their records and are
+        recovered); an insert started ahead is cancelled rather than left unawaited."""
+        for batch in self.inflight:
+            if batch.write is not None:
+                batch.write.cancel()
+                batch.write = None
+        self.inflight.clear()
 
     # --- recovery -----------------------------------------------------------------------------
     async def recover_own(self) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 
 from botpulse.runtime.clickhouse import is_data_error, is_view_error
 from botpulse.runtime.logs import get_logger
@@ -41,6 +42,20 @@ from botpulse.workers.rows import (
 log = get_logger("botpulse.workers")
 
 
+def insert_settings(token: str, *, cluster: bool) -> dict[str, object]:
+    """The settings of every block the writer inserts (the bench's engine baseline inserts with
+    them too, so its rate is the engine's for exactly this kind of insert)."""
+    settings: dict[str, object] = {
+        "insert_deduplication_token": token,
+        "deduplicate_blocks_in_dependent_materialized_views": 1,
+    }
+    if cluster:
+        # Through a Distributed table, confirm only once the shards stored the block (the ack
+        # follows this confirmation); the shards' replicated tables deduplicate by token.
+        settings["insert_distributed_sync"] = 1
+    return settings
+
+
 class DataRejected(Exception):
     """ClickHouse refused the rows themselves; the cause holds its error."""
 
@@ -55,8 +70,10 @@ class Abandoned(Exception):
 
 
 class Writer:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, held: Callable[[int], list[bytes]] | None = None) -> None:
         self.ctx = ctx
+        # The partition's entries buffered beside the batch (read ahead while it is inserted).
+        self.held = held
         self._last_heartbeat = 0.0
 
     async def write(self, batch: Batch) -> dict[bytes, str]:
@@ -126,14 +143,7 @@ class Writer:
     async def insert(self, batch: Batch, table: str, rows: Block, token: str) -> None:
         """`rows`: the block's columns."""
         ctx = self.ctx
-        settings: dict[str, object] = {
-            "insert_deduplication_token": token,
-            "deduplicate_blocks_in_dependent_materialized_views": 1,
-        }
-        if ctx.store.cluster:
-            # Through a Distributed table, confirm only once the shards stored the block (the
-            # ack follows this confirmation); the shards' replicated tables deduplicate by token.
-            settings["insert_distributed_sync"] = 1
+        settings = insert_settings(token, cluster=bool(ctx.store.cluster))
         attempt = 0
         while True:
             started = time.monotonic()
@@ -171,8 +181,9 @@ class Writer:
             return
         self._last_heartbeat = time.monotonic()
         with contextlib.suppress(*REDIS_ERRORS):
-            await ctx.upkeep.touch_own(
-                stream_key(batch.partition), GROUP, ctx.consumer, rec.entries_of(e.id for e in batch.entries)
-            )
+            ids = [e.id for e in batch.entries]
+            if self.held is not None:
+                ids += self.held(batch.partition)
+            await ctx.upkeep.touch_own(stream_key(batch.partition), GROUP, ctx.consumer, rec.entries_of(ids))
             if batch.leased:
                 await ctx.records.renew(batches_key(batch.partition), batch.record.token, ctx.lease_ms)
