@@ -223,7 +223,7 @@ async def test_a_rejected_event_that_becomes_acceptable_is_stored_once_and_its_m
     await deliver_again(worker)
     assert await pending(redis) == {} and await _records(redis) == [] and await letters(redis) == []
     assert await stored_counts(store) == {e.event_id: 1 for e in [*mates, fixable]}
-    rollup = await store.query("SELECT sum(posts) FROM bot_stats_1m WHERE bot_id = 'fx'")
+    rollup = await store.query("SELECT sum(posts) FROM bot_stats_1h WHERE bot_id = 'fx'")
     assert rollup == [(len(mates) + 1,)]
     names = await store.query("SELECT DISTINCT name FROM custom_metric_names FINAL WHERE bot_id = 'fx'")
     assert sorted(names) == [("late",), ("q",)]
