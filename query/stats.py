@@ -33,6 +33,14 @@ _HOUR = 3_600_000
 
 _IDX = "intDiv(({t} - {{start:Int64}}) * {{n:Int64}}, {{span:Int64}})"
 _STATE_COLUMNS = ", ".join([*LAST_FIELDS.values(), *AVG_FIELDS.values()])
+# A bucket row from roll-up states (either plan that reads them): posts, the merged "last" and
+# averaged fields, custom sums and counts.
+_MERGED = ", ".join(
+    ["sum(posts)"]
+    + [f"argMaxMerge({c})" for c in LAST_FIELDS.values()]
+    + [f"avgMerge({c})" for c in AVG_FIELDS.values()]
+    + ["sumMap(custom_sum)", "sumMap(custom_count)"]
+)
 
 # The two levels are exact complements: `hours` is the sorted list of ragged hour numbers
 # (`ragged_hours`), the hourly level takes every other hour inside the range, the posts level
@@ -91,23 +99,13 @@ RAW_MAX_HOURS = 960
 HOURLY_BUCKETS_SQL = (
     "SELECT "
     + _IDX.format(t="toInt64(toUnixTimestamp(bucket)) * 1000")
-    + " AS i, sum(posts), "
-    + ", ".join(
-        [f"argMaxMerge({c})" for c in LAST_FIELDS.values()] + [f"avgMerge({c})" for c in AVG_FIELDS.values()]
-    )
-    + ", sumMap(custom_sum), sumMap(custom_count) FROM bot_stats_1h WHERE bot_id = {id:String} "
+    + f" AS i, {_MERGED} FROM bot_stats_1h "
+    "WHERE bot_id = {id:String} "
     "AND bucket >= toDateTime(intDiv({start:Int64}, 1000), 'UTC') "
     "AND bucket < toDateTime(intDiv({end:Int64}, 1000), 'UTC') GROUP BY i ORDER BY i"
 )
 
-BUCKETS_SQL = (
-    "SELECT i, sum(posts), "
-    + ", ".join(
-        [f"argMaxMerge({c})" for c in LAST_FIELDS.values()] + [f"avgMerge({c})" for c in AVG_FIELDS.values()]
-    )
-    + f", sumMap(custom_sum), sumMap(custom_count) FROM ({_HOURS_LEVEL} UNION ALL {_POSTS_LEVEL})"
-    " GROUP BY i ORDER BY i"
-)
+BUCKETS_SQL = f"SELECT i, {_MERGED} FROM ({_HOURS_LEVEL} UNION ALL {_POSTS_LEVEL}) GROUP BY i ORDER BY i"
 
 # At most `max_types` types (the most used), each with its top `limit` values: the answer's size
 # is bounded whatever a bot posted before types took slots.
