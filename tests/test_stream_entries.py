@@ -5,6 +5,8 @@ storing each event exactly once, with a poison event among its entry-mates, with
 forms in one stream (a rolling upgrade), and after a crash before the ack. Workers killed for
 real (SIGKILL in a subprocess) on such entries are in tests/test_workers_crash.py."""
 
+# ruff: noqa: F811 - the poison fixtures (`worker`, `poison_settings`) come from test_workers_poison
+
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +16,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from botpulse.ingest.append import Appender, Limits, Outcome, Post
-from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.settings import Settings
 from botpulse.schemas.stream import (
     FIELD,
@@ -34,7 +35,17 @@ from botpulse.schemas.stream import (
 from botpulse.workers import batchlog as rec
 from botpulse.workers.pipeline import Worker
 from tests.test_workers import FAST, custom_event, drained, post, stats_event, stored_ids, worker_task
-from tests.test_workers_poison import Crash, N, deliver_again, letters, pending, reject_while, stored_counts
+from tests.test_workers_poison import (  # noqa: F401 - the fixtures are used by name
+    Crash,
+    N,
+    deliver_again,
+    letters,
+    pending,
+    poison_settings,
+    reject_while,
+    stored_counts,
+    worker,
+)
 
 # Every event of ARGV into entries of stream KEYS[1], as the append script does; returns how many
 # entries `entry_add` said it opened.
@@ -160,18 +171,6 @@ async def test_events_of_both_forms_are_each_stored_once_and_every_entry_acked(f
     assert len(ids) == 6  # 37 events, 7 to an entry
     rows = await redis.hgetall(worker_stats_key(0))
     assert int(rows[b"rows_total"]) == 52
-
-
-@pytest.fixture
-def poison_settings(make_settings) -> Settings:  # type: ignore[no-untyped-def]
-    return make_settings(max_deliveries=N, **FAST)
-
-
-@pytest.fixture
-async def worker(poison_settings: Settings, store: Store, redis: aioredis.Redis) -> Worker:
-    w = Worker(poison_settings, store, redis)
-    await w.ensure_groups()
-    return w
 
 
 async def _records(redis: aioredis.Redis) -> list[tuple[list[str], list[str]]]:
