@@ -146,12 +146,13 @@ def buckets_statement(bot_id: str, start: int, end: int, n: int) -> tuple[str, d
     parameters."""
     span = end - start
     params: dict[str, Any] = {"id": bot_id, "start": start, "end": end, "n": n, "span": span}
-    hours = ragged_hours(start, end, n)
-    if not hours:
+    # No ragged hour, without listing the edges: both ends on hours and a whole number of hours
+    # per bucket (the first edge, start + span / n, is on an hour only then).
+    if start % _HOUR == 0 and end % _HOUR == 0 and (span // _HOUR) % n == 0:
         return HOURLY_BUCKETS_SQL, params
     if span <= RAW_MAX_HOURS * _HOUR:
         return RAW_BUCKETS_SQL, params
-    return BUCKETS_SQL, {**params, "hours": hours}
+    return BUCKETS_SQL, {**params, "hours": ragged_hours(start, end, n)}
 
 
 async def buckets(

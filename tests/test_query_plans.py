@@ -114,6 +114,13 @@ async def test_hour_aligned_ranges_are_served_by_the_hourly_rollup_alone(world):
 
 def test_edges_off_the_hour_are_not_served_by_the_hourly_rollup():
     hour = 3_600_000
+    rng = random.Random(3)
+    for _ in range(2000):  # the hourly plan exactly when no hour is ragged
+        start = T0 + rng.choice([0, rng.randrange(24) * hour, rng.randrange(10 * hour)])
+        end = start + rng.choice([rng.randrange(1, 400) * hour, rng.randrange(1, 400 * hour)])
+        n = rng.choice([1, 2, 3, 4, 6, 8, 24, 90, rng.randrange(1, 1001)])
+        hourly = query_stats.buckets_statement("100", start, end, n)[0] == query_stats.HOURLY_BUCKETS_SQL
+        assert hourly == (not query_stats.ragged_hours(start, end, n)), (start, end, n)
     for start, end, n in [(T0, T0 + 30 * hour, 7), (T0 + 1, T0 + 24 * hour + 1, 24), (T0, T0 + hour - 1, 1)]:
         assert query_stats.buckets_statement("100", start, end, n)[0] != query_stats.HOURLY_BUCKETS_SQL
     assert query_stats.buckets_statement("100", T0, T0 + 2000 * hour, 7)[0] == query_stats.BUCKETS_SQL
