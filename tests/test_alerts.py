@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
 import re
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -62,9 +64,23 @@ async def env(make_settings, store, redis, receiver):
     await api.close()
 
 
-def _evaluator(settings, store, clock, name: str) -> tuple[Evaluator, aioredis.Redis]:
+@contextlib.asynccontextmanager
+async def _evaluating(settings, store, clock, name: str) -> AsyncIterator[Evaluator]:
+    """An evaluator on its own Redis client; its deliverer and client close when the block ends."""
     client = aioredis.Redis.from_url(settings.redis_url)
-    return Evaluator(settings, store, client, clock=clock, instance=name), client
+    ev = Evaluator(settings, store, client, clock=clock, instance=name)
+    try:
+        yield ev
+    finally:
+        await ev.deliverer.close()
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _two_evaluators(settings, store, clock) -> AsyncIterator[tuple[Evaluator, Evaluator]]:
+    """Evaluators "a" and "b" sharing the rules, as two processes would."""
+    async with _evaluating(settings, store, clock, "a") as a, _evaluating(settings, store, clock, "b") as b:
+        yield a, b
 
 
 async def _deliveries(env, rule_id: str) -> list[dict]:
@@ -94,8 +110,7 @@ async def test_offline_after_n_minutes_then_back_online_with_the_outage(env, sto
         },
     )
     assert r["minutes"] == 3
-    ev, client = _evaluator(env["settings"], store, clock, "solo")
-    try:
+    async with _evaluating(env["settings"], store, clock, "solo") as ev:
         period_ms = int(env["settings"].alerts_interval_s * 1000)
         fired_at = None
         # Rounds every evaluation period of (test) time: the alert comes on the first round past N.
@@ -145,9 +160,6 @@ async def test_offline_after_n_minutes_then_back_online_with_the_outage(env, sto
         assert [e["outcome"] for e in log] == ["delivered"] * 4
         assert {e["event"] for e in log} == {"opened", "resolved"}
         assert all(e["status"] == 200 and e["latencyMs"] is not None for e in log)
-    finally:
-        await ev.deliverer.close()
-        await client.aclose()
 
 
 async def test_threshold_with_a_ratio_holds_for_m_minutes_then_resolves(env, store, redis, receiver):
@@ -167,8 +179,7 @@ async def test_threshold_with_a_ratio_holds_for_m_minutes_then_resolves(env, sto
             "destinations": [env["webhook"]["id"]],
         },
     )
-    ev, client = _evaluator(env["settings"], store, clock, "solo")
-    try:
+    async with _evaluating(env["settings"], store, clock, "solo") as ev:
         await post(store, BOT, clock.now, ram_usage=50.0, ram_total=100.0)
         for minute in range(1, 5):  # high for 4 minutes: not yet
             await post(store, BOT, clock.now + minute * MIN, ram_usage=95.0, ram_total=100.0)
@@ -187,9 +198,6 @@ async def test_threshold_with_a_ratio_holds_for_m_minutes_then_resolves(env, sto
         clock.now = T0 + 8 * MIN + 10_000
         await ev.tick()
         assert _events(receiver) == ["alert.opened", "alert.resolved"]
-    finally:
-        await ev.deliverer.close()
-        await client.aclose()
 
 
 async def _shard_posts(store, at_ms: int, *shards: int, up: int = 1) -> None:
@@ -213,8 +221,7 @@ async def test_shards_down_fires_at_n_down_shards_then_clears_when_they_post(env
          "destinations": [env["webhook"]["id"]]},
     )  # fmt: skip
     assert r["kind"] == "shards_down" and r["count"] == 2
-    ev, client = _evaluator(env["settings"], store, clock, "solo")
-    try:
+    async with _evaluating(env["settings"], store, clock, "solo") as ev:
         # Posts land as time passes (the read takes each shard's newest post, as in real time).
         await _shard_posts(store, T0, 0, 1, 2, 3)
         # Shards 0, 1 and 3 post every minute; 2 falls silent after T0; 3 reports itself down at 5 min.
@@ -251,9 +258,6 @@ async def test_shards_down_fires_at_n_down_shards_then_clears_when_they_post(env
         url = f"/v1/alerts/rules/{r['id']}"
         state = (await (await env["api"].get(url, headers={"Authorization": env["key"]})).json())["state"]
         assert state["status"] == "ok"
-    finally:
-        await ev.deliverer.close()
-        await client.aclose()
 
 
 async def test_shards_down_counts_as_the_shards_read_does(env, store, redis):
@@ -286,16 +290,12 @@ async def test_threshold_on_a_custom_metric_below(env, store, redis, receiver):
             "destinations": [env["webhook"]["id"]],
         },
     )
-    ev, client = _evaluator(env["settings"], store, clock, "solo")
-    try:
+    async with _evaluating(env["settings"], store, clock, "solo") as ev:
         for minute in range(4):
             await post(store, BOT, clock.now + minute * MIN, custom={"players": 2.0})
         clock.advance(minutes=3, seconds=5)
         await ev.tick()
         assert _events(receiver) == ["alert.opened"]
-    finally:
-        await ev.deliverer.close()
-        await client.aclose()
 
 
 async def test_change_rule_guilds_dropped_by_more_than_x_percent_in_24h(env, store, redis, receiver):
@@ -313,8 +313,7 @@ async def test_change_rule_guilds_dropped_by_more_than_x_percent_in_24h(env, sto
             "destinations": [env["webhook"]["id"]],
         },
     )
-    ev, client = _evaluator(env["settings"], store, clock, "solo")
-    try:
+    async with _evaluating(env["settings"], store, clock, "solo") as ev:
         await post(store, BOT, clock.now, guilds=1000)
         await post(store, BOT, clock.now + 23 * 3_600_000, guilds=900)  # -10 %: fine
         clock.advance(minutes=24 * 60 + 1)
@@ -326,9 +325,6 @@ async def test_change_rule_guilds_dropped_by_more_than_x_percent_in_24h(env, sto
         await ev.tick()
         assert _events(receiver) == ["alert.opened"]
         assert "dropped 30.0%" in receiver.received[0].json()["detail"]
-    finally:
-        await ev.deliverer.close()
-        await client.aclose()
 
 
 async def test_retry_on_receiver_500_then_success_same_message_id(env, store, redis, receiver):
@@ -340,8 +336,7 @@ async def test_retry_on_receiver_500_then_success_same_message_id(env, store, re
         env["key"],
         {"name": "down", "bot": BOT, "kind": "offline", "minutes": 1, "destinations": [env["webhook"]["id"]]},
     )
-    ev, client = _evaluator(env["settings"], store, clock, "solo")
-    try:
+    async with _evaluating(env["settings"], store, clock, "solo") as ev:
         clock.advance(minutes=1, seconds=1)
         await ev.tick()
         assert len(receiver.received) == 1
@@ -362,9 +357,6 @@ async def test_retry_on_receiver_500_then_success_same_message_id(env, store, re
         clock.advance(minutes=30)
         await ev.tick()
         assert len(receiver.received) == 3  # delivered once: never again
-    finally:
-        await ev.deliverer.close()
-        await client.aclose()
 
 
 async def test_give_up_after_the_retry_bound(make_settings, store, redis, receiver):
@@ -379,8 +371,7 @@ async def test_give_up_after_the_retry_bound(make_settings, store, redis, receiv
     r = await rule(
         api, key, {"name": "down", "bot": BOT, "kind": "offline", "minutes": 1, "destinations": [hook["id"]]}
     )
-    ev, client = _evaluator(settings, store, clock, "solo")
-    try:
+    async with _evaluating(settings, store, clock, "solo") as ev:
         clock.advance(minutes=1, seconds=1)
         for _ in range(40):
             await ev.tick()
@@ -395,10 +386,6 @@ async def test_give_up_after_the_retry_bound(make_settings, store, redis, receiv
         clock.advance(minutes=60)
         await ev.tick()
         assert len(receiver.received) == attempts
-    finally:
-        await ev.deliverer.close()
-        await client.aclose()
-        await api.close()
 
 
 async def _bots_in_every_half(store, redis, acc: str, count: int) -> list[str]:
@@ -425,9 +412,7 @@ async def test_two_evaluators_one_delivery_per_incident(env, store, redis, recei
                 "destinations": [env["webhook"]["id"]],
             },
         )
-    a, ca = _evaluator(env["settings"], store, clock, "a")
-    b, cb = _evaluator(env["settings"], store, clock, "b")
-    try:
+    async with _two_evaluators(env["settings"], store, clock) as (a, b):
         await settle(a.acquire, b.acquire, rounds=3)
         assert a.slots and b.slots and not a.slots & b.slots and len(a.slots | b.slots) == ALERT_SLOTS
         # Both judge every rule at once, as if their leases overlapped: the transition decides.
@@ -443,19 +428,13 @@ async def test_two_evaluators_one_delivery_per_incident(env, store, redis, recei
         clock.advance(seconds=1)
         await settle(a.tick, b.tick, rounds=3)
         assert sorted(_events(receiver)) == ["alert.opened"] * 12 + ["alert.resolved"] * 12
-    finally:
-        for ev, client in ((a, ca), (b, cb)):
-            await ev.deliverer.close()
-            await client.aclose()
 
 
 async def test_takeover_when_an_evaluator_dies(env, store, redis, receiver):
     clock = Clock()
     acc = (await (await env["api"].get("/v1/account", headers={"Authorization": env["key"]})).json())["id"]
     ids = await _bots_in_every_half(store, redis, acc, 12)
-    a, ca = _evaluator(env["settings"], store, clock, "a")
-    b, cb = _evaluator(env["settings"], store, clock, "b")
-    try:
+    async with _two_evaluators(env["settings"], store, clock) as (a, b):
         await settle(a.acquire, b.acquire, rounds=3)
         orphan = next(i for i in ids if slot_of(i) in b.slots)
         await post(store, orphan, clock.now)
@@ -479,27 +458,17 @@ async def test_takeover_when_an_evaluator_dies(env, store, redis, receiver):
             await asyncio.sleep(env["settings"].alerts_interval_s)
         assert slot_of(orphan) in a.slots and len(a.slots) == ALERT_SLOTS
         assert receiver.received[0].json()["bot"]["id"] == orphan
-    finally:
-        for ev, client in ((a, ca), (b, cb)):
-            await ev.deliverer.close()
-            await client.aclose()
 
 
 async def test_graceful_stop_hands_the_slots_over_at_once(env, store, redis):
     clock = Clock()
-    a, ca = _evaluator(env["settings"], store, clock, "a")
-    b, cb = _evaluator(env["settings"], store, clock, "b")
-    try:
+    async with _two_evaluators(env["settings"], store, clock) as (a, b):
         await settle(a.acquire, b.acquire, rounds=3)
         assert len(b.slots) == ALERT_SLOTS // 2
         b.stop()
         await b.run()  # stopped already: one clean-up pass that gives the slots back
         await a.acquire()
         assert len(a.slots) == ALERT_SLOTS
-    finally:
-        await a.deliverer.close()
-        await ca.aclose()
-        await cb.aclose()
 
 
 async def test_muted_and_min_interval_suppress_and_quiet_hours_defer(env, store, redis, receiver):
@@ -517,8 +486,7 @@ async def test_muted_and_min_interval_suppress_and_quiet_hours_defer(env, store,
             "destinations": [env["webhook"]["id"]],
         },
     )
-    ev, client = _evaluator(env["settings"], store, clock, "solo")
-    try:
+    async with _evaluating(env["settings"], store, clock, "solo") as ev:
         clock.advance(minutes=2)
         await ev.tick()
         assert receiver.received == []  # muted: the incident is tracked, nobody is told
@@ -555,9 +523,6 @@ async def test_muted_and_min_interval_suppress_and_quiet_hours_defer(env, store,
         clock.advance(minutes=31)
         await ev.tick()
         assert _events(receiver) == ["alert.opened", "alert.resolved", "alert.opened"]
-    finally:
-        await ev.deliverer.close()
-        await client.aclose()
 
 
 async def test_quiet_hours_hold_notifications_until_they_end(env, store, redis, receiver):
@@ -566,8 +531,7 @@ async def test_quiet_hours_hold_notifications_until_they_end(env, store, redis, 
     quiet = {"start": "20:00", "end": "21:00", "timezone": "UTC"}
     body = {"name": "down", "bot": BOT, "kind": "offline", "minutes": 1, "quietHours": quiet}
     await rule(env["api"], env["key"], body | {"destinations": [env["webhook"]["id"]]})
-    ev, client = _evaluator(env["settings"], store, clock, "solo")
-    try:
+    async with _evaluating(env["settings"], store, clock, "solo") as ev:
         clock.advance(minutes=2)
         await ev.tick()
         clock.advance(minutes=30)  # 20:58:40: still quiet
@@ -576,9 +540,6 @@ async def test_quiet_hours_hold_notifications_until_they_end(env, store, redis, 
         clock.advance(minutes=2)  # 21:00:40
         await ev.tick()
         assert _events(receiver) == ["alert.opened"]
-    finally:
-        await ev.deliverer.close()
-        await client.aclose()
 
 
 def test_quiet_hours_defer_to_their_end_across_midnight_and_time_zones():
@@ -599,13 +560,9 @@ async def test_signature_verifies_with_the_documented_snippet(env, store, redis,
         env["key"],
         {"name": "down", "bot": BOT, "kind": "offline", "minutes": 1, "destinations": [env["webhook"]["id"]]},
     )
-    ev, client = _evaluator(env["settings"], store, clock, "solo")
-    try:
+    async with _evaluating(env["settings"], store, clock, "solo") as ev:
         clock.advance(minutes=1, seconds=1)
         await ev.tick()
-    finally:
-        await ev.deliverer.close()
-        await client.aclose()
     got = receiver.received[0]
     secret = env["webhook"]["secret"]
     assert secret.startswith("whsec_")
@@ -693,16 +650,12 @@ async def test_discord_payload_matches_the_webhook_api(env, store, redis, receiv
         env["key"],
         {"name": "down", "bot": BOT, "kind": "offline", "minutes": 1, "destinations": [env["discord"]["id"]]},
     )
-    ev, client = _evaluator(env["settings"], store, clock, "solo")
-    try:
+    async with _evaluating(env["settings"], store, clock, "solo") as ev:
         clock.advance(minutes=1, seconds=1)
         await ev.tick()
         await post(store, BOT, clock.advance(minutes=4))
         clock.advance(seconds=1)
         await ev.tick()
-    finally:
-        await ev.deliverer.close()
-        await client.aclose()
     opened, resolved = (x.json() for x in receiver.received)
     for body in (opened, resolved):
         _check_discord(body)
@@ -784,14 +737,10 @@ async def test_a_rule_stays_quiet_once_its_bot_changed_hands(env, store, redis, 
     )
     other, _ = await account(env["api"], "new owner")
     await bot(store, redis, other, BOT)  # the operator moved the bot to another account
-    ev, client = _evaluator(env["settings"], store, clock, "solo")
-    try:
+    async with _evaluating(env["settings"], store, clock, "solo") as ev:
         clock.advance(minutes=5)
         await ev.tick()
         assert receiver.received == []
-    finally:
-        await ev.deliverer.close()
-        await client.aclose()
 
 
 async def test_a_delivery_claimed_by_an_evaluator_that_died_is_sent_by_another(env, store, redis, receiver):
@@ -804,9 +753,7 @@ async def test_a_delivery_claimed_by_an_evaluator_that_died_is_sent_by_another(e
         env["key"],
         {"name": "down", "bot": BOT, "kind": "offline", "minutes": 1, "destinations": [env["webhook"]["id"]]},
     )
-    a, ca = _evaluator(env["settings"], store, clock, "a")
-    b, cb = _evaluator(env["settings"], store, clock, "b")
-    try:
+    async with _two_evaluators(env["settings"], store, clock) as (a, b):
         clock.advance(minutes=2)
         await a.acquire()
         await a.evaluate(list((await a.rules()).values()))
@@ -823,7 +770,3 @@ async def test_a_delivery_claimed_by_an_evaluator_that_died_is_sent_by_another(e
         assert _events(receiver) == ["alert.opened"]
         await b.tick()
         assert len(receiver.received) == 1
-    finally:
-        for ev, client in ((a, ca), (b, cb)):
-            await ev.deliverer.close()
-            await client.aclose()
