@@ -2,11 +2,12 @@
 (`python -m botpulse.bench.engine_reads`, after the query service has stopped: embedded chDB allows
 one engine per path, and this needs the phase's data).
 
-For each case it builds the very statements `GET /v1/bot/{id}?returnStats=true&start=…` runs
-(query/app.py and query/stats.py build them; nothing is re-written here) and runs them one
-after another through the one access layer (`Store.query_rows`: no HTTP, no event loop, no JSON),
-`--repeat` times after a warm-up; the median of the per-repetition sums is the case's engine
-time. The query phase divides the service's p50 by it.
+For each case it runs the plan `GET /v1/bot/{id}?returnStats=true&start=…` runs, through the
+same planning functions (query/bot_reads.py: `head_statement`, then `plan` from its answer;
+nothing is re-written here), one statement after another through the one access layer
+(`Store.query_rows`: no HTTP, no event loop, no JSON), `--repeat` times after a warm-up; the
+median of the per-repetition sums is the case's engine time. The query phase divides the
+service's p50 by it.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from typing import Any
 
 import msgspec
 
-from botpulse.query.app import SEEN_FROM_POSTS_SQL
-from botpulse.query.stats import buckets_statement, totals_statement
+from botpulse.query.bot_reads import Range, Statement, head_of, head_statement, plan
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.logs import configure_logging
 from botpulse.runtime.settings import load_settings
@@ -41,13 +41,21 @@ class EngineTime(msgspec.Struct):
     statements_ms: list[float]  # each statement's median, in the order the answer builds them
 
 
-def statements(bot_id: str, start: int, end: int, points: int) -> list[tuple[str, dict[str, Any]]]:
-    """What the stats answer with a given start runs (query/app.py `get_bot_info`)."""
-    return [
-        (SEEN_FROM_POSTS_SQL, {"id": bot_id}),
-        buckets_statement(bot_id, start, end, points),
-        totals_statement(bot_id, start, end),
-    ]
+def run_answer(store: Store, bot_id: str, stats: Range) -> list[float]:
+    """The statements of the stats answer with a given start (query/app.py `get_bot_info`), one
+    after another: the head, then the plan made from its row. Each one's ms."""
+    times: list[float] = []
+
+    def timed(statement: Statement) -> list[tuple[Any, ...]]:
+        started = time.perf_counter()
+        rows = store.query_rows(*statement)
+        times.append((time.perf_counter() - started) * 1000)
+        return rows
+
+    head = head_of(timed(head_statement(bot_id, with_first=False))[0])
+    for statement in plan(bot_id, head, stats).statements():
+        timed(statement)
+    return times
 
 
 def measure(store: Store, case: EngineCase, repeat: int) -> EngineTime:
@@ -55,14 +63,11 @@ def measure(store: Store, case: EngineCase, repeat: int) -> EngineTime:
     totals: list[float] = []
     for i in range(repeat + 3):  # as the service's figure, the first three warm caches
         bot = case.bots[i % len(case.bots)]
-        times = []
-        for sql, params in statements(bot, case.start, case.end, case.points):
-            started = time.perf_counter()
-            store.query_rows(sql, params)
-            times.append((time.perf_counter() - started) * 1000)
+        times = run_answer(store, bot, Range(case.start, case.end, case.points))
         if i >= 3:
             per_statement.append(times)
             totals.append(sum(times))
+    # The bots of a case are alike (the seeded history), so each repetition runs the same plan.
     medians = [round(statistics.median(col), 3) for col in zip(*per_statement, strict=True)]
     return EngineTime(case.key, round(statistics.median(totals), 3), medians)
 

@@ -6,7 +6,6 @@ mounted under `BOTPULSE_QUERY_PREFIX`; GET answers carry CORS headers; every err
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -16,6 +15,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from botpulse.query import accounts_api, alerts_api, dashboard, datagram, metrics, params, shapes
+from botpulse.query.bot_reads import Range, first_post, plan, read_head, run
 from botpulse.query.cache import AnswerCache
 from botpulse.query.dashboard.sessions import session_account
 from botpulse.query.leaderboard import PERIODS, BadMetric, default_period, leaderboard
@@ -31,16 +31,13 @@ from botpulse.query.params import BadParam
 from botpulse.query.resources import ANSWERS, READINESS, REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
 from botpulse.query.responses import error, json_response
 from botpulse.query.shards import (
-    EXTRAS_COLUMNS,
-    Extras,
     ShardSummary,
     connection_state,
-    extras_of,
     shard_grid,
     shard_uptimes,
 )
 from botpulse.query.spec import SPECS
-from botpulse.query.stats import add_custom_names, buckets, custom_totals
+from botpulse.query.stats import custom_totals
 from botpulse.query.uptime import EPOCH_MS, HOUR_MS, connection_status, now_ms, uptime_with_periods
 from botpulse.registry.catalog import Bot, ensure_index, get_bot
 from botpulse.registry.index import VERSION_KEY, RegistryCache
@@ -141,61 +138,6 @@ def _range(request: web.Request, default_start: int | None) -> tuple[int, int]:
     return start, end
 
 
-class _Seen(msgspec.Struct, frozen=True):
-    first: int | None
-    last: int | None
-    custom_names: list[str]
-
-
-_NAMES = "(SELECT arraySort(groupUniqArray(name)) FROM custom_metric_names WHERE bot_id = {id:String})"
-
-# Without the first post, the last one is the newest row of `bot_stats` by its
-# `(bot_id, ts)` key: a read-in-order of one granule per part, cheaper than the daily roll-up's
-# per-month parts.
-_LAST = (
-    "(SELECT groupArray(toUnixTimestamp64Milli(ts)) FROM (SELECT ts FROM bot_stats"
-    " WHERE bot_id = {id:String} ORDER BY ts DESC LIMIT 1))"
-)
-# First and last post from the daily roll-up, and its row count (0: the bot never posted).
-_FIRST_LAST = (
-    "(SELECT (toUnixTimestamp64Milli(min(first_ts)), toUnixTimestamp64Milli(max(last_ts)), count())"
-    " FROM bot_stats_1d WHERE bot_id = {id:String})"
-)
-_FIRST_LAST_SQL = f"SELECT {_FIRST_LAST}, {_NAMES}"
-# A bot's answer reads what it shows beside the stats in one statement: each statement has a
-# fixed cost in the engine of about what these small reads cost together.
-SEEN_FROM_POSTS_SQL = f"SELECT {_LAST}, {_NAMES}, {EXTRAS_COLUMNS}"
-_SEEN_FROM_DAYS_SQL = f"SELECT {_FIRST_LAST}, {_NAMES}, {EXTRAS_COLUMNS}"
-
-
-def _seen_of(last: list[int], names: list[str]) -> _Seen:
-    return _Seen(None, int(last[0]) if last else None, list(names))
-
-
-def _first_last_of(first_last: tuple[int, int, int], names: list[str]) -> _Seen:
-    first, last, count = first_last
-    if not count:
-        return _Seen(None, None, list(names))
-    return _Seen(int(first), int(last), list(names))
-
-
-async def _seen(store: Store, bot_id: str) -> _Seen:
-    """First and last post (from the daily roll-up) and custom-graph names, in one round trip."""
-    first_last, names = (await store.query(_FIRST_LAST_SQL, {"id": bot_id}))[0]
-    return _first_last_of(first_last, names)
-
-
-async def _seen_and_extras(
-    store: Store, bot_id: str, now: int, window_ms: int, *, with_first: bool
-) -> tuple[_Seen, Extras]:
-    """Last post (and first, when asked: from the daily roll-up), custom-graph names,
-    properties and shards."""
-    sql = _SEEN_FROM_DAYS_SQL if with_first else SEEN_FROM_POSTS_SQL
-    seen, names, props, shards = (await store.query(sql, {"id": bot_id}))[0]
-    extras = extras_of(props, shards, now, window_ms)
-    return (_first_last_of(seen, names) if with_first else _seen_of(seen, names)), extras
-
-
 # --- DisStat ----------------------------------------------------------------------------------
 async def get_bot_info(request: web.Request) -> web.Response:
     store = request.app[STORE]
@@ -213,56 +155,42 @@ async def get_bot_info(request: web.Request) -> web.Response:
     bot = await visible_bot(request, bot_id)
     if bot is None:
         return error(404, "Bot not found")
-    stats: list[dict[str, Any]] | None = None
-    totals: dict[str, Any] = {}
-    start = end = 0
     window_ms = request.app[SETTINGS].heartbeat_window_ms
     now = now_ms()
-    if want_stats and q.get("start"):
-        # The range is known up front: the reads run side by side (one chDB handle each).
+    # Two rounds (query/bot_reads.py): the bot's last post and what it has, then side by side the
+    # buckets and only the reads the bot has rows for.
+    with_first = want_stats and not q.get("start")
+    head = await read_head(store, bot_id, with_first=with_first)
+    created = int(bot.created_at.timestamp() * 1000)
+    rng = None
+    if want_stats:
         try:
-            start, end = _range(request, None)
+            start, end = _range(request, head.first if head.first is not None else created)
         except BadParam as exc:
             return error(400, exc.message, exc.field)
-        (seen, more), stats, totals = await asyncio.gather(
-            _seen_and_extras(store, bot_id, now, window_ms, with_first=False),
-            buckets(store, bot_id, start, end, points, []),
-            custom_totals(store, bot_id, start, end),
-        )
-    else:
-        seen, more = await _seen_and_extras(store, bot_id, now, window_ms, with_first=True)
-    last, names = seen.last, seen.custom_names
+        rng = Range(start, end, points)
+    more = await run(store, plan(bot_id, head, rng), rng, now, window_ms)
+    last, names, extras = head.last, more.names, more.extras
     status = connection_status(last, window_ms)
     body: dict[str, Any] = {
         "id": bot.id,
         "username": bot.username,
         "avatar": bot.avatar,
         "private": bot.private,
-        "createdAt": int(bot.created_at.timestamp() * 1000),
+        "createdAt": created,
         "lastSeen": last,
         "connectionStatus": status,
         # Added fields: clients that know only connected/disconnected keep reading the above.
-        "connectionState": connection_state(status, more.shards),
-        "shardsUp": more.shards.up if more.shards else None,
-        "shardsTotal": more.shards.total if more.shards else None,
+        "connectionState": connection_state(status, extras.shards),
+        "shardsUp": extras.shards.up if extras.shards else None,
+        "shardsTotal": extras.shards.total if extras.shards else None,
         "customGraphs": names,
-        "properties": more.properties,
+        "properties": extras.properties,
     }
-    if want_stats:
-        if stats is None:
-            try:
-                start, end = _range(request, seen.first if seen.first is not None else body["createdAt"])
-            except BadParam as exc:
-                return error(400, exc.message, exc.field)
-            stats, totals = await asyncio.gather(
-                buckets(store, bot_id, start, end, points, names),
-                custom_totals(store, bot_id, start, end),
-            )
-        else:
-            add_custom_names(stats, names)
-        body["range"] = {"start": start, "end": end, "dataPoints": points}
-        body["stats"] = stats
-        body["customTotals"] = totals
+    if rng is not None:
+        body["range"] = {"start": rng.start, "end": rng.end, "dataPoints": points}
+        body["stats"] = more.stats
+        body["customTotals"] = more.totals
     return json_response(body)
 
 
@@ -301,7 +229,7 @@ async def get_bot_uptime(request: web.Request) -> web.Response:
     bot = await visible_bot(request, bot_id)
     if bot is None:
         return error(404, "Bot not found")
-    first = (await _seen(store, bot_id)).first
+    first = await first_post(store, bot_id)
     try:
         start, end = _range(request, first if first is not None else int(bot.created_at.timestamp() * 1000))
     except BadParam as exc:

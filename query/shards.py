@@ -17,12 +17,15 @@ import msgspec
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.shards import is_known, is_up
 
-# What a bot's answer adds, as two scalar columns for the statement that reads its last post
-# (query/app.py): its properties and each shard's last post.
-EXTRAS_COLUMNS = (
+# What a bot's answer adds, each a scalar column for the statement of its side reads
+# (query/bot_reads.py): its properties, and each shard's last post. Read only for a bot whose
+# `bot_extents` row says it has them.
+PROPS_COLUMN = (
     "(SELECT groupArray((name, v)) FROM (SELECT name, argMax(value, ts) AS v FROM bot_props"
-    " WHERE bot_id = {id:String} GROUP BY name ORDER BY name)),"
-    " (SELECT groupArray((shard_id, last, up)) FROM (SELECT shard_id,"
+    " WHERE bot_id = {id:String} GROUP BY name ORDER BY name))"
+)
+SHARDS_COLUMN = (
+    "(SELECT groupArray((shard_id, last, up)) FROM (SELECT shard_id,"
     " toUnixTimestamp64Milli(max(last_ts)) AS last, argMaxMerge(up) AS up FROM shard_latest"
     " WHERE bot_id = {id:String} GROUP BY shard_id))"
 )
@@ -59,7 +62,8 @@ class Extras(msgspec.Struct, frozen=True):
 def extras_of(
     props: list[tuple[str, str]], shards: list[tuple[int, int, int]], now: int, window_ms: int
 ) -> Extras:
-    """The two `EXTRAS_COLUMNS` values as the bot's properties and shard summary."""
+    """The `PROPS_COLUMN` and `SHARDS_COLUMN` values (empty when not read) as the bot's
+    properties and shard summary."""
     known = [(int(last), int(up)) for _, last, up in shards if is_known(int(last), now)]
     summary = None
     if known:

@@ -158,8 +158,16 @@ def buckets_statement(bot_id: str, start: int, end: int, n: int) -> tuple[str, d
 async def buckets(
     store: Store, bot_id: str, start: int, end: int, n: int, custom_names: list[str]
 ) -> list[dict[str, Any]]:
-    span = end - start
     rows = await store.query(*buckets_statement(bot_id, start, end, n))
+    return buckets_of(rows, start, end, n, custom_names)
+
+
+def buckets_of(
+    rows: list[tuple[Any, ...]], start: int, end: int, n: int, custom_names: list[str]
+) -> list[dict[str, Any]]:
+    """The `n` buckets from the rows of `buckets_statement`; every bucket has an entry (null
+    when no value) for each of `custom_names` and each custom metric of the range."""
+    span = end - start
     by_index = {int(r[0]): r for r in rows}
     names = set(custom_names)
     for r in rows:
@@ -180,16 +188,6 @@ async def buckets(
     return out
 
 
-def add_custom_names(stats: list[dict[str, Any]], names: list[str]) -> None:
-    """Give every bucket a (null) entry for custom graphs that have no value in the range."""
-    missing = [n for n in names if stats and n not in stats[0]["custom"]]
-    if not missing:
-        return
-    for bucket in stats:
-        merged = {**bucket["custom"], **dict.fromkeys(missing)}
-        bucket["custom"] = {k: merged[k] for k in sorted(merged)}
-
-
 def totals_statement(
     bot_id: str, start: int, end: int, *, limit: int = 10, type_: str | None = None
 ) -> tuple[str, dict[str, Any]]:
@@ -207,8 +205,12 @@ async def custom_totals(
     store: Store, bot_id: str, start: int, end: int, *, limit: int = 10, type_: str | None = None
 ) -> dict[str, dict[str, Any]]:
     """Per custom-graph type in `[start, end)`: the count of entries and the top `value1`s."""
-    sql, params = totals_statement(bot_id, start, end, limit=limit, type_=type_)
-    rows = await store.query(sql, params)
+    rows = await store.query(*totals_statement(bot_id, start, end, limit=limit, type_=type_))
+    return totals_of(rows, limit)
+
+
+def totals_of(rows: list[tuple[Any, ...]], limit: int = 10) -> dict[str, dict[str, Any]]:
+    """`custom_totals` from the rows of `totals_statement` (asked with the same `limit`)."""
     totals: dict[str, dict[str, Any]] = {}
     for type_name, value, count, total in rows:
         entry = totals.setdefault(type_name, {"count": int(total), "top": []})

@@ -149,3 +149,101 @@ def test_cluster_rendering_of_the_minute_rollups_drop_names_the_local_table():
     assert "DROP VIEW IF EXISTS bot_stats_1m_mv ON CLUSTER `c1`" in text
     assert "DROP TABLE IF EXISTS bot_stats_1m_local ON CLUSTER `c1`" in text
     assert "DROP TABLE IF EXISTS bot_stats_1m ON CLUSTER `c1`" in text and "${" not in text
+
+
+_EXTENTS = (
+    "SELECT bot_id, toUnixTimestamp64Milli(min(events_first)), toUnixTimestamp64Milli(max(events_last)),"
+    " max(has_props), max(has_shards), max(has_names) FROM bot_extents GROUP BY bot_id ORDER BY bot_id"
+)
+_DAY = 86_400_000
+
+
+def _write_every_kind(store, now_ms: int) -> None:
+    """Rows for bots 'e' (events, two inserts), 'p' (properties), 's' (shards), 'n' (names) and
+    'all' (one row of each table); recent times, so no TTL takes them."""
+    event = "INSERT INTO custom_events (bot_id, ts, event_id, type, value1) VALUES"
+    at = "fromUnixTimestamp64Milli({t:Int64}, 'UTC')"
+    store.command_sync(f"{event} ('e', {at}, 'e1', 'cmd', 'a')", {"t": now_ms - 2 * _DAY})
+    store.command_sync(
+        f"{event} ('e', {at}, 'e2', 'cmd', 'b'), ('all', {at}, 'e3', 'cmd', 'c')", {"t": now_ms}
+    )
+    store.command_sync(
+        f"INSERT INTO bot_props VALUES ('p', 'version', {at}, '1'), ('all', 'v', {at}, '2')", {"t": now_ms}
+    )
+    store.command_sync(
+        f"INSERT INTO shard_stats (bot_id, shard_id, ts, event_id, up) VALUES ('s', 0, {at}, 'h1', 1),"
+        f" ('all', 3, {at}, 'h2', 0)",
+        {"t": now_ms},
+    )
+    store.command_sync(
+        f"INSERT INTO custom_metric_names VALUES ('n', 'votes', {at}), ('all', 'm', {at})", {"t": now_ms}
+    )
+
+
+def _expected(now_ms: int) -> list[tuple]:
+    return [
+        ("all", now_ms, now_ms, 1, 1, 1),
+        ("e", now_ms - 2 * _DAY, now_ms, 0, 0, 0),
+        ("n", None, None, 0, 0, 1),
+        ("p", None, None, 1, 0, 0),
+        ("s", None, None, 0, 1, 0),
+    ]
+
+
+def test_bot_extents_say_what_each_bot_has_also_once_merged(store):
+    now_ms = store.query_rows("SELECT toUnixTimestamp64Milli(now64(3))")[0][0]
+    _write_every_kind(store, now_ms)
+    # Before a merge, several rows per bot (one per insert and view); the reads aggregate them.
+    assert store.query_rows("SELECT count() FROM bot_extents WHERE bot_id = 'all'")[0][0] == 4
+    assert store.query_rows(_EXTENTS) == _expected(now_ms)
+    # Merged, one row per bot: min/max skip the other views' NULLs, the flags keep their 1.
+    store.command_sync("OPTIMIZE TABLE bot_extents FINAL")
+    assert store.query_rows("SELECT count() FROM bot_extents")[0][0] == 5
+    raw = store.query_rows(
+        "SELECT bot_id, toUnixTimestamp64Milli(events_first), toUnixTimestamp64Milli(events_last),"
+        " has_props, has_shards, has_names FROM bot_extents ORDER BY bot_id"
+    )
+    assert raw == _expected(now_ms)
+
+
+def test_bot_extents_are_back_filled_from_data_written_before_0038(store):
+    # An install from before 0038: no bot_extents, data in the four tables it describes.
+    for view in ("events", "props", "shards", "names"):
+        store.command_sync(f"DROP VIEW bot_extents_{view}_mv")
+    store.command_sync("DROP TABLE bot_extents")
+    now_ms = store.query_rows("SELECT toUnixTimestamp64Milli(now64(3))")[0][0]
+    _write_every_kind(store, now_ms)
+    _forget(store, "0038_bot_extents")
+    assert migrate(store) == ["0038_bot_extents"]
+    assert store.query_rows(_EXTENTS) == _expected(now_ms)
+    # A back-fill run again (an interrupted migration repeated) changes nothing; new rows flow in.
+    for statement in render(
+        next(m.sql for m in available() if m.version == "0038_bot_extents"),
+        cluster=None, database="botpulse", ttl_days=30,
+    ):  # fmt: skip
+        if statement.startswith("INSERT"):
+            store.command_sync(statement)
+    assert store.query_rows(_EXTENTS) == _expected(now_ms)
+    store.command_sync("INSERT INTO bot_props VALUES ('e', 'v', now64(3), '3')")
+    assert store.query_rows(_EXTENTS)[1] == ("e", now_ms - 2 * _DAY, now_ms, 1, 0, 0)
+
+
+def test_cluster_rendering_of_bot_extents_feeds_the_local_table_from_local_tables():
+    (extents,) = [m for m in available() if m.version == "0038_bot_extents"]
+    statements = render(extents.sql, cluster="c1", database="bp", ttl_days=30)
+    text = "\n".join(statements)
+    assert "CREATE TABLE IF NOT EXISTS bot_extents_local ON CLUSTER `c1`" in text
+    assert "ReplicatedAggregatingMergeTree" in text and "${" not in text
+    for source in ("custom_events", "bot_props", "shard_stats", "custom_metric_names"):
+        (view,) = [
+            s for s in statements if s.startswith("CREATE MATERIALIZED VIEW") and f"FROM {source}_local" in s
+        ]
+        assert "ON CLUSTER `c1` TO bot_extents_local" in view, view
+    # The back-fill reads local tables into the local table (as 0033's), plus shard_latest.
+    inserts = [s for s in statements if s.startswith("INSERT")]
+    assert len(inserts) == 4 and all(s.startswith("INSERT INTO bot_extents_local ") for s in inserts)
+    assert all(" FROM " in s and "_local GROUP BY" in s for s in inserts), inserts
+    assert statements[-1] == (
+        "CREATE TABLE IF NOT EXISTS bot_extents ON CLUSTER `c1` AS bot_extents_local "
+        "ENGINE = Distributed(`c1`, `bp`, bot_extents_local, cityHash64(bot_id))"
+    )
