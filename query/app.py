@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from botpulse.query import accounts_api, alerts_api, dashboard, datagram, metrics, params, shapes
-from botpulse.query.bot_reads import Range, first_post, plan, read_head, run
+from botpulse.query.bot_reads import Known, Range, first_post, plan, read_head, run
 from botpulse.query.cache import AnswerCache
 from botpulse.query.dashboard.sessions import session_account
 from botpulse.query.leaderboard import PERIODS, BadMetric, default_period, leaderboard
@@ -111,6 +111,7 @@ class BotRecords:
 
 
 BOT_RECORDS = web.AppKey("bot_records", BotRecords)
+KNOWN_SIDES = web.AppKey("known_sides", Known)
 _HIT, _MISS = metrics.CACHE.labels("bot_records", "hit"), metrics.CACHE.labels("bot_records", "miss")
 
 
@@ -160,7 +161,7 @@ async def get_bot_info(request: web.Request) -> web.Response:
     # Two rounds (query/bot_reads.py): the bot's last post and what it has, then side by side the
     # buckets and only the reads the bot has rows for.
     with_first = want_stats and not q.get("start")
-    head = await read_head(store, bot_id, with_first=with_first)
+    head = await read_head(store, bot_id, with_first=with_first, known=request.app[KNOWN_SIDES])
     created = int(bot.created_at.timestamp() * 1000)
     rng = None
     if want_stats:
@@ -169,7 +170,7 @@ async def get_bot_info(request: web.Request) -> web.Response:
         except BadParam as exc:
             return error(400, exc.message, exc.field)
         rng = Range(start, end, points)
-    more = await run(store, plan(bot_id, head, rng), rng, now, window_ms)
+    more = await run(store, head, plan(bot_id, head, rng), rng, now, window_ms)
     last, names, extras = head.last, more.names, more.extras
     status = connection_status(last, window_ms)
     body: dict[str, Any] = {
@@ -590,6 +591,7 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     app[SETTINGS] = settings
     app[STORE] = store
     app[BOT_RECORDS] = BotRecords()
+    app[KNOWN_SIDES] = Known()
     app[ANSWERS] = AnswerCache(settings.query_cache_s)
     app[READINESS] = readiness = []
 

@@ -9,7 +9,8 @@ buckets, and only the reads the bot has rows for: its custom-graph names, proper
 (one statement, a scalar column each) and its custom-event totals when the range meets the
 bot's events. In the engine each statement has a fixed cost and every table a statement touches
 costs milliseconds even when the bot has no rows there, so a bot with none of these (most bots)
-costs two statements of two and one table.
+costs two statements of two and one table. The side reads a bot is known to have (`Known`)
+ride in its head statement instead, so a bot with everything costs three, as before.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ _FIRST = (
 )
 FIRST_SQL = f"SELECT {_FIRST}"
 NAMES_COLUMN = "(SELECT arraySort(groupUniqArray(name)) FROM custom_metric_names WHERE bot_id = {id:String})"
+# The side reads a bot may have, by the `Head` flag that says it has them.
+SIDE_COLUMNS = {"names": NAMES_COLUMN, "props": PROPS_COLUMN, "shards": SHARDS_COLUMN}
 
 
 class Head(msgspec.Struct, frozen=True):
@@ -49,26 +52,61 @@ class Head(msgspec.Struct, frozen=True):
     props: bool  # properties were posted
     shards: bool  # posts per shard were made
     events: tuple[int, int] | None  # oldest and newest custom event ever inserted (ms)
+    # Side columns (`SIDE_COLUMNS` keys) already read with the head, by name.
+    side: dict[str, Any] = {}
+
+    def has(self) -> tuple[str, ...]:
+        """The side reads this bot has rows for, in `SIDE_COLUMNS` order."""
+        return tuple(c for c in SIDE_COLUMNS if getattr(self, c))
 
 
-def head_statement(bot_id: str, *, with_first: bool) -> Statement:
-    """The first round: the bot's last post and extents, and its first post when asked."""
-    sql = f"SELECT {_LAST}, {_EXTENTS}" + (f", {_FIRST}" if with_first else "")
-    return sql, {"id": bot_id}
+def head_statement(bot_id: str, *, with_first: bool, side: tuple[str, ...] = ()) -> Statement:
+    """The first round: the bot's last post and extents, its first post when asked, and the
+    side reads in `side` (those the bot is known to have, see `Known`)."""
+    columns = [_LAST, _EXTENTS, *([_FIRST] if with_first else []), *(SIDE_COLUMNS[c] for c in side)]
+    return "SELECT " + ", ".join(columns), {"id": bot_id}
 
 
-def head_of(row: tuple[Any, ...]) -> Head:
-    """The row of `head_statement` as a `Head`."""
+def head_of(row: tuple[Any, ...], *, with_first: bool, side: tuple[str, ...] = ()) -> Head:
+    """The row of `head_statement` (made with the same `with_first` and `side`) as a `Head`."""
     (last, posted), (names, props, shards, events_first, events_last) = row[0], row[1]
     first = None
-    if len(row) > 2 and row[2][1]:
+    if with_first and row[2][1]:
         first = int(row[2][0])
     events = None if events_first is None else (int(events_first), int(events_last))
-    return Head(int(last) if posted else None, first, bool(names), bool(props), bool(shards), events)
+    read = dict(zip(side, row[3 if with_first else 2 :], strict=True))
+    return Head(int(last) if posted else None, first, bool(names), bool(props), bool(shards), events, read)
 
 
-async def read_head(store: Store, bot_id: str, *, with_first: bool) -> Head:
-    return head_of((await store.query(*head_statement(bot_id, with_first=with_first)))[0])
+class Known:
+    """The side reads each bot is known to have, so that they ride in its head statement. Each
+    is a fact that never turns false (`bot_extents` flags only ever become 1, and nothing
+    deletes a bot's names, properties or shards); were one stale, reading a column the bot has
+    no rows in answers what leaving it out does. A bot with everything thus costs the
+    statements it did before the two rounds, a bot with nothing two. Bounded: cleared when full."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._sides: dict[str, tuple[str, ...]] = {}
+        self._limit = limit
+
+    def side(self, bot_id: str) -> tuple[str, ...]:
+        return self._sides.get(bot_id, ())
+
+    def learn(self, bot_id: str, head: Head) -> None:
+        has = head.has()
+        if has and self._sides.get(bot_id) != has:
+            if len(self._sides) >= self._limit:
+                self._sides.clear()
+            self._sides[bot_id] = has
+
+
+async def read_head(store: Store, bot_id: str, *, with_first: bool, known: Known | None = None) -> Head:
+    side = known.side(bot_id) if known is not None else ()
+    row = (await store.query(*head_statement(bot_id, with_first=with_first, side=side)))[0]
+    head = head_of(row, with_first=with_first, side=side)
+    if known is not None:
+        known.learn(bot_id, head)
+    return head
 
 
 async def first_post(store: Store, bot_id: str) -> int | None:
@@ -96,16 +134,13 @@ class Plan(msgspec.Struct, frozen=True):
         return [s for s in (self.buckets, self.side, self.totals) if s is not None]
 
 
-_SIDE_COLUMNS = {"names": NAMES_COLUMN, "props": PROPS_COLUMN, "shards": SHARDS_COLUMN}
-
-
 def plan(bot_id: str, head: Head, stats: Range | None) -> Plan:
     """What the answer reads after `head`: the buckets and totals of `stats` (None: no stats),
-    and only the side reads the bot has."""
-    wanted = tuple(c for c in _SIDE_COLUMNS if getattr(head, c))
+    and only the side reads the bot has that the head did not read already."""
+    wanted = tuple(c for c in head.has() if c not in head.side)
     side = None
     if wanted:
-        side = ("SELECT " + ", ".join(_SIDE_COLUMNS[c] for c in wanted), {"id": bot_id})
+        side = ("SELECT " + ", ".join(SIDE_COLUMNS[c] for c in wanted), {"id": bot_id})
     buckets = totals = None
     if stats is not None:
         buckets = buckets_statement(bot_id, stats.start, stats.end, stats.points)
@@ -122,11 +157,13 @@ class Answer(msgspec.Struct, frozen=True):
     totals: dict[str, dict[str, Any]]
 
 
-async def run(store: Store, p: Plan, stats: Range | None, now: int, window_ms: int) -> Answer:
-    """The statements of `p`, side by side (one engine handle each), decoded."""
+async def run(store: Store, head: Head, p: Plan, stats: Range | None, now: int, window_ms: int) -> Answer:
+    """The statements of `p` (planned from `head`), side by side (one engine handle each), decoded."""
     results = iter(await asyncio.gather(*(store.query(*s) for s in p.statements())))
     bucket_rows = next(results) if p.buckets is not None else []
-    side = dict(zip(p.side_columns, next(results)[0], strict=True)) if p.side is not None else {}
+    side = dict(head.side)
+    if p.side is not None:
+        side.update(zip(p.side_columns, next(results)[0], strict=True))
     totals = totals_of(next(results)) if p.totals is not None else {}
     names = list(side.get("names", []))
     extras = extras_of(side.get("props", []), side.get("shards", []), now, window_ms)

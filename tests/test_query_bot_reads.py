@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from botpulse.query.app import build_app
-from botpulse.query.bot_reads import Range, plan, read_head
+from botpulse.query.bot_reads import Known, Range, plan, read_head
 from botpulse.query.shards import connection_state, extras_of
 from botpulse.query.stats import buckets, custom_totals
 from botpulse.query.uptime import connection_status
@@ -156,20 +156,28 @@ def _ranges(n: int) -> dict[str, dict[str, Any] | None]:
     }
 
 
-async def test_every_kind_of_bot_gets_the_answer_it_got_before(fleet):
+async def test_every_kind_of_bot_gets_the_answer_it_got_before(fleet, settings):
     c, store = fleet["client"], fleet["store"]
     compared = 0
-    for kind in KINDS:
-        for name, rng in _ranges(fleet["now"]).items():
-            q: dict[str, Any] = {} if rng is None else {"returnStats": "true", "dataPoints": 6, **rng}
-            q = {k: str(v) for k, v in q.items()}
-            status, body = await get(c, f"/v1/bot/{_id(kind)}", **q)
-            assert status == 200, body
-            want = await _today(store, _id(kind), fleet["created"], q, fleet["window"])
-            assert {k: body[k] for k in want} == want, (kind, name)
-            assert ("stats" in body) is (rng is not None)
-            compared += 1
-    assert compared == len(KINDS) * 8
+    # In both orders, each on a fresh service: a bot's first answer reads its side reads in the
+    # second round, the later ones in the head (`Known`); stats or not come first either way.
+    fresh = TestClient(TestServer(build_app(settings, store), host="127.0.0.1"))
+    await fresh.start_server()
+    try:
+        for client, order in ((c, list), (fresh, reversed)):
+            for kind in KINDS:
+                for name, rng in order(list(_ranges(fleet["now"]).items())):
+                    q: dict[str, Any] = {} if rng is None else {"returnStats": "true", "dataPoints": 6, **rng}
+                    q = {k: str(v) for k, v in q.items()}
+                    status, body = await get(client, f"/v1/bot/{_id(kind)}", **q)
+                    assert status == 200, body
+                    want = await _today(store, _id(kind), fleet["created"], q, fleet["window"])
+                    assert {k: body[k] for k in want} == want, (kind, name)
+                    assert ("stats" in body) is (rng is not None)
+                    compared += 1
+    finally:
+        await fresh.close()
+    assert compared == 2 * len(KINDS) * 8
     # The cases hold what they claim: a bot of each kind has what its name says.
     _, body = await get(
         c, f"/v1/bot/{_id('all')}", returnStats="true", start=fleet["now"] - DAY, end=fleet["now"]
@@ -196,11 +204,20 @@ async def test_the_plan_reads_only_what_the_bot_has(fleet):
         "all": (("names", "props", "shards"), True),
     }
     for kind, (side, totals) in expected.items():
-        head = await read_head(store, _id(kind), with_first=False)
+        known = Known()
+        head = await read_head(store, _id(kind), with_first=False, known=known)
         p = plan(_id(kind), head, month)
         assert (p.side_columns or None, p.totals is not None) == (side, totals), kind
         assert len(p.statements()) == 1 + (side is not None) + totals, kind
         assert plan(_id(kind), head, None).statements() == ([p.side] if side else []), kind
+        # Once known, the side reads ride in the head: the same values, no statement of their own.
+        again = await read_head(store, _id(kind), with_first=True, known=known)
+        assert tuple(again.side) == (side or ()) and (again.first is not None) is (kind != "nothing"), kind
+        rest = [p.buckets, *([p.totals] if totals else [])]
+        assert plan(_id(kind), again, month).statements() == rest, kind
+        if side:
+            side_rows = store.query_rows(*p.side)[0]
+            assert tuple(again.side.values()) == tuple(side_rows), kind
     head = await read_head(store, _id("events"), with_first=False)
     assert head.events == (n - 2 * DAY, n - 90 * MIN)
     # Totals only when [start, end) meets [first event, last event].
