@@ -110,3 +110,41 @@ async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
     await client.flushall()
     yield client
     await client.aclose()
+
+
+_HANG_DUMP_BEFORE_S = 20  # before pytest-timeout's own limit, which dumps only threads
+
+
+@pytest.fixture(autouse=True)
+def _dump_tasks_before_the_timeout(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that hangs in `await` shows only `select` in pytest-timeout's thread dump; this
+    prints every pending asyncio task's stack shortly before, so the awaited thing is named."""
+    import asyncio
+    import gc
+    import sys
+    import threading
+
+    limit = request.config.getoption("timeout", None) or request.config.getini("timeout")
+    seconds = float(limit) - _HANG_DUMP_BEFORE_S if limit else 0
+    if seconds <= 0:
+        yield
+        return
+
+    def dump() -> None:
+        loops = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and o.is_running()]
+
+        def print_tasks() -> None:
+            for task in asyncio.all_tasks():
+                print(f"--- pending task {task.get_name()}", file=sys.stderr)
+                task.print_stack(file=sys.stderr)
+
+        for loop in loops:
+            loop.call_soon_threadsafe(print_tasks)
+
+    timer = threading.Timer(seconds, dump)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
