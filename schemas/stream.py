@@ -12,7 +12,7 @@ events the gateway appended in one script call share an entry (`LUA_ENTRY`), so 
 `XADD` for them and a worker reads, tracks and acknowledges one entry. Each event keeps its own
 `event_id`; the worker stores each one exactly once (workers/batch.py names the events of an
 entry `<entry id>#<index>`). A single event is always written as the bare map, the only form
-gateways wrote before, so entries of either age read the same way (`split_entry`). The payload
+gateways wrote before, so entries of either age read the same way (`is_several`). The payload
 is a tagged union; its tag is the event's kind. The gateway's append script edits encoded stats
 events inside Redis with `LUA_DROP_METRICS`, defined here beside the encoding it relies on
 (tests/test_stream_contract.py runs both Lua parts against the encoder and decoder).
