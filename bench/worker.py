@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import msgspec
 import redis.asyncio as aioredis
@@ -74,18 +75,25 @@ class Prefilled(msgspec.Struct, frozen=True):
     seconds: float
 
 
-def _fill_posts(events: int, bots: int, partitions: int) -> list[list[Post]]:
-    """The drain's events as the gateway's posts, grouped by partition in event order."""
+def _fill_calls(events: int, bots: int, partitions: int, per_entry: int) -> Iterator[bytes]:
+    """The drain's events as the gateway's script calls of `per_entry` posts (of one partition
+    each, in event order), made as they are sent: a million posts never sit in memory at once."""
     base_ms = int(time.time() * 1000) - events
-    by_partition: list[list[Post]] = [[] for _ in range(partitions)]
+    waiting: list[list[Post]] = [[] for _ in range(partitions)]
     for i in range(events):
         event = drain_event(i, base_ms, bots)
         partition = partition_of(event.bot_id, partitions)
-        by_partition[partition].append(
+        posts = waiting[partition]
+        posts.append(
             Post(partition, event.bot_id, True, 0, (), (encode_event(event),), account_id=event.account_id,
                  account_burst=_UNLIMITED)
         )  # fmt: skip
-    return by_partition
+        if len(posts) == per_entry:
+            yield script_call("EVALSHA", SHA, posts, _UNLIMITED, _NO_LIMITS)
+            waiting[partition] = []
+    for posts in waiting:
+        if posts:
+            yield script_call("EVALSHA", SHA, posts, _UNLIMITED, _NO_LIMITS)
 
 
 async def prefill(
@@ -102,16 +110,11 @@ async def prefill(
     try:
         sha = await redis.script_load(SCRIPT)
         assert sha == SHA, "the gateway's script hashes differently"
-        calls = [
-            script_call("EVALSHA", SHA, posts[j : j + per_entry], _UNLIMITED, _NO_LIMITS)
-            for posts in _fill_posts(events, bots, partitions)
-            for j in range(0, len(posts), per_entry)
-        ]
+        calls = _fill_calls(events, bots, partitions, per_entry)
         # The calls written in chunks on one connection, the replies read after each chunk.
         connection = await redis.connection_pool.get_connection()
         try:
-            for first in range(0, len(calls), 500):
-                chunk = calls[first : first + 500]
+            while chunk := list(itertools.islice(calls, 500)):
                 await connection.send_packed_command(b"".join(chunk))
                 for _ in chunk:
                     replies = await connection.read_response()
