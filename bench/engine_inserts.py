@@ -44,6 +44,8 @@ class EngineRun(msgspec.Struct):
     insert_ms_p50: float
     insert_ms_max: float
     build_s: float  # building the blocks, not timed in the rate
+    # The process's CPU (every thread: the inserts' and chDB's) over the timed inserts, a block.
+    cpu_ms_per_block: float
     stored_rows: int
     # `sum(posts)` of each roll-up fed from `bot_stats`: each must equal `rows`.
     rollup_posts: dict[str, int]
@@ -107,9 +109,9 @@ def run(rows: int, block_rows: int = BLOCK_ROWS) -> EngineRun:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         took = asyncio.run(insert_all(store, blocks))
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         del blocks
         gc.unfreeze()
         stored = int(store.query_rows(f"SELECT count() FROM {STATS_TABLE}")[0][0])
@@ -124,6 +126,7 @@ def run(rows: int, block_rows: int = BLOCK_ROWS) -> EngineRun:
             insert_ms_p50=round(ordered[len(ordered) // 2] * 1000, 1) if ordered else 0.0,
             insert_ms_max=round(ordered[-1] * 1000, 1) if ordered else 0.0,
             build_s=round(build_s, 2),
+            cpu_ms_per_block=round(cpu / len(took) * 1000, 1) if took else 0.0,
             stored_rows=stored,
             rollup_posts=posts,
         )

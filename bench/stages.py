@@ -1,15 +1,17 @@
 """Where a worker's drain time goes, stage by stage, beside the engine's insert of the same rows.
 
 A measurement script, not a bench phase (`botpulse bench --only worker` gives the figures of
-record): `python -m botpulse.bench.stages [--entries N] [--minute-rollup] [--no-overlap]
-[--no-engine]`. In this one process: a fresh bundled valkey-server and chDB under `$TMPDIR`
-(`TMPDIR=/dev/shm` keeps the disk out of it), `--entries` drain entries pre-filled as the bench
-does (`bench.worker.prefill`), then the real `Worker` drains them with a timer around each stage
-(intake read and decode, batch record, columns, insert, commit). Printed: rows/s, each stage's
-total and share of the wall time, CPU seconds by thread (the event loop, the insert thread, chDB's
-merges) and valkey's, valkey's busiest commands; then, unless `--no-engine`, the engine baseline
-(`bench.engine_inserts`: the same rows, pre-built blocks, the writer's call) into another database of the
-same engine, and the drain/engine ratio.
+record): `python -m botpulse.bench.stages [--entries N] [--per-entry K] [--minute-rollup]
+[--no-overlap] [--no-engine]`. In this one process: a fresh bundled valkey-server and chDB under
+`$TMPDIR` (`TMPDIR=/dev/shm` keeps the disk out of it), `--entries` drain posts pre-filled as the
+bench does (`bench.worker.prefill`: the gateway's append script, `--per-entry` posts a call and so
+a stream entry; 1 gives the single-event entries of older gateways), then the real `Worker` drains
+them with a timer around each stage (intake read and decode, batch record, columns, insert,
+commit). Printed: rows/s, each stage's total and share of the wall time, CPU seconds by thread
+(the event loop, the insert thread, chDB's merges) and valkey's, and per 10,000-row batch,
+valkey's busiest commands; then, unless `--no-engine`, the engine baseline
+(`bench.engine_inserts`: the same rows, pre-built blocks, the writer's call) into another database
+of the same engine, and the drain/engine ratio.
 
 `--minute-rollup` puts back the minute roll-up dropped by 0037 (the layout before issue 18);
 `--no-overlap` turns off the worker's read-ahead and its next insert before the commit
@@ -31,8 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from botpulse.bench import engine
-from botpulse.bench.worker import prefill
+from botpulse.bench import engine_inserts as engine
+from botpulse.bench.worker import POSTS_PER_ENTRY, prefill
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.embedded import EmbeddedRedis
 from botpulse.runtime.logs import configure_logging
@@ -105,17 +107,22 @@ def pid_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def cpu_line(before: dict[str, float], after: dict[str, float], valkey_s: float, wall: float) -> str:
+def cpu_line(
+    before: dict[str, float], after: dict[str, float], valkey_s: float, wall: float, rows: int
+) -> str:
     parts = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     shown = sorted(((k, v) for k, v in parts.items() if v >= 0.01), key=lambda kv: -kv[1])
     total = sum(parts.values()) + valkey_s
+    per_batch = total / rows * engine.BLOCK_ROWS * 1000
     return (
         "CPU s: " + ", ".join(f"{k} {v:.2f}" for k, v in shown) + f", valkey {valkey_s:.2f}; "
-        f"{total:.2f} over {wall:.2f} s wall = {total / wall:.2f} cores"
+        f"{total:.2f} over {wall:.2f} s wall = {total / wall:.2f} cores; "
+        f"{per_batch:.0f} ms a {engine.BLOCK_ROWS:,}-row batch"
     )
 
 
 async def drain(settings: Settings, store: Store, entries: int, timers: Timers) -> float:
+    """`entries`: the stream entries to acknowledge."""
     """Run the real worker until every entry is acknowledged; seconds from the first read."""
     redis = worker_redis(settings)
     worker = pipeline.Worker(settings, store, redis)
@@ -160,7 +167,8 @@ async def drain(settings: Settings, store: Store, entries: int, timers: Timers) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m botpulse.bench.stages")
-    parser.add_argument("--entries", type=int, default=200_000)
+    parser.add_argument("--entries", type=int, default=200_000, help="posts (rows) to drain")
+    parser.add_argument("--per-entry", type=int, default=POSTS_PER_ENTRY, help="posts a stream entry")
     parser.add_argument("--minute-rollup", action="store_true", help="the roll-ups as before 0037")
     parser.add_argument("--no-overlap", action="store_true", help="no read-ahead, no insert before commit")
     parser.add_argument("--no-engine", action="store_true", help="skip the engine baseline")
@@ -183,16 +191,17 @@ def main(argv: list[str] | None = None) -> int:
         migrate(store)
         if args.minute_rollup:
             minute_rollup(store)
-        asyncio.run(prefill(valkey.url, args.entries))
+        filled = asyncio.run(prefill(valkey.url, args.entries, per_entry=args.per_entry))
         timers: Timers = collections.defaultdict(lambda: [0.0, 0])
         assert valkey.proc is not None
         threads, valkey_s = threads_cpu(), pid_cpu(valkey.proc.pid)
-        wall = asyncio.run(drain(settings, store, args.entries, timers))
-        cpu = cpu_line(threads, threads_cpu(), pid_cpu(valkey.proc.pid) - valkey_s, wall)
+        wall = asyncio.run(drain(settings, store, filled.entries, timers))
+        cpu = cpu_line(threads, threads_cpu(), pid_cpu(valkey.proc.pid) - valkey_s, wall, args.entries)
         stored = store.query_rows("SELECT count() FROM bot_stats")[0][0]
         drain_rate = args.entries / wall
         print(
-            f"drain: {args.entries:,} entries in {wall:.2f} s = {drain_rate:,.0f} rows/s, stored {stored:,}"
+            f"drain: {args.entries:,} posts in {filled.entries:,} entries in {wall:.2f} s = "
+            f"{drain_rate:,.0f} rows/s, stored {stored:,}"
         )
         print(f"  {cpu}")
         for name, (seconds, calls) in timers.items():
@@ -214,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         engine_rate = args.entries / seconds
         p50 = sorted(took)[len(took) // 2] * 1000
         print(f"engine: {engine_rate:,.0f} rows/s, insert p50 {p50:.1f} ms a block")
-        print(f"  {cpu_line(threads, threads_cpu(), 0.0, seconds)}")
+        print(f"  {cpu_line(threads, threads_cpu(), 0.0, seconds, args.entries)}")
         print(f"drain / engine: {drain_rate / engine_rate:.3f}")
         store.close()
     finally:

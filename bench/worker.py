@@ -14,22 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import msgspec
 import redis.asyncio as aioredis
 
 from botpulse.bench.context import REPO, Bench, Figure
 from botpulse.bench.engine_inserts import BLOCK_ROWS, EngineRun
-from botpulse.bench.procs import Service
+from botpulse.bench.procs import Service, cpu_seconds
+from botpulse.ingest.append import APPENDED, SCRIPT, SHA, Limits, Post, result_of, script_call
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import load_settings
 from botpulse.schemas.stream import (
-    FIELD,
     GROUP,
     StatsPayload,
     StreamEvent,
@@ -45,6 +46,12 @@ TARGET_ENGINE_RATIO = 0.8
 
 
 BOTS = 1000
+# Posts per append-script call, so per stream entry, that the pre-fill writes: what the gateway
+# writes under load (11.6 to 13.0 posts a call at 2 gateway processes, docs/api/ingest.md, Round 3).
+POSTS_PER_ENTRY = 12
+# Rate limits and a backlog bound no pre-fill reaches: every post is appended.
+_UNLIMITED = 1_000_000_000
+_NO_LIMITS = Limits(1, _UNLIMITED, 1, _UNLIMITED)
 
 
 def drain_event(i: int, base_ms: int, bots: int = BOTS) -> StreamEvent:
@@ -62,30 +69,68 @@ def drain_event(i: int, base_ms: int, bots: int = BOTS) -> StreamEvent:
     )  # fmt: skip
 
 
-async def prefill(redis_url: str, entries: int, bots: int = BOTS) -> float:
-    """Append `entries` stats events for `bots` bots; returns seconds taken."""
+class Prefilled(msgspec.Struct, frozen=True):
+    events: int  # stats posts, one row each
+    entries: int  # stream entries holding them (what the consumer group counts)
+    seconds: float
+
+
+def _fill_calls(events: int, bots: int, partitions: int, per_entry: int) -> Iterator[bytes]:
+    """The drain's events as the gateway's script calls of `per_entry` posts (of one partition
+    each, in event order), made as they are sent: a million posts never sit in memory at once."""
+    base_ms = int(time.time() * 1000) - events
+    waiting: list[list[Post]] = [[] for _ in range(partitions)]
+    for i in range(events):
+        event = drain_event(i, base_ms, bots)
+        partition = partition_of(event.bot_id, partitions)
+        posts = waiting[partition]
+        posts.append(
+            Post(partition, event.bot_id, True, 0, (), (encode_event(event),), account_id=event.account_id,
+                 account_burst=_UNLIMITED)
+        )  # fmt: skip
+        if len(posts) == per_entry:
+            yield script_call("EVALSHA", SHA, posts, _UNLIMITED, _NO_LIMITS)
+            waiting[partition] = []
+    for posts in waiting:
+        if posts:
+            yield script_call("EVALSHA", SHA, posts, _UNLIMITED, _NO_LIMITS)
+
+
+async def prefill(
+    redis_url: str, events: int, bots: int = BOTS, per_entry: int = POSTS_PER_ENTRY
+) -> Prefilled:
+    """Append `events` stats posts for `bots` bots, `per_entry` posts to each append-script call:
+    the gateway's own script and arguments (`ingest.append.script_call`), so the stream holds
+    what a gateway appending that many posts a call writes (its `LUA_ENTRY` gathers them into
+    entries; one post a call writes the bare single-event entry). Every post must be appended."""
     settings = load_settings({}, redis_url=redis_url)
     redis = connect(settings)
     started = time.monotonic()
+    partitions = settings.stream_partitions
     try:
-        streams = {stream_key(p) for p in range(settings.stream_partitions)}
-        base_ms = int(time.time() * 1000) - entries
-        chunk = 5000
-        for first in range(0, entries, chunk):
-            async with redis.pipeline(transaction=False) as pipe:
-                for i in range(first, min(entries, first + chunk)):
-                    event = drain_event(i, base_ms, bots)
-                    pipe.xadd(
-                        stream_key(partition_of(event.bot_id, settings.stream_partitions)),
-                        {FIELD: encode_event(event)},
-                    )
-                await pipe.execute()
-        for stream in streams:
+        sha = await redis.script_load(SCRIPT)
+        assert sha == SHA, "the gateway's script hashes differently"
+        calls = _fill_calls(events, bots, partitions, per_entry)
+        # The calls written in chunks on one connection, the replies read after each chunk.
+        connection = await redis.connection_pool.get_connection()
+        try:
+            while chunk := list(itertools.islice(calls, 500)):
+                await connection.send_packed_command(b"".join(chunk))
+                for _ in chunk:
+                    replies = await connection.read_response()
+                    refused = [r for r in replies if result_of(r) is not APPENDED]
+                    if refused:
+                        raise RuntimeError(f"pre-fill: the append script refused posts: {refused[:3]}")
+        finally:
+            await redis.connection_pool.release(connection)
+        entries = 0
+        for p in range(partitions):
+            entries += await redis.xlen(stream_key(p))
             with contextlib.suppress(aioredis.ResponseError):  # BUSYGROUP
-                await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+                await redis.xgroup_create(stream_key(p), GROUP, id="0", mkstream=True)
     finally:
         await redis.aclose()
-    return time.monotonic() - started
+    return Prefilled(events, entries, round(time.monotonic() - started, 2))
 
 
 async def _group_state(redis: aioredis.Redis, streams: list[str]) -> tuple[int, int, bool]:
@@ -105,8 +150,11 @@ async def _group_state(redis: aioredis.Redis, streams: list[str]) -> tuple[int, 
 
 
 async def watch_drain(
-    redis_url: str, entries: int, bound_s: float, workers: list[Service], on_first: Callable[[], None]
+    redis_url: str, filled: Prefilled, bound_s: float, workers: list[Service], on_first: Callable[[], None]
 ) -> dict[str, object]:
+    """Watch the group until every entry of `filled` is acknowledged (or the bound passes, or
+    the workers died). Rows acknowledged are counted from entries (each holds the same number of
+    posts but perhaps the last of a partition: the count is exact once drained)."""
     settings = load_settings({}, redis_url=redis_url)
     redis = connect(settings)
     streams = [stream_key(p) for p in range(settings.stream_partitions)]
@@ -121,7 +169,7 @@ async def watch_drain(
             if first is None and read > 0:
                 first = now
                 on_first()
-            if read >= entries and pending == 0 and caught_up:
+            if read >= filled.entries and pending == 0 and caught_up:
                 done = True
                 break
             if not any(w.alive() for w in workers):
@@ -131,12 +179,14 @@ async def watch_drain(
         await redis.aclose()
     elapsed = (time.monotonic() - first) if first is not None else None
     acked = max(0, read - pending)
+    rows = filled.events if done else acked * filled.events // max(1, filled.entries)
     return {
         "drained": done,
-        "entries": entries,
+        "entries": filled.entries,
+        "events": filled.events,
         "acked": acked,
         "seconds": round(elapsed, 3) if elapsed else None,
-        "rows_per_s": round(acked / elapsed, 1) if elapsed else None,
+        "rows_per_s": round(rows / elapsed, 1) if elapsed else None,
     }
 
 
@@ -147,11 +197,14 @@ def drain(
     processes: int,
     *,
     entries: int | None = None,
+    per_entry: int = POSTS_PER_ENTRY,
     bound_s: float | None = None,
     profile: bool = False,
 ) -> dict[str, object]:
+    """Drain `entries` stats posts (default: the sizes' `drain_entries`), pre-filled
+    `per_entry` posts to a stream entry."""
     s = b.sizes
-    entries = entries or s.drain_entries
+    events = entries or s.drain_entries
     phase = f"{PHASE}-{label}"
     redis = b.redis(phase)
     try:
@@ -159,22 +212,28 @@ def drain(
         if clickhouse_url is not None:
             extra["BOTPULSE_CLICKHOUSE_DATABASE"] = f"botpulse_bench_{os.getpid()}"
         env = b.env(phase, redis.url, clickhouse_url, **extra)
-        b.say(f"worker: pre-filling {entries:,} entries ({label})")
-        fill_s = asyncio.run(prefill(redis.url, entries))
-        sampler = None
+        b.say(f"worker: pre-filling {events:,} posts, {per_entry} a call ({label})")
+        filled = asyncio.run(prefill(redis.url, events, per_entry=per_entry))
         workers = [
             b.service(f"worker-{i}", phase, ["-m", "botpulse", "worker"], env) for i in range(processes)
         ]
         sampler = None
+        assert redis.proc is not None
+        valkey_pid = redis.proc.pid
+        cpu_at_first: tuple[float, float] = (0.0, 0.0)
 
         def started() -> None:
-            nonlocal sampler
+            nonlocal sampler, cpu_at_first
+            cpu_at_first = (sum(w.cpu() for w in workers), cpu_seconds(valkey_pid) or 0.0)
             if profile:  # sample the drain, not the start-up
                 sampler = b.sample(workers[0], phase, "worker")
 
         try:
             bound = bound_s or s.drain_timeout_s
-            stats = asyncio.run(watch_drain(redis.url, entries, bound, workers, started))
+            stats = asyncio.run(watch_drain(redis.url, filled, bound, workers, started))
+            # The CPU of the drain (from the first entry handed out): the workers' and valkey's.
+            worker_cpu = sum(w.cpu() for w in workers) - cpu_at_first[0]
+            valkey_cpu = (cpu_seconds(valkey_pid) or 0.0) - cpu_at_first[1]
             for i, w in enumerate(workers):
                 b.note_rss(f"worker ({label})" + (f" #{i + 1}" if processes > 1 else ""), w)
             if not stats["drained"]:
@@ -183,8 +242,13 @@ def drain(
             b.end_sample(sampler, workers[0], phase, "worker")
             for w in workers:
                 w.stop()
-        stats["prefill_s"] = round(fill_s, 2)
+        stats["prefill_s"] = filled.seconds
+        stats["posts_per_entry"] = per_entry
         stats["processes"] = processes
+        if stats["drained"]:
+            per_block = BLOCK_ROWS / filled.events * 1000
+            stats["worker_cpu_ms_per_block"] = round(worker_cpu * per_block, 1)
+            stats["valkey_cpu_ms_per_block"] = round(valkey_cpu * per_block, 1)
         stats["stored_rows"] = _stored_rows(b, phase, env)
         b.say(f"worker: {label} {processes}p {stats['rows_per_s']} rows/s, stored {stats['stored_rows']}")
         return stats
@@ -218,7 +282,10 @@ def engine(b: Bench, rows: int) -> dict[str, object]:
 
 def _engine_figures(b: Bench, drain: dict[str, object], base: dict[str, object]) -> None:
     rows_s = float(base["rows_per_s"])  # type: ignore[arg-type]
-    notes = [f"p50 insert {base['insert_ms_p50']} ms a {base['block_rows']:,}-row block"]
+    notes = [
+        f"p50 insert {base['insert_ms_p50']} ms a {base['block_rows']:,}-row block, "
+        f"CPU {base['cpu_ms_per_block']} ms a block"
+    ]
     if base["stored_rows"] != base["rows"]:
         notes.append(f"ClickHouse holds {base['stored_rows']} rows for {base['rows']}")
     posts = base["rollup_posts"]
@@ -254,9 +321,16 @@ def _figure(b: Bench, key: str, label: str, stats: dict[str, object], target: bo
     value = stats["rows_per_s"]
     notes = []
     if not stats["drained"]:
-        notes.append(f"not drained within the time bound ({stats['acked']} of {stats['entries']} acked)")
-    if stats["stored_rows"] is not None and stats["stored_rows"] != stats["entries"]:
-        notes.append(f"ClickHouse holds {stats['stored_rows']} rows for {stats['entries']} entries")
+        notes.append(
+            f"not drained within the time bound ({stats['acked']} of {stats['entries']} entries acked)"
+        )
+    if stats["stored_rows"] is not None and stats["stored_rows"] != stats["events"]:
+        notes.append(f"ClickHouse holds {stats['stored_rows']} rows for {stats['events']} posts")
+    if "worker_cpu_ms_per_block" in stats:
+        notes.append(
+            f"CPU a {BLOCK_ROWS:,}-row batch: worker {stats['worker_cpu_ms_per_block']} ms, "
+            f"valkey {stats['valkey_cpu_ms_per_block']} ms"
+        )
     ok = None
     if target and value is not None:
         ok = bool(stats["drained"]) and float(value) >= TARGET_ROWS_S  # type: ignore[arg-type]
@@ -266,7 +340,7 @@ def _figure(b: Bench, key: str, label: str, stats: dict[str, object], target: bo
 
 
 def run(b: Bench) -> None:
-    n = f"{b.sizes.drain_entries:,}"
+    n = f"{b.sizes.drain_entries:,} posts, {POSTS_PER_ENTRY} an entry"
     stats = drain(b, "embedded", None, 1)
     defaults = load_settings({}, redis_url="redis://127.0.0.1:1/0")
     b.raw[PHASE] = {

@@ -12,7 +12,7 @@ events the gateway appended in one script call share an entry (`LUA_ENTRY`), so 
 `XADD` for them and a worker reads, tracks and acknowledges one entry. Each event keeps its own
 `event_id`; the worker stores each one exactly once (workers/batch.py names the events of an
 entry `<entry id>#<index>`). A single event is always written as the bare map, the only form
-gateways wrote before, so entries of either age read the same way (`split_entry`). The payload
+gateways wrote before, so entries of either age read the same way (`is_several`). The payload
 is a tagged union; its tag is the event's kind. The gateway's append script edits encoded stats
 events inside Redis with `LUA_DROP_METRICS`, defined here beside the encoding it relies on
 (tests/test_stream_contract.py runs both Lua parts against the encoder and decoder).
@@ -209,6 +209,7 @@ MAX_ENTRY_BYTES = 4096
 # The first byte of a msgpack array (fixarray, array 16, array 32): an entry of several events.
 _ARRAY_MARKERS = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])
 _parts_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
+_events_decoder = msgspec.msgpack.Decoder(list[StreamEvent])
 
 
 def encode_entry(events: list[bytes]) -> bytes:
@@ -222,15 +223,27 @@ def split_entry(data: bytes) -> list[bytes] | None:
     """The encoded events of an entry of several events, None for an entry of one (decode it
     with `decode_event`). Raises msgspec.DecodeError / ValidationError for a value that is an
     array but not an array of msgpack values (poison)."""
-    if not data or data[0] not in _ARRAY_MARKERS:
+    if not is_several(data):
         return None
     return [bytes(part) for part in _parts_decoder.decode(data)]
 
 
+def is_several(data: bytes) -> bool:
+    """Whether an entry's value is an array of events (else one bare event)."""
+    return bool(data) and data[0] in _ARRAY_MARKERS
+
+
+def decode_events(data: bytes) -> list[StreamEvent]:
+    """The events of an entry of several (`is_several`) in one decode, without splitting it
+    first: a fourth of the cost of `split_entry` and a decode per event. Raises
+    msgspec.DecodeError / ValidationError if any of them is poison; `split_entry` then tells
+    which (the others still stand)."""
+    return _events_decoder.decode(data)
+
+
 def entry_events(data: bytes) -> list[StreamEvent]:
     """Every event of an entry's value, in order (raises like `decode_event`)."""
-    parts = split_entry(data)
-    return [decode_event(data)] if parts is None else [decode_event(p) for p in parts]
+    return decode_events(data) if is_several(data) else [decode_event(data)]
 
 
 # --- editing an encoded event in Redis ---------------------------------------------------------

@@ -25,6 +25,7 @@ from botpulse.schemas.stream import (
     MAX_ENTRY_EVENTS,
     StreamEvent,
     batches_key,
+    decode_events,
     encode_entry,
     encode_event,
     entry_events,
@@ -33,6 +34,7 @@ from botpulse.schemas.stream import (
     worker_stats_key,
 )
 from botpulse.workers import batchlog as rec
+from botpulse.workers.batch import Entry, decode_entry
 from botpulse.workers.pipeline import Worker
 from tests.test_workers import FAST, custom_event, drained, post, stats_event, stored_ids, worker_task
 from tests.test_workers_poison import (  # noqa: F401 - the fixtures are used by name
@@ -99,6 +101,23 @@ async def test_an_entry_is_closed_at_the_bytes_bound_and_a_large_event_stands_al
     values = [fields[FIELD] for _, fields in await redis.xrange(stream_key(0))]
     assert values == [encoded[0], encoded[1], encode_entry(encoded[2:])]
     assert all(len(v) <= MAX_ENTRY_BYTES for i, v in enumerate(values) if i != 1)
+
+
+@pytest.mark.parametrize("n", [2, MAX_ENTRY_EVENTS])
+def test_an_entry_decoded_whole_gives_each_event_its_own_id_and_bytes(n) -> None:
+    # The worker decodes an entry of several events in one call (`decode_events`); each event
+    # still carries its own id and, when asked (poison, dead letters), its own bytes.
+    events = [stats_event(f"w{i}", guilds=i, custom_metrics={"m": float(i)}) for i in range(n)]
+    encoded = [encode_event(e) for e in events]
+    value = encode_entry(encoded)
+    decoded = decode_entry(b"5-1", value)
+    assert isinstance(decoded, list) and all(isinstance(d, Entry) for d in decoded)
+    assert [d.id for d in decoded] == [rec.part_id(b"5-1", i) for i in range(n)]
+    assert [d.event for d in decoded] == events == decode_events(value)
+    assert [d.data for d in decoded] == encoded == split_entry(value)
+    # A single event stays itself: its id is the entry's, its bytes the whole value.
+    (one,) = [decode_entry(b"6-0", encoded[0])]
+    assert isinstance(one, Entry) and (one.id, one.data, one.event) == (b"6-0", encoded[0], events[0])
 
 
 def test_an_array_that_is_not_msgpack_is_undecodable_not_a_crash() -> None:

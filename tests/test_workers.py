@@ -264,11 +264,11 @@ async def test_unexpected_failure_leaves_entries_pending_and_they_are_recovered(
     real = workers_writer.rows_by_table
     calls = {"n": 0}
 
-    def broken_once(pairs):  # type: ignore[no-untyped-def]
+    def broken_once(*args):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("injected bug")
-        return real(pairs)
+        return real(*args)
 
     monkeypatch.setattr(workers_writer, "rows_by_table", broken_once)
     events = [stats_event("u1", guilds=i) for i in range(6)]

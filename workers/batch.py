@@ -9,11 +9,12 @@ stream entry is acknowledged once, when all of its events are settled."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 
-from botpulse.schemas.stream import FIELD, StreamEvent, decode_event, split_entry
+from botpulse.schemas.stream import FIELD, StreamEvent, decode_event, decode_events, is_several, split_entry
 from botpulse.workers import batchlog as rec
 
 # (event id, bytes, reason): an event that cannot be stored (undecodable, or rejected by
@@ -23,8 +24,21 @@ Poison = tuple[bytes, bytes, str]
 
 class Entry(msgspec.Struct, gc=False):  # untracked by the GC, like StreamEvent: never in a cycle
     id: bytes  # the event id: the stream entry id, or `<entry id>#<index>` (module docstring)
-    data: bytes  # the event's own encoded bytes
+    # The event's own encoded bytes; for an event decoded with its entry-mates (`index` ≥ 0), the
+    # whole entry's value, which they share: split out (`data`) only when an event's own bytes are
+    # asked for (poison, dead letters), never for the events that are stored.
+    value: bytes
     event: StreamEvent
+    index: int = -1
+
+    @property
+    def data(self) -> bytes:
+        """The event's own encoded bytes."""
+        if self.index < 0:
+            return self.value
+        parts = split_entry(self.value)
+        assert parts is not None
+        return parts[self.index]
 
 
 def payload(fields: object) -> bytes:
@@ -45,13 +59,60 @@ def decode_entry(entry_id: bytes, data: bytes) -> Entry | Poison | list[Entry | 
     """The entry's event, or (id, bytes, reason) when this reader cannot decode it (another
     reader version may: it is poison, not garbage); for an entry of several events, each of
     them so (one undecodable event does not take its entry-mates with it)."""
+    if not is_several(data):
+        try:
+            return Entry(entry_id, data, decode_event(data))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return (entry_id, data, f"undecodable: {exc}")
+    try:
+        # The whole entry in one decode (the common case); only an entry with poison in it is
+        # split, to tell its events apart.
+        events = decode_events(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return _decode_parts(entry_id, data)
+    if not events:  # never written by a gateway; nothing in it to settle the entry by
+        return (entry_id, data, "undecodable: an entry of no events")
+    part = rec.part_id
+    return [Entry(part(entry_id, i), data, event, i) for i, event in enumerate(events)]
+
+
+def decode_into(
+    replies: Iterable[Sequence[object]], entries: list[Entry], poison: list[Poison], ids: list[bytes]
+) -> None:
+    """`decode_entry` for every (id, fields) of a read, straight into the lists of a buffer:
+    its events, its poison, its stream entry ids (each once, in order). The common entries (the
+    one field the gateway writes, decoding whole) take no call per entry beyond the decode."""
+    append, extend, add_id, part = entries.append, entries.extend, ids.append, rec.part_id
+    one, several, has_several = decode_event, decode_events, is_several
+    for entry_id, fields in replies:
+        add_id(entry_id)  # type: ignore[arg-type]
+        if type(fields) is list and len(fields) == 2 and fields[0] == FIELD:
+            data = fields[1]
+        else:
+            data = payload(fields)
+        try:
+            if not has_several(data):  # type: ignore[arg-type]
+                append(Entry(entry_id, data, one(data)))  # type: ignore[arg-type]
+            else:
+                events = several(data)
+                if events:
+                    extend([Entry(part(entry_id, i), data, e, i) for i, e in enumerate(events)])  # type: ignore[arg-type]
+                else:
+                    poison.append((entry_id, data, "undecodable: an entry of no events"))  # type: ignore[arg-type]
+            continue
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass
+        sort_decoded(decode_entry(entry_id, data), entries, poison)  # type: ignore[arg-type]
+
+
+def _decode_parts(entry_id: bytes, data: bytes) -> Poison | list[Entry | Poison]:
+    """An entry of several events that does not decode whole: each event on its own."""
     try:
         parts = split_entry(data)
-        if parts is None:
-            return Entry(entry_id, data, decode_event(data))
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return (entry_id, data, f"undecodable: {exc}")
-    if not parts:  # never written by a gateway; nothing in it to settle the entry by
+    assert parts is not None
+    if not parts:
         return (entry_id, data, "undecodable: an entry of no events")
     out: list[Entry | Poison] = []
     for index, part in enumerate(parts):
@@ -93,6 +154,9 @@ class Batch:
     lost: list[bytes] = field(default_factory=list)
     # Entries of the record that cannot be decoded: poison, like entries ClickHouse rejects.
     poison: list[Poison] = field(default_factory=list)
+    # The distinct stream entry ids of `entries` and `poison`, when the batch was opened from a
+    # buffer that kept them as it read (None: the commit derives them from the event ids).
+    entry_ids: list[bytes] | None = None
     # True while this worker holds the record's lease (workers/batchlog.py): a recovery from
     # taking it, a fresh batch's writer from its first split.
     leased: bool = False

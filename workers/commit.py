@@ -173,8 +173,11 @@ class Committer:
         waiting = {i.encode() for r in settlement.waiting for i in r.ids} | set(settlement.unowned)
         # Stream entries: an entry of several events once, acknowledged only with all of them
         # settled (stored, dead-lettered, or left to another delivery under a record: waiting).
-        ids = rec.entries_of([*(e.id for e in batch.entries), *(i for i, _, _ in batch.poison)])
-        ids += batch.lost
+        if batch.entry_ids is not None:
+            ids = [*batch.entry_ids, *batch.lost]
+        else:
+            ids = rec.entries_of([*(e.id for e in batch.entries), *(i for i, _, _ in batch.poison)])
+            ids += batch.lost
         if waiting:
             ids = [i for i in ids if i not in waiting]
         if batch.lost:

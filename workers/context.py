@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.connection import AbstractConnection as Connection
+from redis.connection import HiredisRespSerializer
+from redis.typing import EncodableT
 
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.health import Health
@@ -41,8 +44,27 @@ def consumer_name() -> str:
 def worker_redis(settings: Settings) -> aioredis.Redis:
     """The worker's Redis client, with `BOTPULSE_WORKER_REDIS_TIMEOUT_MS` as its socket timeout
     (its commands carry whole batches); a command that times out anyway is safe (the entries
-    stay pending and are recovered)."""
-    return connect(msgspec.structs.replace(settings, redis_timeout_ms=settings.worker_redis_timeout_ms))
+    stay pending and are recovered). Its commands are packed by hiredis (`_hiredis_packed`)."""
+    redis = connect(msgspec.structs.replace(settings, redis_timeout_ms=settings.worker_redis_timeout_ms))
+    pool = redis.connection_pool
+    pool.connection_class = _hiredis_packed(pool.connection_class)
+    return redis
+
+
+def _hiredis_packed(base: type[Connection]) -> type[Connection]:
+    """`base` (whatever connection class the URL chose: TCP, TLS, Unix socket) packing commands
+    with redis-py's hiredis serializer, the one its synchronous client uses, instead of the asyncio
+    client's Python packer, which joins the command's bytes anew for every argument: an XACK of
+    a batch of single-event entries (10,000 ids) cost 12.6 ms to pack in Python, 2.9 with hiredis;
+    the bytes are the same."""
+    serializer = HiredisRespSerializer()
+
+    class Packed(base):  # type: ignore[valid-type,misc]
+        def pack_command(self, *args: EncodableT) -> list[bytes]:
+            return serializer.pack(*args)
+
+    Packed.__name__ = Packed.__qualname__ = f"HiredisPacked{base.__name__}"
+    return Packed
 
 
 def backoff(attempt: int) -> float:

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from botpulse.schemas.stream import GROUP, MAX_ENTRY_EVENTS, stream_key
 from botpulse.workers import batchlog as rec
 from botpulse.workers import metrics
-from botpulse.workers.batch import Entry, Poison, decode_entry, payload
+from botpulse.workers.batch import Entry, Poison, decode_into
 from botpulse.workers.context import Context
 
 
@@ -26,12 +26,16 @@ def _as_is(response: object, **_: object) -> object:
 class PartitionBuffer:
     """The entries of one partition read since its last batch."""
 
-    __slots__ = ("delivered_since", "entries", "in_order", "opened", "undecodable")
+    __slots__ = ("delivered_since", "entries", "entry_ids", "in_order", "opened", "undecodable")
 
     def __init__(self) -> None:
         self.entries: list[Entry] = []
         # Undecodable entries: they join the batch's record as poison.
         self.undecodable: list[Poison] = []
+        # The stream entry ids accepted, each once (an entry of several events, or undecodable),
+        # in the order read: the ids the batch record names and the commit acknowledges, kept
+        # here rather than derived again from every event id.
+        self.entry_ids: list[bytes] = []
         self.opened = time.monotonic()  # when the first entry came (meaningful once holding)
         # Only XREADGROUP '>' entries: distinct and in stream order (each read returns ids above
         # every id the group delivered before), so no sort is needed (parsing every id was ~5 %
@@ -51,7 +55,7 @@ class PartitionBuffer:
 
     def ids(self) -> list[bytes]:
         """The stream entry ids held (an entry of several events once)."""
-        return rec.entries_of([*(e.id for e in self.entries), *(i for i, _, _ in self.undecodable)])
+        return list(self.entry_ids)
 
     def accept(self, entries: Sequence[Sequence[object]], *, in_order: bool, read_ms: int | None) -> None:
         """`entries`: (id, fields) pairs, the fields a raw reply's flat list or a dict.
@@ -68,19 +72,7 @@ class PartitionBuffer:
             self.entries and entries and rec.id_key(entries[0][0]) <= rec.id_key(self.entries[-1].id)  # type: ignore[arg-type]
         ):
             self.in_order = False
-        append = self.entries.append
-        for entry_id, fields in entries:
-            decoded = decode_entry(entry_id, payload(fields))  # type: ignore[arg-type]
-            if type(decoded) is Entry:
-                append(decoded)
-            elif type(decoded) is list:
-                for one in decoded:
-                    if type(one) is Entry:
-                        append(one)
-                    else:
-                        self.undecodable.append(one)  # type: ignore[arg-type]
-            else:
-                self.undecodable.append(decoded)  # type: ignore[arg-type]
+        decode_into(entries, self.entries, self.undecodable, self.entry_ids)
 
 
 class Intake:

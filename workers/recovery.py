@@ -53,26 +53,37 @@ class Recovery:
         in_order: bool = False,
         poison: Sequence[Poison] = (),
         delivered_since_ms: int | None = None,
+        entry_ids: Sequence[bytes] | None = None,
     ) -> Batch | None:
         """The entries under a written, durable record; None when every entry was taken
         over meanwhile (theirs now, never inserted by us). `in_order`: the entries are known to
         be distinct and in stream order. `poison`: undecodable entries, named by the record
         like the others. `delivered_since_ms`: Redis's clock before the reads that delivered
-        them all (see `Records.write_if_owned`)."""
+        them all (see `Records.write_if_owned`). `entry_ids`: with `in_order`, the distinct
+        stream entry ids of `entries` and `poison` in stream order, as the buffer kept them
+        (spares deriving them from every event id)."""
         ctx = self.ctx
         stream = stream_key(partition)
         if not in_order:
             by_id = {e.id: e for e in entries}
             entries = [by_id[i] for i in rec.sort_ids(by_id)]
-        decoded = {e.id for e in entries}
-        bad = {i: (i, data, reason) for i, data, reason in poison if i not in decoded}
+            entry_ids = None
+        bad: dict[bytes, Poison] = {}
+        if poison:
+            decoded = {e.id for e in entries}
+            bad = {i: (i, data, reason) for i, data, reason in poison if i not in decoded}
+            if len(bad) < len(poison):
+                entry_ids = None  # poison that is also an entry: derive the ids
         since = delivered_since_ms
         for _ in range(3):
             # The record names stream entries: every event of each (a fresh batch holds whole
             # entries), each entry once.
-            ids = rec.entries_of(e.id for e in entries)
-            if bad:
-                ids = rec.sort_ids([*ids, *map(rec.entry_of, bad)])
+            if entry_ids is not None:
+                ids = list(entry_ids)
+            else:
+                ids = rec.entries_of(e.id for e in entries)
+                if bad:
+                    ids = rec.sort_ids([*ids, *map(rec.entry_of, bad)])
             record = rec.new_record(stream, ctx.consumer, ids)
             lost = set(
                 await ctx.records.write_if_owned(
@@ -87,11 +98,12 @@ class Recovery:
             )
             since = None  # a retry checks id by id
             if not lost:
-                return Batch(partition, record, entries, poison=list(bad.values()))
+                return Batch(partition, record, entries, poison=list(bad.values()), entry_ids=ids)
             # Taken over while buffered (we stalled past claim_idle_ms): theirs now.
             log.warning("entries taken over before their batch was written", count=len(lost))
             entries = [e for e in entries if rec.entry_of(e.id) not in lost]
             bad = {i: p for i, p in bad.items() if rec.entry_of(i) not in lost}
+            entry_ids = None
             if not entries and not bad:
                 return None
         return None  # still pending under whoever owns them; never inserted by us

@@ -55,10 +55,14 @@ def custom_row(e: StreamEvent, p: CustomPayload) -> Row:
     ]  # fmt: skip
 
 
-def rows_by_table(entries: Sequence[tuple[bytes, StreamEvent]]) -> dict[str, tuple[Block, list[bytes]]]:
+def rows_by_table(
+    entries: Sequence[tuple[bytes, StreamEvent]], names: dict[tuple[str, str], int] | None = None
+) -> dict[str, tuple[Block, list[bytes]]]:
     """The columns of each event table, with the stream id of the entry each row came from (so
     a batch rejected for its data can be split and the bad entry named). Built column by
-    column in one pass: no per-row list, no transposition in the client."""
+    column in one pass: no per-row list, no transposition in the client. `names`, when given,
+    collects in the same pass what `name_rows` would from these events ((bot, custom metric
+    name) -> earliest ms; `name_block` turns it into rows)."""
     s_ids: list[bytes] = []
     bot: list[object] = []
     ts: list[object] = []
@@ -95,6 +99,8 @@ def rows_by_table(entries: Sequence[tuple[bytes, StreamEvent]]) -> dict[str, tup
             cpu.append(p.cpu)
             bandwidth.append(p.bandwidth)
             custom.append(p.custom_metrics)
+            if p.custom_metrics and names is not None:
+                _first_seen(names, e, p)
             if p.props:
                 for name, value in p.props.items():
                     p_rows.append([e.bot_id, name, e.received_ms, value])
@@ -132,13 +138,22 @@ def slice_block(block: Block, start: int, stop: int) -> Block:
     return [c[start:stop] for c in block]
 
 
+def _first_seen(first: dict[tuple[str, str], int], e: StreamEvent, p: StatsPayload) -> None:
+    for name in p.custom_metrics:
+        key = (e.bot_id, name)
+        if key not in first or e.received_ms < first[key]:
+            first[key] = e.received_ms
+
+
+def name_block(first: dict[tuple[str, str], int]) -> list[Row]:
+    """One row per (bot, custom metric name) of `first` (name -> earliest ms), sorted."""
+    return [[bot, name, ms] for (bot, name), ms in sorted(first.items())]
+
+
 def name_rows(events: Sequence[StreamEvent]) -> list[Row]:
     """One row per (bot, custom metric name) first seen in these events, at its earliest time."""
     first: dict[tuple[str, str], int] = {}
     for e in events:
-        if isinstance(e.payload, StatsPayload):
-            for name in e.payload.custom_metrics:
-                key = (e.bot_id, name)
-                if key not in first or e.received_ms < first[key]:
-                    first[key] = e.received_ms
-    return [[bot, name, ms] for (bot, name), ms in sorted(first.items())]
+        if isinstance(e.payload, StatsPayload) and e.payload.custom_metrics:
+            _first_seen(first, e, e.payload)
+    return name_block(first)

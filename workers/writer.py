@@ -33,6 +33,7 @@ from botpulse.workers.rows import (
     NAMES_TABLE,
     Block,
     block_rows,
+    name_block,
     name_rows,
     rows_by_table,
     slice_block,
@@ -80,13 +81,16 @@ class Writer:
         """Insert the batch; returns {entry id: reason} for the entries ClickHouse rejected for
         their data. Raises `Superseded` when another worker took the batch over."""
         stream = stream_key(batch.partition)
-        pairs = [(e.id, e.event) for e in batch.entries]
+        first: dict[tuple[str, str], int] = {}  # the custom metric names, found with the columns
+        tables = rows_by_table([(e.id, e.event) for e in batch.entries], first)
         rejected: dict[bytes, str] = {}
-        for table, (block, ids) in rows_by_table(pairs).items():
+        for table, (block, ids) in tables.items():
             token = f"{batch.record.token}:{table}"
             rejected.update(await self.insert_split(batch, table, block, ids, token, stream))
-        good = [e.event for e in batch.entries if e.id not in rejected] if rejected else [e for _, e in pairs]
-        names = name_rows(good)
+        if rejected:  # only the names of the events stored
+            names = name_rows([e.event for e in batch.entries if e.id not in rejected])
+        else:
+            names = name_block(first)
         if names:
             token = batch.record.token
             if rejected or batch.poison:
