@@ -16,10 +16,14 @@ $(STAMP): pyproject.toml
 dev: $(STAMP)
 	$(BIN)/botpulse dev
 
+# The tests run TEST_WORKERS files side by side (pytest-xdist; a file's tests stay together, so
+# a module's servers start once): most of a test's time is spent waiting on real servers and
+# processes, not on the cores. TEST_WORKERS=0 runs them one after another in this process.
+TEST_WORKERS ?= 3
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(MAKE) --no-print-directory layers
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 # The dashboard's browser tests drive Debian's chromium through Playwright (never a downloaded
 # browser). Installed here when missing: as root with apt-get, otherwise the command to run is
