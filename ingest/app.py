@@ -37,7 +37,7 @@ from botpulse.ingest.bodies import (
 )
 from botpulse.ingest.shards import SUMMED, ShardAppender, shard_values
 from botpulse.registry.index import RegistryCache, is_ready
-from botpulse.registry.keys import request_key
+from botpulse.registry.keys import hash_key, request_key
 from botpulse.runtime.logs import get_logger
 from botpulse.runtime.metrics import Exposition
 from botpulse.runtime.openapi import Route, api_version, document, prefixed
@@ -51,7 +51,7 @@ from botpulse.schemas.http import (
     StatcordAccepted,
     StatcordError,
 )
-from botpulse.schemas.registry import BOT_ID, INGEST, READ, IndexedAccount, IndexedBot
+from botpulse.schemas.registry import BOT_ID, INGEST, READ, IndexedAccount, IndexedBot, IndexedKey
 from botpulse.schemas.stream import (
     CustomPayload,
     ShardEntry,
@@ -221,6 +221,10 @@ STATCORD_ROUTE = "/v3/stats"
 class Gateway:
     """The handlers and what they share; resources are opened in `_resources` at startup."""
 
+    registry: RegistryCache
+    appender: Appender
+    admission: Admission
+
     def __init__(self, app: web.Application, settings: Settings) -> None:
         self.app = app
         self.settings = settings
@@ -230,6 +234,14 @@ class Gateway:
         self._id_counter = itertools.count()
         self._posters: dict[tuple[str, IndexedAccount], Poster] = {}
         self.stats_prefix = settings.gateway_prefix + STATS_PREFIX
+        self._stats_tally = metrics.Tally(STATS_ROUTE)
+
+    def bind(self) -> None:
+        """Keep the resources `_resources` opened at hand: a post reads them as attributes, not
+        through the app's mapping."""
+        self.registry = self.app[REGISTRY]
+        self.appender = self.app[APPENDER]
+        self.admission = self.app[ADMISSION]
 
     def next_event_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):016x}"
@@ -241,14 +253,37 @@ class Gateway:
         if length is not None and length > self.settings.max_body_bytes:
             raise Refusal(413, f"The body is over {self.settings.max_body_bytes} bytes")
 
-    async def read(self, request: web.Request) -> bytes:
+    async def read(self, request: web.BaseRequest) -> bytes:
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise Refusal(413, f"The body is over {self.settings.max_body_bytes} bytes") from None
 
+    def read_now(self, request: web.BaseRequest) -> bytes | None:
+        """The body when it has all arrived already (a post of the usual size comes in one segment
+        with its headers), without the coroutines of `request.read()`; None: `read` waits for it.
+        The same bound as `read`'s (a chunked body has no Content-Length to check first)."""
+        content = request.content
+        if not content.is_eof():
+            return None
+        body = content.read_nowait()
+        if len(body) > self.settings.max_body_bytes:
+            raise Refusal(413, f"The body is over {self.settings.max_body_bytes} bytes")
+        return body
+
+    def authorized(self, key: str | None, bot_id: str) -> tuple[Poster, IndexedBot] | None:
+        """`authorize`'s answer without a coroutine when the registry cache holds the key, the bot
+        and the account (the common post: `authorize` would answer the same from its lookups);
+        None when `authorize` has to look something up."""
+        registry = self.registry
+        if key and registry.ready and (found := registry.cached(hash_key(key), bot_id)) is not None:
+            return self._permit(*found)
+        return None
+
     async def authorize(self, key: str | None, bot_id: str) -> tuple[Poster, IndexedBot]:
-        registry = self.app[REGISTRY]
+        if (cached := self.authorized(key, bot_id)) is not None:
+            return cached
+        registry = self.registry
         try:
             if not registry.ready and not await is_ready(self.app[REDIS]):
                 raise Refusal(503, NOT_READY, retry_after_s=1, reason="registry_not_ready")
@@ -270,6 +305,12 @@ class Gateway:
             raise Refusal(
                 503, verdict.message, retry_after_s=verdict.retry_after_s, reason=verdict.reason
             ) from None
+        return self._permit(credential, bot, limits)
+
+    def _permit(
+        self, credential: IndexedKey, bot: IndexedBot, limits: IndexedAccount
+    ) -> tuple[Poster, IndexedBot]:
+        """What the key may do for this bot: the scope and ownership refusals, else the poster."""
         if credential.scope == READ:
             raise Refusal(
                 403,
@@ -284,7 +325,7 @@ class Gateway:
                 f"This ingest key is limited to other bots; it cannot post for bot {bot.id}",
                 extra={"scope": INGEST, "bots": list(credential.bots)},
             )
-        registry.used(credential.usage_id)
+        self.registry.used(credential.usage_id)
         return self._poster(credential.account_id, limits), bot
 
     def _poster(self, account_id: str, limits: IndexedAccount) -> Poster:
@@ -337,20 +378,15 @@ class Gateway:
 
     def _admit(self, partition: int) -> None:
         """Admission before any script runs: what the last sample of Redis says (ingest/admission.py)."""
-        if (verdict := self.app[ADMISSION].verdict(partition)) is not None:
+        if (verdict := self.admission.verdict(partition)) is not None:
             raise Refusal(503, verdict.message, retry_after_s=verdict.retry_after_s, reason=verdict.reason)
 
-    async def _run(self, script: Awaitable[Result], what: str) -> Result:
-        """A post script's result; a Redis fault is a 503 naming its reason (`error_verdict`)."""
-        try:
-            return await script
-        except Exception as exc:
-            verdict = error_verdict(exc)
-            self.app[ADMISSION].note_error(verdict)
-            log.warning(f"{what} failed", reason=verdict.reason, error=repr(exc))
-            raise Refusal(
-                503, verdict.message, retry_after_s=verdict.retry_after_s, reason=verdict.reason
-            ) from None
+    def _failed(self, exc: Exception, what: str) -> Refusal:
+        """A post script's Redis fault, as a 503 naming its reason (`error_verdict`)."""
+        verdict = error_verdict(exc)
+        self.admission.note_error(verdict)
+        log.warning(f"{what} failed", reason=verdict.reason, error=repr(exc))
+        return Refusal(503, verdict.message, retry_after_s=verdict.retry_after_s, reason=verdict.reason)
 
     def _checked(self, result: Result, poster: Poster, types: list[str], *, stats: bool) -> Result:
         """The script's refusals as answers (the same for every post script)."""
@@ -403,23 +439,20 @@ class Gateway:
         names = list(first.custom_metrics) if isinstance(first, StatsPayload) else []
         props = list(first.props) if isinstance(first, StatsPayload) else []
         # Custom entries always come after the stats payload (if any): the script's "last n" events.
-        types = [p.type for p in payloads if isinstance(p, CustomPayload)]
-        post = Post(
-            partition=partition,
-            bot_id=bot.id,
-            stats=stats,
-            slot_limit=bot.custom_slots,
-            metric_names=names,
-            events=events,
-            account_id=poster.account_id,
-            account_interval_ms=poster.interval_ms,
-            account_burst=poster.burst,
-            type_limit=poster.type_limit,
-            types=types,
-            prop_limit=self.settings.property_slots,
-            prop_names=props,
+        types = (
+            [p.type for p in payloads if isinstance(p, CustomPayload)]
+            if len(payloads) > 1
+            else ([first.type] if isinstance(first, CustomPayload) else [])
         )
-        result = await self._run(self.app[APPENDER].append(post), "append")
+        # Positional, in `Post`'s field order (msgspec's keyword path is the slower one).
+        post = Post(
+            partition, bot.id, stats, bot.custom_slots, names, events, poster.account_id, poster.interval_ms,
+            poster.burst, poster.type_limit, types, self.settings.property_slots, props,
+        )  # fmt: skip
+        try:
+            result = await self.appender.append(post)
+        except Exception as exc:
+            raise self._failed(exc, "append") from None
         return self._checked(result, poster, types, stats=stats)
 
     async def append_shard(
@@ -453,7 +486,10 @@ class Gateway:
             type_limit=poster.type_limit,
             types=types,
         )
-        result = await self._run(script, "shard append")
+        try:
+            result = await script
+        except Exception as exc:
+            raise self._failed(exc, "shard append") from None
         return self._checked(result, poster, types, stats=True)
 
     # --- routes ----------------------------------------------------------------------------
@@ -473,14 +509,19 @@ class Gateway:
         custom-event types in headers."""
         try:
             self.check_size(request)
-            poster, bot = await self.authorize(self.key_of(request), bot_id)
-            post = parse_stats(await self.read(request), self.settings.shard_limit)
-            result = await self.append_stats(bot, poster, post)
+            key = self.key_of(request)
+            poster, bot = self.authorized(key, bot_id) or await self.authorize(key, bot_id)
+            body = self.read_now(request)
+            post = parse_stats(await self.read(request) if body is None else body, self.settings.shard_limit)
+            if post.shard is None and post.shards is None:  # the common post: one coroutine less
+                result = await self.append(bot, poster, [post.stats, *post.entries], stats=True)
+            else:
+                result = await self.append_stats(bot, poster, post)
         except Refusal as refusal:
             return refusal_response(refusal)
         except BadInput as bad:
             return refusal_response(Refusal(400, bad.message, bad.field))
-        metrics.appended(STATS_ROUTE)
+        self._stats_tally.appended()
         if result is APPENDED and request.keep_alive and request.version == HttpVersion11:
             return NO_CONTENT  # type: ignore[return-value]
         return web.Response(status=204, content_type="application/json", headers=dropped_headers(result))
@@ -495,7 +536,7 @@ class Gateway:
         can exist (`BOT_ID`: no `/`, no percent-escape, nothing the route pattern refuses), no
         `Expect` header (the app answers `100 Continue`). Anything else, the app decides as always."""
         stats, prefix = self.stats, self.stats_prefix
-        observe = metrics.observe
+        answered = self._stats_tally.answered
         clock = time.perf_counter
 
         async def handle(request: web.BaseRequest) -> web.StreamResponse:
@@ -506,7 +547,7 @@ class Gateway:
                     if BOT_ID.match(bot_id) and hdrs.EXPECT not in request.headers:
                         started = clock()
                         response = await stats(request, bot_id)
-                        observe(STATS_ROUTE, "POST", response.status, clock() - started)
+                        answered(response.status, clock() - started)
                         return response
             return await app_handler(request)
 
@@ -600,6 +641,7 @@ async def _resources(app: web.Application):  # type: ignore[no-untyped-def]
         total_interval_ms=min(settings.shard_total_interval_s * 1000, settings.heartbeat_window_ms // 2),
         timeout_s=settings.redis_timeout_ms / 1000,
     )
+    app[GATEWAY].bind()
     await app[REGISTRY].start()
     await app[ADMISSION].start()
     yield

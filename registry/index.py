@@ -207,6 +207,21 @@ class RegistryCache:
     async def bot(self, bot_id: str) -> IndexedBot | None:
         return await self._lookup(self._bots, bot_id, bot_entry, decode_bot, None)
 
+    def cached(self, key_hash: str, bot_id: str) -> tuple[IndexedKey, IndexedBot, IndexedAccount] | None:
+        """A poster's key, bot and account limits when all three are in the cache and known (the
+        gateway's common post: no coroutine per lookup); None when any of them needs `credential`,
+        `bot` or `limits` (a lookup, or a cached miss those answer)."""
+        credential = self._keys.get(key_hash)
+        if credential is None:
+            return None
+        bot = self._bots.get(bot_id)
+        if bot is None:
+            return None
+        limits = self._limits.get(credential.account_id)
+        if limits is None:
+            return None
+        return credential, bot, limits
+
     async def _lookup(
         self,
         cache: dict[str, V],

@@ -531,6 +531,35 @@ async def test_body_over_limit_is_413_from_content_length(env: Env) -> None:
     assert await env.stream_length() == 0
 
 
+async def test_chunked_body_that_arrived_whole_is_bounded_too(make_env) -> None:  # type: ignore[no-untyped-def]
+    """A chunked post sent in one write with its headers is complete before the handler runs
+    (read without waiting): the body limit still holds, and a body within it is taken."""
+    env = await make_env(max_body_bytes=2048)
+
+    async def raw_post(body: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", env.client.port)
+        chunks = b"".join(
+            b"%x\r\n%b\r\n" % (len(body[i : i + 500]), body[i : i + 500]) for i in range(0, len(body), 500)
+        )
+        writer.write(
+            f"POST /v1/bot/{BOT} HTTP/1.1\r\nHost: x\r\nAuthorization: {env.key}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + chunks
+            + b"0\r\n\r\n"
+        )
+        answer = await reader.read()
+        writer.close()
+        return answer
+
+    over = await raw_post(b'{"guilds": 1, "pad": "' + b"x" * 3000 + b'"}')
+    assert over.startswith(b"HTTP/1.1 413"), over[:80]
+    assert await env.stream_length() == 0
+    within = await raw_post(b'{"guilds": 7' + b" " * 1500 + b"}")  # padded with JSON whitespace
+    assert within.startswith(b"HTTP/1.1 204"), within[:80]
+    assert [e.payload.guilds for e in await env.entries()] == [7]  # type: ignore[union-attr]
+
+
 async def test_unknown_route_and_method(env: Env) -> None:
     resp = await env.client.get("/v2/whatever")
     assert resp.status == 404

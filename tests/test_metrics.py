@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from ingest_server import GatewayServer
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from services import base_env, free, service
 from test_ingest import BOT, seed
 
 import botpulse.ingest.metrics
 import botpulse.query.metrics
-import botpulse.runtime.clickhouse  # noqa: F401 - registers its metrics
+import botpulse.runtime.clickhouse
 from botpulse.ingest.app import EXPOSITION
 from botpulse.query.app import build_app as build_query
 from botpulse.registry import index
@@ -225,3 +225,52 @@ def test_names_help_and_labels_follow_prometheus_conventions() -> None:
         for sample in family.samples:
             assert not set(sample.labels) & FORBIDDEN_LABELS, (family.name, sample.labels)
     assert found >= 8
+
+
+def _samples_of(route: str) -> Samples:
+    return {
+        (name, labels): v
+        for (name, labels), v in parse(generate_latest(REGISTRY).decode()).items()
+        if ("route", route) in labels and not name.endswith("_created")
+    }
+
+
+def _relabel(samples: Samples, route: str) -> Samples:
+    return {
+        (n, tuple((k, route if k == "route" else v) for k, v in labels)): v
+        for (n, labels), v in samples.items()
+    }
+
+
+async def test_the_stats_route_tally_adds_up_to_direct_observations() -> None:
+    """The hot route's metrics are tallied per post and reach prometheus at the end of the loop
+    iteration: the same counts, buckets (bounds included: a value equal to a bound is in it) and
+    sum as observing each post directly, and nothing is left behind once the loop moved on."""
+    tallied, direct = "/tally/{botId}", "/direct/{botId}"
+    answers = [
+        (204, 0.0005),
+        (204, 0.00051),
+        (204, 0.001),
+        (429, 0.003),
+        (503, 10.0),
+        (204, 12.5),
+        (400, 0.0),
+    ]
+    tally = botpulse.ingest.metrics.Tally(tallied)
+    for status, seconds in answers:
+        tally.answered(status, seconds)
+        botpulse.ingest.metrics.observe(direct, "POST", status, seconds)
+    for _ in range(3):
+        tally.appended()
+        botpulse.ingest.metrics.appended(direct)
+    assert value(_samples_of(tallied), "botpulse_gateway_posts_appended_total", route=tallied) == 0
+    await asyncio.sleep(0)  # the iteration ends: the tally is flushed
+    got, want = _samples_of(tallied), _relabel(_samples_of(direct), tallied)
+    assert value(got, "botpulse_gateway_request_duration_seconds_count", route=tallied) == len(answers)
+    assert (
+        value(got, "botpulse_gateway_requests_total", route=tallied, method="POST", status_class="2xx") == 4
+    )
+    assert got == want
+    tally.answered(204, 0.002)  # a later iteration's post counts on top
+    await asyncio.sleep(0)
+    assert value(_samples_of(tallied), "botpulse_gateway_request_duration_seconds_count", route=tallied) == 8
