@@ -53,9 +53,9 @@ def run_answer(store: Store, bot_id: str, stats: Range, known: Known) -> list[fl
         times.append((time.perf_counter() - started) * 1000)
         return rows
 
-    side = known.side(bot_id)
-    head = head_of(timed(head_statement(bot_id, with_first=False, side=side))[0], with_first=False, side=side)
-    known.learn(bot_id, head)
+    sight = known.sight(bot_id)
+    row = timed(head_statement(bot_id, with_first=False, sight=sight))[0]
+    head = known.learn(bot_id, head_of(row, with_first=False, sight=sight))
     for statement in plan(bot_id, head, stats).statements():
         timed(statement)
     return times

@@ -10,7 +10,8 @@ buckets, and only the reads the bot has rows for: its custom-graph names, proper
 bot's events. In the engine each statement has a fixed cost and every table a statement touches
 costs milliseconds even when the bot has no rows there, so a bot with none of these (most bots)
 costs two statements of two and one table. The side reads a bot is known to have (`Known`)
-ride in its head statement instead, so a bot with everything costs three, as before.
+ride in its head statement instead, so a bot with everything costs three, as before; a bot's
+first answer in a process reads them all from the tables themselves.
 """
 
 from __future__ import annotations
@@ -60,53 +61,100 @@ class Head(msgspec.Struct, frozen=True):
         return tuple(c for c in SIDE_COLUMNS if getattr(self, c))
 
 
-def head_statement(bot_id: str, *, with_first: bool, side: tuple[str, ...] = ()) -> Statement:
-    """The first round: the bot's last post and extents, its first post when asked, and the
-    side reads in `side` (those the bot is known to have, see `Known`)."""
-    columns = [_LAST, _EXTENTS, *([_FIRST] if with_first else []), *(SIDE_COLUMNS[c] for c in side)]
+# A bot's first answer in a process reads its custom events' bounds from the table itself (see
+# `Known`), and their count (0: none).
+_EVENTS = (
+    "(SELECT (toUnixTimestamp64Milli(min(ts)), toUnixTimestamp64Milli(max(ts)), count())"
+    " FROM custom_events WHERE bot_id = {id:String})"
+)
+
+
+def _union(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, int] | None:
+    if a is None or b is None:
+        return a or b
+    return min(a[0], b[0]), max(a[1], b[1])
+
+
+class Sight(msgspec.Struct, frozen=True):
+    """How to read a bot's head: the side reads to take in it, and whether this is the bot's
+    first answer in this process (`Known`)."""
+
+    side: tuple[str, ...] = ()
+    first: bool = False
+
+
+PLAIN = Sight()  # the head alone: no side reads in it, not a first sight
+
+
+def head_statement(bot_id: str, *, with_first: bool, sight: Sight = PLAIN) -> Statement:
+    """The first round: the bot's last post and extents, its first post when asked, the side
+    reads of `sight`, and on a first sight the custom events' bounds from their table."""
+    columns = [_LAST, _EXTENTS, *([_FIRST] if with_first else []), *(SIDE_COLUMNS[c] for c in sight.side)]
+    if sight.first:
+        columns.append(_EVENTS)
     return "SELECT " + ", ".join(columns), {"id": bot_id}
 
 
-def head_of(row: tuple[Any, ...], *, with_first: bool, side: tuple[str, ...] = ()) -> Head:
-    """The row of `head_statement` (made with the same `with_first` and `side`) as a `Head`."""
+def head_of(row: tuple[Any, ...], *, with_first: bool, sight: Sight = PLAIN) -> Head:
+    """The row of `head_statement` (made with the same `with_first` and `sight`) as a `Head`. A
+    side read that came back with rows counts as had, whatever the flag said."""
     (last, posted), (names, props, shards, events_first, events_last) = row[0], row[1]
     first = None
     if with_first and row[2][1]:
         first = int(row[2][0])
     events = None if events_first is None else (int(events_first), int(events_last))
-    read = dict(zip(side, row[3 if with_first else 2 :], strict=True))
-    return Head(int(last) if posted else None, first, bool(names), bool(props), bool(shards), events, read)
+    rest = row[3 if with_first else 2 :]
+    read = dict(zip(sight.side, rest[: len(sight.side)], strict=True))
+    if sight.first:
+        low, high, count = rest[len(sight.side)]
+        events = _union(events, (int(low), int(high)) if count else None)
+    flags = {"names": names, "props": props, "shards": shards}
+    has = {c: bool(flags[c]) or bool(read.get(c)) for c in SIDE_COLUMNS}
+    return Head(int(last) if posted else None, first, **has, events=events, side=read)
+
+
+class _Fact(msgspec.Struct, frozen=True):
+    side: tuple[str, ...]
+    events: tuple[int, int] | None
 
 
 class Known:
-    """The side reads each bot is known to have, so that they ride in its head statement. Each
-    is a fact that never turns false (`bot_extents` flags only ever become 1, and nothing
-    deletes a bot's names, properties or shards); were one stale, reading a column the bot has
-    no rows in answers what leaving it out does. A bot with everything thus costs the
-    statements it did before the two rounds, a bot with nothing two. Bounded: cleared when full."""
+    """What this process learnt of each bot from the tables themselves. A bot's first answer
+    reads every side read and its events' bounds directly (the cost of the answer before
+    `bot_extents`), so a flag or bound `bot_extents` lacks (a cluster shard whose back-fill was
+    missed, an insert in flight while 0038 ran) never hides rows; after that the side reads the
+    bot has ride in its head statement and the rest come from `bot_extents`, whose views see
+    every later insert. Each fact never turns false (nothing deletes a bot's names, properties,
+    shards or events; a stale one only reads a table the bot has no rows in, which answers what
+    leaving it out does). So a bot with nothing costs two statements, a bot with everything
+    three, as before. Bounded: cleared when full (the bots then have a first sight again)."""
 
     def __init__(self, limit: int = 100_000) -> None:
-        self._sides: dict[str, tuple[str, ...]] = {}
+        self._facts: dict[str, _Fact] = {}
         self._limit = limit
 
-    def side(self, bot_id: str) -> tuple[str, ...]:
-        return self._sides.get(bot_id, ())
+    def sight(self, bot_id: str) -> Sight:
+        fact = self._facts.get(bot_id)
+        return Sight(tuple(SIDE_COLUMNS), True) if fact is None else Sight(fact.side)
 
-    def learn(self, bot_id: str, head: Head) -> None:
-        has = head.has()
-        if has and self._sides.get(bot_id) != has:
-            if len(self._sides) >= self._limit:
-                self._sides.clear()
-            self._sides[bot_id] = has
+    def learn(self, bot_id: str, head: Head) -> Head:
+        """`head` with what was learnt before added (the events' bounds), remembered."""
+        fact = self._facts.get(bot_id)
+        if fact is not None and fact.events is not None:
+            head = msgspec.structs.replace(head, events=_union(head.events, fact.events))
+        new = _Fact(head.has(), head.events)
+        if new != fact:
+            if fact is None and len(self._facts) >= self._limit:
+                self._facts.clear()
+            self._facts[bot_id] = new
+        return head
 
 
 async def read_head(store: Store, bot_id: str, *, with_first: bool, known: Known | None = None) -> Head:
-    side = known.side(bot_id) if known is not None else ()
-    row = (await store.query(*head_statement(bot_id, with_first=with_first, side=side)))[0]
-    head = head_of(row, with_first=with_first, side=side)
-    if known is not None:
-        known.learn(bot_id, head)
-    return head
+    sight = known.sight(bot_id) if known is not None else PLAIN
+    row = (await store.query(*head_statement(bot_id, with_first=with_first, sight=sight)))[0]
+    head = head_of(row, with_first=with_first, sight=sight)
+    return known.learn(bot_id, head) if known is not None else head
 
 
 async def first_post(store: Store, bot_id: str) -> int | None:

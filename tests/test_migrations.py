@@ -214,11 +214,12 @@ def test_bot_extents_are_back_filled_from_data_written_before_0038(store):
     now_ms = store.query_rows("SELECT toUnixTimestamp64Milli(now64(3))")[0][0]
     _write_every_kind(store, now_ms)
     _forget(store, "0038_bot_extents")
-    assert migrate(store) == ["0038_bot_extents"]
+    _forget(store, "0039_bot_extents_backfill")
+    assert migrate(store) == ["0038_bot_extents", "0039_bot_extents_backfill"]
     assert store.query_rows(_EXTENTS) == _expected(now_ms)
     # A back-fill run again (an interrupted migration repeated) changes nothing; new rows flow in.
     for statement in render(
-        next(m.sql for m in available() if m.version == "0038_bot_extents"),
+        next(m.sql for m in available() if m.version == "0039_bot_extents_backfill"),
         cluster=None, database="botpulse", ttl_days=30,
     ):  # fmt: skip
         if statement.startswith("INSERT"):
@@ -239,10 +240,13 @@ def test_cluster_rendering_of_bot_extents_feeds_the_local_table_from_local_table
             s for s in statements if s.startswith("CREATE MATERIALIZED VIEW") and f"FROM {source}_local" in s
         ]
         assert "ON CLUSTER `c1` TO bot_extents_local" in view, view
-    # The back-fill reads local tables into the local table (as 0033's), plus shard_latest.
-    inserts = [s for s in statements if s.startswith("INSERT")]
-    assert len(inserts) == 4 and all(s.startswith("INSERT INTO bot_extents_local ") for s in inserts)
-    assert all(" FROM " in s and "_local GROUP BY" in s for s in inserts), inserts
+    assert not [s for s in statements if s.startswith("INSERT")]
+    # The back-fill (0039) goes through the Distributed tables: one run reads every shard and
+    # routes each bot's row to its shard.
+    (backfill,) = [m for m in available() if m.version == "0039_bot_extents_backfill"]
+    inserts = render(backfill.sql, cluster="c1", database="bp", ttl_days=30)
+    assert len(inserts) == 4 and all(s.startswith("INSERT INTO bot_extents (") for s in inserts)
+    assert not any("_local" in s for s in inserts), inserts
     assert statements[-1] == (
         "CREATE TABLE IF NOT EXISTS bot_extents ON CLUSTER `c1` AS bot_extents_local "
         "ENGINE = Distributed(`c1`, `bp`, bot_extents_local, cityHash64(bot_id))"

@@ -100,10 +100,10 @@ async def fleet(request, settings, store, redis) -> AsyncIterator[dict[str, Any]
         await _write(store, kind, n)
     if backfilled:
         store.command_sync(
-            "ALTER TABLE schema_migrations DELETE WHERE version = '0038_bot_extents'"
-            " SETTINGS mutations_sync = 2"
+            "ALTER TABLE schema_migrations DELETE WHERE version"
+            " IN ('0038_bot_extents', '0039_bot_extents_backfill') SETTINGS mutations_sync = 2"
         )
-        assert migrate(store) == ["0038_bot_extents"]
+        assert migrate(store) == ["0038_bot_extents", "0039_bot_extents_backfill"]
     client = TestClient(TestServer(build_app(settings, store), host="127.0.0.1"))
     await client.start_server()
     yield {"client": client, "store": store, "now": n, "created": n, "window": settings.heartbeat_window_ms}
@@ -204,17 +204,21 @@ async def test_the_plan_reads_only_what_the_bot_has(fleet):
         "all": (("names", "props", "shards"), True),
     }
     for kind, (side, totals) in expected.items():
-        known = Known()
-        head = await read_head(store, _id(kind), with_first=False, known=known)
+        head = await read_head(store, _id(kind), with_first=False)
         p = plan(_id(kind), head, month)
         assert (p.side_columns or None, p.totals is not None) == (side, totals), kind
         assert len(p.statements()) == 1 + (side is not None) + totals, kind
         assert plan(_id(kind), head, None).statements() == ([p.side] if side else []), kind
-        # Once known, the side reads ride in the head: the same values, no statement of their own.
+        # A first sight reads every side read in the head, from the tables themselves; after it
+        # the head carries the ones the bot has: the same values, no statement of their own.
+        known = Known()
+        first = await read_head(store, _id(kind), with_first=False, known=known)
+        assert tuple(first.side) == ("names", "props", "shards") and first.events == head.events, kind
         again = await read_head(store, _id(kind), with_first=True, known=known)
         assert tuple(again.side) == (side or ()) and (again.first is not None) is (kind != "nothing"), kind
         rest = [p.buckets, *([p.totals] if totals else [])]
-        assert plan(_id(kind), again, month).statements() == rest, kind
+        for h in (first, again):
+            assert plan(_id(kind), h, month).statements() == rest, kind
         if side:
             side_rows = store.query_rows(*p.side)[0]
             assert tuple(again.side.values()) == tuple(side_rows), kind
@@ -229,6 +233,29 @@ async def test_the_plan_reads_only_what_the_bot_has(fleet):
         ((n - DAY, n - DAY + HOUR), True),  # between two events: the bounds cannot tell
     ]:
         assert (plan(_id("events"), head, Range(start, end, 4)).totals is not None) is reads, (start, end)
+
+
+async def test_what_bot_extents_lacks_is_read_from_the_tables_on_a_first_sight(fleet, settings):
+    # As if a cluster shard's back-fill had been missed, or an insert was in flight while 0038
+    # ran: no bot_extents rows at all. A service's first answer for each bot reads the tables
+    # themselves, and what it learnt holds for its later answers.
+    store, n = fleet["store"], fleet["now"]
+    store.command_sync("TRUNCATE TABLE bot_extents")
+    fresh = TestClient(TestServer(build_app(settings, store), host="127.0.0.1"))
+    await fresh.start_server()
+    try:
+        for kind in KINDS:
+            for name, rng in _ranges(n).items():
+                q: dict[str, Any] = {} if rng is None else {"returnStats": "true", "dataPoints": 6, **rng}
+                q = {k: str(v) for k, v in q.items()}
+                status, body = await get(fresh, f"/v1/bot/{_id(kind)}", **q)
+                assert status == 200, body
+                want = await _today(store, _id(kind), fleet["created"], q, fleet["window"])
+                assert {k: body[k] for k in want} == want, (kind, name)
+    finally:
+        await fresh.close()
+    _, body = await get(fleet["client"], f"/v1/bot/{_id('all')}", returnStats="true", start=n - DAY, end=n)
+    assert body["customTotals"] == {"vote": {"count": 1, "top": []}}  # the cases hold something
 
 
 async def test_last_seen_outlives_the_retention_of_the_posts(settings, store, redis):

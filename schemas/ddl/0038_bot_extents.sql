@@ -47,20 +47,5 @@ AS SELECT bot_id, toUInt8(1) AS has_names
 FROM ${LOCAL:custom_metric_names}
 GROUP BY bot_id;
 
--- Back-fill from what is already stored. The views above exist first, so a row a worker inserts
--- while this runs is counted by its view and maybe also here: min, max and the flags are
--- idempotent, so counting a row twice changes nothing (and a re-run after an interruption is
--- harmless too). Shards come from `shard_latest`, which the answer reads and which keeps every
--- shard that ever posted, while `shard_stats` rows expire. On a cluster each statement runs on
--- the node the migration connects to and reads its local tables, as 0033's back-fill does.
-INSERT INTO ${LOCAL:bot_extents} (bot_id, events_first, events_last)
-SELECT bot_id, min(ts), max(ts) FROM ${LOCAL:custom_events} GROUP BY bot_id;
-
-INSERT INTO ${LOCAL:bot_extents} (bot_id, has_props)
-SELECT bot_id, toUInt8(1) FROM ${LOCAL:bot_props} GROUP BY bot_id;
-
-INSERT INTO ${LOCAL:bot_extents} (bot_id, has_shards)
-SELECT bot_id, toUInt8(1) FROM ${LOCAL:shard_latest} GROUP BY bot_id;
-
-INSERT INTO ${LOCAL:bot_extents} (bot_id, has_names)
-SELECT bot_id, toUInt8(1) FROM ${LOCAL:custom_metric_names} GROUP BY bot_id;
+-- The back-fill is 0039: on a cluster it goes through the Distributed tables, which exist only
+-- once this file has run.
