@@ -1,14 +1,15 @@
 """The worker phase's reference: how fast the engine itself stores the drain's rows.
 
-Run as a child (`python -m botpulse.bench.engine_inserts`) on a fresh embedded ClickHouse path, migrated
-like the worker's, so the same tables with the same materialized views take the rows. It builds
-the rows of the same events the drain's stream holds (`bench.worker.drain_event`), through the
-worker's own row builder (`workers.rows.rows_by_table`), as 10,000-row column blocks (the
-worker's batch size) *before* the clock starts; then it inserts the blocks one after the other,
-each with a dedup token of its own and the writer's settings (`workers.writer.insert_settings`),
-through the same call the writer makes (`Store.insert`, column-oriented). Only the inserts are
-timed: the rate is what the worker's drain would reach if reading, decoding, building rows,
-recording and acknowledging cost nothing — the bound the drain/engine ratio is judged against.
+Run as a child (`python -m botpulse.bench.engine_inserts`) on a fresh embedded ClickHouse path,
+migrated like the worker's, so the same tables with the same materialized views take the rows.
+It builds the rows of the same events the drain's stream holds (`bench.worker.drain_event`),
+through the worker's own row builder (`workers.rows.rows_by_table`), as 10,000-row column blocks
+(issue 18's definition of the baseline; the worker's own batches fill up to its `batch_rows` on a
+backlog) *before* the clock starts; then it inserts the blocks one after the other, each with a
+dedup token of its own and the writer's settings (`workers.writer.insert_settings`), through the
+same call the writer makes (`Store.insert`, column-oriented). Only the inserts are timed: the
+rate is what the worker's drain would reach if reading, decoding, building rows, recording and
+acknowledging cost nothing — the bound the drain/engine ratio is judged against.
 """
 
 from __future__ import annotations

@@ -70,7 +70,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shard_total_interval_s: Annotated[int, Meta(ge=1, le=3600)] = 60
     gateway_metrics_port: Port = 0
     # --- workers ------------------------------------------------------------------------------
-    batch_rows: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+    # Only a backlog fills a batch this far (below it, `batch_ms` flushes first): catching up in
+    # 50,000-row inserts takes about two thirds of the CPU a row that 10,000-row ones do
+    # (issue 18, docs/workers.md).
+    batch_rows: Annotated[int, Meta(ge=1, le=1_000_000)] = 50_000
     batch_ms: Annotated[int, Meta(ge=1, le=60_000)] = 500
     insert_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 10.0
     claim_idle_ms: Positive = 30_000

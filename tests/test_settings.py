@@ -9,7 +9,7 @@ from botpulse.runtime.settings import Settings, SettingsError, env_name, load_se
 
 def test_defaults_need_no_environment(tmp_path):
     settings = load_settings({"BOTPULSE_DATA_DIR": str(tmp_path)})
-    assert settings.batch_rows == 10_000
+    assert settings.batch_rows == 50_000
     assert settings.batch_ms == 500
     assert settings.stream_partitions == 1
     assert settings.clickhouse_url == f"chdb://{tmp_path}/clickhouse"

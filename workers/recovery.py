@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from botpulse.runtime.logs import get_logger
-from botpulse.schemas.stream import GROUP, batches_key, stream_key
+from botpulse.runtime.settings import Settings
+from botpulse.schemas.stream import GROUP, MAX_ENTRY_EVENTS, batches_key, stream_key
 from botpulse.workers import batchlog as rec
 from botpulse.workers.batch import Batch, Entry, Poison, decode_entry, event_id, payload, sort_decoded
 from botpulse.workers.context import Context
@@ -25,6 +26,12 @@ from botpulse.workers.status import PartitionStats
 log = get_logger("botpulse.workers")
 
 Claimed = Sequence[tuple[bytes, object]]  # (id, fields) as XCLAIM / XAUTOCLAIM return them
+
+
+def claim_count(settings: Settings) -> int:
+    """Entries to take over per claim: a claim holds at most a batch of events, whatever the
+    entries hold (up to `MAX_ENTRY_EVENTS` each)."""
+    return max(1, settings.batch_rows // MAX_ENTRY_EVENTS)
 
 
 @dataclass
@@ -120,7 +127,7 @@ class Recovery:
             cursor = "-"
             for _ in range(100_000):
                 rows = await ctx.redis.xpending_range(
-                    stream, GROUP, cursor, "+", ctx.settings.batch_rows, ctx.consumer
+                    stream, GROUP, cursor, "+", claim_count(ctx.settings), ctx.consumer
                 )
                 ids = [r["message_id"] for r in rows]
                 if not ids:
@@ -150,7 +157,7 @@ class Recovery:
                     ctx.consumer,
                     ctx.settings.claim_idle_ms,
                     cursor,
-                    count=ctx.settings.batch_rows,
+                    count=claim_count(ctx.settings),
                 )
                 # Redis 7 adds the ids of pending entries deleted from the stream; 6.2 has no
                 # third element (and cannot tell us about them).
