@@ -111,7 +111,10 @@ class Tally:
         self.posts = POSTS.labels(route)
         # Bucket i counts observations <= bound i (prometheus's own rule: the first bound not
         # below the value, i.e. `bisect_left`); the last bound is +Inf.
-        self.bounds = tuple(self.duration._upper_bounds)  # type: ignore[attr-defined]
+        # prometheus_client's own bucket counters, added to in bulk; a release without them
+        # (they are not public API) gets one direct observation per post instead.
+        self._direct = not all(hasattr(self.duration, a) for a in ("_upper_bounds", "_buckets", "_sum"))
+        self.bounds = () if self._direct else tuple(self.duration._upper_bounds)  # type: ignore[attr-defined]
         self._requests: dict[int, list[object]] = {}  # status -> [child, answers]
         self._buckets = [0] * len(self.bounds)
         self._sum = 0.0
@@ -119,6 +122,9 @@ class Tally:
         self._scheduled = False
 
     def answered(self, status: int, seconds: float) -> None:
+        if self._direct:
+            observe(self.route, self.method, status, seconds)
+            return
         entry = self._requests.get(status)
         if entry is None:
             child = REQUESTS.labels(self.route, method_label(self.method), status_class(status))
@@ -130,6 +136,9 @@ class Tally:
             self._schedule()
 
     def appended(self) -> None:
+        if self._direct:
+            self.posts.inc()
+            return
         self._appended += 1
         if not self._scheduled:
             self._schedule()

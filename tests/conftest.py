@@ -37,6 +37,10 @@ def _docker_reachable() -> bool:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url := os.environ.get("BOTPULSE_TEST_REDIS_URL"):
+        # Tests flush their Redis (and some simulate its data loss with FLUSHALL): one server
+        # cannot serve test files running side by side.
+        if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+            pytest.fail("BOTPULSE_TEST_REDIS_URL is one server for all tests: run `make test TEST_WORKERS=0`")
         yield url
         return
     if os.environ.get("BOTPULSE_TEST_DOCKER") != "0" and _docker_reachable():

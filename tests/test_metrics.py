@@ -274,3 +274,17 @@ async def test_the_stats_route_tally_adds_up_to_direct_observations() -> None:
     tally.answered(204, 0.002)  # a later iteration's post counts on top
     await asyncio.sleep(0)
     assert value(_samples_of(tallied), "botpulse_gateway_request_duration_seconds_count", route=tallied) == 8
+
+
+async def test_the_tally_observes_directly_without_prometheus_clients_bucket_counters() -> None:
+    # The installed prometheus_client has the counters the tally adds to in bulk; a release
+    # without them gets each post observed at once, with the same figures.
+    route = "/tally-direct/{botId}"
+    assert not botpulse.ingest.metrics.Tally("/tally-probe/{botId}")._direct
+    tally = botpulse.ingest.metrics.Tally(route)
+    tally._direct = True
+    tally.answered(204, 0.001)
+    tally.appended()
+    got = _samples_of(route)  # before the loop iteration ends
+    assert value(got, "botpulse_gateway_request_duration_seconds_count", route=route) == 1
+    assert value(got, "botpulse_gateway_posts_appended_total", route=route) == 1

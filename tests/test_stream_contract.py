@@ -86,3 +86,19 @@ async def test_the_append_script_writes_the_entry_field_the_workers_read(redis):
     ((_, fields),) = await redis.xrange(stream_key(0))
     assert list(fields) == [ENTRY_FIELD.encode()]
     assert entry_events(fields[FIELD]) == [_without(event, {"queue"}), custom]
+
+
+def test_the_structs_the_gateway_builds_positionally_keep_their_field_order() -> None:
+    # ingest/app.py builds `Post` and ingest/bodies.py `StatsPayload` positionally on every post
+    # (msgspec's keyword path is slower): a field inserted or moved must update those calls.
+    from botpulse.ingest.append import Post
+    from botpulse.schemas.stream import StatsPayload
+
+    assert StatsPayload.__struct_fields__ == (
+        "guilds", "users", "shards", "api_ping", "ram_usage", "ram_total", "cpu", "bandwidth",
+        "custom_metrics", "props",
+    )  # fmt: skip
+    assert Post.__struct_fields__ == (
+        "partition", "bot_id", "stats", "slot_limit", "metric_names", "events", "account_id",
+        "account_interval_ms", "account_burst", "type_limit", "types", "prop_limit", "prop_names",
+    )  # fmt: skip
