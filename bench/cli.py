@@ -28,7 +28,7 @@ GATEWAY_RSS_TARGET_MB = 80
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="everything small, in under two minutes")
+    size.add_argument("--quick", action="store_true", help="everything small, in about five minutes")
     size.add_argument("--tiny", action="store_true", help="minimal sizes (the test suite's smoke run)")
     p.add_argument("--only", default=",".join(PHASES), help=f"comma-separated phases of: {', '.join(PHASES)}")
     p.add_argument(

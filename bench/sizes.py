@@ -1,4 +1,4 @@
-"""How big and how long each phase runs: the full run, `--quick` (under two minutes) and the
+"""How big and how long each phase runs: the full run, `--quick` (about five minutes) and the
 `--tiny` smoke sizes the test suite uses."""
 
 from __future__ import annotations
@@ -76,16 +76,18 @@ QUICK = Sizes(
     connections=32,
     warmup_s=1,
     duration_s=2,
-    drain_entries=30_000,
+    # Four of the worker's batches (BOTPULSE_BATCH_ROWS, 50,000): fewer measure its start-up.
+    drain_entries=200_000,
     drain_timeout_s=60,
     e2e_rate=2000,
     e2e_duration_s=5,
     e2e_probes=2,
     sustain_s=8,
     sustain_step_s=3,
-    sustain_steps=2,
+    # From half the peak, x1.3 a step: two steps could never find more than 0.65 of it.
+    sustain_steps=4,
     sustain_confirms=2,  # a hold that misses is retried once lower, as in full runs
-    sustain_budget_s=40,
+    sustain_budget_s=60,
     query_bots=5,
     query_days=30,
     query_long_days=90,
