@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 from botpulse.alerts.conditions import CONDITIONS, Context, Verdict
 from botpulse.alerts.delivery import Deliverer
 from botpulse.registry import alerts as rules_db
+from botpulse.runtime.cancelling import reraise_if_cancelled
 from botpulse.runtime.clickhouse import Store
 from botpulse.runtime.egress import Egress
 from botpulse.runtime.logs import get_logger
@@ -343,6 +344,7 @@ class Evaluator:
                     log.info("alert evaluator recovered", step=step.__name__)
                 failing = False
             except Exception as exc:  # Redis or ClickHouse away: the next round tries again
+                reraise_if_cancelled()
                 if not failing:
                     log.warning("alert round failed; retrying next round", step=step.__name__,
                                 error=str(exc)[:300])  # fmt: skip

@@ -23,6 +23,7 @@ from aiohttp import web
 from botpulse.query.resources import REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
 from botpulse.registry import admin, apikeys, audit, catalog, index, model, quotas
 from botpulse.registry.keys import parse_authorization, request_key, same_secret
+from botpulse.runtime.cancelling import reraise_if_cancelled
 from botpulse.runtime.clickhouse import ReadRefused
 from botpulse.runtime.logs import get_logger
 from botpulse.schemas.account import BotCreate, BotPatch, KeyCreate, WebhookPatch
@@ -350,6 +351,7 @@ async def _keep_index(app: web.Application) -> None:
                     if await catalog.ensure_index(app[STORE], app[REDIS], settings.stream_partitions):
                         registry.invalidate()
         except Exception as exc:  # Redis or ClickHouse away: try again next round
+            reraise_if_cancelled()
             log.warning("registry index check failed", error=str(exc))
 
 

@@ -28,6 +28,7 @@ from typing import TypeVar
 import redis.asyncio as aioredis
 
 from botpulse.registry.keys import hash_key
+from botpulse.runtime.cancelling import reraise_if_cancelled
 from botpulse.runtime.logs import get_logger
 from botpulse.schemas.registry import (
     ACCOUNT_KEY_ID,
@@ -159,6 +160,7 @@ class RegistryCache:
                     log.info("registry poll recovered")
                 failing = False
             except Exception as exc:
+                reraise_if_cancelled()
                 # Redis gone: forget everything so no stale key keeps working.
                 self.invalidate()
                 self._version = None

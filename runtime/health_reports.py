@@ -15,6 +15,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from botpulse.runtime.cancelling import reraise_if_cancelled
 from botpulse.runtime.health import Health
 from botpulse.schemas.stream import worker_health_key
 
@@ -54,9 +55,11 @@ async def report_forever(redis: aioredis.Redis, consumer: str, health: Health) -
     try:
         while True:
             # Redis away, full or read-only: the report just ages, which the status shows.
-            with contextlib.suppress(RedisError, OSError):
+            try:
                 await publish(redis, consumer, health)
                 await _forget_silent(redis)
+            except (RedisError, OSError):
+                reraise_if_cancelled()
             await asyncio.sleep(REPORT_EVERY_S)
     finally:
         with contextlib.suppress(RedisError, OSError, RuntimeError):
