@@ -349,6 +349,7 @@ class Evaluator:
                     log.warning("alert round failed; retrying next round", step=step.__name__,
                                 error=str(exc)[:300])  # fmt: skip
                 failing = True
+            reraise_if_cancelled()  # a cancel swallowed anywhere in the round
             pause = max(0.0, self.settings.alerts_interval_s - (time.monotonic() - started))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), pause)

@@ -337,6 +337,7 @@ async def _keep_index(app: web.Application) -> None:
     since_check = 0.0
     next_usage_flush = time.monotonic() + settings.key_usage_flush_s
     while True:
+        reraise_if_cancelled()  # a cancel swallowed anywhere in the last round
         await asyncio.sleep(1.0)
         since_check += 1.0
         try:

@@ -150,6 +150,7 @@ class RegistryCache:
         failing = False
         next_flush = time.monotonic() + self.usage_flush_s
         while True:
+            reraise_if_cancelled()  # a cancel swallowed anywhere in the last round
             await asyncio.sleep(self.refresh_s)
             try:
                 await self._poll_once()

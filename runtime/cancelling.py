@@ -5,7 +5,9 @@ can come out of the `await` as `TimeoutError` instead of `CancelledError`: an `e
 (or a suppressed `OSError`) around the call then swallows the cancel, the loop runs on, and
 whatever awaits the task after cancelling it waits forever (seen as a test that hung in
 `RegistryCache.close`: its poller was "cancelling" and still sleeping). The request stays
-counted on the task (`Task.cancelling()`), so a loop can tell and stop.
+counted on the task (`Task.cancelling()`), so a loop can tell and stop: each retrying loop checks
+once a round, before it sleeps, wherever in the round the cancel was swallowed (a second hang,
+in the worker's health reports, had its cancel lost with no exception reaching the loop).
 """
 
 from __future__ import annotations

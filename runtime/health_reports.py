@@ -59,7 +59,8 @@ async def report_forever(redis: aioredis.Redis, consumer: str, health: Health) -
                 await publish(redis, consumer, health)
                 await _forget_silent(redis)
             except (RedisError, OSError):
-                reraise_if_cancelled()
+                pass
+            reraise_if_cancelled()  # a cancel swallowed anywhere in the round (redis-py included)
             await asyncio.sleep(REPORT_EVERY_S)
     finally:
         with contextlib.suppress(RedisError, OSError, RuntimeError):
