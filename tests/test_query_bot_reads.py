@@ -156,6 +156,18 @@ def _ranges(n: int) -> dict[str, dict[str, Any] | None]:
     }
 
 
+async def _asks_as_before(client, fleet, kind: str, name: str, rng: dict[str, Any] | None) -> dict[str, Any]:
+    """Ask `client` for a bot of `kind` over `rng` (None: no stats) and hold the answer's data
+    fields to what the statements before 0038 gave; the body."""
+    q: dict[str, Any] = {} if rng is None else {"returnStats": "true", "dataPoints": 6, **rng}
+    q = {k: str(v) for k, v in q.items()}
+    status, body = await get(client, f"/v1/bot/{_id(kind)}", **q)
+    assert status == 200, body
+    want = await _today(fleet["store"], _id(kind), fleet["created"], q, fleet["window"])
+    assert {k: body[k] for k in want} == want, (kind, name)
+    return body
+
+
 async def test_every_kind_of_bot_gets_the_answer_it_got_before(fleet, settings):
     c, store = fleet["client"], fleet["store"]
     compared = 0
@@ -167,12 +179,7 @@ async def test_every_kind_of_bot_gets_the_answer_it_got_before(fleet, settings):
         for client, order in ((c, list), (fresh, reversed)):
             for kind in KINDS:
                 for name, rng in order(list(_ranges(fleet["now"]).items())):
-                    q: dict[str, Any] = {} if rng is None else {"returnStats": "true", "dataPoints": 6, **rng}
-                    q = {k: str(v) for k, v in q.items()}
-                    status, body = await get(client, f"/v1/bot/{_id(kind)}", **q)
-                    assert status == 200, body
-                    want = await _today(store, _id(kind), fleet["created"], q, fleet["window"])
-                    assert {k: body[k] for k in want} == want, (kind, name)
+                    body = await _asks_as_before(client, fleet, kind, name, rng)
                     assert ("stats" in body) is (rng is not None)
                     compared += 1
     finally:
@@ -246,12 +253,7 @@ async def test_what_bot_extents_lacks_is_read_from_the_tables_on_a_first_sight(f
     try:
         for kind in KINDS:
             for name, rng in _ranges(n).items():
-                q: dict[str, Any] = {} if rng is None else {"returnStats": "true", "dataPoints": 6, **rng}
-                q = {k: str(v) for k, v in q.items()}
-                status, body = await get(fresh, f"/v1/bot/{_id(kind)}", **q)
-                assert status == 200, body
-                want = await _today(store, _id(kind), fleet["created"], q, fleet["window"])
-                assert {k: body[k] for k in want} == want, (kind, name)
+                await _asks_as_before(fresh, fleet, kind, name, rng)
     finally:
         await fresh.close()
     _, body = await get(fleet["client"], f"/v1/bot/{_id('all')}", returnStats="true", start=n - DAY, end=n)
