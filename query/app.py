@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from botpulse.query import accounts_api, alerts_api, dashboard, datagram, metrics, params, shapes
-from botpulse.query.bot_reads import Known, Range, first_post, plan, read_head, run
+from botpulse.query.bot_reads import Known, Range, first_post, head_and_buckets, plan, read_head, run
 from botpulse.query.cache import AnswerCache
 from botpulse.query.dashboard.sessions import session_account
 from botpulse.query.leaderboard import PERIODS, BadMetric, default_period, leaderboard
@@ -158,19 +158,23 @@ async def get_bot_info(request: web.Request) -> web.Response:
         return error(404, "Bot not found")
     window_ms = request.app[SETTINGS].heartbeat_window_ms
     now = now_ms()
-    # Two rounds (query/bot_reads.py): the bot's last post and what it has, then side by side the
-    # buckets and only the reads the bot has rows for.
-    with_first = want_stats and not q.get("start")
-    head = await read_head(store, bot_id, with_first=with_first, known=request.app[KNOWN_SIDES])
-    created = int(bot.created_at.timestamp() * 1000)
-    rng = None
-    if want_stats:
-        try:
-            start, end = _range(request, head.first if head.first is not None else created)
-        except BadParam as exc:
-            return error(400, exc.message, exc.field)
-        rng = Range(start, end, points)
-    more = await run(store, head, plan(bot_id, head, rng), rng, now, window_ms)
+    # Two rounds (query/bot_reads.py): the bot's last post and what it has (with the buckets
+    # beside it when the range does not start at the first post), then side by side the buckets
+    # if still due and only the reads the bot has rows for.
+    known, created = request.app[KNOWN_SIDES], int(bot.created_at.timestamp() * 1000)
+    rng, bucket_rows = None, None
+    try:
+        if want_stats and q.get("start"):
+            rng = Range(*_range(request, None), points)
+            head, bucket_rows = await head_and_buckets(store, bot_id, rng, known)
+        else:
+            head = await read_head(store, bot_id, with_first=want_stats, known=known)
+            if want_stats:
+                rng = Range(*_range(request, head.first if head.first is not None else created), points)
+    except BadParam as exc:
+        return error(400, exc.message, exc.field)
+    p = plan(bot_id, head, rng, buckets_read=bucket_rows is not None)
+    more = await run(store, head, p, rng, now, window_ms, bucket_rows)
     last, names, extras = head.last, more.names, more.extras
     status = connection_status(last, window_ms)
     body: dict[str, Any] = {

@@ -7,7 +7,10 @@ bot has beside its posts (`bot_extents`, migration 0038) and, when the range sta
 post, that post (`bot_stats_1d`). Then `plan` lists what the answer needs, run side by side: the
 buckets, and only the reads the bot has rows for: its custom-graph names, properties and shards
 (one statement, a scalar column each) and its custom-event totals when the range meets the
-bot's events. In the engine each statement has a fixed cost and every table a statement touches
+bot's events. When the caller gave the range's start (the dashboard always does), the buckets
+need nothing from the head, so they run beside it in the first round (`head_and_buckets`): the
+engine runs the two at once, and a plain bot's answer takes about the longer of the two rather
+than their sum. In the engine each statement has a fixed cost and every table a statement touches
 costs milliseconds even when the bot has no rows there, so a bot with none of these (most bots)
 costs two statements of two and one table. The side reads a bot is known to have (`Known`)
 ride in its head statement instead, so a bot with everything costs three, as before; a bot's
@@ -157,6 +160,29 @@ async def read_head(store: Store, bot_id: str, *, with_first: bool, known: Known
     return known.learn(bot_id, head) if known is not None else head
 
 
+async def head_and_buckets(
+    store: Store, bot_id: str, stats: Range, known: Known | None = None
+) -> tuple[Head, list[tuple[Any, ...]]]:
+    """The first round when the range was given: the head and the buckets of `stats` side by
+    side (the range starts where the caller said, so the head's first post is not needed)."""
+    head_task = asyncio.ensure_future(read_head(store, bot_id, with_first=False, known=known))
+    buckets = buckets_statement(bot_id, stats.start, stats.end, stats.points)
+    rows_task = asyncio.ensure_future(store.query(*buckets))
+    try:
+        # Whichever fails first ends the round: the other one may still be under way.
+        done, _ = await asyncio.wait((head_task, rows_task), return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()  # raises the failure, if one ended the wait
+        return head_task.result(), rows_task.result()
+    except BaseException:
+        # Either failing (or the request going away) stops the other: a cancelled read is
+        # killed in the engine, and nothing is left running unawaited.
+        for task in (head_task, rows_task):
+            task.cancel()
+        await asyncio.gather(head_task, rows_task, return_exceptions=True)
+        raise
+
+
 async def first_post(store: Store, bot_id: str) -> int | None:
     """The bot's first post still in the daily roll-up (the default start of its ranges)."""
     first, count = (await store.query(FIRST_SQL, {"id": bot_id}))[0][0]
@@ -182,16 +208,18 @@ class Plan(msgspec.Struct, frozen=True):
         return [s for s in (self.buckets, self.side, self.totals) if s is not None]
 
 
-def plan(bot_id: str, head: Head, stats: Range | None) -> Plan:
-    """What the answer reads after `head`: the buckets and totals of `stats` (None: no stats),
-    and only the side reads the bot has that the head did not read already."""
+def plan(bot_id: str, head: Head, stats: Range | None, *, buckets_read: bool = False) -> Plan:
+    """What the answer reads after `head`: the buckets (unless `buckets_read`: they ran beside
+    the head) and totals of `stats` (None: no stats), and only the side reads the bot has that
+    the head did not read already."""
     wanted = tuple(c for c in head.has() if c not in head.side)
     side = None
     if wanted:
         side = ("SELECT " + ", ".join(SIDE_COLUMNS[c] for c in wanted), {"id": bot_id})
     buckets = totals = None
     if stats is not None:
-        buckets = buckets_statement(bot_id, stats.start, stats.end, stats.points)
+        if not buckets_read:
+            buckets = buckets_statement(bot_id, stats.start, stats.end, stats.points)
         # `custom_events` holds rows in [start, end) only if the range meets the bot's events.
         if head.events is not None and stats.start <= head.events[1] and head.events[0] < stats.end:
             totals = totals_statement(bot_id, stats.start, stats.end)
@@ -205,10 +233,20 @@ class Answer(msgspec.Struct, frozen=True):
     totals: dict[str, dict[str, Any]]
 
 
-async def run(store: Store, head: Head, p: Plan, stats: Range | None, now: int, window_ms: int) -> Answer:
-    """The statements of `p` (planned from `head`), side by side (one engine handle each), decoded."""
+async def run(
+    store: Store,
+    head: Head,
+    p: Plan,
+    stats: Range | None,
+    now: int,
+    window_ms: int,
+    bucket_rows: list[tuple[Any, ...]] | None = None,
+) -> Answer:
+    """The statements of `p` (planned from `head`), side by side (one engine handle each),
+    decoded; `bucket_rows`: the buckets' rows when they were read beside the head."""
     results = iter(await asyncio.gather(*(store.query(*s) for s in p.statements())))
-    bucket_rows = next(results) if p.buckets is not None else []
+    if p.buckets is not None:
+        bucket_rows = next(results)
     side = dict(head.side)
     if p.side is not None:
         side.update(zip(p.side_columns, next(results)[0], strict=True))
@@ -217,5 +255,5 @@ async def run(store: Store, head: Head, p: Plan, stats: Range | None, now: int, 
     extras = extras_of(side.get("props", []), side.get("shards", []), now, window_ms)
     rows = None
     if stats is not None:
-        rows = buckets_of(bucket_rows, stats.start, stats.end, stats.points, names)
+        rows = buckets_of(bucket_rows or [], stats.start, stats.end, stats.points, names)
     return Answer(names, extras, rows, totals)

@@ -4,6 +4,7 @@ kind of bot and range; also on data written before the migration (its back-fill)
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +18,7 @@ from botpulse.query.shards import connection_state, extras_of
 from botpulse.query.stats import buckets, custom_totals
 from botpulse.query.uptime import connection_status
 from botpulse.registry.catalog import Bot, create_account, now, write_bot
+from botpulse.runtime.clickhouse import ReadRefused
 from botpulse.runtime.migrations import migrate
 from botpulse.workers.rows import CUSTOM_COLUMNS, NAMES_COLUMNS, PROPS_COLUMNS, SHARDS_COLUMNS, STATS_COLUMNS
 from tests.test_query_stats import get, stat, ts
@@ -280,3 +282,67 @@ async def test_last_seen_outlives_the_retention_of_the_posts(settings, store, re
         assert body["range"]["start"] == int(created.timestamp() * 1000)
     finally:
         await client.close()
+
+
+def _traced(store, monkeypatch, fail: str | None = None, slow: str | None = None) -> list[tuple[str, str]]:
+    """Record when the answer's head and buckets reads start and end, on the real store; `fail`: that read is refused, as when the engine's read slots are full;
+    `slow`: that read waits first, so it is still under way when the other fails."""
+    events: list[tuple[str, str]] = []
+    real = store.query
+
+    async def query(sql, params=None, settings=None):
+        kind = (
+            "head"
+            if "bot_latest" in sql
+            else "buckets"
+            if "FROM bot_stats_1h" in sql or "FROM bot_stats WHERE" in sql
+            else "other"
+        )
+        if kind == "other":  # the bot's record, the side reads, the totals
+            return await real(sql, params, settings)
+        events.append(("start", kind))
+        try:
+            if kind == slow:
+                await asyncio.sleep(30)
+            if kind == fail:
+                await asyncio.sleep(0.05)  # the other read is under way meanwhile
+                raise ReadRefused("Too many reads at once, try again shortly", "query_max_queued")
+            rows = await real(sql, params, settings)
+        except asyncio.CancelledError:
+            events.append(("cancelled", kind))
+            raise
+        events.append(("end", kind))
+        return rows
+
+    monkeypatch.setattr(store, "query", query)
+    return events
+
+
+async def test_a_given_start_reads_the_buckets_beside_the_head(fleet, monkeypatch):
+    c, n = fleet["client"], fleet["now"]
+    events = _traced(fleet["store"], monkeypatch)
+    aligned_end = -(-n // HOUR) * HOUR
+    q = {"returnStats": "true", "start": aligned_end - 30 * DAY, "end": aligned_end, "dataPoints": 90}
+    status, body = await get(c, f"/v1/bot/{_id('plain')}", **q)
+    assert status == 200 and len(body["stats"]) == 90
+    # Both started before either ended: the buckets did not wait for the head.
+    assert sorted(events[:2]) == [("start", "buckets"), ("start", "head")], events
+    assert sorted(events[2:]) == [("end", "buckets"), ("end", "head")], events
+    # From the first post, the range needs the head's answer: the buckets come after it.
+    events.clear()
+    status, body = await get(c, f"/v1/bot/{_id('plain')}", returnStats="true", end=n + 1)
+    assert status == 200 and body["range"]["start"] == n - 3 * DAY
+    assert events == [("start", "head"), ("end", "head"), ("start", "buckets"), ("end", "buckets")]
+
+
+@pytest.mark.parametrize("fail", ["head", "buckets"])
+async def test_a_failed_read_of_the_first_round_stops_the_other(fleet, monkeypatch, fail):
+    other = {"head": "buckets", "buckets": "head"}[fail]
+    events = _traced(fleet["store"], monkeypatch, fail=fail, slow=other)
+    n = fleet["now"]
+    q = {"returnStats": "true", "start": n - DAY, "end": n, "dataPoints": 4}
+    status, body = await get(fleet["client"], f"/v1/bot/{_id('plain')}", **q)
+    # The refusal answers as any refused read does, and the read still under way was stopped
+    # (a cancelled engine read is killed), not left running behind the answer.
+    assert status == 503 and body["limit"] == "query_max_queued", body
+    assert ("cancelled", other) in events and ("end", other) not in events, events
