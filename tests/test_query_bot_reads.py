@@ -285,8 +285,9 @@ async def test_last_seen_outlives_the_retention_of_the_posts(settings, store, re
 
 
 def _traced(store, monkeypatch, fail: str | None = None, slow: str | None = None) -> list[tuple[str, str]]:
-    """Record when the answer's head and buckets reads start and end, on the real store; `fail`: that read is refused, as when the engine's read slots are full;
-    `slow`: that read waits first, so it is still under way when the other fails."""
+    """Record when the answer's head and buckets reads start and end, on the real store;
+    `fail`: that read is refused, as when the engine's read slots are full; `slow`: that read
+    waits first, so it is still under way when the other fails."""
     events: list[tuple[str, str]] = []
     real = store.query
 
