@@ -59,14 +59,13 @@ def run_answer(
         return (time.perf_counter() - started) * 1000, rows
 
     sight = known.sight(bot_id)
-    first = [
-        head_statement(bot_id, with_first=False, sight=sight),
-        buckets_statement(bot_id, stats.start, stats.end, stats.points),
-    ]
-    (head_ms, head_rows), (buckets_ms, _) = pool.map(timed, first)
-    head = known.learn(bot_id, head_of(head_rows[0], with_first=False, sight=sight))
-    rest = plan(bot_id, head, stats, buckets_read=True).statements()
-    return [head_ms, buckets_ms, *(ms for ms, _ in pool.map(timed, rest))]
+    first = [head_statement(bot_id, with_first=False, sight=sight)]
+    if store.reads_overlap:  # as `head_and_buckets`
+        first.append(buckets_statement(bot_id, stats.start, stats.end, stats.points))
+    done = list(pool.map(timed, first))
+    head = known.learn(bot_id, head_of(done[0][1][0], with_first=False, sight=sight))
+    rest = plan(bot_id, head, stats, buckets_read=store.reads_overlap).statements()
+    return [ms for ms, _ in done] + [ms for ms, _ in pool.map(timed, rest)]
 
 
 def measure(store: Store, case: EngineCase, repeat: int) -> EngineTime:

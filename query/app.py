@@ -159,8 +159,8 @@ async def get_bot_info(request: web.Request) -> web.Response:
     window_ms = request.app[SETTINGS].heartbeat_window_ms
     now = now_ms()
     # Two rounds (query/bot_reads.py): the bot's last post and what it has (with the buckets
-    # beside it when the range does not start at the first post), then side by side the buckets
-    # if still due and only the reads the bot has rows for.
+    # beside it when the range does not start at the first post and the engine overlaps reads),
+    # then side by side the buckets if still due and only the reads the bot has rows for.
     known, created = request.app[KNOWN_SIDES], int(bot.created_at.timestamp() * 1000)
     rng, bucket_rows = None, None
     try:

@@ -8,9 +8,12 @@ post, that post (`bot_stats_1d`). Then `plan` lists what the answer needs, run s
 buckets, and only the reads the bot has rows for: its custom-graph names, properties and shards
 (one statement, a scalar column each) and its custom-event totals when the range meets the
 bot's events. When the caller gave the range's start (the dashboard always does), the buckets
-need nothing from the head, so they run beside it in the first round (`head_and_buckets`): the
-engine runs the two at once, and a plain bot's answer takes about the longer of the two rather
-than their sum. In the engine each statement has a fixed cost and every table a statement touches
+need nothing from the head, so against a ClickHouse server they run beside it in the first round
+(`head_and_buckets`) and a plain bot's answer takes about the longer of the two rather than
+their sum. Embedded chDB, on data like an install's, ran the two side by side slower than one
+after the other (`Store.reads_overlap`), so there they stay in the second round.
+
+In the engine each statement has a fixed cost and every table a statement touches
 costs milliseconds even when the bot has no rows there, so a bot with none of these (most bots)
 costs two statements of two and one table. The side reads a bot is known to have (`Known`)
 ride in its head statement instead, so a bot with everything costs three, as before; a bot's
@@ -162,9 +165,12 @@ async def read_head(store: Store, bot_id: str, *, with_first: bool, known: Known
 
 async def head_and_buckets(
     store: Store, bot_id: str, stats: Range, known: Known | None = None
-) -> tuple[Head, list[tuple[Any, ...]]]:
-    """The first round when the range was given: the head and the buckets of `stats` side by
-    side (the range starts where the caller said, so the head's first post is not needed)."""
+) -> tuple[Head, list[tuple[Any, ...]] | None]:
+    """The first round when the range was given: the head and, where the engine overlaps reads
+    (`Store.reads_overlap`), the buckets of `stats` beside it (the range starts where the caller
+    said, so the head's first post is not needed). None for the buckets: they are still due."""
+    if not store.reads_overlap:
+        return await read_head(store, bot_id, with_first=False, known=known), None
     head_task = asyncio.ensure_future(read_head(store, bot_id, with_first=False, known=known))
     buckets = buckets_statement(bot_id, stats.start, stats.end, stats.points)
     rows_task = asyncio.ensure_future(store.query(*buckets))
