@@ -86,18 +86,50 @@ def measure(store: Store, case: EngineCase, repeat: int) -> EngineTime:
     return EngineTime(case.key, round(statistics.median(walls), 3), medians)
 
 
+class Floor(msgspec.Struct):
+    """The least any plan that reads the engine per answer pays, timed like `measure`: one
+    statement (`SELECT 1`), and one statement reading one table: the `count()` of the bot's
+    hourly rows over the range (less than any exact answer reads)."""
+
+    key: str
+    statement_ms: float
+    table_ms: float
+
+
+FLOOR_SQL = (
+    "SELECT count() FROM bot_stats_1h WHERE bot_id = {id:String} "
+    "AND bucket >= toDateTime(intDiv({start:Int64}, 1000), 'UTC') "
+    "AND bucket < toDateTime(intDiv({end:Int64}, 1000), 'UTC')"
+)
+
+
+def floor(store: Store, case: EngineCase, repeat: int) -> Floor:
+    one: list[float] = []
+    table: list[float] = []
+    for i in range(repeat + 3):
+        params = {"id": case.bots[i % len(case.bots)], "start": case.start, "end": case.end}
+        for sql, args, into in (("SELECT 1", None, one), (FLOOR_SQL, params, table)):
+            started = time.perf_counter()
+            store.query_rows(sql, args)
+            if i >= 3:
+                into.append((time.perf_counter() - started) * 1000)
+    return Floor(case.key, round(statistics.median(one), 3), round(statistics.median(table), 3))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m botpulse.bench.engine_reads")
     parser.add_argument("--cases", required=True, help="JSON list of EngineCase")
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--floor", action="store_true", help="time the floor (`Floor`) instead")
     args = parser.parse_args(argv)
     cases = msgspec.json.decode(args.cases, type=list[EngineCase])
     settings = load_settings()
     configure_logging(settings)
     store = Store(settings, threads=1)
     try:
-        results = [measure(store, case, args.repeat) for case in cases]
+        run = floor if args.floor else measure
+        results = [run(store, case, args.repeat) for case in cases]
     finally:
         store.close()
     Path(args.out).write_bytes(msgspec.json.encode(results))

@@ -39,6 +39,7 @@ import msgspec
 
 from botpulse.bench import gateway
 from botpulse.bench.context import REPO, STATS_BODY, Bench, Figure, port
+from botpulse.bench.engine_reads import EngineCase, Floor
 from botpulse.bench.loadgen import percentile
 from botpulse.bench.procs import Service
 from botpulse.bench.query import Case, _measure
@@ -358,6 +359,7 @@ def run(b: Bench, found: dict[str, str] | None = None) -> None:
     errors: dict[str, str] = {}
     s = b.sizes
     all_spans: list[Span] = []
+    floors: dict[str, Floor] = {}
     if found:
         redis = b.redis(PHASE)
         try:
@@ -374,6 +376,10 @@ def run(b: Bench, found: dict[str, str] | None = None) -> None:
             csv_path = _export(b, env, bots)
             b.say(f"peers: {seeded.rows:,} rows exported for the peers")
             answers = _botpulse_reads(b, env, bots, all_spans, reads)
+            try:
+                floors = _engine_floor(b, env, bots, all_spans)
+            except Exception as exc:  # reported in its figures, raised below
+                errors["floor"] = _failure(b, "engine floor", exc)
             for name in (VM, INFLUX):
                 if name in found:
                     try:
@@ -395,8 +401,10 @@ def run(b: Bench, found: dict[str, str] | None = None) -> None:
         "ingest": msgspec.to_builtins(ingest),
         "influx_line": INGEST_LINE,
         "errors": errors,
+        "engine_floor": msgspec.to_builtins(floors),
     }
     _figures(b, found, reads, checks, ingest, errors)
+    _floor_figures(b, found, reads, floors, errors)
     if errors:
         raise RuntimeError("; ".join(f"{k}: {v}" for k, v in errors.items()))
 
@@ -429,6 +437,46 @@ def _botpulse_reads(
     reads["botpulse"] = {k: _summary(c) for k, c in cases.items()}
     b.say(f"peers: botpulse {_line(reads['botpulse'])}")
     return answers
+
+
+def _engine_floor(b: Bench, env: dict[str, str], bots: list[str], all_spans: list[Span]) -> dict[str, Floor]:
+    """What any plan that reads the engine on each answer costs at least, on this phase's data
+    (bench/engine_reads.py `Floor`), after the service has stopped (one engine per path)."""
+    out = b.phase_dir(PHASE) / "floor.json"
+    cases = [EngineCase(sp.key, bots, sp.start, sp.end, POINTS) for sp in all_spans]
+    args = ["--floor", "--cases", msgspec.json.encode(cases).decode(), "--out", str(out)]
+    b.child("engine floor (peers phase)", env, "botpulse.bench.engine_reads", args, timeout=300)
+    floors = {f.key: f for f in msgspec.json.decode(out.read_bytes(), type=list[Floor])}
+    for f in floors.values():
+        b.say(f"peers: engine floor, {f.key}: one statement {f.statement_ms} ms, one table {f.table_ms} ms")
+    return floors
+
+
+def _floor_figures(
+    b: Bench, found: dict[str, str], reads: dict[str, Any], floors: dict[str, Floor], errors: dict[str, str]
+) -> None:
+    """The engine's floor against VictoriaMetrics' whole answer, same phase: where it is above
+    a read target, no plan that reads the engine on each answer can meet that target here."""
+    for key, label in (("aligned", "hour-aligned, ending now"), ("any", "any range")):
+        f, theirs = floors.get(key), reads.get(VM, {}).get(key)
+        ratio = None
+        if f is None or theirs is None or VM in errors or not theirs["p50_ms"]:
+            why = SKIPPED if VM not in found else "not measured in this run"
+        else:
+            ratio = round(f.table_ms / theirs["p50_ms"], 2)
+            target = READ_TARGETS[(VM, key)]
+            why = (
+                f"one statement reading one table (the count() of the bot's hourly rows over the range) "
+                f"{f.table_ms} ms, SELECT 1 {f.statement_ms} ms, VictoriaMetrics' whole answer p50 "
+                f"{theirs['p50_ms']} ms: "
+                + (
+                    f"above the {target:g}x target, which no plan reading the engine on each answer can meet"
+                    if ratio > target
+                    else f"within the {target:g}x target"
+                )
+            )
+        b.figure(Figure(f"peer_floor_{VM}_{key}", f"engine floor / VictoriaMetrics read, {label} (p50)",
+                        ratio, "x", note=why))  # fmt: skip
 
 
 def _peer_reads(

@@ -85,6 +85,15 @@ def test_tiny_peers_run_answers_botpulse_data(tmp_path):
     # The botpulse side of the ratios was measured in the same phase.
     assert raw["reads"]["botpulse"]["aligned"]["p50_ms"] > 0
     assert "botpulse p50" in figures["peer_ratio_victoria-metrics_aligned"]["note"]
+    # The engine's floor (one statement, one table) was timed on the same data, against the
+    # peer's whole answer of the same phase.
+    for span in ("aligned", "any"):
+        low = raw["engine_floor"][span]
+        assert 0 < low["statement_ms"] and 0 < low["table_ms"], low
+        floor = figures[f"peer_floor_{peers.VM}_{span}"]
+        vm = figures[f"peer_{peers.VM}_{span}_p50"]["value"]
+        assert floor["value"] == round(low["table_ms"] / vm, 2), (floor, vm)
+        assert f"{low['table_ms']} ms" in floor["note"]
     # Ingest: every InfluxDB write was accepted, and the gateway ran beside it.
     influx = raw["ingest"]["influxdb_1p"]["result"]
     assert influx["statuses"].get("204", 0) == influx["requests"] > 0
