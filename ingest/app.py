@@ -38,6 +38,7 @@ from botpulse.ingest.bodies import (
 from botpulse.ingest.shards import SUMMED, ShardAppender, shard_values
 from botpulse.registry.index import RegistryCache, is_ready
 from botpulse.registry.keys import hash_key, request_key
+from botpulse.runtime.http_metrics import measured, route_label
 from botpulse.runtime.logs import get_logger
 from botpulse.runtime.metrics import Exposition
 from botpulse.runtime.openapi import Route, api_version, document, prefixed
@@ -671,33 +672,11 @@ EXPOSITION = web.AppKey("exposition", Exposition)
 def route_template(request: web.Request) -> str:
     """The metrics label of a routed request: its route's template, without
     BOTPULSE_GATEWAY_PREFIX (the same route, whatever it is mounted under)."""
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else metrics.UNMATCHED
-    if route == "/{tail}":
-        return metrics.UNMATCHED
-    prefix = request.app[SETTINGS].gateway_prefix
-    if prefix and route.startswith(prefix + "/"):
-        route = route[len(prefix) :]
-    return route
+    return route_label(request, request.app[SETTINGS].gateway_prefix, catch_all="/{tail}")
 
 
-@web.middleware
-async def _measured(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Requests the router serves (the hot route is measured in `Gateway.dispatch`)."""
-    started = time.perf_counter()
-    route = route_template(request)
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        metrics.observe(route, request.method, status, time.perf_counter() - started)
+# Requests the router serves (the hot route is measured in `Gateway.dispatch`).
+_measured = measured(route_template, metrics.observe)
 
 
 async def _openapi(request: web.Request) -> web.Response:

@@ -16,8 +16,6 @@ from prometheus_client import Counter, Histogram
 
 from botpulse.runtime.metrics import HTTP_BUCKETS, method_label, status_class
 
-UNMATCHED = "unmatched"  # any path that is no route of the gateway
-
 REQUESTS = Counter(
     "botpulse_gateway_requests_total",
     "HTTP requests answered by the gateway, by route template, method and status class.",

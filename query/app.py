@@ -6,7 +6,6 @@ mounted under `BOTPULSE_QUERY_PREFIX`; GET answers carry CORS headers; every err
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -44,6 +43,7 @@ from botpulse.registry.index import VERSION_KEY, RegistryCache
 from botpulse.registry.keys import request_key
 from botpulse.registry.model import MissingScope, RegistryError
 from botpulse.runtime.clickhouse import ReadRefused, Store, is_timeout
+from botpulse.runtime.http_metrics import measured, route_label
 from botpulse.runtime.logs import get_logger
 from botpulse.runtime.metrics import Exposition, start_listener
 from botpulse.runtime.openapi import api_version, document, prefixed
@@ -534,27 +534,10 @@ def _add_cors(headers: MutableMapping[str, str]) -> None:
     headers["Vary"] = ", ".join(vary)
 
 
-@web.middleware
-async def measured(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Requests by route template and status class (outermost: it sees the final status)."""
-    started = time.perf_counter()
-    resource = request.match_info.route.resource
-    route = metrics.UNMATCHED if resource is None else resource.canonical
-    prefix = request.app[SETTINGS].query_prefix
-    if prefix and route.startswith(prefix + "/"):
-        route = route[len(prefix) :]
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        metrics.observe(route, request.method, status, time.perf_counter() - started)
+# Requests by route template and status class (outermost: it sees the final status).
+_measured = measured(
+    lambda request: route_label(request, request.app[SETTINGS].query_prefix), metrics.observe
+)
 
 
 @web.middleware
@@ -627,11 +610,11 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     app.router.add_get(OPENAPI_PATH, openapi)
     if not settings.query_prefix:
         root = app
-        app.middlewares.extend([measured, cors, backend_errors])
+        app.middlewares.extend([_measured, cors, backend_errors])
     else:
         # Mounted as a sub-application so the accounts routes land under the prefix too; the keys
         # are also set on the root so code holding the returned app still finds them.
-        root = web.Application(middlewares=[measured, cors, backend_errors])
+        root = web.Application(middlewares=[_measured, cors, backend_errors])
         root[SETTINGS] = settings
         root[STORE] = store
         root[READINESS] = readiness

@@ -7,8 +7,6 @@ from prometheus_client import Counter, Histogram
 
 from botpulse.runtime.metrics import HTTP_BUCKETS, method_label, status_class
 
-UNMATCHED = "unmatched"
-
 REQUESTS = Counter(
     "botpulse_query_requests_total",
     "HTTP requests answered by the query service, by route template, method and status class.",

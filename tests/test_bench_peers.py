@@ -89,7 +89,7 @@ def test_tiny_peers_run_answers_botpulse_data(tmp_path):
     # peer's whole answer of the same phase.
     for span in ("aligned", "any"):
         low = raw["engine_floor"][span]
-        assert 0 < low["statement_ms"] and 0 < low["table_ms"], low
+        assert low["statement_ms"] > 0 and low["table_ms"] > 0, low
         floor = figures[f"peer_floor_{peers.VM}_{span}"]
         vm = figures[f"peer_{peers.VM}_{span}_p50"]["value"]
         assert floor["value"] == round(low["table_ms"] / vm, 2), (floor, vm)
