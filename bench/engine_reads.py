@@ -42,16 +42,15 @@ class EngineTime(msgspec.Struct):
     key: str
     total_ms: float  # median over repetitions of the answer's wall time, rounds as the service's
     statements_ms: list[float]  # each statement's median, in the order the answer builds them
-    rounds: int = 2  # statements run in this many rounds, side by side within each
 
 
 def run_answer(
     store: Store, pool: ThreadPoolExecutor, bot_id: str, stats: Range, known: Known
 ) -> list[float]:
     """The statements of the stats answer with a given start (query/app.py `get_bot_info`) in
-    its two rounds: the head (with the side reads `known` has for the bot, as the service's)
-    beside the buckets, then the rest of the plan made from the head's row, side by side. Each
-    statement's ms."""
+    its two rounds: the head (with the side reads `known` has for the bot, as the service's),
+    beside the buckets where the engine overlaps reads (`head_and_buckets`), then the rest of the
+    plan made from the head's row, side by side. Each statement's ms."""
 
     def timed(statement: Statement) -> tuple[float, list[tuple[Any, ...]]]:
         started = time.perf_counter()
@@ -87,13 +86,15 @@ def measure(store: Store, case: EngineCase, repeat: int) -> EngineTime:
 
 
 class Floor(msgspec.Struct):
-    """The least any plan that reads the engine per answer pays, timed like `measure`: one
-    statement (`SELECT 1`), and one statement reading one table: the `count()` of the bot's
-    hourly rows over the range (less than any exact answer reads)."""
+    """Two floors, timed like `measure` through `Store`: one statement (`SELECT 1`), and one
+    statement reading one table for the bot: the `count()` of its hourly rows over the range
+    (less than the hour-aligned answer reads; a table read's fixed cost barely depends on the
+    rows it reads, docs/benchmarks.md *The engine's floor*)."""
 
     key: str
     statement_ms: float
     table_ms: float
+    rows: int  # what the count() found (the last bot's): a floor over no rows would mean nothing
 
 
 FLOOR_SQL = (
@@ -106,14 +107,17 @@ FLOOR_SQL = (
 def floor(store: Store, case: EngineCase, repeat: int) -> Floor:
     one: list[float] = []
     table: list[float] = []
+    rows = 0
     for i in range(repeat + 3):
         params = {"id": case.bots[i % len(case.bots)], "start": case.start, "end": case.end}
         for sql, args, into in (("SELECT 1", None, one), (FLOOR_SQL, params, table)):
             started = time.perf_counter()
-            store.query_rows(sql, args)
+            got = store.query_rows(sql, args)
             if i >= 3:
                 into.append((time.perf_counter() - started) * 1000)
-    return Floor(case.key, round(statistics.median(one), 3), round(statistics.median(table), 3))
+            if args:
+                rows = int(got[0][0])
+    return Floor(case.key, round(statistics.median(one), 3), round(statistics.median(table), 3), rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -333,6 +333,8 @@ def _figures(b: Bench, runs: dict[str, Run]) -> None:
     if paced:
         p99 = paced.result.p99_ms
         note = f"achieved {paced.result.rps}/s" + (f"; {paced.rejected} not 204" if paced.rejected else "")
+        if paced.result.missed:
+            note += f"; {paced.result.missed} due sends never went out (more than a window behind)"
         paced_base = runs.get("baseline_1p_70pct")
         if paced_base:
             note += f"; bare aiohttp 204 at the same rate: p99 {paced_base.result.p99_ms} ms"

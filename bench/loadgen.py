@@ -6,7 +6,8 @@ chunked bodies) to stay much cheaper per request than the aiohttp server it load
 closed loop (each connection sends its next request when the previous answer arrived: peak
 throughput) and fixed rate (`--rate`: each connection sends on its own schedule, and latency
 counts from the scheduled send time so a stalled server cannot hide its queueing delay).
-Targets only 127.0.0.1; the run is bounded by `--warmup + --duration`.
+Targets only 127.0.0.1; the run is bounded by `--warmup + --duration` (a fixed-rate run that
+fell behind: by up to `LATE_S` more, see `run_load`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from pathlib import Path
 import msgspec
 
 HOST = "127.0.0.1"
+# How long past its window a fixed-rate run may keep sending what fell due in it. A server that
+# far behind has failed any rate it was asked; the sends still due are counted as `missed`.
+LATE_S = 5.0
 
 
 class Result(msgspec.Struct):
@@ -42,6 +46,10 @@ class Result(msgspec.Struct):
     rate: float | None = None
     client_cpu_share: float | None = None  # CPU seconds per wall second of the generator itself
     warmup_statuses: dict[str, int] = {}  # answers during the warm-up (cold caches), not counted
+    # Fixed rate: sends due in the window that were still unsent a window after its end (the
+    # server fell that far behind), and how long past the window's end the run went.
+    missed: int = 0
+    overran_s: float = 0.0
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -145,15 +153,17 @@ async def run_load(
     clock = time.perf_counter
     start = clock() + warmup
     stop = start + duration
-    late_stop = stop + duration
+    late_stop = stop + min(duration, LATE_S)
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     warmup_counts: Counter[str] = Counter()
     errors = 0
     counter = 0
+    answered = 0  # sent in the window and answered before its end: what `rps` counts
+    missed = 0
 
     async def one_connection(index: int) -> None:
-        nonlocal errors, counter
+        nonlocal errors, counter, answered, missed
         conn: _Conn | None = None
         interval = connections / rate if rate else 0.0
         # Stagger fixed-rate connections so sends spread evenly over each interval.
@@ -162,8 +172,10 @@ async def run_load(
             now = clock()
             # A paced connection still sends what was due before the stop when it runs late
             # (latency counts from the due time, so a slow server cannot hide its backlog), but
-            # never past a second duration.
+            # for at most `LATE_S` (or one more window, if shorter) past the stop.
             if (scheduled >= stop or now >= late_stop) if rate else now >= stop:
+                if rate and scheduled < stop:
+                    missed += math.ceil((stop - scheduled) / interval)
                 break
             if rate:
                 if scheduled > now:
@@ -187,17 +199,20 @@ async def run_load(
             done = clock()
             # Every request sent inside the window counts, however late it finished: dropping
             # those that straddle the stop would drop the slowest ones from the tail.
+            # The rate, though, is what the server answered inside the window: a late backlog
+            # answered afterwards is latency, not throughput.
             if start <= sent_at < stop:
                 latencies.append(done - sent_at)
                 statuses[str(status)] += 1
+                answered += done <= stop
             elif sent_at < start:
                 warmup_counts[str(status)] += 1
         if conn is not None and conn.transport is not None:
             conn.transport.close()
 
-    cpu_before = time.process_time()
+    cpu_before, began = time.process_time(), clock()
     await asyncio.gather(*(one_connection(i) for i in range(connections)))
-    cpu_used = time.process_time() - cpu_before
+    cpu_used, ended = time.process_time() - cpu_before, clock()
     latencies.sort()
 
     def ms(value: float | None) -> float | None:
@@ -208,7 +223,7 @@ async def run_load(
         connections=connections,
         duration_s=duration,
         requests=len(latencies),
-        rps=round(len(latencies) / duration, 1),
+        rps=round(answered / duration, 1),
         p50_ms=ms(percentile(latencies, 50)),
         p90_ms=ms(percentile(latencies, 90)),
         p99_ms=ms(percentile(latencies, 99)),
@@ -216,8 +231,10 @@ async def run_load(
         statuses=dict(statuses),
         errors=errors,
         rate=rate,
-        client_cpu_share=round(cpu_used / (warmup + duration), 3),
+        client_cpu_share=round(cpu_used / (ended - began), 3),
         warmup_statuses=dict(warmup_counts),
+        missed=missed,
+        overran_s=round(max(0.0, ended - stop), 3),
     )
 
 

@@ -198,14 +198,15 @@ class Store:
         self.database = settings.clickhouse_database
         self.cluster = settings.clickhouse_cluster
         self.embedded = settings.embedded_clickhouse
-        # Whether two reads issued together finish sooner than one after the other. A server
-        # runs them at once; embedded chDB on the bench's data ran a bot's two statements side by
-        # side in 22-23 ms against 16-18 ms one after the other (2026-12-03, docs/api/query.md).
-        self.reads_overlap = not self.embedded
         self._local = threading.local()
         self._clients: list[Client] = []
         self._lock = threading.Lock()
         reads = threads or settings.query_max_concurrent
+        # Whether a request may issue two reads at once where it could wait for one (a bot's
+        # head and buckets). A server runs them at once. Embedded chDB did so on small data but
+        # not on the bench's query phase data, where side by side was the slower (docs/api/query.md,
+        # 2026-12-03). One read slot would refuse the second read of every such request.
+        self.reads_overlap = not self.embedded and reads > 1
         self._pool = ThreadPoolExecutor(max_workers=reads, thread_name_prefix="clickhouse")
         # The worker's inserts (and DDL) never wait behind reads; kills never wait behind either.
         self._writes = ThreadPoolExecutor(max_workers=2, thread_name_prefix="clickhouse-write")

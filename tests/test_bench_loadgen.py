@@ -41,6 +41,8 @@ async def test_paced_run_counts_requests_that_finish_after_the_window(slow_serve
     assert result.requests > 0
     assert result.p99_ms is not None and result.p99_ms >= 600
     assert result.statuses == {"204": result.requests}
+    # Sent inside the 0.5 s window, answered after it: latency, not throughput.
+    assert result.rps == 0.0
 
 
 async def test_paced_run_sends_what_fell_due_while_a_connection_waited(slow_server: int) -> None:
@@ -48,9 +50,15 @@ async def test_paced_run_sends_what_fell_due_while_a_connection_waited(slow_serv
     # sends the due ones (bounded by a second window), each timed from when it was due.
     requests = build_requests(slow_server, [["1", "key"]], b'{"guilds": 1}')
     result = await run_load(slow_server, requests, connections=1, duration=1.0, warmup=0.0, rate=10)
-    assert result.requests >= 2
+    # Sent at 0, 0.6, 1.2 and 1.8 s; at 2.4 s the second window is over and the connection stops.
+    assert result.requests == 4
     # The later sends queued behind the slow answers: their latency includes that wait.
     assert result.max_ms is not None and result.max_ms > 1000
+    # The 6 sends still due were never made, and say so; the rate is what was answered inside
+    # the window (one answer), not what was asked.
+    assert result.missed == 6
+    assert result.rps == 1.0
+    assert 1.0 < result.overran_s < 3.0
 
 
 async def test_closed_loop_counts_the_request_in_flight_at_the_stop(slow_server: int) -> None:

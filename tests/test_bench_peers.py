@@ -33,6 +33,8 @@ def test_missing_peers_are_reported_skipped_without_a_value(tmp_path):
         "peer_ratio_influxd_aligned",
         "peer_influx_writes_1p",
         "peer_ratio_ingest_1p",
+        "peer_floor_victoria-metrics_aligned",
+        "peer_floor_victoria-metrics_any",
     ):
         assert figures[key].value is None and figures[key].ok is None
         assert figures[key].note.startswith("skipped: install Debian's victoria-metrics / influxdb")
@@ -89,7 +91,7 @@ def test_tiny_peers_run_answers_botpulse_data(tmp_path):
     # peer's whole answer of the same phase.
     for span in ("aligned", "any"):
         low = raw["engine_floor"][span]
-        assert low["statement_ms"] > 0 and low["table_ms"] > 0, low
+        assert low["statement_ms"] > 0 and low["table_ms"] > 0 and low["rows"] > 0, low
         floor = figures[f"peer_floor_{peers.VM}_{span}"]
         vm = figures[f"peer_{peers.VM}_{span}_p50"]["value"]
         assert floor["value"] == round(low["table_ms"] / vm, 2), (floor, vm)
