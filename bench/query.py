@@ -327,9 +327,9 @@ def _figures(b: Bench, cases: list[Case], rows: int, engine: dict[str, EngineTim
         b.figure(Figure(
             f"{key}_engine_ratio", f"{label}: service p50 / engine time of its statements", ratio, "x",
             "≤ 1.15x", None if ratio is None else ratio <= 1.15,
-            f"engine {own.total_ms} ms ({len(own.statements_ms)} statements, side by side as the service "
-            f"runs them, each {own.statements_ms} ms: {sum(own.statements_ms):.1f} ms of engine work), "
-            f"service p50 {service} ms" if own else "no engine time",
+            f"engine {own.total_ms} ms ({len(own.statements_ms)} statements in the service's rounds, a "
+            f"round's side by side, each {own.statements_ms} ms: {sum(own.statements_ms):.1f} ms of engine "
+            f"work), service p50 {service} ms" if own else "no engine time",
         ))  # fmt: skip
     add("query_uptime_2w", "", 15, "≤ 15 ms")
     add("query_bots_page", "", 20, "≤ 20 ms")
