@@ -3,12 +3,13 @@
 one engine per path, and this needs the phase's data).
 
 For each case it runs the plan `GET /v1/bot/{id}?returnStats=true&start=…` runs, through the
-same planning functions (query/bot_reads.py: `head_statement` beside `buckets_statement`, then
-`plan` from the head's row; nothing is re-written here), in the same rounds as the service (the
-statements of a round side by side, one thread and engine handle each) through the one access
-layer (`Store.query_rows`: no HTTP, no event loop, no JSON), `--repeat` times after a warm-up; the
-median of the repetitions' wall times is the case's engine time. The query phase divides the
-service's p50 by it. Each statement's own time is kept too (their sum: the engine's work).
+same planning functions (query/bot_reads.py: `head_statement`, beside `buckets_statement` where
+the store overlaps reads, then `plan` from the head's row; nothing is re-written here), in the
+same rounds as the service (the statements of a round side by side, one thread and engine handle
+each) through the one access layer (`Store.query_rows`: no HTTP, no event loop, no JSON),
+`--repeat` times after a warm-up; the median of the repetitions' wall times is the case's engine
+time. The query phase divides the service's p50 by it. Each statement's own time is kept too
+(their sum: the engine's work).
 """
 
 from __future__ import annotations

@@ -46,8 +46,8 @@ class Result(msgspec.Struct):
     rate: float | None = None
     client_cpu_share: float | None = None  # CPU seconds per wall second of the generator itself
     warmup_statuses: dict[str, int] = {}  # answers during the warm-up (cold caches), not counted
-    # Fixed rate: sends due in the window that were still unsent a window after its end (the
-    # server fell that far behind), and how long past the window's end the run went.
+    # Fixed rate: sends due in the window that were still unsent `LATE_S` (or one more window, if
+    # shorter) after its end, and how long past the window's end the run went.
     missed: int = 0
     overran_s: float = 0.0
 

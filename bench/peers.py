@@ -207,14 +207,18 @@ class Span(msgspec.Struct, frozen=True):
         return (self.end - self.start) // POINTS
 
 
+# The two ranges every read of the phase asks, by key (figure keys and labels).
+SPAN_LABELS = {"aligned": "hour-aligned, ending now", "any": "any range"}
+
+
 def spans(seeded: Seeded, days: int) -> list[Span]:
     """The two ranges, each `days` long give or take, split into 90 whole-ms buckets."""
     end = -(-seeded.end_ms // HOUR_MS) * HOUR_MS  # the end of the hour that holds now
     odd_end = seeded.end_ms - 1_234_567  # on no minute
     return [
-        Span("aligned", "hour-aligned, ending now", end - days * DAY_MS, end),
+        Span("aligned", SPAN_LABELS["aligned"], end - days * DAY_MS, end),
         # The extra 90 x 8,641 ms keep the bucket width a whole number of ms.
-        Span("any", "any range", odd_end - days * DAY_MS - POINTS * 8_641, odd_end),
+        Span("any", SPAN_LABELS["any"], odd_end - days * DAY_MS - POINTS * 8_641, odd_end),
     ]
 
 
@@ -440,8 +444,9 @@ def _botpulse_reads(
 
 
 def _engine_floor(b: Bench, env: dict[str, str], bots: list[str], all_spans: list[Span]) -> dict[str, Floor]:
-    """What any plan that reads the engine on each answer costs at least, on this phase's data
-    (bench/engine_reads.py `Floor`), after the service has stopped (one engine per path)."""
+    """The engine's floor on this phase's data (bench/engine_reads.py `Floor`: one statement, and
+    one statement reading one table for the bot), after the service has stopped (one engine per
+    path)."""
     out = b.phase_dir(PHASE) / "floor.json"
     cases = [EngineCase(sp.key, bots, sp.start, sp.end, POINTS) for sp in all_spans]
     args = ["--floor", "--cases", msgspec.json.encode(cases).decode(), "--out", str(out)]
@@ -462,7 +467,7 @@ def _floor_figures(
 ) -> None:
     """The engine's floor against VictoriaMetrics' whole answer, same phase (docs/benchmarks.md
     *The engine's floor*); as the read ratios, only when the answers agreed."""
-    for key, label in (("aligned", "hour-aligned, ending now"), ("any", "any range")):
+    for key, label in SPAN_LABELS.items():
         f, theirs = floors.get(key), reads.get(VM, {}).get(key)
         check = checks.get(VM, {}).get(key)
         ratio = None
@@ -579,10 +584,9 @@ def _figures(
     errors: dict[str, str],
 ) -> None:
     s = b.sizes
-    labels = {"aligned": "hour-aligned, ending now", "any": "any range"}
     for name, what in ((VM, "query_range"), (INFLUX, "SELECT … GROUP BY time")):
         peer = NAMES[name]
-        for key, range_label in labels.items():
+        for key, range_label in SPAN_LABELS.items():
             target = READ_TARGETS.get((name, key))
             target_text = f"≤ {target:.1f}x" if target else ""
             if name not in found or name in errors:

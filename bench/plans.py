@@ -71,9 +71,9 @@ def run(days: int, ranges: list[int], repeat: int, points: int) -> list[str]:
             odd_end = end - 1_234_567
             for d in ranges:
                 start = odd_end - d * DAY_MS
-                span = odd_end - start
-                params: dict[str, Any] = {"id": BOT, "start": start, "end": odd_end, "n": points}
-                params["span"] = span
+                params: dict[str, Any] = {
+                    "id": BOT, "start": start, "end": odd_end, "n": points, "span": odd_end - start
+                }  # fmt: skip
                 direct, a = _median_ms(store, RAW_BUCKETS_SQL, params, repeat)
                 params["hours"] = ragged_hours(start, odd_end, points)
                 two_level, b = _median_ms(store, BUCKETS_SQL, params, repeat)
