@@ -379,7 +379,7 @@ def run(b: Bench, found: dict[str, str] | None = None) -> None:
             all_spans = spans(seeded, s.query_days)
             csv_path = _export(b, env, bots)
             b.say(f"peers: {seeded.rows:,} rows exported for the peers")
-            answers = _botpulse_reads(b, env, bots, all_spans, reads)
+            answers = _botpulse_reads(b, env, bots, all_spans, reads, checks)
             try:
                 floors = _engine_floor(b, env, bots, all_spans)
             except Exception as exc:  # reported in its figures, raised below
@@ -428,19 +428,33 @@ def _export(b: Bench, env: dict[str, str], bots: list[str]) -> Path:
     return out
 
 
+# botpulse's reads as it runs by default (bots' answers from memory, query/memory.py), and from
+# the tables (the memory off), each by its own service over the same data.
+TABLES = "botpulse_tables"
+
+
 def _botpulse_reads(
-    b: Bench, env: dict[str, str], bots: list[str], all_spans: list[Span], reads: dict[str, Any]
+    b: Bench,
+    env: dict[str, str],
+    bots: list[str],
+    all_spans: list[Span],
+    reads: dict[str, Any],
+    checks: dict[str, Any],
 ) -> dict[str, Buckets]:
-    qport = port()
-    svc = b.service("query", PHASE, ["-m", "botpulse", "query", "--port", str(qport)], env)
-    try:
-        svc.wait_http(f"http://127.0.0.1:{qport}/healthz", timeout=90)
-        cases, answers = _read(b, "botpulse", f"http://127.0.0.1:{qport}", bots, all_spans)
-    finally:
-        svc.stop()
-    reads["botpulse"] = {k: _summary(c) for k, c in cases.items()}
-    b.say(f"peers: botpulse {_line(reads['botpulse'])}")
-    return answers
+    answers: dict[str, dict[str, Buckets]] = {}
+    for name, extra in (("botpulse", {}), (TABLES, {"BOTPULSE_QUERY_MEMORY_HOURS": "0"})):
+        qport = port()
+        svc = b.service("query", PHASE, ["-m", "botpulse", "query", "--port", str(qport)], {**env, **extra})
+        try:
+            svc.wait_http(f"http://127.0.0.1:{qport}/healthz", timeout=90)
+            cases, answers[name] = _read(b, "botpulse", f"http://127.0.0.1:{qport}", bots, all_spans)
+        finally:
+            svc.stop()
+        reads[name] = {k: _summary(c) for k, c in cases.items()}
+        b.say(f"peers: {name} {_line(reads[name])}")
+    mine, tables = answers["botpulse"], answers[TABLES]
+    checks[TABLES] = {sp.key: compare(tables[sp.key], mine[sp.key]) for sp in all_spans}
+    return mine
 
 
 def _engine_floor(b: Bench, env: dict[str, str], bots: list[str], all_spans: list[Span]) -> dict[str, Floor]:
@@ -614,6 +628,15 @@ def _figures(
                 f"botpulse p50 {mine['p50_ms']} ms (p99 {mine['p99_ms']}), {peer} p50 {theirs['p50_ms']} ms "
                 f"(p99 {theirs['p99_ms']}), same phase" + ("" if agree else f"; {answer}")
             )
+            tables = reads.get(TABLES, {}).get(key)
+            if tables and tables["p50_ms"] and theirs["p50_ms"]:
+                same = checks.get(TABLES, {}).get(key) or {}
+                alike = same.get("values_agreeing") and not same.get("mismatch_count")
+                note += (
+                    f"; from the tables (BOTPULSE_QUERY_MEMORY_HOURS=0) p50 {tables['p50_ms']} ms, "
+                    f"{tables['p50_ms'] / theirs['p50_ms']:.2f}x, answers "
+                    + ("the same" if alike else "DIFFER")
+                )
             ok = None if ratio is None or target is None else ratio <= target
             b.figure(Figure(f"peer_ratio_{name}_{key}", f"botpulse / {peer} read, {range_label} (p50)",
                             ratio, "x", target_text, ok, mine["problem"] or note))  # fmt: skip

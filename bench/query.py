@@ -76,8 +76,10 @@ def run(b: Bench) -> None:
     s = b.sizes
     redis = b.redis(PHASE)
     try:
-        # The answer cache off: each request's own cost is measured, not the cache's.
-        env = b.env(PHASE, redis.url, BOTPULSE_QUERY_CACHE_S="0")
+        # The answer cache off: each request's own cost is measured, not the cache's. The bots'
+        # answers from memory off too: this phase measures the reads from the tables (the peers
+        # phase measures both).
+        env = b.env(PHASE, redis.url, BOTPULSE_QUERY_CACHE_S="0", BOTPULSE_QUERY_MEMORY_HOURS="0")
         spec = Spec(
             accounts=min(5, s.query_bots),
             bots=s.query_bots + 2 + 25,  # 25 more without history fill the listing's first page

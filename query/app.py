@@ -26,6 +26,7 @@ from botpulse.query.listing import (
     compile_sort,
     list_bots,
 )
+from botpulse.query.memory import BotMemory
 from botpulse.query.params import BadParam
 from botpulse.query.resources import ANSWERS, READINESS, REDIS, REGISTRY, SETTINGS, STORE, UNAVAILABLE
 from botpulse.query.responses import error, json_response
@@ -112,6 +113,8 @@ class BotRecords:
 
 BOT_RECORDS = web.AppKey("bot_records", BotRecords)
 KNOWN_SIDES = web.AppKey("known_sides", Known)
+# Where this process holds the only writer: bots' answers from memory (query/memory.py).
+BOT_MEMORY = web.AppKey("bot_memory", BotMemory | None)
 _HIT, _MISS = metrics.CACHE.labels("bot_records", "hit"), metrics.CACHE.labels("bot_records", "miss")
 
 
@@ -162,19 +165,20 @@ async def get_bot_info(request: web.Request) -> web.Response:
     # beside it when the range does not start at the first post and the engine overlaps reads),
     # then side by side the buckets if still due and only the reads the bot has rows for.
     known, created = request.app[KNOWN_SIDES], int(bot.created_at.timestamp() * 1000)
+    memory = request.app[BOT_MEMORY]
     rng, bucket_rows = None, None
     try:
         if want_stats and q.get("start"):
             rng = Range(*_range(request, None), points)
-            head, bucket_rows = await head_and_buckets(store, bot_id, rng, known)
+            head, bucket_rows = await head_and_buckets(store, bot_id, rng, known, memory)
         else:
-            head = await read_head(store, bot_id, with_first=want_stats, known=known)
+            head = await read_head(store, bot_id, with_first=want_stats, known=known, memory=memory)
             if want_stats:
                 rng = Range(*_range(request, head.first if head.first is not None else created), points)
     except BadParam as exc:
         return error(400, exc.message, exc.field)
     p = plan(bot_id, head, rng, buckets_read=bucket_rows is not None)
-    more = await run(store, head, p, rng, now, window_ms, bucket_rows)
+    more = await run(store, head, p, rng, now, window_ms, bucket_rows, memory)
     last, names, extras = head.last, more.names, more.extras
     status = connection_status(last, window_ms)
     body: dict[str, Any] = {
@@ -579,6 +583,16 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     app[STORE] = store
     app[BOT_RECORDS] = BotRecords()
     app[KNOWN_SIDES] = Known()
+    memory = None
+    if store.sole_writer and settings.query_memory_hours:
+        memory = BotMemory(store, settings.query_memory_hours)
+        store.watch(memory)
+
+        async def forget(app: web.Application) -> None:
+            store.unwatch(memory)
+
+        app.on_cleanup.append(forget)
+    app[BOT_MEMORY] = memory
     app[ANSWERS] = AnswerCache(settings.query_cache_s)
     app[READINESS] = readiness = []
 

@@ -18,6 +18,12 @@ costs milliseconds even when the bot has no rows there, so a bot with none of th
 costs two statements of two and one table. The side reads a bot is known to have (`Known`)
 ride in its head statement instead, so a bot with everything costs three, as before; a bot's
 first answer in a process reads them all from the tables themselves.
+
+Where the process holds the only writer, the service passes its `BotMemory` (query/memory.py):
+then the head, side reads and totals come from statements it keeps until a write touches the
+bot, and an hour-aligned range's buckets from the bot's hours it holds, so a dashboard's answer
+reads no table unless the bot was written since. Without it (a ClickHouse server, the bench's
+engine child) every statement is read from the tables.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 
 import msgspec
 
+from botpulse.query.memory import BotMemory
 from botpulse.query.shards import PROPS_COLUMN, SHARDS_COLUMN, Extras, extras_of
 from botpulse.query.stats import buckets_of, buckets_statement, totals_of, totals_statement
 from botpulse.runtime.clickhouse import Store
@@ -156,21 +163,29 @@ class Known:
         return head
 
 
-async def read_head(store: Store, bot_id: str, *, with_first: bool, known: Known | None = None) -> Head:
+async def read_head(
+    store: Store,
+    bot_id: str,
+    *,
+    with_first: bool,
+    known: Known | None = None,
+    memory: BotMemory | None = None,
+) -> Head:
     sight = known.sight(bot_id) if known is not None else PLAIN
-    row = (await store.query(*head_statement(bot_id, with_first=with_first, sight=sight)))[0]
+    row = (await (memory or store).query(*head_statement(bot_id, with_first=with_first, sight=sight)))[0]
     head = head_of(row, with_first=with_first, sight=sight)
     return known.learn(bot_id, head) if known is not None else head
 
 
 async def head_and_buckets(
-    store: Store, bot_id: str, stats: Range, known: Known | None = None
+    store: Store, bot_id: str, stats: Range, known: Known | None = None, memory: BotMemory | None = None
 ) -> tuple[Head, list[tuple[Any, ...]] | None]:
     """The first round when the range was given: the head and, where the engine overlaps reads
     (`Store.reads_overlap`), the buckets of `stats` beside it (the range starts where the caller
-    said, so the head's first post is not needed). None for the buckets: they are still due."""
-    if not store.reads_overlap:
-        return await read_head(store, bot_id, with_first=False, known=known), None
+    said, so the head's first post is not needed). None for the buckets: they are still due
+    (always, with a `memory`: it serves them in the second round)."""
+    if memory is not None or not store.reads_overlap:
+        return await read_head(store, bot_id, with_first=False, known=known, memory=memory), None
     head_task = asyncio.ensure_future(read_head(store, bot_id, with_first=False, known=known))
     buckets = buckets_statement(bot_id, stats.start, stats.end, stats.points)
     rows_task = asyncio.ensure_future(store.query(*buckets))
@@ -205,6 +220,7 @@ class Plan(msgspec.Struct, frozen=True):
     """The second round. `side` reads the columns named in `side_columns` (a subset of `names`,
     `props`, `shards`, in that order); a read left out answers empty."""
 
+    bot_id: str
     buckets: Statement | None
     side: Statement | None
     side_columns: tuple[str, ...]
@@ -229,7 +245,14 @@ def plan(bot_id: str, head: Head, stats: Range | None, *, buckets_read: bool = F
         # `custom_events` holds rows in [start, end) only if the range meets the bot's events.
         if head.events is not None and stats.start <= head.events[1] and head.events[0] < stats.end:
             totals = totals_statement(bot_id, stats.start, stats.end)
-    return Plan(buckets, side, wanted, totals)
+    return Plan(bot_id, buckets, side, wanted, totals)
+
+
+async def _held_buckets(
+    store: Store, memory: BotMemory, bot_id: str, statement: Statement, stats: Range
+) -> list[tuple[Any, ...]]:
+    rows = await memory.buckets(bot_id, stats.start, stats.end, stats.points)
+    return rows if rows is not None else await store.query(*statement)
 
 
 class Answer(msgspec.Struct, frozen=True):
@@ -247,10 +270,20 @@ async def run(
     now: int,
     window_ms: int,
     bucket_rows: list[tuple[Any, ...]] | None = None,
+    memory: BotMemory | None = None,
 ) -> Answer:
     """The statements of `p` (planned from `head`), side by side (one engine handle each),
-    decoded; `bucket_rows`: the buckets' rows when they were read beside the head."""
-    results = iter(await asyncio.gather(*(store.query(*s) for s in p.statements())))
+    decoded; `bucket_rows`: the buckets' rows when they were read beside the head. With a
+    `memory`, the buckets come from its hours when the range is hour-aligned (any other range
+    is read from the tables), the rest from the statements it keeps."""
+    src = memory or store
+    reads = [src.query(*s) for s in (p.side, p.totals) if s is not None]
+    if p.buckets is not None:  # planned only with `stats`
+        if memory is not None and stats is not None:
+            reads.insert(0, _held_buckets(store, memory, p.bot_id, p.buckets, stats))
+        else:
+            reads.insert(0, store.query(*p.buckets))
+    results = iter(await asyncio.gather(*reads))
     if p.buckets is not None:
         bucket_rows = next(results)
     side = dict(head.side)

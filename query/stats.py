@@ -25,11 +25,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from botpulse.query.uptime import HOUR_MS
 from botpulse.runtime.clickhouse import Store
 from botpulse.schemas.account import MAX_EVENT_TYPES
 from botpulse.schemas.stats import AVG_FIELDS, LAST_FIELDS
-
-_HOUR = 3_600_000
 
 _IDX = "intDiv(({t} - {{start:Int64}}) * {{n:Int64}}, {{span:Int64}})"
 _STATE_COLUMNS = ", ".join([*LAST_FIELDS.values(), *AVG_FIELDS.values()])
@@ -138,7 +137,14 @@ def ragged_hours(start: int, end: int, n: int) -> list[int]:
     inside them: exactly the hours `bot_stats_1h` cannot serve."""
     span = end - start
     edges = [start, end, *(bucket_time(start, span, n, i) for i in range(1, n))]
-    return sorted({e // _HOUR for e in edges if e % _HOUR})
+    return sorted({e // HOUR_MS for e in edges if e % HOUR_MS})
+
+
+def is_hour_aligned(start: int, end: int, n: int) -> bool:
+    """Whether every bucket edge and both ends fall on an hour (no ragged hour), without listing
+    the edges: both ends on hours and a whole number of hours per bucket (the first edge,
+    start + span / n, is on an hour only then)."""
+    return start % HOUR_MS == 0 and end % HOUR_MS == 0 and ((end - start) // HOUR_MS) % n == 0
 
 
 def buckets_statement(bot_id: str, start: int, end: int, n: int) -> tuple[str, dict[str, Any]]:
@@ -146,11 +152,9 @@ def buckets_statement(bot_id: str, start: int, end: int, n: int) -> tuple[str, d
     parameters."""
     span = end - start
     params: dict[str, Any] = {"id": bot_id, "start": start, "end": end, "n": n, "span": span}
-    # No ragged hour, without listing the edges: both ends on hours and a whole number of hours
-    # per bucket (the first edge, start + span / n, is on an hour only then).
-    if start % _HOUR == 0 and end % _HOUR == 0 and (span // _HOUR) % n == 0:
+    if is_hour_aligned(start, end, n):
         return HOURLY_BUCKETS_SQL, params
-    if span <= RAW_MAX_HOURS * _HOUR:
+    if span <= RAW_MAX_HOURS * HOUR_MS:
         return RAW_BUCKETS_SQL, params
     return BUCKETS_SQL, {**params, "hours": ragged_hours(start, end, n)}
 

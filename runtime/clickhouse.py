@@ -18,6 +18,12 @@ BOTPULSE_QUERY_MAX_QUEUED waiting, and a read past that is refused at once (`Sat
 of queueing without bound; a read whose caller is cancelled (its HTTP client went away) is killed
 in ClickHouse (`KILL QUERY` on a marker comment, which works on a server and in chDB alike).
 Inserts and DDL run on their own threads, so reads can never take the worker's capacity.
+
+Writes are observable (`watch`): after every insert (held or failed) and every command, each
+watcher hears of it on the writing thread. Where this process holds the only writer
+(`sole_writer`: embedded chDB opens its path in one process) a watcher therefore sees every
+change to the data, which is what lets the query service keep an exact copy of what bots'
+answers read (query/memory.py).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import secrets
 import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import clickhouse_connect
@@ -190,6 +196,17 @@ def _limit_error(exc: DatabaseError, settings: Settings) -> Exception:
     return exc
 
 
+class WriteWatcher(Protocol):
+    """Told of every write through a `Store`, on the thread that made it, after the engine
+    answered (or failed: a failed write may still have been stored)."""
+
+    def inserted(
+        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], column_oriented: bool
+    ) -> None: ...
+
+    def commanded(self) -> None: ...
+
+
 class Store:
     """ClickHouse, reached the same way whether embedded or a server."""
 
@@ -198,6 +215,10 @@ class Store:
         self.database = settings.clickhouse_database
         self.cluster = settings.clickhouse_cluster
         self.embedded = settings.embedded_clickhouse
+        # Embedded chDB: one process opens the path, so every write to it goes through this
+        # process (and, `Store` being its one access layer, through its watchers).
+        self.sole_writer = self.embedded
+        self._watchers: list[WriteWatcher] = []
         self._local = threading.local()
         self._clients: list[Client] = []
         self._lock = threading.Lock()
@@ -283,8 +304,19 @@ class Store:
             return self.reader().query(sql, parameters=params or {}, settings=limits).result_rows
 
     def command_sync(self, sql: str, params: dict[str, Any] | None = None) -> Any:
-        with _timer("command").time():
-            return self.client().command(sql, parameters=params or {})
+        try:
+            with _timer("command").time():
+                return self.client().command(sql, parameters=params or {})
+        finally:
+            for watcher in self._watchers:
+                watcher.commanded()
+
+    def watch(self, watcher: WriteWatcher) -> None:
+        self._watchers.append(watcher)
+
+    def unwatch(self, watcher: WriteWatcher) -> None:
+        with contextlib.suppress(ValueError):
+            self._watchers.remove(watcher)
 
     def insert_sync(
         self,
@@ -296,14 +328,18 @@ class Store:
     ) -> None:
         """`column_oriented`: `rows` holds one sequence per column (what the worker builds)."""
         if rows and (not column_oriented or len(rows[0])):
-            with _timer("insert").time():
-                self.client().insert(
-                    table,
-                    rows,
-                    column_names=list(columns),
-                    settings=settings,
-                    column_oriented=column_oriented,
-                )
+            try:
+                with _timer("insert").time():
+                    self.client().insert(
+                        table,
+                        rows,
+                        column_names=list(columns),
+                        settings=settings,
+                        column_oriented=column_oriented,
+                    )
+            finally:
+                for watcher in self._watchers:
+                    watcher.inserted(table, rows, columns, column_oriented)
 
     # --- async API (services) -----------------------------------------------------------------
     async def query(

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -20,6 +21,7 @@ from botpulse.query.uptime import connection_status
 from botpulse.registry.catalog import Bot, create_account, now, write_bot
 from botpulse.runtime.clickhouse import ReadRefused
 from botpulse.runtime.migrations import migrate
+from botpulse.runtime.settings import Settings
 from botpulse.workers.rows import CUSTOM_COLUMNS, NAMES_COLUMNS, PROPS_COLUMNS, SHARDS_COLUMNS, STATS_COLUMNS
 from tests.test_query_stats import get, stat, ts
 
@@ -108,8 +110,23 @@ async def fleet(request, settings, store, redis) -> AsyncIterator[dict[str, Any]
         assert migrate(store) == ["0038_bot_extents", "0039_bot_extents_backfill"]
     client = TestClient(TestServer(build_app(settings, store), host="127.0.0.1"))
     await client.start_server()
-    yield {"client": client, "store": store, "now": n, "created": n, "window": settings.heartbeat_window_ms}
+    # As against a ClickHouse server, where other processes write: no answers from memory.
+    server = TestClient(TestServer(build_app(without_memory(settings), store), host="127.0.0.1"))
+    await server.start_server()
+    yield {
+        "client": client,
+        "server": server,
+        "store": store,
+        "now": n,
+        "created": n,
+        "window": settings.heartbeat_window_ms,
+    }
+    await server.close()
     await client.close()
+
+
+def without_memory(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, query_memory_hours=0)
 
 
 async def _today(store, bot: str, created: int, q: dict[str, Any], window: int) -> dict[str, Any]:
@@ -178,7 +195,7 @@ async def test_every_kind_of_bot_gets_the_answer_it_got_before(fleet, settings):
     fresh = TestClient(TestServer(build_app(settings, store), host="127.0.0.1"))
     await fresh.start_server()
     try:
-        for client, order in ((c, list), (fresh, reversed)):
+        for client, order in ((c, list), (fresh, reversed), (fleet["server"], list)):
             for kind in KINDS:
                 for name, rng in order(list(_ranges(fleet["now"]).items())):
                     body = await _asks_as_before(client, fleet, kind, name, rng)
@@ -186,7 +203,7 @@ async def test_every_kind_of_bot_gets_the_answer_it_got_before(fleet, settings):
                     compared += 1
     finally:
         await fresh.close()
-    assert compared == 2 * len(KINDS) * 8
+    assert compared == 3 * len(KINDS) * 8
     # The cases hold what they claim: a bot of each kind has what its name says.
     _, body = await get(
         c, f"/v1/bot/{_id('all')}", returnStats="true", start=fleet["now"] - DAY, end=fleet["now"]
@@ -320,7 +337,7 @@ def _traced(store, monkeypatch, fail: str | None = None, slow: str | None = None
 
 
 async def test_a_given_start_reads_the_buckets_beside_the_head_where_reads_overlap(fleet, monkeypatch):
-    c, n, store = fleet["client"], fleet["now"], fleet["store"]
+    c, n, store = fleet["server"], fleet["now"], fleet["store"]
     events = _traced(store, monkeypatch)
     aligned_end = -(-n // HOUR) * HOUR
     q = {"returnStats": "true", "start": aligned_end - 30 * DAY, "end": aligned_end, "dataPoints": 90}
@@ -354,7 +371,7 @@ async def test_a_failed_read_of_the_first_round_stops_the_other(fleet, monkeypat
     monkeypatch.setattr(fleet["store"], "reads_overlap", True)
     n = fleet["now"]
     q = {"returnStats": "true", "start": n - DAY, "end": n, "dataPoints": 4}
-    status, body = await get(fleet["client"], f"/v1/bot/{_id('plain')}", **q)
+    status, body = await get(fleet["server"], f"/v1/bot/{_id('plain')}", **q)
     # The refusal answers as any refused read does, and the read still under way was stopped
     # (a cancelled engine read is killed), not left running behind the answer.
     assert status == 503 and body["limit"] == "query_max_queued", body

@@ -59,7 +59,7 @@ _PAGE_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 AUDIT_PAGE = 20
-HOUR_MS = 3_600_000
+
 DAY_MS = 86_400_000
 BADGE_METRICS = {
     "status": "status",

@@ -1,0 +1,239 @@
+"""query/memory.py: a bot's answers from memory are the tables' answers, through writes that land
+before, between and during its reads; and a warm dashboard read reads no table at all."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from botpulse.query import memory as memory_mod
+from botpulse.query.app import BOT_MEMORY, build_app
+from botpulse.query.memory import HOURS_SQL, BotMemory
+from botpulse.registry.catalog import Bot, create_account, now, write_bot
+from botpulse.workers.rows import COLUMNS, NAMES_COLUMNS, STATS_COLUMNS
+from tests.test_query_stats import get, stat, ts
+
+HOUR = 3_600_000
+DAY = 24 * HOUR
+BOTS = ("7001", "7002")
+
+
+def columns_of(rows: list[list[Any]]) -> list[list[Any]]:
+    """Rows as the worker inserts them: one list per column, times in plain milliseconds."""
+    cols = [list(c) for c in zip(*rows, strict=True)]
+    cols[1] = [int(t.timestamp() * 1000 + 0.5) for t in cols[1]]
+    return cols
+
+
+@pytest.fixture
+async def two(settings, store, redis) -> AsyncIterator[dict[str, Any]]:
+    account, _ = await create_account(store, redis, "memory")
+    created = now()
+    for bot in BOTS:
+        await write_bot(store, redis, Bot(bot, account.id, bot, None, False, 10, None, created))
+    n = int(created.timestamp() * 1000)
+    held = TestClient(TestServer(build_app(settings, store), host="127.0.0.1"))
+    off = msgspec.structs.replace(settings, query_memory_hours=0)
+    tables = TestClient(TestServer(build_app(off, store), host="127.0.0.1"))
+    await held.start_server()
+    await tables.start_server()
+    assert held.app[BOT_MEMORY] is not None and tables.app[BOT_MEMORY] is None
+    yield {"held": held, "tables": tables, "store": store, "now": n}
+    await tables.close()
+    await held.close()
+
+
+def aligned(n: int, days: int, points: int) -> dict[str, Any]:
+    end = -(-n // HOUR) * HOUR
+    return {"returnStats": "true", "start": end - days * DAY, "end": end, "dataPoints": points}
+
+
+async def same_answers(w: dict[str, Any], bot: str, q: dict[str, Any]) -> dict[str, Any]:
+    s1, held = await get(w["held"], f"/v1/bot/{bot}", **q)
+    s2, tables = await get(w["tables"], f"/v1/bot/{bot}", **q)
+    assert s1 == s2 == 200, (held, tables)
+    assert held.keys() == tables.keys()
+    for k in held:
+        if k != "stats":
+            assert held[k] == tables[k], k
+    for a, b in zip(held["stats"], tables["stats"], strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            if isinstance(b[k], float):
+                assert a[k] == pytest.approx(b[k], rel=1e-9), k
+            elif k == "custom":
+                assert a[k].keys() == b[k].keys()
+                for name, v in a[k].items():
+                    assert v == (pytest.approx(b[k][name], rel=1e-9) if v is not None else None), name
+            else:
+                assert a[k] == b[k], k
+    return held
+
+
+def traced(store, monkeypatch) -> list[str]:
+    """The statements the store runs from now on (their first words, enough to tell)."""
+    seen: list[str] = []
+    real = store.query
+
+    async def query(sql, params=None, settings=None):
+        seen.append(sql)
+        return await real(sql, params, settings)
+
+    monkeypatch.setattr(store, "query", query)
+    return seen
+
+
+async def test_answers_from_memory_are_the_tables_answers_through_writes(two):
+    store, n = two["store"], two["now"]
+    rng = random.Random(11)
+    ranges = [aligned(n, 30, 90), aligned(n, 3, 72), aligned(n, 2, 6), aligned(n, 1, 1)]
+    memory: BotMemory = two["held"].app[BOT_MEMORY]
+    t = n - 31 * DAY
+    for round_ in range(8):
+        # Every round posts into hours already held, older ones, the current one and the next.
+        rows = []
+        for bot in BOTS:
+            for _ in range(rng.randrange(20, 200)):
+                t_post = rng.choice(
+                    [t + rng.randrange(31 * DAY), n - rng.randrange(2 * HOUR), n + rng.randrange(HOUR)]
+                )
+                custom = {"votes": float(rng.randrange(9))} if rng.random() < 0.3 else {}
+                rows.append(
+                    stat(
+                        bot, t_post, guilds=rng.choice([None, rng.randrange(99)]), cpu=rng.random(),
+                        api_ping=rng.choice([None, rng.random()]), custom=custom,
+                        ram_total=rng.choice([None, rng.random() * 8]),
+                    )
+                )  # fmt: skip
+        if round_ % 2:  # as the worker does: column-oriented, times in ms
+            await store.insert("bot_stats", columns_of(rows), COLUMNS["bot_stats"], column_oriented=True)
+        else:
+            await store.insert("bot_stats", rows, STATS_COLUMNS)
+        for bot in BOTS:
+            for q in ranges:
+                await same_answers(two, bot, q)
+    # Reads with nothing written between them load nothing more.
+    loads = memory.loads
+    for bot in BOTS:
+        for q in ranges:
+            await same_answers(two, bot, q)
+    assert memory.loads == loads
+    # A post held nowhere (another bot) leaves both bots' hours alone.
+    await store.insert("bot_stats", [stat("9999", n, guilds=1)], STATS_COLUMNS)
+    await same_answers(two, BOTS[0], ranges[0])
+    assert memory.loads == loads
+
+
+async def test_a_warm_dashboard_read_reads_no_table(two, monkeypatch):
+    store, n, bot = two["store"], two["now"], BOTS[0]
+    rows = [stat(bot, n - k * 600_000, guilds=k, cpu=k / 7) for k in range(400)]
+    await store.insert("bot_stats", rows, STATS_COLUMNS)
+    q = aligned(n, 30, 90)
+    # The first answer reads every side read in its head (a first sight, query/bot_reads.py
+    # `Known`), the second its usual head: both statements are then held.
+    await same_answers(two, bot, q)
+    await same_answers(two, bot, q)
+    seen = traced(store, monkeypatch)
+    _, body = await get(two["held"], f"/v1/bot/{bot}", **q)
+    assert seen == [], seen
+    assert body["lastSeen"] == n and body["stats"][-1]["guilds"] == 0
+    # A post in the current hour, as the worker inserts it: the head and that one hour are read
+    # again, nothing else.
+    post = columns_of([stat(bot, n + 1, guilds=777)])
+    await store.insert("bot_stats", post, COLUMNS["bot_stats"], column_oriented=True)
+    _, body = await get(two["held"], f"/v1/bot/{bot}", **q)
+    assert len(seen) == 2 and "bot_latest" in seen[0] and seen[1] is HOURS_SQL, seen
+    seen.clear()
+    assert (await same_answers(two, bot, q)) == body
+    assert body["lastSeen"] == n + 1 and body["stats"][-1]["guilds"] == 777
+    seen.clear()
+    await get(two["held"], f"/v1/bot/{bot}", **q)
+    assert seen == []
+    # A write to another table of the bot's (a custom metric's name) drops its statements, not
+    # its hours.
+    await store.insert("custom_metric_names", [[bot, "votes", ts(n)]], NAMES_COLUMNS)
+    _, body = await get(two["held"], f"/v1/bot/{bot}", **q)
+    assert seen and HOURS_SQL not in seen, seen
+    assert body["customGraphs"] == ["votes"]
+    assert (await same_answers(two, bot, q)) == body
+
+
+@pytest.mark.parametrize("during", ["hours", "head"])
+async def test_a_write_landing_during_a_read_is_never_masked(two, monkeypatch, during):
+    # The read's rows predate the write, which is stored (and heard) before the read returns:
+    # kept, they would hide the write from every later answer.
+    store, n, bot = two["store"], two["now"], BOTS[1]
+    q = aligned(n, 2, 48)
+    await store.insert("bot_stats", [stat(bot, n - HOUR, guilds=1)], STATS_COLUMNS)
+    # Past the bot's first sight, so the armed read's head statement is the one asked after it.
+    await get(two["tables"], f"/v1/bot/{bot}", **q)
+    await get(two["held"], f"/v1/bot/{bot}", **q)
+    store.command_sync("SELECT 1")  # nothing held: the armed read loads the hours again
+    real = store.query
+    armed = [True]
+
+    async def query(sql, params=None, settings=None):
+        rows = await real(sql, params, settings)
+        is_target = sql is HOURS_SQL if during == "hours" else "bot_latest" in sql
+        if armed[0] and is_target:
+            armed[0] = False
+            await store.insert(
+                "bot_stats",
+                columns_of([stat(bot, n - HOUR + 5, guilds=2)]),
+                COLUMNS["bot_stats"],
+                column_oriented=True,
+            )
+        return rows
+
+    monkeypatch.setattr(store, "query", query)
+    _, first = await get(two["held"], f"/v1/bot/{bot}", **q)
+    assert not armed[0]
+    assert first["lastSeen"] in (n - HOUR, n - HOUR + 5)  # either is an answer of that moment
+    body = await same_answers(two, bot, q)
+    assert body["lastSeen"] == n - HOUR + 5
+    assert [b["guilds"] for b in body["stats"] if b["guilds"] is not None] == [2]
+
+
+async def test_the_memory_is_bounded_and_a_command_drops_it(two, monkeypatch):
+    store, n = two["store"], two["now"]
+    memory: BotMemory = two["held"].app[BOT_MEMORY]
+    for bot in BOTS:
+        await store.insert("bot_stats", [stat(bot, n - k * HOUR, guilds=k) for k in range(60)], STATS_COLUMNS)
+    monkeypatch.setattr(memory, "hours_limit", 72)
+    # Longer than the memory holds: read from the tables, nothing held.
+    await same_answers(two, BOTS[0], aligned(n, 4, 96))
+    assert memory.loads == 0
+    # Two bots of 48 hours each do not fit in 72: the one read least recently goes.
+    await same_answers(two, BOTS[0], aligned(n, 2, 48))
+    await same_answers(two, BOTS[1], aligned(n, 2, 48))
+    assert memory.loads == 2
+    await same_answers(two, BOTS[1], aligned(n, 2, 48))
+    assert memory.loads == 2
+    await same_answers(two, BOTS[0], aligned(n, 2, 48))
+    assert memory.loads == 3
+    # A command (DDL, a migration) may change anything: everything is read again.
+    store.command_sync("SELECT 1")
+    await same_answers(two, BOTS[0], aligned(n, 2, 48))
+    assert memory.loads == 4
+    # And a bot's copy is read again once it is MAX_AGE_S old (rows leaving by TTL).
+    monkeypatch.setattr(memory_mod, "MAX_AGE_S", 0.0)
+    await asyncio.sleep(0.01)
+    await same_answers(two, BOTS[0], aligned(n, 2, 48))
+    assert memory.loads == 5
+
+
+def test_hours_merge_into_buckets_as_the_raw_definition_says():
+    # Pure: a "last" field takes the newest hour's non-null value, a mean weighs hours by their
+    # counts, an hour without posts adds nothing.
+    empty = memory_mod.EMPTY
+    h0 = (2, (5, None, None, 1.0), ((3.0, 2), (0.0, 0), (1.0, 1), (0.0, 0)), {"v": 4.0}, {"v": 2})
+    h1 = (1, (None, 7, None, None), ((9.0, 1), (0.0, 0), (0.0, 0), (0.0, 0)), {"v": 1.0}, {"v": 1})
+    rows = memory_mod.bucket_rows({10: h0, 11: h1, 12: empty}, 10 * HOUR, 13 * HOUR, 1)
+    assert rows == [(0, 3, 5, 7, None, 1.0, 4.0, None, 1.0, None, {"v": 5.0}, {"v": 3})]
+    assert memory_mod.bucket_rows({12: empty}, 10 * HOUR, 13 * HOUR, 3) == []
