@@ -21,8 +21,8 @@ first answer in a process reads them all from the tables themselves.
 
 Where the process holds the only writer, the service passes its `BotMemory` (query/memory.py):
 then the head, side reads and totals come from statements it keeps until a write touches the
-bot, and an hour-aligned range's buckets from the bot's hours it holds, so a dashboard's answer
-reads no table unless the bot was written since. Without it (a ClickHouse server, the bench's
+bot, and the buckets from the bot's hours and the posts of its ragged hours it holds, so an
+answer reads no table unless the bot was written since. Without it (a ClickHouse server, the bench's
 engine child) every statement is read from the tables.
 """
 
@@ -274,8 +274,8 @@ async def run(
 ) -> Answer:
     """The statements of `p` (planned from `head`), side by side (one engine handle each),
     decoded; `bucket_rows`: the buckets' rows when they were read beside the head. With a
-    `memory`, the buckets come from its hours when the range is hour-aligned (any other range
-    is read from the tables), the rest from the statements it keeps."""
+    `memory`, the buckets come from what it holds (a range longer than it holds is read from
+    the tables), the rest from the statements it keeps."""
     src = memory or store
     reads = [src.query(*s) for s in (p.side, p.totals) if s is not None]
     if p.buckets is not None:  # planned only with `stats`

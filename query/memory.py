@@ -1,51 +1,65 @@
 """An exact in-memory copy of what bots' answers read, for a query process that holds the only
 writer (`Store.sole_writer`: embedded chDB, where the worker runs in this process or none runs).
 
-Two things are kept per bot being read, both dropped the moment a write touches them:
+What is kept per bot being read, each part dropped the moment a write touches it:
 
 - **Its hours**: per hour of its posts, the count, the newest non-null value of each "last"
   field, the sum and count of each averaged field and the custom sums and counts: the raw
-  definition of `query/stats.py`, aggregated by the engine from `bot_stats` when loaded. A
-  range whose every bucket edge is on an hour (the dashboard's) is then bucketed here, on each
-  request, from those hours, without reading a table. An insert into `bot_stats` drops the
-  hours its rows fall in (all of the bot's hours when a row's time is not plain milliseconds).
+  definition of `query/stats.py`, aggregated by the engine from `bot_stats` when loaded.
+- **The posts of its ragged hours**: an hour holding a bucket edge or a range end strictly
+  inside (`query/stats.py` `ragged_hours`) is split there, so its posts are kept, by field,
+  as the times and values of the posts where that field is not null, sorted: any part of the
+  hour is then a binary search and a slice away.
 - **Its statements**: the rows of the bot's head, side reads and custom totals (`query`), kept
   by statement and parameters until any insert carries the bot's id.
 
-Why it is exact. Every write goes through `Store`, whose watchers hear of it after the engine
-answered (`Store.watch`). Each write takes a sequence number; a load notes the number before
-its read starts and keeps what it read only for hours (or statements) no write touched since,
-so a write that landed while the read ran is never masked: its hours stay missing and the next
-request loads them. A write the engine deduplicated still drops what it touched, which only
-costs a load. A command (DDL, migrations, the bench's seeding) drops everything.
+A range's buckets are then computed on each request from the whole hours inside it and the
+parts of its ragged hours, without reading a table unless something it needs is not held.
 
-What it does not see: rows leaving by TTL happen in the engine's merges, whose timing the
-engine does not promise either (hours late is normal), so a bot's copy is dropped after
-`MAX_AGE_S` and re-read. Bounded: at most `hours_limit` bot-hours are held, the bots least
-recently read go first, and a range longer than that is read from the tables.
+Why it is exact. Every write goes through `Store`, whose watchers hear of it after the engine
+answered (`Store.watch`). An insert into `bot_stats` drops the hours (and posts) its rows fall
+in, all of the bot's when a row's time is not plain milliseconds. Each write takes a sequence
+number; a load notes the number before its read starts and keeps what it read only for hours
+(or statements) no write touched since, so a write that landed while the read ran is never
+masked: its hours stay missing and the next request loads them. A write the engine deduplicated
+still drops what it touched, which only costs a load. A command (DDL, migrations, the bench's
+seeding) drops everything.
+
+What it does not see: rows leaving by TTL happen in the engine's merges, whose timing the engine
+does not promise either (hours late is normal), so a bot's copy is dropped after `MAX_AGE_S`
+and read again. Bounded: at most `hours_limit` units are held (an hour one, an hour's posts
+`POSTS_UNITS`), the bots least recently read go first, and a range longer than the limit is
+read from the tables.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
-from botpulse.query.stats import HOUR_MS, is_hour_aligned
+from botpulse.query.stats import bucket_time
+from botpulse.query.uptime import HOUR_MS
 from botpulse.runtime.clickhouse import Store
 from botpulse.schemas.stats import AVG_FIELDS, LAST_FIELDS, STATS_TABLE
 
 MAX_AGE_S = 600.0
 # Statements kept per bot (head, side reads, totals of a few ranges); past it they are dropped.
 MAX_STATEMENTS = 32
-# Bots held at once, whatever they hold (statements alone take no hours).
+# Bots held at once, whatever they hold (statements alone take no units).
 MAX_BOTS = 100_000
+# What an hour's posts cost against its aggregate (about 60 posts, a list entry each per field).
+POSTS_UNITS = 10
 
 _LAST = list(LAST_FIELDS.values())
 _AVG = list(AVG_FIELDS.values())
+_K = len(_LAST)
 # One row per hour of the bot's posts in [lo, hi): the same aggregates as RAW_BUCKETS_SQL, with
 # each average as its sum and count so hours merge into any bucket.
 HOURS_SQL = (
@@ -57,35 +71,152 @@ HOURS_SQL = (
     "AND ts >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
     "AND ts < fromUnixTimestamp64Milli({hi:Int64}, 'UTC') GROUP BY h"
 )
+# The posts of the listed hours, oldest first.
+POSTS_SQL = (
+    "SELECT toUnixTimestamp64Milli(ts), "
+    + ", ".join(_LAST + _AVG)
+    + ", CAST(custom, 'Map(String, Float64)') FROM bot_stats WHERE bot_id = {id:String} "
+    "AND intDiv(toUnixTimestamp64Milli(ts), 3600000) IN {hours:Array(Int64)} "
+    "AND ts >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
+    "AND ts < fromUnixTimestamp64Milli({hi:Int64}, 'UTC') ORDER BY ts"
+)
 
-# An hour: posts, the "last" values, (sum, count) per averaged field, custom sums and counts.
-Hour = tuple[int, tuple[Any, ...], tuple[tuple[float, int], ...], dict[str, float], dict[str, int]]
-EMPTY: Hour = (0, (None,) * len(_LAST), ((0.0, 0),) * len(_AVG), {}, {})
+# A part of the posts (an hour, or a piece of one): posts, the "last" values, (sum, count) per
+# averaged field, custom sums and counts.
+Part = tuple[int, tuple[Any, ...], tuple[tuple[float, int], ...], dict[str, float], dict[str, int]]
+EMPTY: Part = (0, (None,) * _K, ((0.0, 0),) * len(_AVG), {}, {})
 
 
-def hour_of(row: Sequence[Any]) -> Hour:
-    """A row of `HOURS_SQL` (without its hour number) as an `Hour`."""
-    k = 2 + len(_LAST)
+def hour_of(row: Sequence[Any]) -> Part:
+    """A row of `HOURS_SQL` (after its hour number) as a `Part`."""
+    k = 2 + _K
     avgs = tuple((float(row[k + 2 * j] or 0.0), int(row[k + 2 * j + 1])) for j in range(len(_AVG)))
     return int(row[1]), tuple(row[2:k]), avgs, row[-2], row[-1]
 
 
-def bucket_rows(hours: dict[int, Hour], start: int, end: int, n: int) -> list[tuple[Any, ...]]:
-    """The rows `HOURLY_BUCKETS_SQL` gives for `[start, end)` in `n` buckets (every edge on an
-    hour), from the hours in it: what `buckets_of` decodes."""
-    span = end - start
+class Posts:
+    """One hour's posts: their times, oldest first, and per field the values of the posts where
+    it is not null, with how many of those come before each post (so a part of the hour is two
+    binary searches away, whatever its fields); custom metrics by name, times and values."""
+
+    __slots__ = ("before", "custom", "times", "values")
+
+    def __init__(self, rows: Iterable[Sequence[Any]]) -> None:
+        self.times: list[int] = []
+        self.values: list[list[Any]] = [[] for _ in range(_K + len(_AVG))]
+        self.before: list[list[int]] = [[0] for _ in range(_K + len(_AVG))]
+        self.custom: dict[str, tuple[list[int], list[float]]] = {}
+        for row in rows:
+            t = int(row[0])
+            self.times.append(t)
+            for vs, nn, v in zip(self.values, self.before, row[1:-1], strict=True):
+                if v is not None:
+                    vs.append(v)
+                nn.append(len(vs))
+            for name, v in row[-1].items():
+                ts, cs = self.custom.setdefault(name, ([], []))
+                ts.append(t)
+                cs.append(v)
+
+    def part(self, a: int, b: int) -> Part:
+        """The posts in [a, b) as a `Part`."""
+        i0, i1 = bisect_left(self.times, a), bisect_left(self.times, b)
+        if i0 == i1:
+            return EMPTY
+        last: list[Any] = []
+        avgs: list[tuple[float, int]] = []
+        for j, (vs, nn) in enumerate(zip(self.values, self.before, strict=True)):
+            c0, c1 = nn[i0], nn[i1]
+            if j < _K:
+                last.append(vs[c1 - 1] if c1 > c0 else None)
+            else:
+                avgs.append((sum(vs[c0:c1], 0.0), c1 - c0))
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for name, (ts, cs) in self.custom.items():
+            c0, c1 = bisect_left(ts, a), bisect_left(ts, b)
+            if c1 > c0:
+                sums[name], counts[name] = sum(cs[c0:c1], 0.0), c1 - c0
+        return i1 - i0, tuple(last), tuple(avgs), sums, counts
+
+
+class Columns:
+    """A bot's hours from `lo` on as columns, so a run of whole hours is a slice: posts, each
+    averaged field's sums and counts, each "last" field's value per hour and, per hour, the
+    latest hour at or before it with a value (-1: none); the hours with custom metrics apart."""
+
+    __slots__ = ("counts", "custom", "custom_at", "last", "latest", "lo", "posts", "present", "sums")
+
+    def __init__(self, hours: dict[int, Part]) -> None:
+        self.lo = min(hours)
+        span = max(hours) - self.lo + 1
+        self.present = [False] * span
+        self.posts = [0] * span
+        self.last: list[list[Any]] = [[None] * span for _ in range(_K)]
+        self.latest: list[list[int]] = [[-1] * span for _ in range(_K)]
+        self.sums = [[0.0] * span for _ in range(len(_AVG))]
+        self.counts = [[0] * span for _ in range(len(_AVG))]
+        self.custom_at: list[int] = []
+        self.custom: list[tuple[dict[str, float], dict[str, int]]] = []
+        for h in sorted(hours):
+            posts, last, avgs, sums, counts = hours[h]
+            i = h - self.lo
+            self.present[i] = True
+            self.posts[i] = posts
+            for k, v in enumerate(last):
+                self.last[k][i] = v
+            for j, (sm, c) in enumerate(avgs):
+                self.sums[j][i] = sm
+                self.counts[j][i] = c
+            if counts:
+                self.custom_at.append(i)
+                self.custom.append((sums, counts))
+        for k in range(_K):
+            values, latest, seen = self.last[k], self.latest[k], -1
+            for i in range(span):
+                if values[i] is not None:
+                    seen = i
+                latest[i] = seen
+
+    def covers(self, a: int, b: int) -> bool:
+        """Whether every hour in [a, b) is held."""
+        i, j = a - self.lo, b - self.lo
+        return i >= 0 and j <= len(self.present) and all(self.present[i:j])
+
+    def part(self, a: int, b: int) -> Part:
+        """The whole hours [a, b) (all held) as one `Part`."""
+        i, j = a - self.lo, b - self.lo
+        posts = sum(self.posts[i:j])
+        if not posts:
+            return EMPTY
+        last = []
+        for k in range(_K):
+            at = self.latest[k][j - 1]
+            last.append(self.last[k][at] if at >= i else None)
+        avgs = tuple((sum(self.sums[m][i:j], 0.0), sum(self.counts[m][i:j])) for m in range(len(_AVG)))
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for x in range(bisect_left(self.custom_at, i), bisect_left(self.custom_at, j)):
+            for name, v in self.custom[x][0].items():
+                sums[name] = sums.get(name, 0.0) + v
+            for name, c in self.custom[x][1].items():
+                counts[name] = counts.get(name, 0) + c
+        return posts, tuple(last), avgs, sums, counts
+
+
+def bucket_rows(parts: Iterable[tuple[int, Part]]) -> list[tuple[Any, ...]]:
+    """The rows a bucket statement of `query/stats.py` gives (what `buckets_of` decodes), from
+    the parts of the range with their bucket index, oldest first (parts never overlap)."""
     acc: dict[int, list[Any]] = {}
-    for h in sorted(hours):
-        posts, last, avgs, sums, counts = hours[h]
+    for i, (posts, last, avgs, sums, counts) in parts:
         if not posts:
             continue
-        i = (h * HOUR_MS - start) * n // span
         a = acc.get(i)
         if a is None:
-            a = acc[i] = [0, [None] * len(_LAST), [0.0] * len(_AVG), [0] * len(_AVG), {}, {}]
+            a = acc[i] = [0, [None] * _K, [0.0] * len(_AVG), [0] * len(_AVG), {}, {}]
         a[0] += posts
         for j, v in enumerate(last):
-            if v is not None:  # hours ascend: the newest non-null value wins
+            if v is not None:  # oldest first: the newest non-null value wins
                 a[1][j] = v
         for j, (s, c) in enumerate(avgs):
             a[2][j] += s
@@ -102,8 +233,53 @@ def bucket_rows(hours: dict[int, Hour], start: int, end: int, n: int) -> list[tu
     return out
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
+class Layout:
+    """How `[start, end)` in `n` buckets meets the hours: per bucket, the piece of the hour it
+    starts in (when it starts inside one), the whole hours inside it, and the piece of the hour
+    it ends in; the hours holding such pieces are the ragged ones (`query/stats.py`
+    `ragged_hours`)."""
+
+    def __init__(self, start: int, end: int, n: int) -> None:
+        span = end - start
+        edges = [start, *(bucket_time(start, span, n, i) for i in range(1, n)), end]
+        self.lo, self.hi = start // HOUR_MS, -(-end // HOUR_MS)
+        # Per bucket: (index, first piece, whole hours [a, b), last piece); a piece is (hour, from, to).
+        self.buckets: list[
+            tuple[int, tuple[int, int, int] | None, int, int, tuple[int, int, int] | None]
+        ] = []
+        ragged: set[int] = set()
+        for i, (e0, e1) in enumerate(pairwise(edges)):
+            if e0 == e1:
+                continue
+            h0, h1 = e0 // HOUR_MS, (e1 - 1) // HOUR_MS
+            if h0 == h1 and (e0 % HOUR_MS or e1 % HOUR_MS):  # inside one hour, not all of it
+                self.buckets.append((i, (h0, e0, e1), 0, 0, None))
+                ragged.add(h0)
+                continue
+            first = last = None
+            a, b = -(-e0 // HOUR_MS), e1 // HOUR_MS  # the hours wholly inside
+            if e0 % HOUR_MS:
+                first = (h0, e0, a * HOUR_MS)
+                ragged.add(h0)
+            if e1 % HOUR_MS:
+                last = (b, b * HOUR_MS, e1)
+                ragged.add(b)
+            self.buckets.append((i, first, a, b, last))
+        self.ragged = sorted(ragged)
+        ragged_set = ragged
+        self.whole = [h for h in range(self.lo, self.hi) if h not in ragged_set]
+
+    def rows(self, cols: Columns | None, posts: dict[int, Posts]) -> list[tuple[Any, ...]]:
+        parts: list[tuple[int, Part]] = []
+        for i, first, a, b, last in self.buckets:
+            if first is not None:
+                parts.append((i, posts[first[0]].part(first[1], first[2])))
+            if b > a:
+                assert cols is not None
+                parts.append((i, cols.part(a, b)))
+            if last is not None:
+                parts.append((i, posts[last[0]].part(last[1], last[2])))
+        return bucket_rows(parts)
 
 
 def _hours_of(value: Any) -> tuple[int, ...] | None:
@@ -118,16 +294,30 @@ def _hours_of(value: Any) -> tuple[int, ...] | None:
     return None
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
 class _Bot:
-    __slots__ = ("born", "hours", "loading", "marked", "statements", "touched")
+    __slots__ = ("born", "cols", "hours", "loading", "marked", "posts", "statements", "touched")
 
     def __init__(self) -> None:
         self.born = time.monotonic()
-        self.hours: dict[int, Hour] = {}
+        self.hours: dict[int, Part] = {}
+        self.posts: dict[int, Posts] = {}
         self.loading = 0  # hour loads in flight
         self.marked: dict[int, int] = {}  # hour -> last write's number, kept while loads run
         self.touched = 0  # the last write's number that carried this bot
         self.statements: dict[Any, list[tuple[Any, ...]]] = {}
+        self.cols: Columns | None = None  # `hours` as columns, built when first needed
+
+    def columns(self) -> Columns:
+        if self.cols is None:
+            self.cols = Columns(self.hours)
+        return self.cols
+
+    def units(self) -> int:
+        return len(self.hours) + POSTS_UNITS * len(self.posts)
 
 
 class BotMemory:
@@ -141,7 +331,7 @@ class BotMemory:
         self._seq = 0
         self._bots: OrderedDict[str, _Bot] = OrderedDict()
         self._held = 0
-        self.loads = 0  # hour loads made (tests and the bench read it)
+        self.loads = 0  # loads of hours or posts made (tests read it)
 
     # --- writes (the store's watcher; any thread) ---------------------------------------------
     def inserted(
@@ -177,7 +367,7 @@ class BotMemory:
                 if touched is None:
                     # Forgotten: loads and statements in flight find another state and keep nothing.
                     del self._bots[bot]
-                    self._held -= len(state.hours)
+                    self._held -= state.units()
                     continue
                 state.touched = self._seq
                 state.statements.clear()
@@ -186,6 +376,9 @@ class BotMemory:
                         state.marked[h] = self._seq
                     if state.hours.pop(h, None) is not None:
                         self._held -= 1
+                        state.cols = None
+                    if state.posts.pop(h, None) is not None:
+                        self._held -= POSTS_UNITS
 
     def commanded(self) -> None:
         with self._lock:
@@ -198,7 +391,7 @@ class BotMemory:
         state = self._bots.get(bot_id)
         if state is None or time.monotonic() - state.born > MAX_AGE_S:
             if state is not None:
-                self._held -= len(state.hours)
+                self._held -= state.units()
             state = self._bots[bot_id] = _Bot()
         self._bots.move_to_end(bot_id)
         return state
@@ -224,45 +417,76 @@ class BotMemory:
         return rows
 
     async def buckets(self, bot_id: str, start: int, end: int, n: int) -> list[tuple[Any, ...]] | None:
-        """The bucket rows of an hour-aligned range from the bot's hours, loading those not
-        held; None when the range is not hour-aligned or longer than the memory holds."""
-        if not is_hour_aligned(start, end, n) or (end - start) // HOUR_MS > self.hours_limit:
+        """The bucket rows of `[start, end)` in `n` buckets, from the bot's whole hours and the
+        posts of its ragged hours, loading what is not held; None when the range is longer than
+        the memory holds."""
+        if -(-(end - start) // HOUR_MS) + 1 > self.hours_limit:
             return None
-        lo, hi = start // HOUR_MS, end // HOUR_MS
+        layout = Layout(start, end, n)
         with self._lock:
             state = self._bot(bot_id)
-            held = state.hours
-            have = {h: held[h] for h in range(lo, hi) if h in held}
-            missing = [h for h in range(lo, hi) if h not in have]
-            if not missing:
-                return bucket_rows(have, start, end, n)
+            want_hours = [h for h in layout.whole if h not in state.hours]
+            want_posts = [h for h in layout.ragged if h not in state.posts]
+            if not want_hours and not want_posts:
+                cols = state.columns() if layout.whole else None
+                posts = {h: state.posts[h] for h in layout.ragged}
+                return layout.rows(cols, posts)
+            hours = {h: state.hours[h] for h in layout.whole if h in state.hours}
+            posts = {h: state.posts[h] for h in layout.ragged if h in state.posts}
             seq0 = self._seq
             state.loading += 1
-        first, last = missing[0], missing[-1] + 1
         try:
-            span = {"id": bot_id, "lo": first * HOUR_MS, "hi": last * HOUR_MS}
-            rows = await self._store.query(HOURS_SQL, span)
+            got_hours, got_posts = await asyncio.gather(
+                self._load_hours(bot_id, want_hours), self._load_posts(bot_id, want_posts)
+            )
         except BaseException:
             with self._lock:
                 state.loading -= 1
                 if not state.loading:
                     state.marked.clear()
             raise
-        got = {int(r[0]): hour_of(r) for r in rows}
-        with self._lock:
+        with self._lock:  # one section: a write marks while `loading` counts this load
             self.loads += 1
             state.loading -= 1
             if self._bots.get(bot_id) is state:
-                for h in range(first, last):
-                    # Written since the read began: what was read may predate the write.
+                # Written since the read began: what was read may predate the write.
+                for h, part in got_hours.items():
                     if h not in state.hours and state.marked.get(h, 0) <= seq0:
-                        state.hours[h] = got.get(h, EMPTY)
+                        state.hours[h] = part
                         self._held += 1
+                        state.cols = None
+                for h, p in got_posts.items():
+                    if h not in state.posts and state.marked.get(h, 0) <= seq0:
+                        state.posts[h] = p
+                        self._held += POSTS_UNITS
             if not state.loading:
                 state.marked.clear()
             self._evict(bot_id)
-        have.update((h, got.get(h, EMPTY)) for h in missing)
-        return bucket_rows(have, start, end, n)
+        # This answer uses what it read, written since or not: every write it may miss landed
+        # while it was being read.
+        hours.update((h, got_hours[h]) for h in want_hours)
+        posts.update((h, got_posts[h]) for h in want_posts)
+        return layout.rows(Columns(hours) if hours else None, posts)
+
+    async def _load_hours(self, bot_id: str, want: list[int]) -> dict[int, Part]:
+        """The aggregates of every hour from the first to the last of `want` (the hours between
+        come with them)."""
+        if not want:
+            return {}
+        first, last = want[0], want[-1] + 1
+        span = {"id": bot_id, "lo": first * HOUR_MS, "hi": last * HOUR_MS}
+        got = {int(r[0]): hour_of(r) for r in await self._store.query(HOURS_SQL, span)}
+        return {h: got.get(h, EMPTY) for h in range(first, last)}
+
+    async def _load_posts(self, bot_id: str, want: list[int]) -> dict[int, Posts]:
+        if not want:
+            return {}
+        span = {"id": bot_id, "hours": want, "lo": want[0] * HOUR_MS, "hi": (want[-1] + 1) * HOUR_MS}
+        rows = await self._store.query(POSTS_SQL, span)
+        by_hour: dict[int, list[tuple[Any, ...]]] = {h: [] for h in want}
+        for r in rows:
+            by_hour[int(r[0]) // HOUR_MS].append(r)
+        return {h: Posts(rs) for h, rs in by_hour.items()}
 
     def _evict(self, keep: str) -> None:
         while (self._held > self.hours_limit or len(self._bots) > MAX_BOTS) and len(self._bots) > 1:
@@ -271,4 +495,4 @@ class BotMemory:
                 self._bots.move_to_end(bot_id)
                 continue
             del self._bots[bot_id]
-            self._held -= len(state.hours)
+            self._held -= state.units()

@@ -11,13 +11,17 @@ from typing import Any
 import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 
 from botpulse.query import memory as memory_mod
 from botpulse.query.app import BOT_MEMORY, build_app
-from botpulse.query.memory import HOURS_SQL, BotMemory
+from botpulse.query.memory import HOURS_SQL, POSTS_SQL, BotMemory, Columns, Layout, Posts, bucket_rows
+from botpulse.query.stats import buckets_of
 from botpulse.registry.catalog import Bot, create_account, now, write_bot
 from botpulse.workers.rows import COLUMNS, NAMES_COLUMNS, STATS_COLUMNS
-from tests.test_query_stats import get, stat, ts
+from tests.test_query_stats import T0, get, reference, stat, ts
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -92,7 +96,13 @@ def traced(store, monkeypatch) -> list[str]:
 async def test_answers_from_memory_are_the_tables_answers_through_writes(two):
     store, n = two["store"], two["now"]
     rng = random.Random(11)
-    ranges = [aligned(n, 30, 90), aligned(n, 3, 72), aligned(n, 2, 6), aligned(n, 1, 1)]
+    ranges = [
+        aligned(n, 30, 90), aligned(n, 3, 72), aligned(n, 2, 6), aligned(n, 1, 1),
+        # Any range: whole hours and the pieces of the ragged ones.
+        {"returnStats": "true", "start": n - 30 * DAY - 1_234_567, "end": n - 1_234, "dataPoints": 90},
+        {"returnStats": "true", "start": n - 3 * HOUR + 17, "end": n + HOUR, "dataPoints": 7},
+        {"returnStats": "true", "start": n - 2 * HOUR, "end": n + 1, "dataPoints": 500},
+    ]  # fmt: skip
     memory: BotMemory = two["held"].app[BOT_MEMORY]
     t = n - 31 * DAY
     for round_ in range(8):
@@ -164,12 +174,14 @@ async def test_a_warm_dashboard_read_reads_no_table(two, monkeypatch):
     assert (await same_answers(two, bot, q)) == body
 
 
-@pytest.mark.parametrize("during", ["hours", "head"])
+@pytest.mark.parametrize("during", ["hours", "posts", "head"])
 async def test_a_write_landing_during_a_read_is_never_masked(two, monkeypatch, during):
     # The read's rows predate the write, which is stored (and heard) before the read returns:
     # kept, they would hide the write from every later answer.
     store, n, bot = two["store"], two["now"], BOTS[1]
     q = aligned(n, 2, 48)
+    if during == "posts":  # the hour written to is a ragged one: its posts are read
+        q = {"returnStats": "true", "start": n - 2 * DAY, "end": n - HOUR + 6, "dataPoints": 47}
     await store.insert("bot_stats", [stat(bot, n - HOUR, guilds=1)], STATS_COLUMNS)
     # Past the bot's first sight, so the armed read's head statement is the one asked after it.
     await get(two["tables"], f"/v1/bot/{bot}", **q)
@@ -180,7 +192,7 @@ async def test_a_write_landing_during_a_read_is_never_masked(two, monkeypatch, d
 
     async def query(sql, params=None, settings=None):
         rows = await real(sql, params, settings)
-        is_target = sql is HOURS_SQL if during == "hours" else "bot_latest" in sql
+        is_target = {"hours": sql is HOURS_SQL, "posts": sql is POSTS_SQL}.get(during, "bot_latest" in sql)
         if armed[0] and is_target:
             armed[0] = False
             await store.insert(
@@ -234,6 +246,71 @@ def test_hours_merge_into_buckets_as_the_raw_definition_says():
     empty = memory_mod.EMPTY
     h0 = (2, (5, None, None, 1.0), ((3.0, 2), (0.0, 0), (1.0, 1), (0.0, 0)), {"v": 4.0}, {"v": 2})
     h1 = (1, (None, 7, None, None), ((9.0, 1), (0.0, 0), (0.0, 0), (0.0, 0)), {"v": 1.0}, {"v": 1})
-    rows = memory_mod.bucket_rows({10: h0, 11: h1, 12: empty}, 10 * HOUR, 13 * HOUR, 1)
+    layout = Layout(10 * HOUR, 13 * HOUR, 1)
+    assert layout.ragged == [] and layout.whole == [10, 11, 12]
+    rows = layout.rows(Columns({10: h0, 11: h1, 12: empty}), {})
     assert rows == [(0, 3, 5, 7, None, 1.0, 4.0, None, 1.0, None, {"v": 5.0}, {"v": 3})]
-    assert memory_mod.bucket_rows({12: empty}, 10 * HOUR, 13 * HOUR, 3) == []
+    assert Layout(10 * HOUR, 13 * HOUR, 3).rows(Columns({10: empty, 11: empty, 12: empty}), {}) == []
+    # Given h1 before h0: h0's guilds win, its null users leave h1's.
+    assert bucket_rows([(0, h1), (0, h0)])[0][2:4] == (5, 7)
+
+
+def _post_row(r: list[Any]) -> tuple[Any, ...]:
+    """A `stat()` row as POSTS_SQL gives it: time in ms, the "last" fields, the averaged ones, custom."""
+    ms = int(r[1].timestamp() * 1000 + 0.5)
+    last, avg = [r[3], r[4], r[5], r[8]], [r[6], r[7], r[9], r[10]]
+    return (ms, *last, *avg, r[11])
+
+
+# Times in ms that land on minutes, on hours and a millisecond either side of them as often as
+# anywhere: where a bucket edge or an hour's edge meets a post is where a plan can go wrong.
+_TIMES = st.one_of(
+    st.integers(0, 6 * HOUR),
+    st.integers(0, 6 * 60).map(lambda m: m * 60_000),
+    st.tuples(st.integers(0, 6), st.integers(-1, 1)).map(lambda h: max(0, h[0] * HOUR + h[1])),
+)
+
+
+@settings_(max_examples=300, deadline=None)
+@given(
+    _TIMES,
+    st.one_of(st.integers(1, 3 * HOUR), st.integers(1, 180).map(lambda m: m * 60_000)),
+    st.integers(1, 40),
+    st.data(),
+)
+def test_any_range_from_hours_and_ragged_posts_is_the_raw_definition(start, length, n, data):
+    # Pure: every hour's aggregate and every ragged hour's pieces, merged, give what the
+    # plain-Python reading of the definition gives for any range and any number of buckets.
+    edges = [start + -((-i * length) // n) for i in range(n + 1)]
+    near = st.sampled_from(edges).flatmap(lambda e: st.integers(max(0, e - 1), e + 1))
+    posts = data.draw(
+        st.lists(
+            st.tuples(
+                st.one_of(_TIMES, near), st.sampled_from([None, 1, 2, 3]), st.sampled_from([None, 0.5, 2.0])
+            ),
+            max_size=80,
+            unique_by=lambda p: p[0],  # one post per ms: "last" is then well defined
+        )
+    )
+    rows = [stat("1", T0 + t, guilds=g, cpu=c, custom={"v": c} if c else {}) for t, g, c in sorted(posts)]
+    by_hour: dict[int, list[tuple[Any, ...]]] = {}
+    for r in rows:
+        p = _post_row(r)
+        by_hour.setdefault(p[0] // HOUR, []).append(p)
+    start, end = T0 + start, T0 + start + length
+    layout = Layout(start, end, n)
+    hours = {}
+    posts_held = {}
+    for h in range(layout.lo, layout.hi):
+        held = Posts(by_hour.get(h, []))
+        hours[h] = held.part(h * HOUR, (h + 1) * HOUR)  # what HOURS_SQL gives for the hour
+        posts_held[h] = held
+    assert set(layout.ragged) | set(layout.whole) == set(range(layout.lo, layout.hi))
+    got = buckets_of(layout.rows(Columns(hours), posts_held), start, end, n, [])
+    want = reference(rows, start, end, n)
+    bounds = [b["time"] for b in want] + [end]
+    for i, (g, e) in enumerate(zip(got, want, strict=True)):
+        for k in e:
+            assert g[k] == (pytest.approx(e[k], rel=1e-9) if isinstance(e[k], float) else e[k]), (k, g, e)
+        votes = [r[11]["v"] for r in rows if bounds[i] <= _post_row(r)[0] < bounds[i + 1] and r[11]]
+        assert g["custom"].get("v") == (pytest.approx(sum(votes) / len(votes)) if votes else None), i
