@@ -5,7 +5,7 @@ What is kept per bot being read, each part dropped the moment a write touches it
 
 - **Its hours**: per hour of its posts, the count, the newest non-null value of each "last"
   field, the sum and count of each averaged field and the custom sums and counts: the raw
-  definition of `query/stats.py`, aggregated by the engine from `bot_stats` when loaded.
+  definition of `query/stats.py`, read from the hourly roll-up `bot_stats_1h` when loaded.
 - **The posts of its ragged hours**: an hour holding a bucket edge or a range end strictly
   inside (`query/stats.py` `ragged_hours`) is split there, so its posts are kept, by field,
   as the times and values of the posts where that field is not null, sorted: any part of the
@@ -35,8 +35,10 @@ read from the tables.
 from __future__ import annotations
 
 import asyncio
+import struct
 import threading
 import time
+from array import array
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -47,30 +49,52 @@ from typing import Any
 from botpulse.query.stats import bucket_time
 from botpulse.query.uptime import HOUR_MS
 from botpulse.runtime.clickhouse import Store
-from botpulse.schemas.stats import AVG_FIELDS, LAST_FIELDS, STATS_TABLE
+from botpulse.schemas.stats import STATS_FIELDS, STATS_TABLE
 
 MAX_AGE_S = 600.0
 # Statements kept per bot (head, side reads, totals of a few ranges); past it they are dropped.
 MAX_STATEMENTS = 32
 # Bots held at once, whatever they hold (statements alone take no units).
 MAX_BOTS = 100_000
-# What an hour's posts cost against its aggregate (about 60 posts, a list entry each per field).
-POSTS_UNITS = 10
+# What an hour's posts cost against its aggregate: measured, an hour's aggregate about 300 bytes,
+# an hour of 1-minute posts about 5 KB.
+POSTS_UNITS = 16
 
-_LAST = list(LAST_FIELDS.values())
-_AVG = list(AVG_FIELDS.values())
+_LAST_FIELDS = [f for f in STATS_FIELDS if f.kind == "last"]
+_AVG_FIELDS = [f for f in STATS_FIELDS if f.kind == "avg"]
+_LAST = [f.column for f in _LAST_FIELDS]
+_AVG = [f.column for f in _AVG_FIELDS]
 _K = len(_LAST)
-# One row per hour of the bot's posts in [lo, hi): the same aggregates as RAW_BUCKETS_SQL, with
-# each average as its sum and count so hours merge into any bucket.
+# One row per hour of the bot's posts in [lo, hi), from the hourly roll-up (filled in the same
+# insert as the posts): its merged states, each average's state as bytes (`avg_state`) so hours
+# merge into any bucket by sum and count.
 HOURS_SQL = (
-    "SELECT intDiv(toUnixTimestamp64Milli(ts), 3600000) AS h, count(), "
-    + ", ".join([f"argMax({c}, ts)" for c in _LAST] + [f"sum({c}), count({c})" for c in _AVG])
-    + ", sumMap(CAST(custom, 'Map(String, Float64)')), "
-    "sumMap(CAST(mapApply((k, v) -> (k, toUInt64(1)), custom), 'Map(String, UInt64)')) "
-    "FROM bot_stats WHERE bot_id = {id:String} "
-    "AND ts >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
-    "AND ts < fromUnixTimestamp64Milli({hi:Int64}, 'UTC') GROUP BY h"
+    "SELECT intDiv(toUnixTimestamp(bucket), 3600) AS h, sum(posts), "
+    + ", ".join([f"argMaxMerge({c})" for c in _LAST] + [f"hex(avgMergeState({c}))" for c in _AVG])
+    + ", sumMap(custom_sum), sumMap(custom_count) FROM bot_stats_1h WHERE bot_id = {id:String} "
+    "AND bucket >= toDateTime(intDiv({lo:Int64}, 1000), 'UTC') "
+    "AND bucket < toDateTime(intDiv({hi:Int64}, 1000), 'UTC') GROUP BY h"
 )
+_F64 = struct.Struct("<d")
+
+
+def avg_state(text: str) -> tuple[float, int]:
+    """The sum and count of an `AggregateFunction(avg, Nullable(Float64))` state, as `hex()`
+    shows it: a byte saying whether a value was seen, the Float64 sum, the count as a VarUInt
+    (the format the engine stores states in on disk, so it is kept across versions)."""
+    raw = bytes.fromhex(text)
+    if not raw or not raw[0]:
+        return 0.0, 0
+    (total,) = _F64.unpack_from(raw, 1)
+    count = shift = 0
+    for byte in raw[9:]:
+        count |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            break
+        shift += 7
+    return total, count
+
+
 # The posts of the listed hours, oldest first.
 POSTS_SQL = (
     "SELECT toUnixTimestamp64Milli(ts), "
@@ -88,10 +112,22 @@ EMPTY: Part = (0, (None,) * _K, ((0.0, 0),) * len(_AVG), {}, {})
 
 
 def hour_of(row: Sequence[Any]) -> Part:
-    """A row of `HOURS_SQL` (after its hour number) as a `Part`."""
+    """A row of `HOURS_SQL` (after its hour number) as a `Part`. The maps of hours without custom
+    metrics are all one empty map (never changed: parts are only read)."""
     k = 2 + _K
-    avgs = tuple((float(row[k + 2 * j] or 0.0), int(row[k + 2 * j + 1])) for j in range(len(_AVG)))
-    return int(row[1]), tuple(row[2:k]), avgs, row[-2], row[-1]
+    avgs = tuple(avg_state(row[k + j]) for j in range(len(_AVG)))
+    return int(row[1]), tuple(row[2:k]), avgs, row[-2] or EMPTY[3], row[-1] or EMPTY[4]
+
+
+# Each field's values packed: 'd' for Float64, 'q' for UInt64 (kept a list past 2**63 - 1).
+_CODES = ["q" if f.clickhouse_type == "UInt64" else "d" for f in (*_LAST_FIELDS, *_AVG_FIELDS)]
+
+
+def _packed(code: str, values: list[Any]) -> Any:
+    try:
+        return array(code, values)
+    except OverflowError:
+        return values
 
 
 class Posts:
@@ -102,14 +138,14 @@ class Posts:
     __slots__ = ("before", "custom", "times", "values")
 
     def __init__(self, rows: Iterable[Sequence[Any]]) -> None:
-        self.times: list[int] = []
-        self.values: list[list[Any]] = [[] for _ in range(_K + len(_AVG))]
-        self.before: list[list[int]] = [[0] for _ in range(_K + len(_AVG))]
+        times: list[int] = []
+        values: list[list[Any]] = [[] for _ in _CODES]
+        before: list[list[int]] = [[0] for _ in _CODES]
         self.custom: dict[str, tuple[list[int], list[float]]] = {}
         for row in rows:
             t = int(row[0])
-            self.times.append(t)
-            for vs, nn, v in zip(self.values, self.before, row[1:-1], strict=True):
+            times.append(t)
+            for vs, nn, v in zip(values, before, row[1:-1], strict=True):
                 if v is not None:
                     vs.append(v)
                 nn.append(len(vs))
@@ -117,6 +153,11 @@ class Posts:
                 ts, cs = self.custom.setdefault(name, ([], []))
                 ts.append(t)
                 cs.append(v)
+        # Packed: as arrays an hour's posts take a fraction of the memory lists of objects take.
+        self.times = array("q", times)
+        counts = "B" if len(times) < 256 else "H" if len(times) < 65536 else "i"
+        self.before = [array(counts, nn) for nn in before]
+        self.values = [_packed(code, vs) for code, vs in zip(_CODES, values, strict=True)]
 
     def part(self, a: int, b: int) -> Part:
         """The posts in [a, b) as a `Part`."""
@@ -206,31 +247,48 @@ class Columns:
 
 def bucket_rows(parts: Iterable[tuple[int, Part]]) -> list[tuple[Any, ...]]:
     """The rows a bucket statement of `query/stats.py` gives (what `buckets_of` decodes), from
-    the parts of the range with their bucket index, oldest first (parts never overlap)."""
-    acc: dict[int, list[Any]] = {}
-    for i, (posts, last, avgs, sums, counts) in parts:
-        if not posts:
+    the parts of the range with their bucket index, oldest first (parts never overlap, so a
+    bucket's parts come together)."""
+    out: list[tuple[Any, ...]] = []
+    group: list[Part] = []
+    at = -1
+    for i, part in parts:
+        if not part[0]:
             continue
-        a = acc.get(i)
-        if a is None:
-            a = acc[i] = [0, [None] * _K, [0.0] * len(_AVG), [0] * len(_AVG), {}, {}]
-        a[0] += posts
-        for j, v in enumerate(last):
-            if v is not None:  # oldest first: the newest non-null value wins
-                a[1][j] = v
-        for j, (s, c) in enumerate(avgs):
-            a[2][j] += s
-            a[3][j] += c
-        for name, v in sums.items():
-            a[4][name] = a[4].get(name, 0.0) + v
-        for name, v in counts.items():
-            a[5][name] = a[5].get(name, 0) + v
-    out = []
-    for i in sorted(acc):
-        posts, last, s, c, sums, counts = acc[i]
-        means = [s[j] / c[j] if c[j] else None for j in range(len(_AVG))]
-        out.append((i, posts, *last, *means, sums, counts))
+        if i != at and group:
+            out.append(_row(at, group))
+            group = []
+        at = i
+        group.append(part)
+    if group:
+        out.append(_row(at, group))
     return out
+
+
+def _row(i: int, group: list[Part]) -> tuple[Any, ...]:
+    if len(group) == 1:
+        posts, last, avgs, sums, counts = group[0]
+        means = [s / c if c else None for s, c in avgs]
+        return (i, posts, *last, *means, sums, counts)
+    posts = 0
+    newest: list[Any] = [None] * _K
+    total = [0.0] * len(_AVG)
+    seen = [0] * len(_AVG)
+    sums, counts = {}, {}
+    for p, last, avgs, part_sums, part_counts in group:
+        posts += p
+        for k, v in enumerate(last):
+            if v is not None:  # oldest first: the newest non-null value wins
+                newest[k] = v
+        for j, (s, c) in enumerate(avgs):
+            total[j] += s
+            seen[j] += c
+        for name, v in part_sums.items():
+            sums[name] = sums.get(name, 0.0) + v
+        for name, c in part_counts.items():
+            counts[name] = counts.get(name, 0) + c
+    means = [total[j] / seen[j] if seen[j] else None for j in range(len(_AVG))]
+    return (i, posts, *newest, *means, sums, counts)
 
 
 class Layout:

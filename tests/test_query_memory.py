@@ -314,3 +314,22 @@ def test_any_range_from_hours_and_ragged_posts_is_the_raw_definition(start, leng
             assert g[k] == (pytest.approx(e[k], rel=1e-9) if isinstance(e[k], float) else e[k]), (k, g, e)
         votes = [r[11]["v"] for r in rows if bounds[i] <= _post_row(r)[0] < bounds[i + 1] and r[11]]
         assert g["custom"].get("v") == (pytest.approx(sum(votes) / len(votes)) if votes else None), i
+
+
+async def test_an_average_state_reads_as_its_sum_and_count(store):
+    # The engine's own states of bot_stats_1h's type, AggregateFunction(avg, Nullable(Float64)):
+    # none seen, a count of one VarUInt byte and one of two, and two states merged.
+    one = "SELECT avgState(toNullable(toFloat64(number) / 4)) AS s FROM numbers({n:UInt32})"
+    rows = await store.query(
+        f"SELECT hex(avgMergeState(s)) FROM ({one.replace('{n:UInt32}', '100')} UNION ALL"
+        f" {one.replace('{n:UInt32}', '300')})"
+    )
+    (merged,) = rows[0]
+    rows = await store.query(
+        "SELECT hex(avgState(toNullable(toFloat64(number)))), hex(avgState(CAST(NULL AS Nullable(Float64))))"
+        " FROM numbers(300)"
+    )
+    many, none = rows[0]
+    assert memory_mod.avg_state(many) == (44850.0, 300)
+    assert memory_mod.avg_state(none) == (0.0, 0)
+    assert memory_mod.avg_state(merged) == ((4950 + 44850) / 4, 400)
