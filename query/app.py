@@ -587,6 +587,7 @@ def build_app(settings: Settings, store: Store) -> web.Application:
     if store.sole_writer and settings.query_memory_hours:
         memory = BotMemory(store, settings.query_memory_hours)
         store.watch(memory)
+        log.info("bot answers from memory", limit_units=settings.query_memory_hours)
 
         async def forget(app: web.Application) -> None:
             store.unwatch(memory)

@@ -27,9 +27,12 @@ seeding) drops everything.
 
 What it does not see: rows leaving by TTL happen in the engine's merges, whose timing the engine
 does not promise either (hours late is normal), so a bot's copy is dropped after `MAX_AGE_S`
-and read again. Bounded: at most `hours_limit` units are held (an hour one, an hour's posts
-`POSTS_UNITS`), the bots least recently read go first, and a range longer than the limit is
-read from the tables.
+and read again. Two posts of one bot in one millisecond (one gateway call) leave the "last"
+fields the first one's value, as the engine's argMax keeps the first of equal times it meets.
+
+Bounded: at most `hours_limit` units of about 1 KB are held (`_Bot`), counted after every load:
+the bots read least recently go first, then what the bot just read holds outside its range, and
+a range longer than the limit (or than `MAX_RANGE_HOURS`) is read from the tables.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
+from botpulse.query.metrics import CACHE, MEMORY_UNITS
 from botpulse.query.stats import bucket_time
 from botpulse.query.uptime import HOUR_MS
 from botpulse.runtime.clickhouse import Store
@@ -56,10 +60,11 @@ MAX_AGE_S = 600.0
 MAX_STATEMENTS = 32
 # Bots held at once, whatever they hold (statements alone take no units).
 MAX_BOTS = 100_000
-# What an hour's posts cost against its aggregate: measured, an hour's aggregate about 300 bytes,
-# an hour of 1-minute posts about 5 KB.
-POSTS_UNITS = 16
+# Ranges longer than this (about two years) are read from the tables: bucketing that many hours
+# here would cost the event loop more than the engine takes.
+MAX_RANGE_HOURS = 800 * 24
 
+HITS, MISSES = CACHE.labels("bot_memory", "hit"), CACHE.labels("bot_memory", "miss")
 _LAST_FIELDS = [f for f in STATS_FIELDS if f.kind == "last"]
 _AVG_FIELDS = [f for f in STATS_FIELDS if f.kind == "avg"]
 _LAST = [f.column for f in _LAST_FIELDS]
@@ -142,11 +147,19 @@ class Posts:
         values: list[list[Any]] = [[] for _ in _CODES]
         before: list[list[int]] = [[0] for _ in _CODES]
         self.custom: dict[str, tuple[list[int], list[float]]] = {}
+        newest = [None] * _K  # per "last" field, the time of its newest value kept
         for row in rows:
             t = int(row[0])
             times.append(t)
-            for vs, nn, v in zip(values, before, row[1:-1], strict=True):
+            for j, (vs, nn, v) in enumerate(zip(values, before, row[1:-1], strict=True)):
                 if v is not None:
+                    if j < _K:
+                        # Posts of one millisecond (one gateway call): the first stands, as in
+                        # the engine's argMax, which keeps the first of equal times it meets.
+                        if newest[j] == t:
+                            nn.append(len(vs))
+                            continue
+                        newest[j] = t
                     vs.append(v)
                 nn.append(len(vs))
             for name, v in row[-1].items():
@@ -182,15 +195,15 @@ class Posts:
 
 
 class Columns:
-    """A bot's hours from `lo` on as columns, so a run of whole hours is a slice: posts, each
+    """A bot's held hours in [lo, hi) as columns, so a run of whole hours is a slice: posts, each
     averaged field's sums and counts, each "last" field's value per hour and, per hour, the
     latest hour at or before it with a value (-1: none); the hours with custom metrics apart."""
 
-    __slots__ = ("counts", "custom", "custom_at", "last", "latest", "lo", "posts", "present", "sums")
+    __slots__ = ("counts", "custom", "custom_at", "hi", "last", "latest", "lo", "posts", "present", "sums")
 
-    def __init__(self, hours: dict[int, Part]) -> None:
-        self.lo = min(hours)
-        span = max(hours) - self.lo + 1
+    def __init__(self, hours: dict[int, Part], lo: int, hi: int) -> None:
+        self.lo, self.hi = lo, hi
+        span = hi - lo
         self.present = [False] * span
         self.posts = [0] * span
         self.last: list[list[Any]] = [[None] * span for _ in range(_K)]
@@ -199,8 +212,11 @@ class Columns:
         self.counts = [[0] * span for _ in range(len(_AVG))]
         self.custom_at: list[int] = []
         self.custom: list[tuple[dict[str, float], dict[str, int]]] = []
-        for h in sorted(hours):
-            posts, last, avgs, sums, counts = hours[h]
+        for h in range(lo, hi):
+            part = hours.get(h)
+            if part is None:
+                continue
+            posts, last, avgs, sums, counts = part
             i = h - self.lo
             self.present[i] = True
             self.posts[i] = posts
@@ -356,8 +372,16 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
 
+def posts_units(p: Posts) -> int:
+    """What an hour's posts cost, in units of about 1 KB (measured: 1-minute posts 10-15 KB)."""
+    return 1 + len(p.times) // 5
+
+
 class _Bot:
-    __slots__ = ("born", "cols", "hours", "loading", "marked", "posts", "statements", "touched")
+    """What is held of one bot, and its weight in units (about 1 KB each: an hour's aggregate and
+    its share of the columns one; an hour's posts `posts_units`; a statement 1 + its rows)."""
+
+    __slots__ = ("born", "cols", "hours", "loading", "marked", "posts", "statements", "touched", "weight")
 
     def __init__(self) -> None:
         self.born = time.monotonic()
@@ -367,15 +391,38 @@ class _Bot:
         self.marked: dict[int, int] = {}  # hour -> last write's number, kept while loads run
         self.touched = 0  # the last write's number that carried this bot
         self.statements: dict[Any, list[tuple[Any, ...]]] = {}
-        self.cols: Columns | None = None  # `hours` as columns, built when first needed
+        self.cols: Columns | None = None  # held hours of the last range read, as columns
+        self.weight = 0
 
-    def columns(self) -> Columns:
-        if self.cols is None:
-            self.cols = Columns(self.hours)
-        return self.cols
+    def columns(self, layout: Layout) -> Columns:
+        """The columns for `layout` (every whole hour of it held), built again when the last
+        ones do not cover it. Never changed once built: a read may use them outside the lock."""
+        cols = self.cols
+        if (
+            cols is None
+            or not (cols.lo <= layout.lo and layout.hi <= cols.hi)
+            or not all(cols.present[h - cols.lo] for h in layout.whole)
+        ):
+            cols = self.cols = Columns(self.hours, layout.lo, layout.hi)
+        return cols
 
-    def units(self) -> int:
-        return len(self.hours) + POSTS_UNITS * len(self.posts)
+    def drop_hour(self, h: int) -> int:
+        """Forget hour `h` (its aggregate and posts); the units freed."""
+        freed = 0
+        if self.hours.pop(h, None) is not None:
+            freed += 1
+            self.cols = None
+        p = self.posts.pop(h, None)
+        if p is not None:
+            freed += posts_units(p)
+        self.weight -= freed
+        return freed
+
+    def drop_statements(self) -> int:
+        freed = sum(1 + len(rows) for rows in self.statements.values())
+        self.statements.clear()
+        self.weight -= freed
+        return freed
 
 
 class BotMemory:
@@ -390,6 +437,11 @@ class BotMemory:
         self._bots: OrderedDict[str, _Bot] = OrderedDict()
         self._held = 0
         self.loads = 0  # loads of hours or posts made (tests read it)
+
+    @property
+    def held(self) -> int:
+        """Units held now."""
+        return self._held
 
     # --- writes (the store's watcher; any thread) ---------------------------------------------
     def inserted(
@@ -423,33 +475,36 @@ class BotMemory:
                 if state is None:
                     continue  # nothing held, and no load in flight (a load registers first)
                 if touched is None:
-                    # Forgotten: loads and statements in flight find another state and keep nothing.
-                    del self._bots[bot]
-                    self._held -= state.units()
+                    self._forget(bot)  # loads and statements in flight then keep nothing
                     continue
                 state.touched = self._seq
-                state.statements.clear()
+                self._held -= state.drop_statements()
                 for h in touched:
                     if state.loading:
                         state.marked[h] = self._seq
-                    if state.hours.pop(h, None) is not None:
-                        self._held -= 1
-                        state.cols = None
-                    if state.posts.pop(h, None) is not None:
-                        self._held -= POSTS_UNITS
+                    self._held -= state.drop_hour(h)
+            self._gauge()
 
     def commanded(self) -> None:
         with self._lock:
             self._seq += 1
             self._bots = OrderedDict()
             self._held = 0
+            self._gauge()
+
+    def _forget(self, bot_id: str) -> None:
+        state = self._bots.pop(bot_id)
+        self._held -= state.weight
+
+    def _gauge(self) -> None:
+        MEMORY_UNITS.set(self._held)
 
     # --- reads (the event loop) ---------------------------------------------------------------
     def _bot(self, bot_id: str) -> _Bot:
         state = self._bots.get(bot_id)
         if state is None or time.monotonic() - state.born > MAX_AGE_S:
             if state is not None:
-                self._held -= state.units()
+                self._forget(bot_id)
             state = self._bots[bot_id] = _Bot()
         self._bots.move_to_end(bot_id)
         return state
@@ -463,22 +518,26 @@ class BotMemory:
             state = self._bot(bot_id)
             rows = state.statements.get(key)
             if rows is not None:
+                HITS.inc()
                 return rows
             seq0 = self._seq
+        MISSES.inc()
         rows = await self._store.query(sql, params)
         with self._lock:
             if self._bots.get(bot_id) is state and state.touched <= seq0:
                 if len(state.statements) >= MAX_STATEMENTS:
-                    state.statements.clear()
+                    self._held -= state.drop_statements()
                 state.statements[key] = rows
-            self._evict(bot_id)
+                state.weight += 1 + len(rows)
+                self._held += 1 + len(rows)
+            self._evict(bot_id, None)
         return rows
 
     async def buckets(self, bot_id: str, start: int, end: int, n: int) -> list[tuple[Any, ...]] | None:
         """The bucket rows of `[start, end)` in `n` buckets, from the bot's whole hours and the
         posts of its ragged hours, loading what is not held; None when the range is longer than
-        the memory holds."""
-        if -(-(end - start) // HOUR_MS) + 1 > self.hours_limit:
+        the memory holds or than `MAX_RANGE_HOURS`."""
+        if -(-(end - start) // HOUR_MS) + 1 > min(self.hours_limit, MAX_RANGE_HOURS):
             return None
         layout = Layout(start, end, n)
         with self._lock:
@@ -486,13 +545,17 @@ class BotMemory:
             want_hours = [h for h in layout.whole if h not in state.hours]
             want_posts = [h for h in layout.ragged if h not in state.posts]
             if not want_hours and not want_posts:
-                cols = state.columns() if layout.whole else None
+                cols = state.columns(layout) if layout.whole else None
                 posts = {h: state.posts[h] for h in layout.ragged}
-                return layout.rows(cols, posts)
-            hours = {h: state.hours[h] for h in layout.whole if h in state.hours}
-            posts = {h: state.posts[h] for h in layout.ragged if h in state.posts}
-            seq0 = self._seq
-            state.loading += 1
+            else:
+                hours = {h: state.hours[h] for h in layout.whole if h in state.hours}
+                posts = {h: state.posts[h] for h in layout.ragged if h in state.posts}
+                seq0 = self._seq
+                state.loading += 1
+        if not want_hours and not want_posts:
+            HITS.inc()
+            return layout.rows(cols, posts)  # outside the lock: all of it is never changed
+        MISSES.inc()
         try:
             got_hours, got_posts = await asyncio.gather(
                 self._load_hours(bot_id, want_hours), self._load_posts(bot_id, want_posts)
@@ -511,20 +574,23 @@ class BotMemory:
                 for h, part in got_hours.items():
                     if h not in state.hours and state.marked.get(h, 0) <= seq0:
                         state.hours[h] = part
+                        state.weight += 1
                         self._held += 1
                         state.cols = None
                 for h, p in got_posts.items():
                     if h not in state.posts and state.marked.get(h, 0) <= seq0:
                         state.posts[h] = p
-                        self._held += POSTS_UNITS
+                        state.weight += posts_units(p)
+                        self._held += posts_units(p)
             if not state.loading:
                 state.marked.clear()
-            self._evict(bot_id)
+            self._evict(bot_id, layout)
         # This answer uses what it read, written since or not: every write it may miss landed
-        # while it was being read.
+        # while it was being read (so one answer may show some of a concurrent insert; the
+        # next one shows all of it).
         hours.update((h, got_hours[h]) for h in want_hours)
         posts.update((h, got_posts[h]) for h in want_posts)
-        return layout.rows(Columns(hours) if hours else None, posts)
+        return layout.rows(Columns(hours, layout.lo, layout.hi) if hours else None, posts)
 
     async def _load_hours(self, bot_id: str, want: list[int]) -> dict[int, Part]:
         """The aggregates of every hour from the first to the last of `want` (the hours between
@@ -546,11 +612,22 @@ class BotMemory:
             by_hour[int(r[0]) // HOUR_MS].append(r)
         return {h: Posts(rs) for h, rs in by_hour.items()}
 
-    def _evict(self, keep: str) -> None:
+    def _evict(self, keep: str, layout: Layout | None) -> None:
+        """Past the limit: the bots read least recently go first; then, if the bot just read is
+        still over it alone, what it holds outside `layout` (its statements, hours of other
+        ranges), and at last all of it."""
         while (self._held > self.hours_limit or len(self._bots) > MAX_BOTS) and len(self._bots) > 1:
-            bot_id, state = next(iter(self._bots.items()))
+            bot_id = next(iter(self._bots))
             if bot_id == keep:
                 self._bots.move_to_end(bot_id)
                 continue
-            del self._bots[bot_id]
-            self._held -= state.units()
+            self._forget(bot_id)
+        state = self._bots.get(keep)
+        if self._held > self.hours_limit and state is not None:
+            self._held -= state.drop_statements()
+            inside = range(layout.lo, layout.hi) if layout is not None else range(0)
+            for h in [h for h in {*state.hours, *state.posts} if h not in inside]:
+                self._held -= state.drop_hour(h)
+            if self._held > self.hours_limit:
+                self._forget(keep)
+        self._gauge()

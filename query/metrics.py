@@ -3,7 +3,7 @@ template, a status its class; no bot or account id is ever a label."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from botpulse.runtime.metrics import HTTP_BUCKETS, method_label, status_class
 
@@ -20,11 +20,18 @@ DURATION = Histogram(
 )
 CACHE = Counter(
     "botpulse_query_cache_requests_total",
-    "Lookups in the query service's caches (bot_records: bot records per registry version), by result.",
+    "Lookups in the query service's caches (bot_records: bot records per registry version; bot_memory: "
+    "a bot answer's statements and buckets from memory, a miss reading the tables), by result.",
     ["cache", "result"],
 )
-for _result in ("hit", "miss"):
-    CACHE.labels("bot_records", _result)
+for _cache in ("bot_records", "bot_memory"):
+    for _result in ("hit", "miss"):
+        CACHE.labels(_cache, _result)
+MEMORY_UNITS = Gauge(
+    "botpulse_query_memory_units",
+    "Units (about 1 KB each) the query service holds of bots' answers (embedded chDB only; the limit is "
+    "BOTPULSE_QUERY_MEMORY_HOURS).",
+)
 
 
 def observe(route: str, method: str, status: int, seconds: float) -> None:

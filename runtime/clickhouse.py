@@ -33,7 +33,7 @@ import contextlib
 import math
 import secrets
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -42,8 +42,11 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
 
+from botpulse.runtime.logs import get_logger
 from botpulse.runtime.redact import redact
 from botpulse.runtime.settings import Settings, SettingsError
+
+log = get_logger(__name__)
 
 # ClickHouse error codes that mean "this data can never be written" rather than "try again".
 _DATA_ERROR_CODES = {
@@ -308,8 +311,20 @@ class Store:
             with _timer("command").time():
                 return self.client().command(sql, parameters=params or {})
         finally:
-            for watcher in self._watchers:
-                watcher.commanded()
+            self._tell(lambda w: w.commanded())
+
+    def _tell(self, event: Callable[[WriteWatcher], None]) -> None:
+        """Every watcher hears of the write. One that fails is told everything changed (and if
+        that fails too, is dropped), so a write that was stored never looks failed for it."""
+        for watcher in list(self._watchers):
+            try:
+                event(watcher)
+            except Exception:
+                log.exception("write watcher failed", watcher=type(watcher).__name__)
+                try:
+                    watcher.commanded()
+                except Exception:
+                    self.unwatch(watcher)
 
     def watch(self, watcher: WriteWatcher) -> None:
         self._watchers.append(watcher)
@@ -338,8 +353,7 @@ class Store:
                         column_oriented=column_oriented,
                     )
             finally:
-                for watcher in self._watchers:
-                    watcher.inserted(table, rows, columns, column_oriented)
+                self._tell(lambda w: w.inserted(table, rows, columns, column_oriented))
 
     # --- async API (services) -----------------------------------------------------------------
     async def query(

@@ -132,7 +132,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     query_max_queued: Annotated[int, Meta(ge=0, le=10_000)] = 32
     query_cache_s: Annotated[float, Meta(ge=0, le=300)] = 5.0
     # Bot-hours the query service holds in memory for bots' answers (embedded chDB only; 0: off).
-    query_memory_hours: Annotated[int, Meta(ge=0, le=10_000_000)] = 200_000
+    query_memory_hours: Annotated[int, Meta(ge=0, le=10_000_000)] = 100_000
     # --- alerts -------------------------------------------------------------------------------
     alerts_interval_s: Annotated[float, Meta(ge=0.1, le=300)] = 5.0
     alerts_lease_s: Annotated[float, Meta(ge=1, le=3600)] = 15.0

@@ -248,9 +248,9 @@ def test_hours_merge_into_buckets_as_the_raw_definition_says():
     h1 = (1, (None, 7, None, None), ((9.0, 1), (0.0, 0), (0.0, 0), (0.0, 0)), {"v": 1.0}, {"v": 1})
     layout = Layout(10 * HOUR, 13 * HOUR, 1)
     assert layout.ragged == [] and layout.whole == [10, 11, 12]
-    rows = layout.rows(Columns({10: h0, 11: h1, 12: empty}), {})
+    rows = layout.rows(Columns({10: h0, 11: h1, 12: empty}, 10, 13), {})
     assert rows == [(0, 3, 5, 7, None, 1.0, 4.0, None, 1.0, None, {"v": 5.0}, {"v": 3})]
-    assert Layout(10 * HOUR, 13 * HOUR, 3).rows(Columns({10: empty, 11: empty, 12: empty}), {}) == []
+    assert Layout(10 * HOUR, 13 * HOUR, 3).rows(Columns({10: empty, 11: empty, 12: empty}, 10, 13), {}) == []
     # Given h1 before h0: h0's guilds win, its null users leave h1's.
     assert bucket_rows([(0, h1), (0, h0)])[0][2:4] == (5, 7)
 
@@ -306,7 +306,7 @@ def test_any_range_from_hours_and_ragged_posts_is_the_raw_definition(start, leng
         hours[h] = held.part(h * HOUR, (h + 1) * HOUR)  # what HOURS_SQL gives for the hour
         posts_held[h] = held
     assert set(layout.ragged) | set(layout.whole) == set(range(layout.lo, layout.hi))
-    got = buckets_of(layout.rows(Columns(hours), posts_held), start, end, n, [])
+    got = buckets_of(layout.rows(Columns(hours, layout.lo, layout.hi), posts_held), start, end, n, [])
     want = reference(rows, start, end, n)
     bounds = [b["time"] for b in want] + [end]
     for i, (g, e) in enumerate(zip(got, want, strict=True)):
@@ -333,3 +333,65 @@ async def test_an_average_state_reads_as_its_sum_and_count(store):
     assert memory_mod.avg_state(many) == (44850.0, 300)
     assert memory_mod.avg_state(none) == (0.0, 0)
     assert memory_mod.avg_state(merged) == ((4950 + 44850) / 4, 400)
+
+
+async def test_the_limit_binds_whatever_the_ranges_asked(two, monkeypatch):
+    # Hours far apart cost only what is held (the columns cover the range read, not the span
+    # between), and one bot read over many ranges is trimmed to the limit like many bots are.
+    store, n, bot = two["store"], two["now"], BOTS[0]
+    memory: BotMemory = two["held"].app[BOT_MEMORY]
+    monkeypatch.setattr(memory, "hours_limit", 200)
+    await store.insert(
+        "bot_stats", [stat(bot, n - k * HOUR, guilds=k) for k in range(0, 2000, 7)], STATS_COLUMNS
+    )
+    far = {"returnStats": "true", "start": 0, "end": HOUR, "dataPoints": 1}
+    for q in (far, aligned(n, 1, 24), far):
+        await same_answers(two, bot, q)
+    state = memory._bots[bot]
+    assert state.cols is None or state.cols.hi - state.cols.lo <= 24
+    end = -(-n // HOUR) * HOUR
+    for k in range(12):  # twelve 4-day ranges, one after another: 1,152 hours asked
+        q = {
+            "returnStats": "true",
+            "start": end - (k + 1) * 96 * HOUR,
+            "end": end - k * 96 * HOUR,
+            "dataPoints": 8,
+        }
+        await same_answers(two, bot, q)
+        assert memory.held <= 200, k
+        assert memory.held == sum(s.weight for s in memory._bots.values())
+    # Past MAX_RANGE_HOURS (or the limit) a range is read from the tables.
+    loads = memory.loads
+    await same_answers(two, bot, aligned(n, 10, 10))
+    assert memory.loads == loads
+
+
+async def test_posts_of_one_millisecond_answer_as_the_tables_do(two):
+    # One gateway call stamps a bot's posts with one time: the first post's "last" values stand
+    # (the engine's argMax keeps the first of equal times), the averages take them all.
+    store, n, bot = two["store"], two["now"], BOTS[1]
+    t = n - 2 * HOUR + 1_000
+    await store.insert(
+        "bot_stats", [stat(bot, t, guilds=1, cpu=1.0), stat(bot, t, guilds=2, cpu=3.0)], STATS_COLUMNS
+    )
+    for q in (aligned(n, 1, 24), {"returnStats": "true", "start": t - 17, "end": t + 5, "dataPoints": 3}):
+        body = await same_answers(two, bot, q)
+        (hit,) = [b for b in body["stats"] if b["guilds"] is not None]
+        assert (hit["guilds"], hit["cpu"]) == (1, 2.0)
+
+
+async def test_a_failing_watcher_never_fails_a_stored_insert(two, monkeypatch):
+    store, n, bot = two["store"], two["now"], BOTS[0]
+    memory: BotMemory = two["held"].app[BOT_MEMORY]
+    q = aligned(n, 1, 24)
+    await same_answers(two, bot, q)
+
+    def broken(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(memory, "inserted", broken)
+    await store.insert("bot_stats", [stat(bot, n - 5, guilds=42)], STATS_COLUMNS)  # does not raise
+    assert memory.held == 0  # told that everything changed instead
+    monkeypatch.undo()
+    body = await same_answers(two, bot, q)
+    assert body["stats"][-1]["guilds"] == 42
