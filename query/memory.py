@@ -27,8 +27,9 @@ seeding) drops everything.
 
 What it does not see: rows leaving by TTL happen in the engine's merges, whose timing the engine
 does not promise either (hours late is normal), so a bot's copy is dropped after `MAX_AGE_S`
-and read again. Two posts of one bot in one millisecond (one gateway call) leave the "last"
-fields the first one's value, as the engine's argMax keeps the first of equal times it meets.
+and read again. Two posts of one bot in one millisecond (one gateway call, one insert) leave
+the "last" fields the first one's value, as the engine's argMax keeps the first of equal times
+it meets; equal times in separate inserts have no order the engine keeps.
 
 Bounded: at most `hours_limit` units of about 1 KB are held (`_Bot`), counted after every load:
 the bots read least recently go first, then what the bot just read holds outside its range, and
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import sys
 import threading
 import time
 from array import array
@@ -58,7 +60,7 @@ from botpulse.schemas.stats import STATS_FIELDS, STATS_TABLE
 MAX_AGE_S = 600.0
 # Statements kept per bot (head, side reads, totals of a few ranges); past it they are dropped.
 MAX_STATEMENTS = 32
-# Bots held at once, whatever they hold (statements alone take no units).
+# Bots held at once, whatever they hold.
 MAX_BOTS = 100_000
 # Ranges longer than this (about two years) are read from the tables: bucketing that many hours
 # here would cost the event loop more than the engine takes.
@@ -121,7 +123,15 @@ def hour_of(row: Sequence[Any]) -> Part:
     metrics are all one empty map (never changed: parts are only read)."""
     k = 2 + _K
     avgs = tuple(avg_state(row[k + j]) for j in range(len(_AVG)))
-    return int(row[1]), tuple(row[2:k]), avgs, row[-2] or EMPTY[3], row[-1] or EMPTY[4]
+    sums = {sys.intern(k): v for k, v in row[-2].items()} if row[-2] else EMPTY[3]
+    counts = {sys.intern(k): v for k, v in row[-1].items()} if row[-1] else EMPTY[4]
+    return int(row[1]), tuple(row[2:k]), avgs, sums, counts
+
+
+def hour_units(part: Part) -> int:
+    """What an hour's aggregate costs, in units (with its share of the columns about 800 bytes,
+    and about 700 more per custom metric it holds)."""
+    return 1 + len(part[4])
 
 
 # Each field's values packed: 'd' for Float64, 'q' for UInt64 (kept a list past 2**63 - 1).
@@ -140,13 +150,13 @@ class Posts:
     it is not null, with how many of those come before each post (so a part of the hour is two
     binary searches away, whatever its fields); custom metrics by name, times and values."""
 
-    __slots__ = ("before", "custom", "times", "values")
+    __slots__ = ("before", "custom", "size", "times", "values")
 
     def __init__(self, rows: Iterable[Sequence[Any]]) -> None:
         times: list[int] = []
         values: list[list[Any]] = [[] for _ in _CODES]
         before: list[list[int]] = [[0] for _ in _CODES]
-        self.custom: dict[str, tuple[list[int], list[float]]] = {}
+        custom: dict[str, tuple[list[int], list[float]]] = {}
         newest = [None] * _K  # per "last" field, the time of its newest value kept
         for row in rows:
             t = int(row[0])
@@ -163,7 +173,7 @@ class Posts:
                     vs.append(v)
                 nn.append(len(vs))
             for name, v in row[-1].items():
-                ts, cs = self.custom.setdefault(name, ([], []))
+                ts, cs = custom.setdefault(name, ([], []))
                 ts.append(t)
                 cs.append(v)
         # Packed: as arrays an hour's posts take a fraction of the memory lists of objects take.
@@ -171,6 +181,8 @@ class Posts:
         counts = "B" if len(times) < 256 else "H" if len(times) < 65536 else "i"
         self.before = [array(counts, nn) for nn in before]
         self.values = [_packed(code, vs) for code, vs in zip(_CODES, values, strict=True)]
+        self.custom = {sys.intern(k): (array("q", ts), array("d", cs)) for k, (ts, cs) in custom.items()}
+        self.size = len(times) + sum(len(ts) for ts, _ in custom.values())  # posts and custom values
 
     def part(self, a: int, b: int) -> Part:
         """The posts in [a, b) as a `Part`."""
@@ -372,16 +384,30 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
 
+def _posts_by_hour(want: list[int], rows: list[tuple[Any, ...]]) -> dict[int, Posts]:
+    by_hour: dict[int, list[tuple[Any, ...]]] = {h: [] for h in want}
+    for r in rows:
+        by_hour[int(r[0]) // HOUR_MS].append(r)
+    return {h: Posts(rs) for h, rs in by_hour.items()}
+
+
+def _rows_of(layout: Layout, hours: dict[int, Part], posts: dict[int, Posts]) -> list[tuple[Any, ...]]:
+    return layout.rows(Columns(hours, layout.lo, layout.hi) if hours else None, posts)
+
+
 def posts_units(p: Posts) -> int:
-    """What an hour's posts cost, in units of about 1 KB (measured: 1-minute posts 10-15 KB)."""
-    return 1 + len(p.times) // 5
+    """What an hour's posts cost, in units of at most about 1 KB (measured: an hour of 1-minute
+    posts about 9 KB, 13 units; a custom value a fifth of a unit)."""
+    return 1 + p.size // 5
 
 
 class _Bot:
     """What is held of one bot, and its weight in units (about 1 KB each: an hour's aggregate and
     its share of the columns one; an hour's posts `posts_units`; a statement 1 + its rows)."""
 
-    __slots__ = ("born", "cols", "hours", "loading", "marked", "posts", "statements", "touched", "weight")
+    __slots__ = (
+        "born", "cols", "hours", "loading", "marked", "posts", "statements", "touched", "version", "weight",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.born = time.monotonic()
@@ -392,26 +418,29 @@ class _Bot:
         self.touched = 0  # the last write's number that carried this bot
         self.statements: dict[Any, list[tuple[Any, ...]]] = {}
         self.cols: Columns | None = None  # held hours of the last range read, as columns
+        self.version = 0  # counts the hours dropped: columns built from older ones are not kept
         self.weight = 0
 
-    def columns(self, layout: Layout) -> Columns:
-        """The columns for `layout` (every whole hour of it held), built again when the last
-        ones do not cover it. Never changed once built: a read may use them outside the lock."""
+    def columns(self, layout: Layout) -> Columns | None:
+        """The last columns built when they cover `layout`'s whole hours (never changed once
+        built: a read may use them outside the lock), else None."""
         cols = self.cols
         if (
             cols is None
             or not (cols.lo <= layout.lo and layout.hi <= cols.hi)
             or not all(cols.present[h - cols.lo] for h in layout.whole)
         ):
-            cols = self.cols = Columns(self.hours, layout.lo, layout.hi)
+            return None
         return cols
 
     def drop_hour(self, h: int) -> int:
         """Forget hour `h` (its aggregate and posts); the units freed."""
         freed = 0
-        if self.hours.pop(h, None) is not None:
-            freed += 1
+        part = self.hours.pop(h, None)
+        if part is not None:
+            freed += hour_units(part)
             self.cols = None
+            self.version += 1
         p = self.posts.pop(h, None)
         if p is not None:
             freed += posts_units(p)
@@ -527,9 +556,10 @@ class BotMemory:
             if self._bots.get(bot_id) is state and state.touched <= seq0:
                 if len(state.statements) >= MAX_STATEMENTS:
                     self._held -= state.drop_statements()
-                state.statements[key] = rows
-                state.weight += 1 + len(rows)
-                self._held += 1 + len(rows)
+                if key not in state.statements:  # the same read may have been made beside this one
+                    state.statements[key] = rows
+                    state.weight += 1 + len(rows)
+                    self._held += 1 + len(rows)
             self._evict(bot_id, None)
         return rows
 
@@ -547,6 +577,8 @@ class BotMemory:
             if not want_hours and not want_posts:
                 cols = state.columns(layout) if layout.whole else None
                 posts = {h: state.posts[h] for h in layout.ragged}
+                hours = {h: state.hours[h] for h in layout.whole} if layout.whole and cols is None else {}
+                version = state.version
             else:
                 hours = {h: state.hours[h] for h in layout.whole if h in state.hours}
                 posts = {h: state.posts[h] for h in layout.ragged if h in state.posts}
@@ -554,6 +586,11 @@ class BotMemory:
                 state.loading += 1
         if not want_hours and not want_posts:
             HITS.inc()
+            if hours:  # columns for this range, built off the lock from the hours copied under it
+                cols = Columns(hours, layout.lo, layout.hi)
+                with self._lock:
+                    if self._bots.get(bot_id) is state and state.version == version:
+                        state.cols = cols
             return layout.rows(cols, posts)  # outside the lock: all of it is never changed
         MISSES.inc()
         try:
@@ -574,8 +611,8 @@ class BotMemory:
                 for h, part in got_hours.items():
                     if h not in state.hours and state.marked.get(h, 0) <= seq0:
                         state.hours[h] = part
-                        state.weight += 1
-                        self._held += 1
+                        state.weight += hour_units(part)
+                        self._held += hour_units(part)
                         state.cols = None
                 for h, p in got_posts.items():
                     if h not in state.posts and state.marked.get(h, 0) <= seq0:
@@ -590,7 +627,7 @@ class BotMemory:
         # next one shows all of it).
         hours.update((h, got_hours[h]) for h in want_hours)
         posts.update((h, got_posts[h]) for h in want_posts)
-        return layout.rows(Columns(hours, layout.lo, layout.hi) if hours else None, posts)
+        return await asyncio.to_thread(_rows_of, layout, hours, posts)
 
     async def _load_hours(self, bot_id: str, want: list[int]) -> dict[int, Part]:
         """The aggregates of every hour from the first to the last of `want` (the hours between
@@ -607,10 +644,8 @@ class BotMemory:
             return {}
         span = {"id": bot_id, "hours": want, "lo": want[0] * HOUR_MS, "hi": (want[-1] + 1) * HOUR_MS}
         rows = await self._store.query(POSTS_SQL, span)
-        by_hour: dict[int, list[tuple[Any, ...]]] = {h: [] for h in want}
-        for r in rows:
-            by_hour[int(r[0]) // HOUR_MS].append(r)
-        return {h: Posts(rs) for h, rs in by_hour.items()}
+        # Off the event loop: a long range's first read builds up to a thousand hours of posts.
+        return await asyncio.to_thread(_posts_by_hour, want, rows)
 
     def _evict(self, keep: str, layout: Layout | None) -> None:
         """Past the limit: the bots read least recently go first; then, if the bot just read is

@@ -395,3 +395,34 @@ async def test_a_failing_watcher_never_fails_a_stored_insert(two, monkeypatch):
     monkeypatch.undo()
     body = await same_answers(two, bot, q)
     assert body["stats"][-1]["guilds"] == 42
+
+
+def _weighed(memory: BotMemory) -> int:
+    """What the memory holds, weighed afresh from its contents."""
+    return sum(
+        sum(memory_mod.hour_units(p) for p in s.hours.values())
+        + sum(memory_mod.posts_units(p) for p in s.posts.values())
+        + sum(1 + len(rows) for rows in s.statements.values())
+        for s in memory._bots.values()
+    )
+
+
+async def test_the_count_of_what_is_held_never_drifts(two):
+    # Viewers of one bot asking at once after each post: the same statements miss together.
+    store, n, bot = two["store"], two["now"], BOTS[0]
+    memory: BotMemory = two["held"].app[BOT_MEMORY]
+    q = {"returnStats": "true", "start": n - DAY - 1_234, "end": n + 1, "dataPoints": 30}
+    for k in range(4):
+        custom = {f"m{i}": float(i) for i in range(k * 3)}
+        await store.insert(
+            "bot_stats", [stat(bot, n - k * 7 * 60_000, guilds=k, custom=custom)], STATS_COLUMNS
+        )
+        answers = await asyncio.gather(*(get(two["held"], f"/v1/bot/{bot}", **q) for _ in range(4)))
+        assert len({str(a) for a in answers}) == 1
+        assert memory.held == _weighed(memory) == sum(s.weight for s in memory._bots.values()), k
+    await same_answers(two, bot, q)
+    # Custom metrics weigh what they hold: the hour posted to with 9 of them counts 10.
+    state = memory._bots[bot]
+    hour = (n - 3 * 7 * 60_000) // HOUR
+    if hour in state.hours:
+        assert memory_mod.hour_units(state.hours[hour]) == 1 + len(state.hours[hour][4]) >= 10
