@@ -87,6 +87,14 @@ def test_tiny_peers_run_answers_botpulse_data(tmp_path):
     # The botpulse side of the ratios was measured in the same phase.
     assert raw["reads"]["botpulse"]["aligned"]["p50_ms"] > 0
     assert "botpulse p50" in figures["peer_ratio_victoria-metrics_aligned"]["note"]
+    # Both ways botpulse answers, from memory (the default) and from the tables, were read, and
+    # gave the same answers.
+    for span in ("aligned", "any"):
+        assert raw["reads"][peers.TABLES][span]["p50_ms"] > 0
+        same = raw["checks"][peers.TABLES][span]
+        assert same["mismatch_count"] == 0 and same["values_agreeing"] >= 8 * 80, same
+        note = figures[f"peer_ratio_{peers.VM}_{span}"]["note"]
+        assert "from the tables (BOTPULSE_QUERY_MEMORY_HOURS=0)" in note and "answers the same" in note
     # The engine's floor (one statement, one table) was timed on the same data, against the
     # peer's whole answer of the same phase.
     for span in ("aligned", "any"):
