@@ -29,6 +29,7 @@ engine child) every statement is read from the tables.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import msgspec
@@ -163,6 +164,31 @@ class Known:
         return head
 
 
+def _patched_head(
+    rows: list[tuple[Any, ...]], lo: int, hi: int, *, with_first: bool
+) -> list[tuple[Any, ...]]:
+    """The head statement's row after a stored insert of the bot's posts from `lo` to `hi` (ms),
+    as the tables then answer: `bot_latest` keeps the newest post's time (`max(ts)`), the daily
+    roll-up the oldest (`min(ts)`), and their row counts only say whether there is any. Nothing
+    else in the head reads `bot_stats` or what it feeds."""
+    row = list(rows[0])
+    last, posted = row[0]
+    row[0] = (max(int(last), hi) if posted else hi, max(int(posted), 1))
+    if with_first:
+        first, count = row[2]
+        row[2] = (min(int(first), lo) if count else lo, max(int(count), 1))
+    return [tuple(row)]
+
+
+_HEAD_PATCHES = {w: functools.partial(_patched_head, with_first=w) for w in (False, True)}
+
+
+def _unchanged_by_posts(rows: list[tuple[Any, ...]], lo: int, hi: int) -> list[tuple[Any, ...]]:
+    """The side reads and custom totals read tables no post feeds (custom-metric names,
+    properties, shards, custom events): a stored insert of posts leaves their rows as they are."""
+    return rows
+
+
 async def read_head(
     store: Store,
     bot_id: str,
@@ -172,7 +198,11 @@ async def read_head(
     memory: BotMemory | None = None,
 ) -> Head:
     sight = known.sight(bot_id) if known is not None else PLAIN
-    row = (await (memory or store).query(*head_statement(bot_id, with_first=with_first, sight=sight)))[0]
+    statement = head_statement(bot_id, with_first=with_first, sight=sight)
+    if memory is not None:
+        row = (await memory.query(*statement, patch=_HEAD_PATCHES[with_first]))[0]
+    else:
+        row = (await store.query(*statement))[0]
     head = head_of(row, with_first=with_first, sight=sight)
     return known.learn(bot_id, head) if known is not None else head
 
@@ -276,8 +306,10 @@ async def run(
     decoded; `bucket_rows`: the buckets' rows when they were read beside the head. With a
     `memory`, the buckets come from what it holds (a range longer than it holds is read from
     the tables), the rest from the statements it keeps."""
-    src = memory or store
-    reads = [src.query(*s) for s in (p.side, p.totals) if s is not None]
+    if memory is not None:
+        reads = [memory.query(*s, patch=_unchanged_by_posts) for s in (p.side, p.totals) if s is not None]
+    else:
+        reads = [store.query(*s) for s in (p.side, p.totals) if s is not None]
     if p.buckets is not None:  # planned only with `stats`
         if memory is not None and stats is not None:
             reads.insert(0, _held_buckets(store, memory, p.bot_id, p.buckets, stats))

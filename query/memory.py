@@ -11,7 +11,8 @@ What is kept per bot being read, each part dropped the moment a write touches it
   as the times and values of the posts where that field is not null, sorted: any part of the
   hour is then a binary search and a slice away.
 - **Its statements**: the rows of the bot's head, side reads and custom totals (`query`), kept
-  by statement and parameters until any insert carries the bot's id.
+  by statement and parameters until an insert carries the bot's id; a stored insert of posts
+  patches those given a `patch` (the head takes the posts' times in) instead.
 
 A range's buckets are then computed on each request from the whole hours inside it and the
 parts of its ragged hours, without reading a table unless something it needs is not held.
@@ -46,7 +47,7 @@ import time
 from array import array
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
@@ -111,6 +112,9 @@ POSTS_SQL = (
     "AND ts >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
     "AND ts < fromUnixTimestamp64Milli({hi:Int64}, 'UTC') ORDER BY ts"
 )
+
+# How a statement's rows take in a stored insert of the bot's posts from `lo` to `hi` (ms).
+Patch = Callable[[list[tuple[Any, ...]], int, int], list[tuple[Any, ...]]]
 
 # A part of the posts (an hour, or a piece of one): posts, the "last" values, (sum, count) per
 # averaged field, custom sums and counts.
@@ -416,7 +420,7 @@ class _Bot:
         self.loading = 0  # hour loads in flight
         self.marked: dict[int, int] = {}  # hour -> last write's number, kept while loads run
         self.touched = 0  # the last write's number that carried this bot
-        self.statements: dict[Any, list[tuple[Any, ...]]] = {}
+        self.statements: dict[Any, tuple[list[tuple[Any, ...]], Patch | None]] = {}
         self.cols: Columns | None = None  # held hours of the last range read, as columns
         self.version = 0  # counts the hours dropped: columns built from older ones are not kept
         self.weight = 0
@@ -448,8 +452,23 @@ class _Bot:
         return freed
 
     def drop_statements(self) -> int:
-        freed = sum(1 + len(rows) for rows in self.statements.values())
+        freed = sum(1 + len(rows) for rows, _ in self.statements.values())
         self.statements.clear()
+        self.weight -= freed
+        return freed
+
+    def patch_statements(self, lo: int, hi: int) -> int:
+        """After a stored insert of the bot's posts from `lo` to `hi` (ms): the statements with a
+        patch take those posts in, the others are dropped; the units freed."""
+        freed = 0
+        for key, (rows, patch) in list(self.statements.items()):
+            if patch is None:
+                del self.statements[key]
+                freed += 1 + len(rows)
+            else:
+                new = patch(rows, lo, hi)
+                self.statements[key] = (new, patch)
+                freed += len(rows) - len(new)
         self.weight -= freed
         return freed
 
@@ -474,7 +493,12 @@ class BotMemory:
 
     # --- writes (the store's watcher; any thread) ---------------------------------------------
     def inserted(
-        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], column_oriented: bool
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        column_oriented: bool,
+        stored: bool = True,
     ) -> None:
         try:
             b = list(columns).index("bot_id")
@@ -487,16 +511,25 @@ class BotMemory:
         watched = {bot for bot in set(bots) if bot in held}
         # The hours each held bot's rows fall in; None: a time of another shape, so all of them.
         hours: dict[str, set[int] | None] = {bot: set() for bot in watched}
+        # A stored insert of posts whose times are plain milliseconds: each held bot's oldest
+        # and newest post in it, to patch the statements that can be patched (`query`).
+        bounds: dict[str, tuple[int, int]] | None = {} if stored and table == STATS_TABLE else None
         if watched and table == STATS_TABLE:
             t = list(columns).index("ts")
             times = rows[t] if column_oriented else [r[t] for r in rows]
             for bot, ts in zip(bots, times, strict=True):
                 if bot in watched:
-                    stored, seen = _hours_of(ts), hours[bot]
-                    if stored is None:
+                    at, seen = _hours_of(ts), hours[bot]
+                    if at is None:
                         hours[bot] = None
                     elif seen is not None:
-                        seen.update(stored)
+                        seen.update(at)
+                    if bounds is not None:
+                        if type(ts) is not int:
+                            bounds = None
+                        else:
+                            lo, hi = bounds.get(bot, (ts, ts))
+                            bounds[bot] = (min(lo, ts), max(hi, ts))
         with self._lock:
             self._seq += 1
             for bot, touched in hours.items():
@@ -507,7 +540,10 @@ class BotMemory:
                     self._forget(bot)  # loads and statements in flight then keep nothing
                     continue
                 state.touched = self._seq
-                self._held -= state.drop_statements()
+                if bounds is not None and bot in bounds:
+                    self._held -= state.patch_statements(*bounds[bot])
+                else:
+                    self._held -= state.drop_statements()
                 for h in touched:
                     if state.loading:
                         state.marked[h] = self._seq
@@ -538,17 +574,21 @@ class BotMemory:
         self._bots.move_to_end(bot_id)
         return state
 
-    async def query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    async def query(
+        self, sql: str, params: dict[str, Any], patch: Patch | None = None
+    ) -> list[tuple[Any, ...]]:
         """`Store.query` of a statement about the bot `params["id"]`, its rows kept until a write
-        carries that bot. The rows are shared: read them, never change them."""
+        carries that bot. The rows are shared: read them, never change them. `patch`: how the
+        rows take in a stored insert of the bot's posts (their oldest and newest time), exactly
+        as the tables would; given, such an insert patches the rows instead of dropping them."""
         bot_id = params["id"]
         key = (sql, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items())))
         with self._lock:
             state = self._bot(bot_id)
-            rows = state.statements.get(key)
-            if rows is not None:
+            held = state.statements.get(key)
+            if held is not None:
                 HITS.inc()
-                return rows
+                return held[0]
             seq0 = self._seq
         MISSES.inc()
         rows = await self._store.query(sql, params)
@@ -557,7 +597,7 @@ class BotMemory:
                 if len(state.statements) >= MAX_STATEMENTS:
                     self._held -= state.drop_statements()
                 if key not in state.statements:  # the same read may have been made beside this one
-                    state.statements[key] = rows
+                    state.statements[key] = (rows, patch)
                     state.weight += 1 + len(rows)
                     self._held += 1 + len(rows)
             self._evict(bot_id, None)

@@ -201,10 +201,15 @@ def _limit_error(exc: DatabaseError, settings: Settings) -> Exception:
 
 class WriteWatcher(Protocol):
     """Told of every write through a `Store`, on the thread that made it, after the engine
-    answered (or failed: a failed write may still have been stored)."""
+    answered (or failed, `stored` False: a failed write may still have been stored)."""
 
     def inserted(
-        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], column_oriented: bool
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        column_oriented: bool,
+        stored: bool,
     ) -> None: ...
 
     def commanded(self) -> None: ...
@@ -343,6 +348,7 @@ class Store:
     ) -> None:
         """`column_oriented`: `rows` holds one sequence per column (what the worker builds)."""
         if rows and (not column_oriented or len(rows[0])):
+            stored = False
             try:
                 with _timer("insert").time():
                     self.client().insert(
@@ -352,8 +358,10 @@ class Store:
                         settings=settings,
                         column_oriented=column_oriented,
                     )
+                stored = True
             finally:
-                self._tell(lambda w: w.inserted(table, rows, columns, column_oriented))
+                # `stored` False: the insert failed, and may or may not have been stored.
+                self._tell(lambda w: w.inserted(table, rows, columns, column_oriented, stored))
 
     # --- async API (services) -----------------------------------------------------------------
     async def query(
