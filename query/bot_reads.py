@@ -166,17 +166,20 @@ class Known:
 
 def _patched_head(
     rows: list[tuple[Any, ...]], lo: int, hi: int, *, with_first: bool
-) -> list[tuple[Any, ...]]:
+) -> list[tuple[Any, ...]] | None:
     """The head statement's row after a stored insert of the bot's posts from `lo` to `hi` (ms),
-    as the tables then answer: `bot_latest` keeps the newest post's time (`max(ts)`), the daily
-    roll-up the oldest (`min(ts)`), and their row counts only say whether there is any. Nothing
-    else in the head reads `bot_stats` or what it feeds."""
+    as the tables then answer: `bot_latest` (no TTL) keeps the newest post's time (`max(ts)`),
+    and their row counts only say whether there is any. Nothing else in the head reads
+    `bot_stats` or what it feeds. None (read it again) when the first post may move: the daily
+    roll-up has a TTL, and the engine drops an insert's rows that are already past it, so a post
+    older than the first one held may or may not become the first."""
     row = list(rows[0])
-    last, posted = row[0]
-    row[0] = (max(int(last), hi) if posted else hi, max(int(posted), 1))
     if with_first:
         first, count = row[2]
-        row[2] = (min(int(first), lo) if count else lo, max(int(count), 1))
+        if not count or lo < int(first):
+            return None
+    last, posted = row[0]
+    row[0] = (max(int(last), hi) if posted else hi, max(int(posted), 1))
     return [tuple(row)]
 
 

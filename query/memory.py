@@ -113,8 +113,9 @@ POSTS_SQL = (
     "AND ts < fromUnixTimestamp64Milli({hi:Int64}, 'UTC') ORDER BY ts"
 )
 
-# How a statement's rows take in a stored insert of the bot's posts from `lo` to `hi` (ms).
-Patch = Callable[[list[tuple[Any, ...]], int, int], list[tuple[Any, ...]]]
+# How a statement's rows take in a stored insert of the bot's posts from `lo` to `hi` (ms); None:
+# they cannot, so they are dropped.
+Patch = Callable[[list[tuple[Any, ...]], int, int], list[tuple[Any, ...]] | None]
 
 # A part of the posts (an hour, or a piece of one): posts, the "last" values, (sum, count) per
 # averaged field, custom sums and counts.
@@ -462,11 +463,11 @@ class _Bot:
         patch take those posts in, the others are dropped; the units freed."""
         freed = 0
         for key, (rows, patch) in list(self.statements.items()):
-            if patch is None:
+            new = patch(rows, lo, hi) if patch is not None else None
+            if new is None:
                 del self.statements[key]
                 freed += 1 + len(rows)
             else:
-                new = patch(rows, lo, hi)
                 self.statements[key] = (new, patch)
                 freed += len(rows) - len(new)
         self.weight -= freed

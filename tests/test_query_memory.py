@@ -449,3 +449,32 @@ async def test_an_insert_that_failed_drops_what_it_would_have_patched(two, monke
     assert any("bot_latest" in sql for sql in seen), seen
     assert body["lastSeen"] == n - 10
     assert (await same_answers(two, bot, q))["lastSeen"] == n - 10
+
+
+async def test_a_post_older_than_the_first_reads_the_head_again(two, monkeypatch):
+    # The daily roll-up has a TTL: whether an old post becomes the first one is the engine's to
+    # say, so the head is read again; a newer post only moves the newest time, patched.
+    store, n, bot = two["store"], two["now"], BOTS[0]
+    q = {"returnStats": "true", "end": n + HOUR, "dataPoints": 6}  # from the first post
+    await store.insert(
+        "bot_stats", columns_of([stat(bot, n - DAY, guilds=1)]), COLUMNS["bot_stats"], column_oriented=True
+    )
+    await same_answers(two, bot, q)
+    await same_answers(two, bot, q)
+    seen = traced(store, monkeypatch)
+    await store.insert(
+        "bot_stats", columns_of([stat(bot, n - 5, guilds=2)]), COLUMNS["bot_stats"], column_oriented=True
+    )
+    await get(two["held"], f"/v1/bot/{bot}", **q)
+    assert not any("bot_latest" in sql for sql in seen), seen
+    await store.insert(
+        "bot_stats",
+        columns_of([stat(bot, n - 2 * DAY, guilds=3)]),
+        COLUMNS["bot_stats"],
+        column_oriented=True,
+    )
+    seen.clear()
+    _, body = await get(two["held"], f"/v1/bot/{bot}", **q)
+    assert any("bot_latest" in sql for sql in seen), seen
+    assert body["range"]["start"] == n - 2 * DAY and body["lastSeen"] == n - 5
+    assert (await same_answers(two, bot, q))["range"]["start"] == n - 2 * DAY
