@@ -252,11 +252,6 @@ class Columns:
                     seen = i
                 latest[i] = seen
 
-    def covers(self, a: int, b: int) -> bool:
-        """Whether every hour in [a, b) is held."""
-        i, j = a - self.lo, b - self.lo
-        return i >= 0 and j <= len(self.present) and all(self.present[i:j])
-
     def part(self, a: int, b: int) -> Part:
         """The whole hours [a, b) (all held) as one `Part`."""
         i, j = a - self.lo, b - self.lo
@@ -357,8 +352,7 @@ class Layout:
                 ragged.add(b)
             self.buckets.append((i, first, a, b, last))
         self.ragged = sorted(ragged)
-        ragged_set = ragged
-        self.whole = [h for h in range(self.lo, self.hi) if h not in ragged_set]
+        self.whole = [h for h in range(self.lo, self.hi) if h not in ragged]
 
     def rows(self, cols: Columns | None, posts: dict[int, Posts]) -> list[tuple[Any, ...]]:
         parts: list[tuple[int, Part]] = []
@@ -499,7 +493,7 @@ class BotMemory:
         rows: Sequence[Sequence[Any]],
         columns: Sequence[str],
         column_oriented: bool,
-        stored: bool = True,
+        stored: bool,
     ) -> None:
         try:
             b = list(columns).index("bot_id")

@@ -131,7 +131,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     query_max_concurrent: Annotated[int, Meta(ge=1, le=256)] = 4
     query_max_queued: Annotated[int, Meta(ge=0, le=10_000)] = 32
     query_cache_s: Annotated[float, Meta(ge=0, le=300)] = 5.0
-    # Bot-hours the query service holds in memory for bots' answers (embedded chDB only; 0: off).
+    # Units (at most ~1 KB: an hour of a bot one) the query service holds in memory of bots'
+    # answers (query/memory.py; embedded chDB only; 0: off).
     query_memory_hours: Annotated[int, Meta(ge=0, le=10_000_000)] = 100_000
     # --- alerts -------------------------------------------------------------------------------
     alerts_interval_s: Annotated[float, Meta(ge=0.1, le=300)] = 5.0

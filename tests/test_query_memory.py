@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from botpulse.query import memory as memory_mod
 from botpulse.query.app import BOT_MEMORY, build_app
 from botpulse.query.memory import HOURS_SQL, POSTS_SQL, BotMemory, Columns, Layout, Posts, bucket_rows
-from botpulse.query.stats import buckets_of
+from botpulse.query.stats import buckets_of, ragged_hours
 from botpulse.registry.catalog import Bot, create_account, now, write_bot
 from botpulse.workers.rows import COLUMNS, NAMES_COLUMNS, STATS_COLUMNS
 from tests.test_query_stats import T0, get, reference, stat, ts
@@ -309,6 +309,7 @@ def test_any_range_from_hours_and_ragged_posts_is_the_raw_definition(start, leng
         hours[h] = held.part(h * HOUR, (h + 1) * HOUR)  # what HOURS_SQL gives for the hour
         posts_held[h] = held
     assert set(layout.ragged) | set(layout.whole) == set(range(layout.lo, layout.hi))
+    assert layout.ragged == ragged_hours(start, end, n)  # the hours the tables' plans read posts of
     got = buckets_of(layout.rows(Columns(hours, layout.lo, layout.hi), posts_held), start, end, n, [])
     want = reference(rows, start, end, n)
     bounds = [b["time"] for b in want] + [end]

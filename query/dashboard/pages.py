@@ -59,7 +59,6 @@ _PAGE_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 AUDIT_PAGE = 20
-
 DAY_MS = 86_400_000
 BADGE_METRICS = {
     "status": "status",
