@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from botpulse.bench.context import REPO, Bench, Figure
 from botpulse.bench.engine_inserts import BLOCK_ROWS, EngineRun
 from botpulse.bench.procs import Service, cpu_seconds
-from botpulse.ingest.append import APPENDED, SCRIPT, SHA, Limits, Post, result_of, script_call
+from botpulse.ingest.append import APPENDED, SCRIPT, SHA, Limits, Post, replies_of, result_of, script_call
 from botpulse.runtime.redis import connect
 from botpulse.runtime.settings import load_settings
 from botpulse.schemas.stream import (
@@ -75,9 +75,10 @@ class Prefilled(msgspec.Struct, frozen=True):
     seconds: float
 
 
-def _fill_calls(events: int, bots: int, partitions: int, per_entry: int) -> Iterator[bytes]:
+def _fill_calls(events: int, bots: int, partitions: int, per_entry: int) -> Iterator[tuple[int, bytes]]:
     """The drain's events as the gateway's script calls of `per_entry` posts (of one partition
-    each, in event order), made as they are sent: a million posts never sit in memory at once."""
+    each, in event order) with their post counts, made as they are sent: a million posts never
+    sit in memory at once."""
     base_ms = int(time.time() * 1000) - events
     waiting: list[list[Post]] = [[] for _ in range(partitions)]
     for i in range(events):
@@ -89,11 +90,11 @@ def _fill_calls(events: int, bots: int, partitions: int, per_entry: int) -> Iter
                  account_burst=_UNLIMITED)
         )  # fmt: skip
         if len(posts) == per_entry:
-            yield script_call("EVALSHA", SHA, posts, _UNLIMITED, _NO_LIMITS)
+            yield len(posts), script_call("EVALSHA", SHA, posts, _UNLIMITED, _NO_LIMITS)
             waiting[partition] = []
     for posts in waiting:
         if posts:
-            yield script_call("EVALSHA", SHA, posts, _UNLIMITED, _NO_LIMITS)
+            yield len(posts), script_call("EVALSHA", SHA, posts, _UNLIMITED, _NO_LIMITS)
 
 
 async def prefill(
@@ -115,9 +116,9 @@ async def prefill(
         connection = await redis.connection_pool.get_connection()
         try:
             while chunk := list(itertools.islice(calls, 500)):
-                await connection.send_packed_command(b"".join(chunk))
-                for _ in chunk:
-                    replies = await connection.read_response()
+                await connection.send_packed_command(b"".join(packed for _, packed in chunk))
+                for posts, _ in chunk:
+                    replies = replies_of(await connection.read_response(), posts)
                     refused = [r for r in replies if result_of(r) is not APPENDED]
                     if refused:
                         raise RuntimeError(f"pre-fill: the append script refused posts: {refused[:3]}")

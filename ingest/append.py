@@ -59,7 +59,7 @@ log = get_logger(__name__)
 # The admission steps every post script shares (Lua functions, prepended to each script).
 # `gcra`: one post against a GCRA limit (one per `interval` ms, bursts of `burst`) -> the new
 # theoretical arrival time to store and the time the post is allowed at (refused while > now).
-# `take_slots`: the names of ARGV[from..to) that hold or take a slot of set `key` (at most
+# `take_slots`: the names of list[from..to) that hold or take a slot of set `key` (at most
 # `limit` members) pass; the others are returned, to be dropped. A name seen twice counts once.
 # `reply_with`: the success reply, naming what was dropped: 0 | {0, n_metrics, n_props,
 # metric names..., property names..., custom-event types...}.
@@ -71,19 +71,19 @@ local function gcra(tat, now, interval, burst)
   local new_tat = tat + interval
   return new_tat, new_tat - interval * burst
 end
-local function take_slots(key, limit, from, to)
+local function take_slots(key, limit, list, from, to)
   local dropped = {}
   if from >= to then
     return dropped
   end
   local used = redis.call('SCARD', key)
   for i = from, to - 1 do
-    if redis.call('SISMEMBER', key, ARGV[i]) == 0 then
+    if redis.call('SISMEMBER', key, list[i]) == 0 then
       if used < limit then
-        redis.call('SADD', key, ARGV[i])
+        redis.call('SADD', key, list[i])
         used = used + 1
       else
-        dropped[#dropped + 1] = ARGV[i]
+        dropped[#dropped + 1] = list[i]
       end
     end
   end
@@ -105,15 +105,22 @@ end
 
 # KEYS: the stream, the rate hash, then per post: its slot-set key if it has metric names, its
 #       property-slot key if it has property names, its type-set key if it has custom events.
-# ARGV: high_water, stats interval_ms, stats burst, custom interval_ms, custom burst; then per
-#       post: its rate field (`s:<bot>` or `c:<bot>`: stats or custom limit), its account's rate
-#       field (`a:<account>`), the account's interval_ms and burst, n_names, n_props, n_events,
-#       n_typed, slot_limit when n_names > 0, prop_limit when n_props > 0, type_limit when
-#       n_typed > 0, name_1..name_n, prop_1..prop_p, event_1..event_m (the first carries the
-#       custom metrics and properties; the last n_typed are custom events), type_1..type_t (the
-#       types of those last n_typed events).
-# Returns one reply per post: `reply_with`'s | {1, retry_after_ms, 1 (the bot's limit) or 2 (the
-#       account's)} | {2}.
+# ARGV: high_water, stats interval_ms, stats burst, custom interval_ms, custom burst, then two
+#       msgpack arrays and the events:
+#       `fields`: the rate fields of the call's posts, each once: a post's own (`s:<bot>` or
+#         `c:<bot>`: stats or custom limit) and its account's (`a:<account>`), for the one HMGET;
+#       `heads`: per post the index in `fields` of its own field and of its account's, the
+#         account's interval_ms and burst, n_names, n_props, n_events,
+#         n_typed, slot_limit when n_names > 0, prop_limit when n_props > 0, type_limit when
+#         n_typed > 0, name_1..name_n, prop_1..prop_p, type_1..type_t (the types of the post's
+#         last n_typed events, its custom events);
+#       then every post's events in order (a post's first carries its custom metrics and
+#       properties).
+#       Numbers and names travel inside msgpack, which Redis decodes in C, rather than as a
+#       dozen arguments a post that Lua would convert one by one (docs/api/ingest.md, Round 4).
+# Returns 0 when every post was appended with nothing dropped (the common reply: one integer
+#       for the call, not a table of them), else one reply per post: `reply_with`'s |
+#       {1, retry_after_ms, 1 (the bot's limit) or 2 (the account's)} | {2}.
 # The stream contract (the entry's form that `entry_add` writes, the event encoding
 # `drop_metrics` edits) comes from schemas/stream.py.
 _BODY = """
@@ -121,23 +128,14 @@ local stream, rates = KEYS[1], KEYS[2]
 local high_water = tonumber(ARGV[1])
 local intervals = {s = tonumber(ARGV[2]), c = tonumber(ARGV[4])}
 local bursts = {s = tonumber(ARGV[3]), c = tonumber(ARGV[5])}
+local fields, heads = cmsgpack.unpack(ARGV[6]), cmsgpack.unpack(ARGV[7])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local length = redis.call('XLEN', stream)
-local fields, starts = {}, {}
-local a = 6
-while a <= #ARGV do
-  local n, np = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
-  local m, ty = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
-  fields[#fields + 1] = ARGV[a]
-  fields[#fields + 1] = ARGV[a + 1]
-  starts[#starts + 1] = a
-  a = a + 8 + (n > 0 and 1 or 0) + (np > 0 and 1 or 0) + (ty > 0 and 1 or 0) + n + np + m + ty
-end
 local stored = redis.call('HMGET', rates, unpack(fields))
 local tats, updates = {}, {}
-local replies = {}
-local k = 3
+local replies, plain = {}, true
+local k, h, e = 3, 1, 8
 local function limited(field, stored_tat, interval, burst)
   return gcra(tats[field] or tonumber(stored_tat) or now, now, interval, burst)
 end
@@ -147,42 +145,38 @@ local function remember(field, tat)
   end
   tats[field] = tat
 end
-for p = 1, #starts do
-  a = starts[p]
-  local field, account = ARGV[a], ARGV[a + 1]
-  local n, np = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
-  local m, ty = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
-  local at = a + 8
+local p = 0
+local n_heads = #heads
+while h <= n_heads do
+  p = p + 1
+  local own, acct = heads[h], heads[h + 1]
+  local field, account = fields[own], fields[acct]
+  local acct_interval, acct_burst = heads[h + 2], heads[h + 3]
+  local n, np, m, ty = heads[h + 4], heads[h + 5], heads[h + 6], heads[h + 7]
+  h = h + 8
   local limit, prop_limit, type_limit = 0, 0, 0
-  if n > 0 then
-    limit, at = tonumber(ARGV[at]), at + 1
-  end
-  if np > 0 then
-    prop_limit, at = tonumber(ARGV[at]), at + 1
-  end
-  if ty > 0 then
-    type_limit, at = tonumber(ARGV[at]), at + 1
-  end
-  local names = at
-  local props = names + n
-  local first = props + np
-  local types = first + m
   local slots_key, props_key, types_key
   if n > 0 then
-    slots_key, k = KEYS[k], k + 1
+    limit, h, slots_key, k = heads[h], h + 1, KEYS[k], k + 1
   end
   if np > 0 then
-    props_key, k = KEYS[k], k + 1
+    prop_limit, h, props_key, k = heads[h], h + 1, KEYS[k], k + 1
   end
   if ty > 0 then
-    types_key, k = KEYS[k], k + 1
+    type_limit, h, types_key, k = heads[h], h + 1, KEYS[k], k + 1
   end
+  local names = h
+  local props = names + n
+  local types = props + np
+  h = types + ty
+  local first = e
+  e = e + m
   if length >= high_water then
     replies[p] = {2}
   else
     local kind = string.sub(field, 1, 1)
-    local new_tat, allow_at = limited(field, stored[2 * p - 1], intervals[kind], bursts[kind])
-    local acct_tat, acct_allow = limited(account, stored[2 * p], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]))
+    local new_tat, allow_at = limited(field, stored[own], intervals[kind], bursts[kind])
+    local acct_tat, acct_allow = limited(account, stored[acct], acct_interval, acct_burst)
     if allow_at > now then
       replies[p] = {1, math.ceil(allow_at - now), 1}
     elseif acct_allow > now then
@@ -190,14 +184,14 @@ for p = 1, #starts do
     else
       local dropped, dropped_props, dropped_types = {}, {}, {}
       if n > 0 then
-        dropped = take_slots(slots_key, limit, names, props)
+        dropped = take_slots(slots_key, limit, heads, names, props)
       end
       if np > 0 then
-        dropped_props = take_slots(props_key, prop_limit, props, first)
+        dropped_props = take_slots(props_key, prop_limit, heads, props, types)
       end
       local no_slot = {}
       if ty > 0 then
-        dropped_types = take_slots(types_key, type_limit, types, types + ty)
+        dropped_types = take_slots(types_key, type_limit, heads, types, types + ty)
         for _, name in ipairs(dropped_types) do
           no_slot[name] = true
         end
@@ -210,7 +204,7 @@ for p = 1, #starts do
         if i == 1 and #dropped_props > 0 then
           event = drop_props(event, dropped_props)
         end
-        if i <= m - ty or not no_slot[ARGV[types + i - 1 - (m - ty)]] then
+        if i <= m - ty or not no_slot[heads[types + i - 1 - (m - ty)]] then
           length = length + entry_add(stream, event)
         end
       end
@@ -219,6 +213,7 @@ for p = 1, #starts do
       replies[p] = reply_with(dropped, dropped_props, dropped_types)
     end
   end
+  plain = plain and replies[p] == 0
 end
 entry_flush(stream)
 if #updates > 0 then
@@ -228,6 +223,9 @@ if #updates > 0 then
     args[#args + 1] = string.format('%d', tats[field])
   end
   redis.call('HSET', rates, unpack(args))
+end
+if plain then
+  return 0
 end
 return replies
 """
@@ -285,77 +283,88 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
-# The small counts every post sends, encoded once.
-_COUNTS = [_bulk(b"%d" % i) for i in range(256)]
-# Each post's first four arguments (its rate field, its account's field, interval and burst),
-# encoded once per bot and account: the same few thousand come back post after post.
-_HEADS: dict[tuple[bool, str, str, int, int], bytes] = {}
+_pack = msgspec.msgpack.encode
+# The small counts every post sends, packed once (msgpack's positive fixints are the byte itself).
+_COUNTS = [_pack(i) for i in range(256)]
+# Each post's rate fields (its own and its account's) and its account's interval and burst,
+# packed once per bot and account: the same few thousand come back post after post.
+_HEADS: dict[tuple[bool, str, str, int, int], tuple[bytes, bytes, bytes]] = {}
 _MAX_HEADS = 50_000
 
 
 def _count(value: int) -> bytes:
-    return _COUNTS[value] if 0 <= value < 256 else _bulk(b"%d" % value)
+    return _COUNTS[value] if 0 <= value < 256 else _pack(value)
 
 
-def _head(post: Post) -> bytes:
+def _head(post: Post) -> tuple[bytes, bytes, bytes]:
     """`script_call` looks the head up itself first (a call less per post)."""
     if len(_HEADS) >= _MAX_HEADS:
         _HEADS.clear()
-    field = ("s:" if post.stats else "c:") + post.bot_id
     key = (post.stats, post.bot_id, post.account_id, post.account_interval_ms, post.account_burst)
-    head = _HEADS[key] = b"".join(
-        _bulk(str(v).encode())
-        for v in (field, "a:" + post.account_id, post.account_interval_ms, post.account_burst)
-    )
+    own, account = _pack(("s:" if post.stats else "c:") + post.bot_id), _pack("a:" + post.account_id)
+    head = _HEADS[key] = (own, account, _pack(post.account_interval_ms) + _pack(post.account_burst))
     return head
+
+
+def _array(items: int, packed: list[bytes]) -> bytes:
+    """A RESP bulk string holding a msgpack array of `items` packed values."""
+    return _bulk(b"\xdd" + items.to_bytes(4, "big") + b"".join(packed))
 
 
 def script_call(verb: str, script: str, posts: Sequence[Post], high_water: int, limits: Limits) -> bytes:
     """The packed EVALSHA/EVAL for posts of one partition: the RESP of `verb script numkeys
     keys... args...`, laid out as the comment above `_BODY` says. Encoded here rather than by
-    hiredis's `pack_command`, which converts every argument on its own, about ten a post
-    (docs/api/ingest.md, Round 3)."""
+    hiredis's `pack_command` and a msgpack encoder per call: the heads are cached per bot and
+    account, so a post costs a few joins (docs/api/ingest.md, Round 4)."""
     partition = posts[0].partition
     keys = [_bulk(stream_key(partition).encode()), _bulk(rate_key(partition).encode())]
     limits_args = (high_water, limits.stats_interval_ms, limits.stats_burst, limits.custom_interval_ms,
                    limits.custom_burst)  # fmt: skip
-    args = [_bulk(b"%d" % v) for v in limits_args]
-    argc = 3 + len(args)  # and the verb, the script and the key count
-    heads, counts = _HEADS, _COUNTS
+    fields: dict[bytes, int] = {}  # packed field -> its index (from 1, as Lua counts)
+    heads: list[bytes] = []
+    events: list[bytes] = []
+    n_heads = 0
+    cache, counts = _HEADS, _COUNTS
+    zero = counts[0]
     for post in posts:
-        names, props, types, events = post.metric_names, post.prop_names, post.types, post.events
+        names, props, types, posted = post.metric_names, post.prop_names, post.types, post.events
         key = (post.stats, post.bot_id, post.account_id, post.account_interval_ms, post.account_burst)
-        head = heads.get(key)
-        if head is None:
-            head = _head(post)
-        m = len(events)
-        if not (names or props or types) and m < 256:
+        cached = cache.get(key)
+        if cached is None:
+            cached = _head(post)
+        own, account, rate = cached
+        own_at = fields.setdefault(own, len(fields) + 1)
+        account_at = fields.setdefault(account, len(fields) + 1)
+        m = len(posted)
+        if not (names or props or types) and m < 256 and account_at < 256:
             # The common post: nothing but its events (one, a stats post without entries).
-            args += (head, counts[0], counts[0], counts[m], counts[0])
-            argc += 8 + m
+            heads += (_count(own_at), counts[account_at], rate, zero, zero, counts[m], zero)
+            n_heads += 8
         else:
-            args += (head, _count(len(names)), _count(len(props)), _count(m), _count(len(types)))
-            argc += 8 + len(names) + len(props) + m + len(types)
+            heads += (_count(own_at), _count(account_at), rate, _count(len(names)), _count(len(props)),
+                      _count(m), _count(len(types)))  # fmt: skip
+            n_heads += 8 + len(names) + len(props) + len(types)
             if names:
                 keys.append(_bulk(custom_slots_key(partition, post.bot_id).encode()))
-                args.append(_count(post.slot_limit))
+                heads.append(_count(post.slot_limit))
             if props:
                 keys.append(_bulk(prop_slots_key(partition, post.bot_id).encode()))
-                args.append(_count(post.prop_limit))
+                heads.append(_count(post.prop_limit))
             if types:
                 keys.append(_bulk(custom_types_key(partition, post.bot_id).encode()))
-                args.append(_count(post.type_limit))
-            argc += bool(names) + bool(props) + bool(types)
-            for text in (*names, *props):
-                args.append(_bulk(text.encode()))
-        for event in events:
-            args.append(b"$%d\r\n%b\r\n" % (len(event), event))
-        for text in types:
-            args.append(_bulk(text.encode()))
-    argc += len(keys)
+                heads.append(_count(post.type_limit))
+            n_heads += bool(names) + bool(props) + bool(types)
+            heads += [_pack(text) for text in (*names, *props, *types)]
+        for event in posted:
+            events.append(b"$%d\r\n%b\r\n" % (len(event), event))
+    argc = 3 + len(keys) + len(limits_args) + 2 + len(events)  # and the verb, the script, the key count
     return b"".join(
-        (b"*%d\r\n" % argc, _bulk(verb.encode()), _bulk(script.encode()), _count(len(keys)), *keys, *args)
-    )
+        (
+            b"*%d\r\n" % argc, _bulk(verb.encode()), _bulk(script.encode()), _bulk(b"%d" % len(keys)), *keys,
+            *[_bulk(b"%d" % v) for v in limits_args],
+            _array(len(fields), list(fields)), _array(n_heads, heads), *events,
+        )
+    )  # fmt: skip
 
 
 APPENDED = Result(Outcome.APPENDED)
@@ -363,6 +372,15 @@ APPENDED = Result(Outcome.APPENDED)
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def replies_of(reply: object, posts: int) -> list[object]:
+    """An append-script call's reply as one reply per post (`result_of` reads each): the call
+    answers a bare 0 when every post was appended with nothing dropped."""
+    if reply == 0:
+        return [0] * posts
+    assert isinstance(reply, list) and len(reply) == posts, reply
+    return reply
 
 
 def result_of(reply: list[object] | int) -> Result:
@@ -553,8 +571,10 @@ class Appender:
             calls += missing
             results += await self._send(missing, posts, "EVAL", SCRIPT)
         for indexes, result in zip(calls, results, strict=True):
-            for k, i in enumerate(indexes):
-                replies[i] = result if isinstance(result, Exception) else result[k]  # type: ignore[index]
+            n = len(indexes)
+            each = [result] * n if isinstance(result, Exception) else replies_of(result, n)
+            for i, reply in zip(indexes, each, strict=True):
+                replies[i] = reply
         return replies
 
     async def _open(self) -> Wire:

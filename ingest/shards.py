@@ -70,7 +70,7 @@ if acct_allow > now then
 end
 local dropped_types, no_slot = {}, {}
 if typed > 0 then
-  dropped_types = take_slots(KEYS[4], type_limit, types, types + typed)
+  dropped_types = take_slots(KEYS[4], type_limit, ARGV, types, types + typed)
   for _, name in ipairs(dropped_types) do
     no_slot[name] = true
   end

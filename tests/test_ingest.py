@@ -751,10 +751,11 @@ async def test_batched_calls_answer_each_post_its_own_outcome(make_env) -> None:
     assert len(await env.entries(OTHER_BOT)) == 2
 
 
-def test_the_appender_encodes_its_calls_as_hiredis_packs_the_same_arguments() -> None:
-    """`script_call` writes the RESP itself (cached per bot and account): byte for byte what
-    `pack_command` makes of the argument list the script reads (ingest/append.py, `_BODY`)."""
-    from hiredis import pack_command
+def test_the_appender_encodes_its_calls_as_the_script_reads_them() -> None:
+    """`script_call` writes the RESP itself (heads cached per bot and account, rate fields once a
+    call): read back as Redis reads it, it is the argument list the script reads
+    (ingest/append.py, the comment above `_BODY`)."""
+    import hiredis
 
     from botpulse.ingest.append import SHA, Limits, Post, script_call
     from botpulse.schemas.stream import custom_slots_key, custom_types_key, prop_slots_key, rate_key
@@ -776,20 +777,45 @@ def test_the_appender_encodes_its_calls_as_hiredis_packs_the_same_arguments() ->
         post(0),  # the first post's head again, from the cache
     ]
     limits = Limits(30_000, 3, 1_000, 10)
-    keys: list[object] = [stream_key(3), rate_key(3)]
-    args: list[object] = [1_000_000, 30_000, 3, 1_000, 10]
+    keys: list[bytes] = [stream_key(3).encode(), rate_key(3).encode()]
+    fields: list[str] = []
+    heads: list[object] = []
+    events: list[bytes] = []
     for p in posts:
         names, props, types = list(p.metric_names), list(p.prop_names), list(p.types)
-        args += [("s:" if p.stats else "c:") + p.bot_id, "a:" + p.account_id, p.account_interval_ms,
-                 p.account_burst, len(names), len(props), len(p.events), len(types)]  # fmt: skip
+        at = []
+        for field in (("s:" if p.stats else "c:") + p.bot_id, "a:" + p.account_id):
+            if field not in fields:
+                fields.append(field)
+            at.append(fields.index(field) + 1)
+        heads += [
+            *at,
+            p.account_interval_ms,
+            p.account_burst,
+            len(names),
+            len(props),
+            len(p.events),
+            len(types),
+        ]
         for wanted, key, limit in (
             (names, custom_slots_key(3, p.bot_id), p.slot_limit),
             (props, prop_slots_key(3, p.bot_id), p.prop_limit),
             (types, custom_types_key(3, p.bot_id), p.type_limit),
         ):
             if wanted:
-                keys.append(key)
-                args.append(limit)
-        args += [*names, *props, *p.events, *types]
-    expected = pack_command(("EVALSHA", SHA, len(keys), *keys, *args))
-    assert script_call("EVALSHA", SHA, posts, 1_000_000, limits) == expected
+                keys.append(key.encode())
+                heads.append(limit)
+        heads += [*names, *props, *types]
+        events += p.events
+    assert fields == ["s:300000000000000000", "a:acc_0", "c:300000000000000001", "a:acc_1",
+                      "s:300000000000000002", "c:300000000000000003"]  # fmt: skip
+    reader = hiredis.Reader()
+    reader.feed(script_call("EVALSHA", SHA, posts, 1_000_000, limits))
+    args = reader.gets()
+    assert reader.gets() is False  # one command, nothing left over
+    n = len(keys)
+    assert args[: 3 + n] == [b"EVALSHA", SHA.encode(), b"%d" % n, *keys]
+    assert args[3 + n : 8 + n] == [b"1000000", b"30000", b"3", b"1000", b"10"]
+    assert msgspec.msgpack.decode(args[8 + n]) == fields
+    assert msgspec.msgpack.decode(args[9 + n]) == heads
+    assert args[10 + n :] == events
