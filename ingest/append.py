@@ -172,15 +172,23 @@ while h <= n_heads do
   local first = e
   e = e + m
   if length >= high_water then
-    replies[p] = {2}
+    replies[p], plain = {2}, false
   else
     local kind = string.sub(field, 1, 1)
     local new_tat, allow_at = limited(field, stored[own], intervals[kind], bursts[kind])
     local acct_tat, acct_allow = limited(account, stored[acct], acct_interval, acct_burst)
     if allow_at > now then
-      replies[p] = {1, math.ceil(allow_at - now), 1}
+      replies[p], plain = {1, math.ceil(allow_at - now), 1}, false
     elseif acct_allow > now then
-      replies[p] = {1, math.ceil(acct_allow - now), 2}
+      replies[p], plain = {1, math.ceil(acct_allow - now), 2}, false
+    elseif n + np + ty == 0 then
+      -- the common post: its events, no names to check, no tables to build
+      for i = first, e - 1 do
+        length = length + entry_add(stream, ARGV[i])
+      end
+      remember(field, new_tat)
+      remember(account, acct_tat)
+      replies[p] = 0
     else
       local dropped, dropped_props, dropped_types = {}, {}, {}
       if n > 0 then
@@ -211,16 +219,16 @@ while h <= n_heads do
       remember(field, new_tat)
       remember(account, acct_tat)
       replies[p] = reply_with(dropped, dropped_props, dropped_types)
+      plain = plain and replies[p] == 0
     end
   end
-  plain = plain and replies[p] == 0
 end
 entry_flush(stream)
 if #updates > 0 then
+  -- the times go as Lua numbers: Redis writes an integral one as its digits, as `%d` would
   local args = {}
-  for _, field in ipairs(updates) do
-    args[#args + 1] = field
-    args[#args + 1] = string.format('%d', tats[field])
+  for i, field in ipairs(updates) do
+    args[2 * i - 1], args[2 * i] = field, tats[field]
   end
   redis.call('HSET', rates, unpack(args))
 end
