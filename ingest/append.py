@@ -117,7 +117,7 @@ end
 #       then every post's events in order (a post's first carries its custom metrics and
 #       properties).
 #       Numbers and names travel inside msgpack, which Redis decodes in C, rather than as a
-#       dozen arguments a post that Lua would convert one by one (docs/api/ingest.md, Round 4).
+#       dozen arguments a post that Lua would convert one by one (docs/api/ingest.md, Round 5).
 # Returns 0 when every post was appended with nothing dropped (the common reply: one integer
 #       for the call, not a table of them), else one reply per post: `reply_with`'s |
 #       {1, retry_after_ms, 1 (the bot's limit) or 2 (the account's)} | {2}.
@@ -225,7 +225,8 @@ while h <= n_heads do
 end
 entry_flush(stream)
 if #updates > 0 then
-  -- the times go as Lua numbers: Redis writes an integral one as its digits, as `%d` would
+  -- the times go as Lua numbers: valkey writes an integral one as its digits (some Redis 7.2
+  -- releases as `1.8e+12`); the scripts read them back with tonumber, exact either way
   local args = {}
   for i, field in ipairs(updates) do
     args[2 * i - 1], args[2 * i] = field, tats[field]
@@ -292,7 +293,7 @@ def _bulk(value: bytes) -> bytes:
 
 
 _pack = msgspec.msgpack.encode
-# The small counts every post sends, packed once (msgpack's positive fixints are the byte itself).
+# The small counts every post sends, packed once (below 128 a msgpack int is one byte, to 255 two).
 _COUNTS = [_pack(i) for i in range(256)]
 # Each post's rate fields (its own and its account's) and its account's interval and burst,
 # packed once per bot and account: the same few thousand come back post after post.
@@ -323,7 +324,7 @@ def script_call(verb: str, script: str, posts: Sequence[Post], high_water: int, 
     """The packed EVALSHA/EVAL for posts of one partition: the RESP of `verb script numkeys
     keys... args...`, laid out as the comment above `_BODY` says. Encoded here rather than by
     hiredis's `pack_command` and a msgpack encoder per call: the heads are cached per bot and
-    account, so a post costs a few joins (docs/api/ingest.md, Round 4)."""
+    account, so a post costs a few joins (docs/api/ingest.md, Round 5)."""
     partition = posts[0].partition
     keys = [_bulk(stream_key(partition).encode()), _bulk(rate_key(partition).encode())]
     limits_args = (high_water, limits.stats_interval_ms, limits.stats_burst, limits.custom_interval_ms,
@@ -332,8 +333,7 @@ def script_call(verb: str, script: str, posts: Sequence[Post], high_water: int, 
     heads: list[bytes] = []
     events: list[bytes] = []
     n_heads = 0
-    cache, counts = _HEADS, _COUNTS
-    zero = counts[0]
+    cache, zero = _HEADS, _COUNTS[0]
     for post in posts:
         names, props, types, posted = post.metric_names, post.prop_names, post.types, post.events
         key = (post.stats, post.bot_id, post.account_id, post.account_interval_ms, post.account_burst)
@@ -344,9 +344,9 @@ def script_call(verb: str, script: str, posts: Sequence[Post], high_water: int, 
         own_at = fields.setdefault(own, len(fields) + 1)
         account_at = fields.setdefault(account, len(fields) + 1)
         m = len(posted)
-        if not (names or props or types) and m < 256 and account_at < 256:
+        if not (names or props or types):
             # The common post: nothing but its events (one, a stats post without entries).
-            heads += (_count(own_at), counts[account_at], rate, zero, zero, counts[m], zero)
+            heads += (_count(own_at), _count(account_at), rate, zero, zero, _count(m), zero)
             n_heads += 8
         else:
             heads += (_count(own_at), _count(account_at), rate, _count(len(names)), _count(len(props)),
