@@ -4,6 +4,7 @@ a profile of the hot path (py-spy, else pyinstrument)."""
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ INSIDE = {
     "oldest_wait_ms": ("botpulse_gateway_append_wait_seconds", 1000.0, " ms", "writes"),
     "redis_round_trip_ms": ("botpulse_gateway_redis_duration_seconds", 1000.0, " ms", "writes"),
     "request_ms": ("botpulse_gateway_request_duration_seconds", 1000.0, " ms", "posts"),
+    "loop_lag_ms": ("botpulse_gateway_event_loop_lag_seconds", 1000.0, " ms", "probes"),
 }
 P99_VS_BARE_TARGET = 3.0
 
@@ -107,19 +109,7 @@ def run(b: Bench) -> None:
             runs["gateway_1p_builtin_peak"] = run
             peak = run.result.rps
         if peak > 0:
-            rate = round(0.7 * peak, 1)
-            _empty_streams(redis, env)
-            paced, inside = _paced(b, "gateway", env, targets, rate, connections, rss_label="gateway (1p)")
-            runs["gateway_1p_70pct"] = Run(1, paced, inside=inside)
-            b.say(f"gateway: 70% of peak ({0.7 * peak:.0f}/s) p99 {paced.p99_ms} ms")
-            for key in INSIDE:
-                if inside and key in inside:
-                    b.say(f"gateway: 70% of peak, {key.replace('_', ' ')}: {inside[key]['text']}")
-            # The bare handler at the same rate, same generator: what the machine (the
-            # generator and the server sharing its cores) adds to any server's tail.
-            base, _ = _paced(b, "baseline", env, targets, rate, connections)
-            runs["baseline_1p_70pct"] = Run(1, base)
-            b.say(f"gateway: bare handler at the same rate p99 {base.p99_ms} ms")
+            _paced_pairs(b, runs, env, targets, redis, round(0.7 * peak, 1), connections)
         if s.profile:
             profile_gateway(b, env, targets)
         b.raw[PHASE] = {
@@ -131,6 +121,48 @@ def run(b: Bench) -> None:
         _figures(b, runs)
     finally:
         b.stop_redis(redis, "redis (gateway phase)")
+
+
+def _paced_pairs(
+    b: Bench,
+    runs: dict[str, Run],
+    env: dict[str, str],
+    targets: tuple[Path, Path],
+    redis: EmbeddedRedis,
+    rate: float,
+    connections: int | None,
+) -> None:
+    """The gateway and the bare handler at the same fixed rate, same generator, alternating
+    `repeats` times. The bare handler's tail is what the machine (the generator and the server
+    sharing its cores, other tenants) adds to any server's. The lowest p99 of each side counts,
+    like the best peak: a disturbance only ever lengthens a tail, and one landing in a single
+    run (a p99 of hundreds of ms, on either side, has been seen on a quiet 2-core VM) would
+    otherwise decide the ratio. Every try is kept in the raw results."""
+    for attempt in range(b.sizes.repeats):
+        _empty_streams(redis, env)
+        label = "gateway (1p)" if attempt == 0 else None
+        paced, inside = _paced(b, "gateway", env, targets, rate, connections, rss_label=label)
+        _keep_best(runs, "gateway_1p_70pct", attempt, Run(1, paced, inside=inside))
+        b.say(f"gateway: 70% of peak ({rate:.0f}/s) p99 {paced.p99_ms} ms{_lateness(paced)}")
+        for key in INSIDE:
+            if inside and key in inside:
+                b.say(f"gateway: 70% of peak, {key.replace('_', ' ')}: {inside[key]['text']}")
+        base, _ = _paced(b, "baseline", env, targets, rate, connections)
+        _keep_best(runs, "baseline_1p_70pct", attempt, Run(1, base))
+        b.say(f"gateway: bare handler at the same rate p99 {base.p99_ms} ms{_lateness(base)}")
+
+
+def _keep_best(runs: dict[str, Run], key: str, attempt: int, run: Run) -> None:
+    runs[f"{key}_try{attempt + 1}"] = run
+    best = runs.get(key)
+    if best is None or (run.result.p99_ms or math.inf) < (best.result.p99_ms or math.inf):
+        runs[key] = run
+
+
+def _lateness(result: Result) -> str:
+    if result.send_late_p99_ms is None:
+        return ""
+    return f" (sends went out late by p99 {result.send_late_p99_ms} ms, max {result.send_late_max_ms} ms)"
 
 
 def _paced(
@@ -338,6 +370,13 @@ def _figures(b: Bench, runs: dict[str, Run]) -> None:
         paced_base = runs.get("baseline_1p_70pct")
         if paced_base:
             note += f"; bare aiohttp 204 at the same rate: p99 {paced_base.result.p99_ms} ms"
+        tries = [
+            f"{runs[k].result.p99_ms}/{runs[b_k].result.p99_ms}"
+            for i in range(1, b.sizes.repeats + 1)
+            if (k := f"gateway_1p_70pct_try{i}") in runs and (b_k := f"baseline_1p_70pct_try{i}") in runs
+        ]
+        if len(tries) > 1:
+            note += f"; lowest of {len(tries)} tries each (gateway/bare p99 ms: {', '.join(tries)})"
         builtin_peak = runs.get("gateway_1p_builtin_peak")
         if builtin_peak:
             note += (
@@ -371,7 +410,9 @@ def _tail_figures(b: Bench, paced: Run, paced_base: Run | None) -> None:
             "x",
             f"≤ {P99_VS_BARE_TARGET:g}x",
             None if ratio is None else (ratio <= P99_VS_BARE_TARGET and not paced.rejected),
-            f"gateway p99 {p99} ms, bare aiohttp 204 p99 {base_p99} ms, same rate, same generator"
+            f"gateway p99 {p99} ms, bare aiohttp 204 p99 {base_p99} ms, same rate, same generator; "
+            f"sends late at p99 (the generator's delay, or an answer that held its connection's next "
+            f"send): {paced.result.send_late_p99_ms} ms against {paced_base.result.send_late_p99_ms} ms"
             if paced_base
             else "not available: the bare handler was not paced",
         )
@@ -392,6 +433,7 @@ def _tail_figures(b: Bench, paced: Run, paced_base: Run | None) -> None:
         for key, label in (
             ("redis_round_trip_ms", "Redis round trip per write:"),
             ("request_ms", "whole post:"),
+            ("loop_lag_ms", "event-loop lag:"),
         )
         if key in inside
     )

@@ -50,6 +50,14 @@ class Result(msgspec.Struct):
     # shorter) after its end, and how long past the window's end the run went.
     missed: int = 0
     overran_s: float = 0.0
+    # Fixed rate: how late each request went on the wire, past its due time. A connection sends
+    # its next request once the previous answer arrived, so this is the generator's own delay
+    # (its loop, its share of the cores) plus any answer that took longer than the connection's
+    # interval: near zero while the server keeps up, and about the latency above when it is the
+    # server that held the sends back.
+    send_late_p50_ms: float | None = None
+    send_late_p99_ms: float | None = None
+    send_late_max_ms: float | None = None
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -155,6 +163,7 @@ async def run_load(
     stop = start + duration
     late_stop = stop + min(duration, LATE_S)
     latencies: list[float] = []
+    send_late: list[float] = []
     statuses: Counter[str] = Counter()
     warmup_counts: Counter[str] = Counter()
     errors = 0
@@ -189,6 +198,8 @@ async def run_load(
                     conn = await _connect(port)
                 data = requests[counter % len(requests)]
                 counter += 1
+                if rate and start <= sent_at < stop:
+                    send_late.append(clock() - sent_at)
                 status = await conn.request(data)
             except (OSError, ConnectionError, ValueError, IndexError):
                 conn = None
@@ -214,6 +225,7 @@ async def run_load(
     await asyncio.gather(*(one_connection(i) for i in range(connections)))
     cpu_used, ended = time.process_time() - cpu_before, clock()
     latencies.sort()
+    send_late.sort()
 
     def ms(value: float | None) -> float | None:
         return None if value is None else round(value * 1000, 3)
@@ -235,6 +247,9 @@ async def run_load(
         warmup_statuses=dict(warmup_counts),
         missed=missed,
         overran_s=round(max(0.0, ended - stop), 3),
+        send_late_p50_ms=ms(percentile(send_late, 50)),
+        send_late_p99_ms=ms(percentile(send_late, 99)),
+        send_late_max_ms=ms(send_late[-1] if send_late else None),
     )
 
 

@@ -40,6 +40,7 @@ from botpulse.registry.index import RegistryCache, is_ready
 from botpulse.registry.keys import hash_key, request_key
 from botpulse.runtime.http_metrics import measured, route_label
 from botpulse.runtime.logs import get_logger
+from botpulse.runtime.loop_lag import LoopLagProbe
 from botpulse.runtime.metrics import Exposition
 from botpulse.runtime.openapi import Route, api_version, document, prefixed
 from botpulse.runtime.redis import connect
@@ -645,7 +646,10 @@ async def _resources(app: web.Application):  # type: ignore[no-untyped-def]
     app[GATEWAY].bind()
     await app[REGISTRY].start()
     await app[ADMISSION].start()
+    lag = LoopLagProbe(metrics.LOOP_LAG.observe)
+    lag.start()
     yield
+    await lag.stop()
     await app[ADMISSION].stop()
     await app[APPENDER].close()
     await app[REGISTRY].stop()

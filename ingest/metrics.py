@@ -14,6 +14,7 @@ from bisect import bisect_left
 
 from prometheus_client import Counter, Histogram
 
+from botpulse.runtime.loop_lag import BUCKETS as LOOP_LAG_BUCKETS
 from botpulse.runtime.metrics import HTTP_BUCKETS, method_label, status_class
 
 REQUESTS = Counter(
@@ -57,6 +58,12 @@ APPEND_WAIT = Histogram(
     "How long the oldest post of an append write waited before the write was sent: the rest of "
     "its event-loop tick, or until a write in flight freed a slot.",
     buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+LOOP_LAG = Histogram(
+    "botpulse_gateway_event_loop_lag_seconds",
+    "How much later than due the gateway's event loop woke a timer, sampled every 50 ms "
+    "(runtime/loop_lag.py): time every request in the process waited too.",
+    buckets=LOOP_LAG_BUCKETS,
 )
 DROPPED_METRICS = Counter(
     "botpulse_gateway_custom_metrics_dropped_total",

@@ -46,6 +46,7 @@ from botpulse.registry.model import MissingScope, RegistryError
 from botpulse.runtime.clickhouse import ReadRefused, Store, is_timeout
 from botpulse.runtime.http_metrics import measured, route_label
 from botpulse.runtime.logs import get_logger
+from botpulse.runtime.loop_lag import LoopLagProbe
 from botpulse.runtime.metrics import Exposition, start_listener
 from botpulse.runtime.openapi import api_version, document, prefixed
 from botpulse.runtime.redis import connect
@@ -602,7 +603,10 @@ def build_app(settings: Settings, store: Store) -> web.Application:
         await ensure_index(store, app[REDIS], settings.stream_partitions)
         app[REGISTRY] = RegistryCache(app[REDIS], settings.registry_refresh_ms, settings.key_usage_flush_s)
         await app[REGISTRY].start()
+        lag = LoopLagProbe(metrics.LOOP_LAG.observe)
+        lag.start()
         yield
+        await lag.stop()
         await app[REGISTRY].stop()
         await app[REDIS].aclose()
 

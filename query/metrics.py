@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from botpulse.runtime.loop_lag import BUCKETS as LOOP_LAG_BUCKETS
 from botpulse.runtime.metrics import HTTP_BUCKETS, method_label, status_class
 
 REQUESTS = Counter(
@@ -31,6 +32,13 @@ MEMORY_UNITS = Gauge(
     "botpulse_query_memory_units",
     "Units (about 1 KB each) the query service holds of bots' answers (embedded chDB only; the limit is "
     "BOTPULSE_QUERY_MEMORY_HOURS).",
+)
+
+LOOP_LAG = Histogram(
+    "botpulse_query_event_loop_lag_seconds",
+    "How much later than due the query service's event loop woke a timer, sampled every 50 ms "
+    "(runtime/loop_lag.py): time every request in the process waited too.",
+    buckets=LOOP_LAG_BUCKETS,
 )
 
 

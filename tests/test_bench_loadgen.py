@@ -54,6 +54,10 @@ async def test_paced_run_sends_what_fell_due_while_a_connection_waited(slow_serv
     assert result.requests == 4
     # The later sends queued behind the slow answers: their latency includes that wait.
     assert result.max_ms is not None and result.max_ms > 1000
+    # Due at 0, 0.1, 0.2 and 0.3 s, sent at 0, 0.6, 1.2 and 1.8 s: the send lateness says it was
+    # the answers that held the sends back.
+    assert result.send_late_max_ms is not None and 1400 <= result.send_late_max_ms < 2500
+    assert result.send_late_p50_ms is not None and result.send_late_p50_ms >= 400
     # The 6 sends still due were never made, and say so; the rate is what was answered inside
     # the window (one answer), not what was asked.
     assert result.missed == 6

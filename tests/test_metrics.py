@@ -77,6 +77,7 @@ async def test_gateway_counts_requests_posts_refusals_and_redis_round_trips(
             429,
         )
         assert (await client.get("/no/such/route")).status == 404
+        await asyncio.sleep(0.12)  # the loop-lag probe wakes every 50 ms
         after = await scrape(client)
 
     def delta(name: str, **labels: str) -> float:
@@ -94,6 +95,7 @@ async def test_gateway_counts_requests_posts_refusals_and_redis_round_trips(
     assert delta(refusals, reason="not_found") == 1
     assert delta(refusals, reason="rate_limit") >= statuses.count(429)
     assert delta("botpulse_gateway_redis_duration_seconds_count") >= 1
+    assert value(after, "botpulse_gateway_event_loop_lag_seconds_count") >= 1
     # Bounded labels: the bot id never appears in a scrape.
     assert not any(BOT in v for (_, labels) in after for _, v in labels)
 
@@ -177,6 +179,7 @@ async def test_query_counts_requests_cache_and_clickhouse(
         assert (await client.get("/stats/v1/bot/77?dataPoints=0")).status == 400
         assert (await client.get("/stats/v1/bot/404404")).status == 404
         assert (await client.get("/stats/metrics")).status == 404  # the metrics are not under the prefix
+        await asyncio.sleep(0.12)  # the loop-lag probe wakes every 50 ms
         after = await scrape(client)
 
     def delta(name: str, **labels: str) -> float:
@@ -189,6 +192,7 @@ async def test_query_counts_requests_cache_and_clickhouse(
     assert delta("botpulse_query_cache_requests_total", cache="bot_records", result="hit") >= 1
     assert delta("botpulse_query_cache_requests_total", cache="bot_records", result="miss") >= 1
     assert delta("botpulse_clickhouse_request_duration_seconds_count", operation="query") >= 2
+    assert delta("botpulse_query_event_loop_lag_seconds_count") >= 1
 
 
 async def test_query_metrics_port(make_settings: Callable[..., Settings], store: Store, redis) -> None:  # type: ignore[no-untyped-def]
