@@ -25,10 +25,13 @@ from pathlib import Path
 
 import msgspec
 
+from botpulse.runtime.loop_lag import LoopLagProbe
+
 HOST = "127.0.0.1"
 # How long past its window a fixed-rate run may keep sending what fell due in it. A server that
 # far behind has failed any rate it was asked; the sends still due are counted as `missed`.
 LATE_S = 5.0
+LAG_PROBE_S = 0.01
 
 
 class Result(msgspec.Struct):
@@ -58,6 +61,10 @@ class Result(msgspec.Struct):
     send_late_p50_ms: float | None = None
     send_late_p99_ms: float | None = None
     send_late_max_ms: float | None = None
+    # The generator's own event loop over the run (`runtime/loop_lag.py`, a 10 ms timer): time
+    # every answer waited before the generator read it, counted in the latencies above.
+    loop_lag_p99_ms: float | None = None
+    loop_lag_max_ms: float | None = None
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -221,11 +228,18 @@ async def run_load(
         if conn is not None and conn.transport is not None:
             conn.transport.close()
 
+    lags: list[float] = []
+    probe = LoopLagProbe(lags.append, interval_s=LAG_PROBE_S)
     cpu_before, began = time.process_time(), clock()
-    await asyncio.gather(*(one_connection(i) for i in range(connections)))
+    probe.start()
+    try:
+        await asyncio.gather(*(one_connection(i) for i in range(connections)))
+    finally:
+        await probe.stop()
     cpu_used, ended = time.process_time() - cpu_before, clock()
     latencies.sort()
     send_late.sort()
+    lags.sort()
 
     def ms(value: float | None) -> float | None:
         return None if value is None else round(value * 1000, 3)
@@ -250,6 +264,8 @@ async def run_load(
         send_late_p50_ms=ms(percentile(send_late, 50)),
         send_late_p99_ms=ms(percentile(send_late, 99)),
         send_late_max_ms=ms(send_late[-1] if send_late else None),
+        loop_lag_p99_ms=ms(percentile(lags, 99)),
+        loop_lag_max_ms=ms(lags[-1] if lags else None),
     )
 
 

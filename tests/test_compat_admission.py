@@ -18,7 +18,14 @@ from test_ingest_faults import assert_refused, servers, until  # noqa: F401 - se
 from botpulse.ingest import app as ingest_app
 from botpulse.ingest.admission import SAMPLE_S
 from botpulse.query import app as query_app
-from botpulse.schemas.stream import FIELD, entry_events, partition_of, shard_state_key, stream_key
+from botpulse.schemas.stream import (
+    FIELD,
+    CustomPayload,
+    entry_events,
+    partition_of,
+    shard_state_key,
+    stream_key,
+)
 
 ADMIN = "compat-admission-Qp4Wm7Zx1Ns3Lk6Jh9Gf2Dv5Bc8Rt0Y"
 OPERATOR = {"Authorization": f"Bearer {ADMIN}"}
@@ -124,13 +131,20 @@ async def test_shard_posts_are_held_to_the_bot_and_account_rates(api, make_setti
         await gateway.close()
 
 
-async def test_a_shard_posts_entries_take_custom_event_type_slots(api, make_settings):
+async def test_a_shard_posts_entries_take_custom_event_type_slots(api, make_settings, redis):  # type: ignore[no-untyped-def]
     auth = await _account(api, "typed", "61")
     gateway = await _client(ingest_app.build_app(make_settings(custom_event_types=1, stats_rate_burst=100)))
     try:
-        body = {"guilds": 1, "shardId": 0, "custom": [{"type": "a"}, {"type": "b"}, {"type": "a"}]}
+        custom = [{"type": "a", "value1": "1"}, {"type": "b", "value1": "2"}, {"type": "a", "value1": "3"}]
+        body = {"guilds": 1, "shardId": 0, "custom": custom}
         resp = await gateway.post("/v1/bot/61", json=body, headers=auth)
         assert resp.status == 204 and resp.headers[ingest_app.DROPPED_TYPES_HEADER] == "b"
+        # The entries kept are those whose own type got a slot, each matched to its type by
+        # position in the script's arguments: the two of `a`, in order, and not the one of `b`.
+        entries = await redis.xrange(stream_key(partition_of("61", 1)))
+        events = [e for _, fields in entries for e in entry_events(fields[FIELD])]
+        kept = [(e.payload.type, e.payload.value1) for e in events if isinstance(e.payload, CustomPayload)]
+        assert kept == [("a", "1"), ("a", "3")], kept
         # The slot `a` took is the bot's, whichever route fills it next.
         resp = await gateway.post("/v1/bot/61/custom", json={"type": "c"}, headers=auth)
         assert resp.status == 403 and (await resp.json())["limit"] == "customEventTypes"
