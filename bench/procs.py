@@ -64,6 +64,38 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def role_of(pid: int) -> str:
+    """A process's part in a stack, from its command line: `gateway`, `worker`, `query`, `redis`
+    (valkey or redis-server), `dev` (the parent of `botpulse dev`), else its program's name."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "gone"
+    words = [a.decode(errors="replace") for a in argv if a]
+    program = Path(words[0]).name if words else "?"
+    if "valkey" in program or "redis-server" in program:
+        return "redis"
+    if "botpulse" in words:
+        rest = words[words.index("botpulse") + 1 :]
+        return rest[0] if rest else "botpulse"
+    return program
+
+
+def cores_by_role(before: dict[int, float], after: dict[int, float], wall_s: float) -> dict[str, float]:
+    """CPU seconds per wall second between two `cpu_by_pid` readings, summed per `role_of`
+    (a process that started between them counts from zero)."""
+    cores: dict[str, float] = {}
+    for pid, cpu in after.items():
+        role = role_of(pid)
+        cores[role] = cores.get(role, 0.0) + (cpu - before.get(pid, 0.0)) / wall_s
+    return {role: round(v, 2) for role, v in sorted(cores.items())}
+
+
+def cpu_by_pid(root: int) -> dict[int, float]:
+    """CPU seconds so far of a process and each live descendant."""
+    return {pid: cpu for pid in (root, *descendants(root)) if (cpu := cpu_seconds(pid)) is not None}
+
+
 def http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:

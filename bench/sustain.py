@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 from botpulse.bench import e2e, gateway
 from botpulse.bench.context import PACED_CONNECTIONS, Bench, Figure, port
 from botpulse.bench.loadgen import percentile
-from botpulse.bench.procs import Service
+from botpulse.bench.procs import Service, cores_by_role, cpu_by_pid
 from botpulse.bench.seed import Spec, Target
 from botpulse.bench.sizes import Sizes
 from botpulse.runtime.settings import load_settings
@@ -78,6 +78,10 @@ class Step(msgspec.Struct, kw_only=True):
     backlog_last_third: float | None = None
     backlog_max: int = 0
     inside: dict[str, Any] | None = None  # the box's gateway, as the gateway phase reads it
+    # Cores kept busy over the step (warm-up included), per part of the box (`procs.role_of`),
+    # and by the generator loading it: where a 2-core machine's time went.
+    cores: dict[str, float] = {}
+    generator_cores: float | None = None
 
 
 def thirds(samples: list[int]) -> tuple[float | None, float | None]:
@@ -284,8 +288,11 @@ async def _measure(
 class Box:
     """The running `botpulse dev` child and what a step needs to load and watch it."""
 
-    def __init__(self, b: Bench, env: dict[str, str], stack: StackInfo, targets: Path, probes: list[Target]):
+    def __init__(
+        self, b: Bench, env: dict[str, str], stack: StackInfo, targets: Path, probes: list[Target], root: int
+    ):
         self.b, self.env, self.stack, self.targets, self.probes = b, env, stack, targets, probes
+        self.root = root  # the `botpulse dev` process: its descendants are the box
         settings = load_settings(env)
         self.partitions = settings.stream_partitions
         self.metrics_url = f"{stack.gateway_url}{settings.metrics_path}"
@@ -299,6 +306,7 @@ class Box:
             )
         )
         before = gateway.inside_of(self.metrics_url)
+        cpu_before, began = cpu_by_pid(self.root), time.monotonic()
         connections = PACED_CONNECTIONS if s.mode != "tiny" else 4
         out = b.phase_dir(PHASE) / f"background-{kind}-{rate:.0f}-{time.monotonic_ns()}.json"
         loader = e2e.start_background(b, self.env, self.gport, self.targets, rate, duration, connections, out)
@@ -310,6 +318,7 @@ class Box:
             loader.wait()
             raise
         result = e2e.finish_background(loader, out, duration + s.warmup_s + 60)
+        cores = cores_by_role(cpu_before, cpu_by_pid(self.root), time.monotonic() - began)
         inside = gateway.summarize_inside(gateway.inside_of(self.metrics_url), before)
         lags.sort()
         p50, p99 = (None if v is None else round(v, 3) for v in (percentile(lags, 50), percentile(lags, 99)))
@@ -333,12 +342,15 @@ class Box:
             backlog_last_third=last,
             backlog_max=max(backlog, default=0),
             inside=inside,
+            cores=cores,
+            generator_cores=result.client_cpu_share,
         )
         b.say(
             f"sustain: {kind} {rate:.0f}/s for {duration:g} s: achieved {result.rps:.0f}/s, lag p99 {p99} s, "
             f"backlog {_n(first)} -> {_n(last)} (max {step.backlog_max}); "
             f"{'held' if step.held else 'not held: ' + why}"
         )
+        b.say(f"sustain: cores busy {cores}, generator {result.client_cpu_share}")
         if "posts_per_write" in inside:
             b.say(f"sustain: posts per append write {inside['posts_per_write']['text']}")
         return step
@@ -391,7 +403,7 @@ def run(b: Bench) -> None:
     try:
         stack = _wait_stack(svc, dev_env, timeout=120)
         b.say(f"sustain: botpulse dev up in {time.monotonic() - started:.1f} s; starting at {start:.0f}/s")
-        box = Box(b, dev_env, stack, targets[0], probes)
+        box = Box(b, dev_env, stack, targets[0], probes, svc.pid)
         held, steps = search(box.step, start, s)
         b.note_rss("dev stack (sustain)", svc)
     finally:

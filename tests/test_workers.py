@@ -588,3 +588,34 @@ def test_operator_commands_need_redis_url_or_a_running_stack(make_settings, monk
     monkeypatch.setenv("BOTPULSE_DATA_DIR", str(tmp_path))
     with pytest.raises(SystemExit, match="REDIS_URL is not set and no embedded stack"):
         cli_main(["status"])
+
+
+async def test_a_steady_trickle_is_read_in_few_reads_per_batch_and_stored_once(make_settings, store, redis):
+    # One entry every 10 ms: XREADGROUP BLOCK answers at each, so a worker that read as soon as
+    # it could made about one read per entry. While a batch is open it reads at most every tenth
+    # of BOTPULSE_BATCH_MS (workers/intake.py, `_linger`), and every entry is still stored once.
+    settings = make_settings(batch_ms=1000, batch_rows=100_000)
+    events = [stats_event(f"trickle{i % 5}", guilds=i) for i in range(120)]
+    async with worker_task(settings, store):
+        await until(lambda: _group_exists(redis), what="the worker's group")
+        before = await _reads(redis)
+        for e in events:
+            await post(redis, [e])
+            await asyncio.sleep(0.01)
+        await drained(redis)
+        reads = await _reads(redis) - before
+    assert await stored_ids(store) == sorted(e.event_id for e in events)
+    # 120 entries over at least 1.2 s: about 12 reads at one per 100 ms, plus the read-aheads
+    # and the first read of each batch; one read per entry would be 120.
+    assert reads <= 50, reads
+
+
+async def _group_exists(redis: aioredis.Redis) -> bool:
+    with contextlib.suppress(Exception):
+        return bool(await redis.xinfo_groups(stream_key(0)))
+    return False
+
+
+async def _reads(redis: aioredis.Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_xreadgroup", {}).get("calls", 0))

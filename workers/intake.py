@@ -18,6 +18,9 @@ from botpulse.workers import metrics
 from botpulse.workers.batch import Entry, Poison, decode_into
 from botpulse.workers.context import Context
 
+# While a batch is open, reads come at most this share of BOTPULSE_BATCH_MS apart (`_linger`).
+READ_EVERY = 0.1
+
 
 def _as_is(response: object, **_: object) -> object:
     return response
@@ -87,6 +90,7 @@ class Intake:
         # for the entries that fill the batch at that rate, not for `batch_rows` entries of up
         # to MAX_ENTRY_EVENTS each. Starts at the most, the safe side for a backlog of full ones.
         self.events_per_entry = MAX_ENTRY_EVENTS
+        self._last_read = 0.0  # time.monotonic() of the last read that brought entries
 
     def take(self, partition: int) -> PartitionBuffer:
         """The partition's buffer, handed to a batch; a fresh one replaces it."""
@@ -136,6 +140,8 @@ class Intake:
         answered at once, with what is there (the read-ahead during an insert never blocks: the
         insert's end must not wait for new posts). The count asked is the room in events over
         the events per entry of the last read."""
+        if wait:
+            await self._linger()
         count = max(1, self.room() // self.events_per_entry)
         async with self._reader.pipeline(transaction=False) as pipe:
             pipe.time()  # runs just before the read: every entry it delivers is younger
@@ -159,7 +165,28 @@ class Intake:
             events += self.buffers[partition].events() - before
         if read:
             self.events_per_entry = max(1, min(MAX_ENTRY_EVENTS, -(-events // read)))
+            self._last_read = time.monotonic()
         return read
+
+    async def _linger(self) -> None:
+        """While a batch is open and not full, read at most every `READ_EVERY` of `batch_ms`.
+
+        XREADGROUP BLOCK answers as soon as one entry is there, and under a steady load one
+        always is: the worker then read once per gateway append (a few entries each, thousands
+        of reads a second), which cost the embedded box about as much CPU, in the worker and in
+        Redis, as the inserts (docs/benchmarks.md, "Figures behind choices in the code"). The
+        entries wait in the stream meanwhile, where they are safe; the batch is still written
+        when it falls due, and an entry can be read at most this much later than it could have
+        been. An empty buffer still blocks at once: the first entry of a batch is read as it
+        comes."""
+        oldest = self._oldest()
+        if oldest is None or self.room() <= 0:
+            return
+        batch_ms = self.ctx.settings.batch_ms
+        now = time.monotonic()
+        resume = min(self._last_read + batch_ms * READ_EVERY / 1000, oldest + batch_ms / 1000)
+        if resume > now:
+            await self.ctx.sleep(resume - now)
 
     def accept(
         self,
