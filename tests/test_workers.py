@@ -38,6 +38,7 @@ from botpulse.schemas.stream import (
 )
 from botpulse.workers import batchlog as rec
 from botpulse.workers.batch import Batch, Entry
+from botpulse.workers.intake import Intake
 from botpulse.workers.lifecycle import run_worker
 from botpulse.workers.pipeline import Worker
 from botpulse.workers.upkeep import Upkeep
@@ -590,12 +591,30 @@ def test_operator_commands_need_redis_url_or_a_running_stack(make_settings, monk
         cli_main(["status"])
 
 
-async def test_a_steady_trickle_is_read_in_few_reads_per_batch_and_stored_once(make_settings, store, redis):
+async def test_a_steady_trickle_is_read_in_few_reads_per_batch_and_stored_once(
+    make_settings, store, redis, monkeypatch
+):  # type: ignore[no-untyped-def]
     # One entry every 10 ms: XREADGROUP BLOCK answers at each, so a worker that read as soon as
     # it could made about one read per entry. While a batch is open it reads at most every tenth
     # of BOTPULSE_BATCH_MS (workers/intake.py, `_linger`), and every entry is still stored once.
     settings = make_settings(batch_ms=1000, batch_rows=100_000)
     events = [stats_event(f"trickle{i % 5}", guilds=i) for i in range(120)]
+    # The read-ahead during an insert (`wait=False`) never waits: the insert's end must not.
+    ahead, lingered_ahead = [], []
+    read, linger = Intake.read, Intake._linger
+
+    async def read_spy(self, *, wait: bool = True) -> int:  # type: ignore[no-untyped-def]
+        self.spy_ahead = not wait
+        ahead.append(not wait)
+        return await read(self, wait=wait)
+
+    async def linger_spy(self) -> None:  # type: ignore[no-untyped-def]
+        if getattr(self, "spy_ahead", False):
+            lingered_ahead.append(True)
+        await linger(self)
+
+    monkeypatch.setattr(Intake, "read", read_spy)
+    monkeypatch.setattr(Intake, "_linger", linger_spy)
     async with worker_task(settings, store):
         await until(lambda: _group_exists(redis), what="the worker's group")
         before = await _reads(redis)
@@ -608,6 +627,7 @@ async def test_a_steady_trickle_is_read_in_few_reads_per_batch_and_stored_once(m
     # 120 entries over at least 1.2 s: about 12 reads at one per 100 ms, plus the read-aheads
     # and the first read of each batch; one read per entry would be 120.
     assert reads <= 50, reads
+    assert any(ahead) and not lingered_ahead
 
 
 async def _group_exists(redis: aioredis.Redis) -> bool:

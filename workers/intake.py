@@ -142,6 +142,8 @@ class Intake:
         the events per entry of the last read."""
         if wait:
             await self._linger()
+            if self.ctx.stopping.is_set():
+                return 0  # the loop drains what it holds; a fresh blocking read would only wait
         count = max(1, self.room() // self.events_per_entry)
         async with self._reader.pipeline(transaction=False) as pipe:
             pipe.time()  # runs just before the read: every entry it delivers is younger
@@ -156,7 +158,9 @@ class Intake:
         read_ms = int(seconds) * 1000 + int(micros) // 1000
         streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 / RESP2
         read = events = 0
+        full = False
         for stream, entries in streams:
+            full = full or len(entries) >= count
             metrics.read("new", len(entries))
             partition = self._partition_of(stream)
             before = self.buffers[partition].events()
@@ -165,7 +169,8 @@ class Intake:
             events += self.buffers[partition].events() - before
         if read:
             self.events_per_entry = max(1, min(MAX_ENTRY_EVENTS, -(-events // read)))
-            self._last_read = time.monotonic()
+            # A read that got all it asked for left a backlog behind it: the next one goes at once.
+            self._last_read = 0.0 if full else time.monotonic()
         return read
 
     async def _linger(self) -> None:
@@ -178,7 +183,8 @@ class Intake:
         entries wait in the stream meanwhile, where they are safe; the batch is still written
         when it falls due, and an entry can be read at most this much later than it could have
         been. An empty buffer still blocks at once: the first entry of a batch is read as it
-        comes."""
+        comes (unless another partition's batch is open: one read serves them all, so it waits
+        up to the same bound), and a read that got all it asked for is followed at once."""
         oldest = self._oldest()
         if oldest is None or self.room() <= 0:
             return
