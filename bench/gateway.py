@@ -380,11 +380,11 @@ def _figures(b: Bench, runs: dict[str, Run]) -> None:
         paced_base = runs.get("baseline_1p_70pct")
         if paced_base:
             note += f"; bare aiohttp 204 at the same rate: p99 {paced_base.result.p99_ms} ms"
-        tries = [
-            f"{runs[k].result.p99_ms}/{runs[b_k].result.p99_ms}"
+        pairs = [
+            (runs.get(f"gateway_1p_70pct_try{i}"), runs.get(f"baseline_1p_70pct_try{i}"))
             for i in range(1, b.sizes.repeats + 1)
-            if (k := f"gateway_1p_70pct_try{i}") in runs and (b_k := f"baseline_1p_70pct_try{i}") in runs
         ]
+        tries = [f"{gw.result.p99_ms}/{bare.result.p99_ms}" for gw, bare in pairs if gw and bare]
         if len(tries) > 1:
             note += f"; lowest of {len(tries)} tries each (gateway/bare p99 ms: {', '.join(tries)})"
         builtin_peak = runs.get("gateway_1p_builtin_peak")

@@ -93,7 +93,7 @@ def cores_by_role(before: dict[int, float], after: dict[int, float], wall_s: flo
 
 def cpu_by_pid(root: int) -> dict[int, float]:
     """CPU seconds so far of a process and each live descendant."""
-    return {pid: cpu for pid in (root, *descendants(root)) if (cpu := cpu_seconds(pid)) is not None}
+    return {pid: cpu for pid in descendants(root) if (cpu := cpu_seconds(pid)) is not None}
 
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:

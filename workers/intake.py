@@ -90,7 +90,9 @@ class Intake:
         # for the entries that fill the batch at that rate, not for `batch_rows` entries of up
         # to MAX_ENTRY_EVENTS each. Starts at the most, the safe side for a backlog of full ones.
         self.events_per_entry = MAX_ENTRY_EVENTS
-        self._last_read = 0.0  # time.monotonic() of the last read that brought entries
+        # time.monotonic() of the last read that brought entries, 0.0 when it got all it asked
+        # for (a backlog waits: `_linger` lets the next read go at once).
+        self._last_read = 0.0
 
     def take(self, partition: int) -> PartitionBuffer:
         """The partition's buffer, handed to a batch; a fresh one replaces it."""
